@@ -1,0 +1,116 @@
+"""The library's front door: pack a model into a repository, load it back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import UsageError
+from shipyard.importers import convert_any
+from shipyard.importers.base import Converted, Tolerance, compare_outputs
+from shipyard.importers.samples import SampleLike, read_sample
+from shipyard.model import Model, load_model
+from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
+from shipyard.package.signature import default_opset, graph_signature
+from shipyard.package.store import next_version, write_version
+from shipyard.runtime.base import RuntimeOptions
+from shipyard.runtime.onnxrt import OnnxRuntime
+
+
+@dataclass(frozen=True)
+class PackResult:
+    path: Path
+    manifest: Manifest
+
+
+def pack(
+    model: Any,
+    *,
+    name: str,
+    repo: str | Path,
+    sample_input: SampleLike = None,
+    version: int | None = None,
+    tolerance: Tolerance | None = None,
+    opset: int | None = None,
+    trust_pickle: bool = False,
+    allow_globals: Iterable[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes | Path] | None = None,
+) -> PackResult:
+    """Convert `model` (object or file) to ONNX, check it against the original, write a version.
+
+    Nothing is written unless the converted model reproduces the original's outputs on the
+    sample inputs within `tolerance`.
+    """
+    tolerance = tolerance or Tolerance()
+    converted = convert_any(
+        model,
+        sample=read_sample(sample_input),
+        opset=opset,
+        trust_pickle=trust_pickle,
+        allow_globals=allow_globals,
+    )
+    check = check_converted(converted, tolerance=tolerance)
+    data = converted.model.SerializeToString()
+    inputs, outputs = graph_signature(converted.model)
+    files: dict[str, bytes | Path] = {MODEL_FILE: data}
+    files.update(converted.extra_files)
+    files.update(extra_files or {})
+    step_config: dict[str, Any] = {"source": str(model) if isinstance(model, str | Path) else type(model).__name__}
+    manifest = Manifest(
+        name=name,
+        version=version or next_version(Path(repo), name),
+        created=now(),
+        source=Source(
+            framework=converted.framework,
+            framework_version=converted.framework_version,
+            converter=converted.converter,
+            converter_version=converted.converter_version,
+        ),
+        opset=default_opset(converted.model),
+        inputs=inputs,
+        outputs=outputs,
+        files={},
+        lineage=Lineage(parent=None, steps=[Step(op="pack", config=step_config, at=now())]),
+        conversion_check=check,
+        metadata={**converted.metadata, **(metadata or {})},
+    )
+    path, sealed = write_version(Path(repo), manifest, files, version_given=version is not None)
+    return PackResult(path=path, manifest=sealed)
+
+
+def check_converted(converted: Converted, *, tolerance: Tolerance) -> Any:
+    """Run the converted graph on the sample and compare with the original's outputs."""
+    if not converted.sample:
+        raise UsageError("importer produced no sample inputs to check the conversion with")
+    inputs, outputs = graph_signature(converted.model)
+    runtime = OnnxRuntime(
+        converted.model.SerializeToString(),
+        inputs=inputs,
+        outputs=outputs,
+        options=RuntimeOptions(graph_optimization="basic"),
+        source="converted model",
+    )
+    try:
+        actual = runtime.infer(converted.sample)
+    finally:
+        runtime.close()
+    samples = int(next(iter(converted.sample.values())).shape[0]) if converted.sample else 0
+    return compare_outputs(converted.expected, actual, samples=samples, tolerance=tolerance)
+
+
+def load(
+    path: str | Path, *, version: int | None = None, options: RuntimeOptions | None = None
+) -> Model:
+    """Open a verified model version (latest unless `version` is given)."""
+    return load_model(path, version=version, options=options)
+
+
+def as_inputs(model: Model, data: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if isinstance(data, np.ndarray):
+        return {model.inputs[0].name: data}
+    return dict(data)

@@ -1,0 +1,117 @@
+"""Importers: turn a framework model (object or file) into ONNX plus what checks it.
+
+One module per framework; `convert_any` dispatches on the object's type or the file suffix.
+Heavy frameworks (torch, keras) are imported only when the object or file needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from shipyard.errors import UnsupportedModelError
+from shipyard.importers.base import Converted
+
+PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
+TORCH_SUFFIXES = frozenset({".pt2", ".pt", ".pth"})
+KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
+
+
+def convert_any(
+    obj: Any,
+    *,
+    sample: dict[str, np.ndarray] | np.ndarray | None = None,
+    opset: int | None = None,
+    trust_pickle: bool = False,
+    allow_globals: Iterable[str] = (),
+) -> Converted:
+    """Pick the importer for a live model object or a model file and convert it."""
+    if isinstance(obj, str | Path):
+        return _convert_file(
+            Path(obj), sample=sample, opset=opset, trust_pickle=trust_pickle,
+            allow_globals=tuple(allow_globals),
+        )
+    if isinstance(obj, onnx.ModelProto):
+        from shipyard.importers import onnx_file
+
+        return onnx_file.convert(obj, sample=sample)
+    from shipyard.importers import sklearn as sk
+
+    if sk.is_sklearn(obj):
+        return sk.convert(obj, sample=sample, opset=opset)
+    module = type(obj).__module__.split(".")[0]
+    if module == "torch" or ("torch" in sys.modules and _is_torch(obj)):
+        from shipyard.importers import pytorch
+
+        return pytorch.convert(obj, sample=sample, opset=opset)
+    if module == "keras" or ("keras" in sys.modules and _is_keras(obj)):
+        from shipyard.importers import keras
+
+        return keras.convert(obj, sample=sample, opset=opset)
+    raise UnsupportedModelError(
+        f"cannot import a {type(obj).__module__}.{type(obj).__qualname__}; Shipyard imports "
+        "torch.nn.Module / ExportedProgram, fitted scikit-learn estimators, Keras models, "
+        "onnx.ModelProto, or files (.onnx .pt2 .keras .h5 .skops, and .joblib/.pkl with --trust-pickle)"
+    )
+
+
+def _is_torch(obj: object) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module | torch.export.ExportedProgram)
+
+
+def _is_keras(obj: object) -> bool:
+    import keras
+
+    return isinstance(obj, keras.Model)
+
+
+def _convert_file(
+    path: Path,
+    *,
+    sample: dict[str, np.ndarray] | np.ndarray | None,
+    opset: int | None,
+    trust_pickle: bool,
+    allow_globals: tuple[str, ...],
+) -> Converted:
+    if not path.is_file():
+        raise UnsupportedModelError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from shipyard.importers import onnx_file
+
+        return onnx_file.convert(path, sample=sample)
+    if suffix == ".skops":
+        from shipyard.importers import sklearn as sk
+
+        return sk.convert(sk.load_skops(path, extra_allowed=allow_globals), sample=sample, opset=opset)
+    if suffix in PICKLE_SUFFIXES:
+        from shipyard.importers import sklearn as sk
+        from shipyard.package.safe_pickle import load_pickle_file
+
+        obj = load_pickle_file(path, trust_pickle=trust_pickle, extra_allowed=allow_globals)
+        if not sk.is_sklearn(obj):
+            raise UnsupportedModelError(
+                f"{path}: holds a {type(obj).__name__}, not a scikit-learn estimator"
+            )
+        return sk.convert(obj, sample=sample, opset=opset)
+    if suffix in TORCH_SUFFIXES:
+        from shipyard.importers import pytorch
+
+        return pytorch.convert_file(
+            path, sample=sample, opset=opset, trust_pickle=trust_pickle, extra_allowed=allow_globals
+        )
+    if suffix in KERAS_SUFFIXES:
+        from shipyard.importers import keras
+
+        return keras.convert_file(path, sample=sample, opset=opset)
+    raise UnsupportedModelError(
+        f"{path}: unknown model file type {suffix!r}; expected .onnx .pt2 .pt .keras .h5 .skops "
+        ".joblib .pkl"
+    )

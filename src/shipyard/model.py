@@ -1,0 +1,100 @@
+"""A loaded, verified model version: manifest plus a runtime, with a friendly infer()."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from shipyard.errors import IntegrityError, PackageError
+from shipyard.package.manifest import MODEL_FILE, Manifest
+from shipyard.package.signature import graph_signature
+from shipyard.package.store import read_verified, resolve_version_dir
+from shipyard.package.tensorspec import TensorSpec
+from shipyard.runtime.base import Runtime, RuntimeOptions
+from shipyard.runtime.onnxrt import OnnxRuntime
+
+
+class Model:
+    """One version of a packaged model, verified on load and ready for inference."""
+
+    def __init__(self, path: Path, manifest: Manifest, runtime: Runtime) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.runtime = runtime
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    def infer(
+        self,
+        inputs: Mapping[str, np.ndarray] | np.ndarray,
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model; a bare array is accepted when the model has exactly one input."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                raise PackageError(
+                    f"{self.name} takes {len(self.inputs)} inputs "
+                    f"({[s.name for s in self.inputs]}); pass a dict of name -> array"
+                )
+            inputs = {self.inputs[0].name: inputs}
+        return self.runtime.infer(inputs, output_names)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, version={self.version}, path={str(self.path)!r})"
+
+
+def load_model(
+    path: str | Path, *, version: int | None = None, options: RuntimeOptions | None = None
+) -> Model:
+    """Verify a package version (schema, digest, every hash, signature) and open a session."""
+    version_dir = resolve_version_dir(Path(path), version)
+    manifest = read_verified(version_dir)
+    model_path = version_dir / MODEL_FILE
+    data = model_path.read_bytes()
+    from shipyard.package.hashing import sha256_bytes
+
+    # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
+    if sha256_bytes(data) != manifest.files[MODEL_FILE].sha256:
+        raise IntegrityError(str(model_path), "changed while loading (sha256 mismatch)")
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:
+        raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
+    inputs, outputs = graph_signature(proto)
+    _check_signature(model_path, "input", manifest.inputs, inputs)
+    _check_signature(model_path, "output", manifest.outputs, outputs)
+    runtime = OnnxRuntime(
+        data, inputs=manifest.inputs, outputs=manifest.outputs, options=options, source=str(model_path)
+    )
+    return Model(version_dir, manifest, runtime)
+
+
+def _check_signature(
+    path: Path, kind: str, declared: Sequence[TensorSpec], actual: Sequence[TensorSpec]
+) -> None:
+    want = [(s.name, s.dtype, len(s.shape)) for s in declared]
+    got = [(s.name, s.dtype, len(s.shape)) for s in actual]
+    if want != got:
+        raise IntegrityError(
+            str(path), f"graph {kind}s {got} do not match the manifest's {want}"
+        )

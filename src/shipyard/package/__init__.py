@@ -1,0 +1,1 @@
+"""On-disk model packages: manifest, signatures, hashing, atomic writes, pickle safety."""

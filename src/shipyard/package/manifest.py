@@ -1,0 +1,124 @@
+"""The package manifest: schema, canonical JSON, self-digest and format version checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shipyard.errors import FormatVersionError, ManifestError
+from shipyard.importers.base import ConversionCheck
+from shipyard.package.tensorspec import TensorSpec
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_FILE = "model.onnx"
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Source(BaseModel):
+    """Where the model came from: the framework and the converter that produced the ONNX."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    framework: str
+    framework_version: str
+    converter: str
+    converter_version: str
+
+
+class Step(BaseModel):
+    """One operation in a version's lineage (pack, quantize, prune …) with its config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parent: int | None = None
+    steps: list[Step] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    """Everything a loader needs to trust and run one version of a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    version: int = Field(ge=1)
+    created: datetime
+    source: Source
+    opset: int = Field(ge=1)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    files: dict[str, FileEntry]
+    lineage: Lineage = Field(default_factory=Lineage)
+    conversion_check: ConversionCheck | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    measured: dict[str, Any] = Field(default_factory=dict)
+    digest: str = ""
+
+    def compute_digest(self) -> str:
+        body = self.model_dump(mode="json", exclude={"digest"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(canonical).hexdigest()
+
+    def sealed(self) -> Manifest:
+        """A copy whose digest covers every other field, so hand edits are detected."""
+        return self.model_copy(update={"digest": self.compute_digest()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse and validate `manifest.json`; every failure names the file and what is wrong."""
+    path = version_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing; this folder is not a Shipyard package version")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    fmt = raw.get("format_version")
+    if not isinstance(fmt, int):
+        raise ManifestError(f"{path}: 'format_version' is missing or not an integer")
+    if fmt > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: written in package format {fmt}, this Shipyard reads up to "
+            f"{FORMAT_VERSION}; upgrade Shipyard to load it"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ManifestError(f"{path}: does not follow the manifest schema ({details})") from exc
+    if manifest.digest != manifest.compute_digest():
+        raise ManifestError(
+            f"{path}: content digest does not match; the manifest was edited after packing"
+        )
+    return manifest

@@ -1,0 +1,94 @@
+"""The Runtime interface every inference backend implements, and its options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shipyard.errors import InputError
+from shipyard.package.tensorspec import TensorSpec, dtype_name, numpy_dtype
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+class RuntimeOptions(BaseModel):
+    """How a backend runs a model. Zero threads means 'let the backend decide'."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    intra_op_threads: int = Field(default=0, ge=0)
+    inter_op_threads: int = Field(default=0, ge=0)
+    graph_optimization: GraphOptimization = "all"
+    providers: tuple[str, ...] | None = None
+    """Execution providers in order of preference; None picks by availability (GPU first)."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A loaded model ready to run: signature in, numpy out."""
+
+    @property
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def _lossless(array: np.ndarray, target: np.dtype[np.generic]) -> bool:
+    if np.can_cast(array.dtype, target, casting="safe"):
+        return True
+    if array.dtype.kind in "biu" and target.kind in "biuf":
+        with np.errstate(all="ignore"):
+            converted = array.astype(target)
+        return bool(np.array_equal(converted.astype(array.dtype), array))
+    return False
+
+
+def check_inputs(
+    specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Validate names, ranks, fixed dims and dtypes; cast only where no value changes."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(inputs) - set(by_name))
+    if unknown:
+        raise InputError(
+            f"unknown input(s) {unknown}; the model takes {[s.describe() for s in specs]}"
+        )
+    missing = [name for name in by_name if name not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}")
+    checked: dict[str, np.ndarray] = {}
+    for name, spec in by_name.items():
+        array = np.asarray(inputs[name])
+        if not spec.shape_matches(array.shape):
+            raise InputError(
+                f"input {name!r} has shape {list(array.shape)}, the model expects "
+                f"{list(spec.shape)} (-1 = any size)"
+            )
+        target = numpy_dtype(spec.dtype)
+        if spec.dtype == "str":
+            if array.dtype.kind not in "OUS":
+                raise InputError(f"input {name!r} must hold strings, got {array.dtype}")
+            array = array.astype(object)
+        elif array.dtype != target:
+            if not _lossless(array, target):
+                raise InputError(
+                    f"input {name!r} has dtype {dtype_name(array)}, the model expects "
+                    f"{spec.dtype}; converting would change values, so cast it yourself "
+                    f"(e.g. x.astype('{spec.dtype}'))"
+                )
+            array = array.astype(target)
+        checked[name] = np.ascontiguousarray(array) if array.dtype != object else array
+    return checked

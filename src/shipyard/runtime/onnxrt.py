@@ -1,0 +1,106 @@
+"""ONNX Runtime backend: provider choice, session options, checked inputs, numpy outputs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from shipyard.errors import InputError, RuntimeBackendError
+from shipyard.package.tensorspec import TensorSpec
+from shipyard.runtime.base import RuntimeOptions, check_inputs
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Preference order when the caller does not choose: accelerators first, CPU always last.
+_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Providers to use: the requested ones that this onnxruntime build has, else by preference."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise RuntimeBackendError(
+                f"execution provider(s) {missing} not available in this onnxruntime build "
+                f"(available: {available}); install onnxruntime-gpu for CUDA"
+            )
+        chosen = list(requested)
+    else:
+        chosen = [p for p in _PREFERRED if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntime:
+    """One ONNX Runtime InferenceSession behind the Runtime interface."""
+
+    def __init__(
+        self,
+        model: bytes | Path,
+        *,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        options: RuntimeOptions | None = None,
+        source: str = "model.onnx",
+    ) -> None:
+        self.options = options or RuntimeOptions()
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+        sess_options = ort.SessionOptions()
+        sess_options.intra_op_num_threads = self.options.intra_op_threads
+        sess_options.inter_op_num_threads = self.options.inter_op_threads
+        sess_options.graph_optimization_level = _LEVELS[self.options.graph_optimization]
+        sess_options.log_severity_level = 3
+        providers = choose_providers(self.options.providers)
+        payload = model if isinstance(model, bytes) else str(model)
+        try:
+            self._session = ort.InferenceSession(payload, sess_options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise RuntimeBackendError(f"{source}: ONNX Runtime cannot load it ({exc})") from exc
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run once; inputs are checked against the signature first."""
+        if self._closed:
+            raise RuntimeBackendError("runtime is closed")
+        feed = check_inputs(self._inputs, inputs)
+        names = list(output_names) if output_names else self._output_names
+        unknown = [n for n in names if n not in self._output_names]
+        if unknown:
+            raise InputError(f"unknown output(s) {unknown}; the model has {self._output_names}")
+        try:
+            results = self._session.run(names, feed)
+        except Exception as exc:
+            raise RuntimeBackendError(f"inference failed: {exc}") from exc
+        return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+
+    def close(self) -> None:
+        self._closed = True
+        del self._session
