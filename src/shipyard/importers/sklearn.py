@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import sklearn
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 
 from shipyard.errors import ConversionError, UnsafePickleError, UnsupportedModelError, UsageError
 from shipyard.importers.base import Converted
@@ -28,7 +28,11 @@ def load_skops(path: Path, *, extra_allowed: Iterable[str] = ()) -> Any:
         untrusted = sio.get_untrusted_types(file=str(path))
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: not a readable .skops file ({exc})") from exc
-    allowed = set(extra_allowed)
+    from shipyard.package.pickle_scan import DEFAULT_ALLOWLIST
+
+    # skops distrusts some scikit-learn internals (e.g. sklearn.tree._tree.Tree) that our
+    # reviewed pickle allowlist accepts; anything else must be allowed by the user.
+    allowed = set(extra_allowed) | set(DEFAULT_ALLOWLIST)
     refused = [t for t in untrusted if t not in allowed]
     if refused:
         raise UnsafePickleError(
@@ -101,7 +105,7 @@ def convert(
         metadata["task"] = "classification"
     elif hasattr(estimator, "predict") and not hasattr(estimator, "transform"):
         expected[outputs[0]] = np.asarray(estimator.predict(reference))
-        metadata["task"] = "regression" if getattr(final, "_estimator_type", "") == "regressor" else "predict"
+        metadata["task"] = "regression" if is_regressor(final) else "predict"
     elif hasattr(estimator, "transform"):
         expected[outputs[-1] if len(outputs) == 1 else outputs[0]] = np.asarray(
             estimator.transform(reference)

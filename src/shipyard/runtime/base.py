@@ -61,14 +61,14 @@ def check_inputs(
 ) -> dict[str, np.ndarray]:
     """Validate names, ranks, fixed dims and dtypes; cast only where no value changes."""
     by_name = {spec.name: spec for spec in specs}
+    missing = [name for name in by_name if name not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}")
     unknown = sorted(set(inputs) - set(by_name))
     if unknown:
         raise InputError(
             f"unknown input(s) {unknown}; the model takes {[s.describe() for s in specs]}"
         )
-    missing = [name for name in by_name if name not in inputs]
-    if missing:
-        raise InputError(f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}")
     checked: dict[str, np.ndarray] = {}
     for name, spec in by_name.items():
         array = np.asarray(inputs[name])

@@ -1,0 +1,131 @@
+"""Command line: parses arguments and calls library functions; all printing happens here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import ShipyardError
+
+EXAMPLES = {
+    "pack": "shipyard pack clf.skops --name iris --repo models/",
+    "scan": "shipyard scan clf.joblib",
+    "inspect": "shipyard inspect models/iris",
+    "predict": "shipyard predict models/iris --input request.json",
+    "serve": "shipyard serve models/ --host 127.0.0.1 --port 8000",
+    "demo": "shipyard demo --repo models/ --serve",
+}
+
+
+def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shipyard",
+        description="Package, compress and serve trained models on ONNX Runtime.",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _add(sub, "pack", "convert a model to ONNX, check it against the original, write a version")
+    p.add_argument("model", help="model file: .onnx .pt2 .pt .keras .h5 .skops .joblib .pkl")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repo", required=True, type=Path, help="repository folder")
+    p.add_argument("--version", type=int, dest="model_version", help="version (default: next free)")
+    p.add_argument("--sample-input", type=Path, help="sample inputs as .npy or .npz (no pickle)")
+    p.add_argument("--opset", type=int, help="target ONNX opset (default: the importer's choice)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument(
+        "--max-mismatch", type=float, default=0.0, help="allowed fraction of differing labels"
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickle/joblib input: it is scanned and loaded only if every global is allowed",
+    )
+    p.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="MODULE.NAME",
+        help="add a reviewed global (e.g. your own class) to the pickle allowlist; repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = _add(sub, "scan", "scan a pickle/joblib/torch file opcode by opcode, without loading it")
+    s.add_argument("file", type=Path)
+    s.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    i = _add(sub, "inspect", "show a package's manifest: signature, files, hashes, lineage")
+    i.add_argument("path", type=Path, help="model folder (latest version) or version folder")
+    i.add_argument("--version", type=int, dest="model_version")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    r = _add(sub, "predict", "run local inference: V2 inference JSON in, V2 JSON out")
+    r.add_argument("path", type=Path, help="model folder or version folder")
+    r.add_argument("--input", required=True, type=Path, help="V2 inference request JSON ('-' = stdin)")
+    r.add_argument("--version", type=int, dest="model_version")
+
+    from shipyard.cli_serve import add_serve_commands
+
+    add_serve_commands(sub, _add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from shipyard import __version__
+
+        print(f"shipyard {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    handler: Callable[[argparse.Namespace], int] = _handlers()[args.command]
+    try:
+        return handler(args)
+    except ShipyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from shipyard import cli_commands as c
+    from shipyard.cli_serve import serve_handlers
+
+    return {
+        "pack": c.cmd_pack,
+        "scan": c.cmd_scan,
+        "inspect": c.cmd_inspect,
+        "predict": c.cmd_predict,
+        **serve_handlers(),
+    }
+
+
+def dump_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""CLI command handlers for packaging: pack, scan, inspect, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shipyard.cli import dump_json
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    import shipyard
+    from shipyard.importers.base import Tolerance
+
+    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, max_mismatch=args.max_mismatch)
+    with err.status(f"converting {args.model} and checking it against the original…"):
+        result = shipyard.pack(
+            args.model,
+            name=args.name,
+            repo=args.repo,
+            version=args.model_version,
+            sample_input=args.sample_input,
+            opset=args.opset,
+            tolerance=tolerance,
+            trust_pickle=args.trust_pickle,
+            allow_globals=args.allow_global,
+        )
+    if args.json:
+        dump_json({"path": str(result.path), "manifest": result.manifest.model_dump(mode="json")})
+        return 0
+    m = result.manifest
+    check = m.conversion_check
+    diff = f"max abs diff {check.max_abs_diff:.3g}" if check and check.compared_outputs else "ran"
+    out.print(
+        f"[green]packed[/] {m.name} version {m.version} → {result.path}  "
+        f"({m.source.framework} {m.source.framework_version}, opset {m.opset}, {diff})"
+    )
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from shipyard.package.pickle_scan import scan_file
+
+    report = scan_file(args.file, extra_allowed=args.allow_global)
+    if args.json:
+        dump_json(
+            {
+                "path": report.path,
+                "format": report.format,
+                "safe": report.safe,
+                "pickles": report.pickles,
+                "globals": list(report.globals),
+                "findings": [
+                    {
+                        "position": f.position,
+                        "opcode": f.opcode,
+                        "global": f.global_name,
+                        "reason": f.reason,
+                        "member": f.member,
+                    }
+                    for f in report.findings
+                ],
+            }
+        )
+        return 0 if report.safe else 1
+    verdict = "[green]clean[/]" if report.safe else "[red]UNSAFE[/]"
+    out.print(
+        f"{report.path}: {verdict} — format {report.format}, {report.pickles} pickle(s), "
+        f"{len(report.globals)} distinct global(s)"
+    )
+    if report.findings:
+        table = Table("position", "member", "opcode", "global", "reason")
+        for f in report.findings:
+            table.add_row(str(f.position), f.member or "", f.opcode, f.global_name or "", f.reason)
+        out.print(table)
+    return 0 if report.safe else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from shipyard.package.store import read_verified, resolve_version_dir
+
+    version_dir = resolve_version_dir(args.path, args.model_version)
+    manifest = read_verified(version_dir)
+    if args.json:
+        dump_json(manifest.model_dump(mode="json"))
+        return 0
+    m = manifest
+    out.print(f"[bold]{m.name}[/] version {m.version}  [dim]{version_dir}[/]  [green]verified[/]")
+    out.print(
+        f"source: {m.source.framework} {m.source.framework_version} via "
+        f"{m.source.converter} {m.source.converter_version}; opset {m.opset}; "
+        f"created {m.created.isoformat(timespec='seconds')}"
+    )
+    sig = Table("", "name", "dtype", "shape", title="signature")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for spec in specs:
+            sig.add_row(kind, spec.name, spec.dtype, str(list(spec.shape)))
+    out.print(sig)
+    files = Table("file", "size", "sha256", title="files")
+    for rel, entry in sorted(m.files.items()):
+        files.add_row(rel, _human(entry.size), entry.sha256[:16] + "…")
+    out.print(files)
+    lineage = ", ".join(step.op for step in m.lineage.steps) or "none"
+    out.print(f"lineage: parent {m.lineage.parent or '—'}; steps: {lineage}")
+    if m.conversion_check:
+        c = m.conversion_check
+        out.print(
+            f"conversion check: {c.samples} samples, outputs {c.compared_outputs}, "
+            f"max abs diff {c.max_abs_diff:.3g}, label mismatch {c.mismatch:.1%} "
+            f"(atol {c.tolerance.atol:g}, rtol {c.tolerance.rtol:g})"
+        )
+    if m.metadata:
+        out.print("metadata: " + json.dumps(m.metadata, default=str)[:400])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import shipyard
+    from shipyard.predict import predict_json
+
+    raw = sys.stdin.buffer.read() if str(args.input) == "-" else _read(args.input)
+    model = shipyard.load(args.path, version=args.model_version)
+    try:
+        response: dict[str, Any] = predict_json(model, raw)
+    finally:
+        model.close()
+    dump_json(response)
+    return 0
+
+
+def _read(path: Any) -> bytes:
+    from shipyard.errors import UsageError
+
+    try:
+        data: bytes = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read request file ({exc.strerror})") from exc
+    return data
