@@ -6,11 +6,11 @@ import os as _os
 # import unless told not to; a deployment tool must not phone home or write there by default.
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from shipyard.api import PackResult, load, pack  # noqa: E402
-from shipyard.errors import ShipyardError  # noqa: E402
-from shipyard.importers.base import Tolerance  # noqa: E402
-from shipyard.model import Model  # noqa: E402
-from shipyard.runtime.base import RuntimeOptions  # noqa: E402
+from shipyard.api import PackResult, load, pack
+from shipyard.errors import ShipyardError
+from shipyard.importers.base import Tolerance
+from shipyard.model import Model
+from shipyard.runtime.base import RuntimeOptions
 
 __version__ = "0.1.0"
 

@@ -40,11 +40,14 @@ def pack(
     allow_globals: Iterable[str] = (),
     metadata: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes | Path] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> PackResult:
     """Convert `model` (object or file) to ONNX, check it against the original, write a version.
 
     Nothing is written unless the converted model reproduces the original's outputs on the
-    sample inputs within `tolerance`.
+    sample inputs within `tolerance`. `dynamic_axes` (live torch modules only) makes dims
+    beyond the batch dynamic: input name -> {dim: symbol}, e.g. `{"input_ids": {1:
+    "sequence"}, "attention_mask": {1: "sequence"}}`; dims sharing a symbol share one size.
     """
     tolerance = tolerance or Tolerance()
     converted = convert_any(
@@ -53,6 +56,7 @@ def pack(
         opset=opset,
         trust_pickle=trust_pickle,
         allow_globals=allow_globals,
+        dynamic_axes=dynamic_axes,
     )
     check = check_converted(converted, tolerance=tolerance)
     data = converted.model.SerializeToString()
@@ -60,7 +64,9 @@ def pack(
     files: dict[str, bytes | Path] = {MODEL_FILE: data}
     files.update(converted.extra_files)
     files.update(extra_files or {})
-    step_config: dict[str, Any] = {"source": str(model) if isinstance(model, str | Path) else type(model).__name__}
+    step_config: dict[str, Any] = {
+        "source": str(model) if isinstance(model, str | Path) else type(model).__name__
+    }
     manifest = Manifest(
         name=name,
         version=version or next_version(Path(repo), name),
@@ -104,10 +110,19 @@ def check_converted(converted: Converted, *, tolerance: Tolerance) -> Any:
 
 
 def load(
-    path: str | Path, *, version: int | None = None, options: RuntimeOptions | None = None
+    path: str | Path,
+    *,
+    version: int | None = None,
+    options: RuntimeOptions | None = None,
+    public_key: str | Path | None = None,
+    kek: bytes | None = None,
 ) -> Model:
-    """Open a verified model version (latest unless `version` is given)."""
-    return load_model(path, version=version, options=options)
+    """Open a verified model version (latest unless `version` is given).
+
+    With `public_key`, a valid signature (model.sig) is required before anything loads;
+    `kek` opens an encrypted package (default: $SHIPYARD_KEK).
+    """
+    return load_model(path, version=version, options=options, public_key=public_key, kek=kek)
 
 
 def as_inputs(model: Model, data: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

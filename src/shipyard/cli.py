@@ -33,6 +33,9 @@ def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shipyard.security import cli as security_cli
+
+    EXAMPLES.update(security_cli.EXAMPLES)
     parser = argparse.ArgumentParser(
         prog="shipyard",
         description="Package, compress and serve trained models on ONNX Runtime.",
@@ -80,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = _add(sub, "predict", "run local inference: V2 inference JSON in, V2 JSON out")
     r.add_argument("path", type=Path, help="model folder or version folder")
-    r.add_argument("--input", required=True, type=Path, help="V2 inference request JSON ('-' = stdin)")
+    r.add_argument(
+        "--input", required=True, type=Path, help="V2 inference request JSON ('-' = stdin)"
+    )
     r.add_argument("--version", type=int, dest="model_version")
 
     from shipyard.cli_serve import add_serve_commands
+    from shipyard.security import cli as security_cli
 
     add_serve_commands(sub, _add)
+    security_cli.add_commands(sub, _add)
     return parser
 
 
@@ -113,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from shipyard import cli_commands as c
     from shipyard.cli_serve import serve_handlers
+    from shipyard.security import cli as security_cli
 
     return {
+        **security_cli.handlers(),
         "pack": c.cmd_pack,
         "scan": c.cmd_scan,
         "inspect": c.cmd_inspect,

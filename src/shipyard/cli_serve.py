@@ -3,13 +3,157 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
 
 
 def add_serve_commands(sub: Any, add: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
-    """Register `serve` and `demo` (filled in as the serving layer lands)."""
+    """Register `serve` and `demo`."""
+    s = add(sub, "serve", "serve a model repository: KServe V2 REST, metrics, hot reload")
+    s.add_argument("repository", type=Path, nargs="?", help="repository folder (default: models)")
+    _server_flags(s)
+
+    d = add(
+        sub, "demo", "build the example repository (cached) and serve it with one call per model"
+    )
+    d.add_argument("--repo", type=Path, default=Path("models"), help="repository to fill")
+    d.add_argument("--no-text", action="store_true", help="skip the MiniLM sentence model")
+    d.add_argument("--once", action="store_true", help="send the demo requests, then stop")
+    d.add_argument("--no-serve", action="store_true", help="only build the repository")
+    _server_flags(d)
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
+    parser.add_argument("--config", type=Path, help="server settings TOML file")
+    parser.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON")
+    parser.add_argument("--max-batch-size", type=int, help="default dynamic batching limit")
+    parser.add_argument("--max-queue-delay-us", type=int, help="default batching delay (µs)")
+    parser.add_argument("--poll-interval", type=float, help="seconds between hot-reload scans")
 
 
 def serve_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {}
+    return {"serve": cmd_serve, "demo": cmd_demo}
+
+
+def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
+    from shipyard.serving.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("host", "host"),
+        ("port", "port"),
+        ("log_format", "log_format"),
+        ("poll_interval", "poll_interval_s"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if repository is not None:
+        overrides["repository"] = repository
+    settings = load_settings(config_file=args.config, **overrides)
+    batching: dict[str, Any] = {}
+    if args.max_batch_size is not None:
+        batching["max_batch_size"] = args.max_batch_size
+    if args.max_queue_delay_us is not None:
+        batching["max_queue_delay_us"] = args.max_queue_delay_us
+    if batching:
+        merged = settings.batching.model_copy(update=batching)
+        settings = settings.model_copy(update={"batching": merged})
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from shipyard.serving.server import serve
+
+    settings = _settings(args, args.repository)
+    err.print(
+        f"serving {settings.repository} on http://{settings.host}:{settings.port} "
+        "(V2: /v2, metrics: /metrics) — Ctrl-C to stop"
+    )
+    serve(settings=settings)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shipyard.demo import build_demo_repository
+
+    with err.status("building the example models (cached after the first run)…") as status:
+        results = build_demo_repository(
+            args.repo,
+            include_text=not args.no_text,
+            progress=lambda msg: status.update(msg),
+            replace=True,
+        )
+    table = Table("model", "version", "inputs", "outputs", "source", "cached", title="repository")
+    for r in results:
+        m = r.manifest
+        table.add_row(
+            m.name,
+            str(m.version),
+            ", ".join(s.describe() for s in m.inputs),
+            ", ".join(s.describe() for s in m.outputs),
+            f"{m.source.framework} {m.source.framework_version}",
+            "yes" if r.from_cache else f"built in {r.build_seconds:.1f} s",
+        )
+    out.print(table)
+    if args.no_serve:
+        return 0
+    from shipyard.serving.server import start_in_thread
+
+    if args.port is None:
+        args.port = 8000
+    settings = _settings(args, args.repo)
+    server = start_in_thread(settings=settings)
+    try:
+        out.print(f"serving on [bold]{server.url}[/] — one V2 request per model:")
+        failures = 0
+        for r in results:
+            failures += _demo_request(server.url, r.manifest.name, r.request)
+        out.print(
+            f"metrics: curl {server.url}/metrics   repository: curl -X POST {server.url}/v2/repository/index"
+        )
+        if args.once:
+            return 1 if failures else 0
+        out.print("serving until Ctrl-C")
+        while server.running:
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def _demo_request(url: str, name: str, request_file: Path) -> int:
+    body = request_file.read_bytes()
+    req = urllib.request.Request(f"{url}/v2/models/{name}/infer", data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        out.print(f"  [red]{name}: HTTP {exc.code}[/] {exc.read().decode(errors='replace')}")
+        return 1
+    ms = (time.perf_counter() - started) * 1000
+    parts = []
+    for output in doc["outputs"]:
+        data = output.get("data", [])
+        preview = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data[:4])
+        more = " …" if len(data) > 4 else ""
+        parts.append(f"{output['name']}{output['shape']} = [{preview}{more}]")
+    out.print(f"  [green]{name}[/] v{doc.get('model_version')} in {ms:.1f} ms: " + "; ".join(parts))
+    return 0

@@ -64,18 +64,41 @@ class Model:
 
 
 def load_model(
-    path: str | Path, *, version: int | None = None, options: RuntimeOptions | None = None
+    path: str | Path,
+    *,
+    version: int | None = None,
+    options: RuntimeOptions | None = None,
+    public_key: str | Path | None = None,
+    kek: bytes | None = None,
 ) -> Model:
-    """Verify a package version (schema, digest, every hash, signature) and open a session."""
-    version_dir = resolve_version_dir(Path(path), version)
-    manifest = read_verified(version_dir)
-    model_path = version_dir / MODEL_FILE
-    data = model_path.read_bytes()
-    from shipyard.package.hashing import sha256_bytes
+    """Verify a package version (schema, digest, every hash, signature) and open a session.
 
-    # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
-    if sha256_bytes(data) != manifest.files[MODEL_FILE].sha256:
-        raise IntegrityError(str(model_path), "changed while loading (sha256 mismatch)")
+    With `public_key`, a valid `model.sig` made by its private key is required. An encrypted
+    package needs its key-encryption key: `kek`, else $SHIPYARD_KEK; it is decrypted in memory.
+    """
+    version_dir = resolve_version_dir(Path(path), version)
+    signed: dict[str, str] | None = None
+    if public_key is not None:
+        from shipyard.security.signing import verify_version
+
+        signed = verify_version(version_dir, public_key).digests
+    manifest = read_verified(version_dir)
+    if manifest.encryption is not None:
+        model_path = version_dir / manifest.encryption.file
+        data = _decrypt(version_dir, manifest, kek)
+    else:
+        model_path = version_dir / MODEL_FILE
+        data = model_path.read_bytes()
+        from shipyard.package.hashing import sha256_bytes
+
+        # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
+        digest = sha256_bytes(data)
+        if digest != manifest.files[MODEL_FILE].sha256:
+            raise IntegrityError(str(model_path), "changed while loading (sha256 mismatch)")
+        if signed is not None and signed.get(MODEL_FILE) != digest:
+            raise IntegrityError(
+                str(model_path), "differs from the signed file (changed while loading)"
+            )
     try:
         proto = onnx.load_from_string(data)
     except Exception as exc:
@@ -84,9 +107,27 @@ def load_model(
     _check_signature(model_path, "input", manifest.inputs, inputs)
     _check_signature(model_path, "output", manifest.outputs, outputs)
     runtime = OnnxRuntime(
-        data, inputs=manifest.inputs, outputs=manifest.outputs, options=options, source=str(model_path)
+        data,
+        inputs=manifest.inputs,
+        outputs=manifest.outputs,
+        options=options,
+        source=str(model_path),
     )
     return Model(version_dir, manifest, runtime)
+
+
+def _decrypt(version_dir: Path, manifest: Manifest, kek: bytes | None) -> bytes:
+    from shipyard.security.encryption import decrypt_model_bytes
+    from shipyard.security.errors import KeyRequiredError
+    from shipyard.security.keys import kek_from_env
+
+    kek = kek if kek is not None else kek_from_env()
+    if kek is None:
+        raise KeyRequiredError(
+            f"{manifest.name} version {manifest.version} ({version_dir}): model is encrypted; "
+            "pass --key-file or set SHIPYARD_KEK"
+        )
+    return decrypt_model_bytes(version_dir, manifest, kek)
 
 
 def _check_signature(
@@ -95,6 +136,4 @@ def _check_signature(
     want = [(s.name, s.dtype, len(s.shape)) for s in declared]
     got = [(s.name, s.dtype, len(s.shape)) for s in actual]
     if want != got:
-        raise IntegrityError(
-            str(path), f"graph {kind}s {got} do not match the manifest's {want}"
-        )
+        raise IntegrityError(str(path), f"graph {kind}s {got} do not match the manifest's {want}")

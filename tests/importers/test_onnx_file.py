@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from tests.conftest import affine_reference, make_affine_onnx
 
 import shipyard
 from shipyard.errors import ConversionError, UnsupportedModelError
-from tests.conftest import affine_reference, make_affine_onnx
 
 
 def test_onnx_file_round_trip(tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tests.conftest import affine_reference
 
 import shipyard
 from shipyard.errors import (
     FormatVersionError,
-    IntegrityError,
     InputError,
+    IntegrityError,
     ManifestError,
     NotFoundError,
     RuntimeBackendError,
@@ -21,7 +22,6 @@ from shipyard.errors import (
 )
 from shipyard.package.manifest import Manifest
 from shipyard.package.store import list_versions, write_version
-from tests.conftest import affine_reference
 
 
 def _pack(model: onnx.ModelProto, repo: Path, **kw: object) -> Path:

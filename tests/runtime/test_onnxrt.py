@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from tests.conftest import affine_reference, make_affine_onnx
 
 from shipyard.errors import InputError, RuntimeBackendError
 from shipyard.package.signature import graph_signature
 from shipyard.runtime import OnnxRuntime, Runtime, RuntimeOptions, choose_providers
-from tests.conftest import affine_reference, make_affine_onnx
 
 
 def _runtime(model: onnx.ModelProto, **options: object) -> OnnxRuntime:

@@ -7,14 +7,14 @@ Heavy frameworks (torch, keras) are imported only when the object or file needs 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from shipyard.errors import UnsupportedModelError
+from shipyard.errors import UnsupportedModelError, UsageError
 from shipyard.importers.base import Converted
 
 PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
@@ -29,11 +29,24 @@ def convert_any(
     opset: int | None = None,
     trust_pickle: bool = False,
     allow_globals: Iterable[str] = (),
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Converted:
-    """Pick the importer for a live model object or a model file and convert it."""
+    """Pick the importer for a live model object or a model file and convert it.
+
+    `dynamic_axes` (input name -> {dim: symbol}, live torch modules only) marks dims beyond
+    the batch dynamic; dims that share a symbol share one size.
+    """
+    if dynamic_axes is not None and not _takes_dynamic_axes(obj):
+        raise UsageError(
+            f"dynamic_axes applies to live torch.nn.Module objects, not to a {_kind(obj)}; "
+            "leave it out (dim 0 is dynamic anyway), or pack the live module from Python"
+        )
     if isinstance(obj, str | Path):
         return _convert_file(
-            Path(obj), sample=sample, opset=opset, trust_pickle=trust_pickle,
+            Path(obj),
+            sample=sample,
+            opset=opset,
+            trust_pickle=trust_pickle,
             allow_globals=tuple(allow_globals),
         )
     if isinstance(obj, onnx.ModelProto):
@@ -44,20 +57,37 @@ def convert_any(
 
     if sk.is_sklearn(obj):
         return sk.convert(obj, sample=sample, opset=opset)
+    # Keras 3 models on the torch backend are nn.Modules too: ask Keras first.
     module = type(obj).__module__.split(".")[0]
-    if module == "torch" or ("torch" in sys.modules and _is_torch(obj)):
-        from shipyard.importers import pytorch
-
-        return pytorch.convert(obj, sample=sample, opset=opset)
     if module == "keras" or ("keras" in sys.modules and _is_keras(obj)):
         from shipyard.importers import keras
 
         return keras.convert(obj, sample=sample, opset=opset)
+    if module == "torch" or ("torch" in sys.modules and _is_torch(obj)):
+        from shipyard.importers import pytorch
+
+        return pytorch.convert(obj, sample=sample, opset=opset, dynamic_axes=dynamic_axes)
     raise UnsupportedModelError(
         f"cannot import a {type(obj).__module__}.{type(obj).__qualname__}; Shipyard imports "
         "torch.nn.Module / ExportedProgram, fitted scikit-learn estimators, Keras models, "
         "onnx.ModelProto, or files (.onnx .pt2 .keras .h5 .skops, and .joblib/.pkl with --trust-pickle)"
     )
+
+
+def _takes_dynamic_axes(obj: object) -> bool:
+    if isinstance(obj, str | Path | onnx.ModelProto) or "torch" not in sys.modules:
+        return False
+    if "keras" in sys.modules and _is_keras(obj):
+        return False  # the Keras importer has no dynamic_axes yet
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def _kind(obj: object) -> str:
+    if isinstance(obj, str | Path):
+        return f"model file ({Path(obj).suffix or 'no suffix'})"
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _is_torch(obj: object) -> bool:
@@ -90,7 +120,9 @@ def _convert_file(
     if suffix == ".skops":
         from shipyard.importers import sklearn as sk
 
-        return sk.convert(sk.load_skops(path, extra_allowed=allow_globals), sample=sample, opset=opset)
+        return sk.convert(
+            sk.load_skops(path, extra_allowed=allow_globals), sample=sample, opset=opset
+        )
     if suffix in PICKLE_SUFFIXES:
         from shipyard.importers import sklearn as sk
         from shipyard.package.safe_pickle import load_pickle_file

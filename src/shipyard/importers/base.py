@@ -77,7 +77,9 @@ def compare_outputs(
         got = np.asarray(actual[name])
         want = np.asarray(want)
         if got.size != want.size:
-            problems.append(f"output {name!r}: shape {list(got.shape)} vs original {list(want.shape)}")
+            problems.append(
+                f"output {name!r}: shape {list(got.shape)} vs original {list(want.shape)}"
+            )
             continue
         got = got.reshape(want.shape)
         if want.dtype.kind == "f" or (want.dtype.kind in "iu" and got.dtype.kind == "f"):

@@ -55,9 +55,7 @@ def convert(
     from shipyard.runtime.base import check_inputs
     from shipyard.runtime.onnxrt import OnnxRuntime
 
-    runtime = OnnxRuntime(
-        proto.SerializeToString(), inputs=inputs, outputs=_outputs, source=source
-    )
+    runtime = OnnxRuntime(proto.SerializeToString(), inputs=inputs, outputs=_outputs, source=source)
     runtime.infer(check_inputs(inputs, feed))
     runtime.close()
     producer = proto.producer_name or "unknown"

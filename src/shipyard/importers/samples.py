@@ -35,14 +35,14 @@ def read_sample(sample: SampleLike) -> dict[str, np.ndarray] | np.ndarray | None
     return {str(k): np.asarray(v) for k, v in sample.items()}
 
 
-def synthesize(specs: Sequence[TensorSpec], *, batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+def synthesize(
+    specs: Sequence[TensorSpec], *, batch: int = 4, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Deterministic random inputs for a signature (dynamic dims become `batch` / 8)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        shape = tuple(
-            (batch if i == 0 else 8) if d == -1 else d for i, d in enumerate(spec.shape)
-        )
+        shape = tuple((batch if i == 0 else 8) if d == -1 else d for i, d in enumerate(spec.shape))
         if spec.dtype == "str":
             out[spec.name] = np.array(
                 [f"s{i}" for i in range(int(np.prod(shape)))], dtype=object

@@ -28,12 +28,14 @@ def load_skops(path: Path, *, extra_allowed: Iterable[str] = ()) -> Any:
         untrusted = sio.get_untrusted_types(file=str(path))
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: not a readable .skops file ({exc})") from exc
-    from shipyard.package.pickle_scan import DEFAULT_ALLOWLIST
+    from shipyard.package.pickle_allowlist import global_refusal
 
     # skops distrusts some scikit-learn internals (e.g. sklearn.tree._tree.Tree) that our
     # reviewed pickle allowlist accepts; anything else must be allowed by the user.
-    allowed = set(extra_allowed) | set(DEFAULT_ALLOWLIST)
-    refused = [t for t in untrusted if t not in allowed]
+    extra = frozenset(extra_allowed)
+    refused = [
+        t for t in untrusted if "." not in t or global_refusal(*t.rsplit(".", 1), extra=extra)
+    ]
     if refused:
         raise UnsafePickleError(
             f"{path}: contains types skops does not trust by default: {refused}; review them "
@@ -70,7 +72,9 @@ def convert(
         sample = np.random.default_rng(0).standard_normal((16, int(n_features)))
     x = np.asarray(sample)
     if x.ndim != 2:
-        raise UsageError(f"sample input must be a 2-D matrix (rows × features), got shape {x.shape}")
+        raise UsageError(
+            f"sample input must be a 2-D matrix (rows × features), got shape {x.shape}"
+        )
     if x.dtype.kind not in "biuf":
         raise UnsupportedModelError(
             f"sample input has dtype {x.dtype}; Shipyard converts numeric scikit-learn inputs "

@@ -54,6 +54,21 @@ class Lineage(BaseModel):
     steps: list[Step] = Field(default_factory=list)
 
 
+class Encryption(BaseModel):
+    """How `model.onnx` was envelope-encrypted into `file` (see shipyard.security.encryption)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scheme: str
+    file: str
+    wrapped_key: str
+    kek_id: str
+    chunk_size: int = Field(ge=1)
+    chunk_count: int = Field(ge=1)
+    plaintext_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    plaintext_size: int = Field(ge=0)
+
+
 class Manifest(BaseModel):
     """Everything a loader needs to trust and run one version of a model."""
 
@@ -72,6 +87,8 @@ class Manifest(BaseModel):
     conversion_check: ConversionCheck | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     measured: dict[str, Any] = Field(default_factory=dict)
+    # Omitted when absent so digests of unencrypted manifests stay as they were.
+    encryption: Encryption | None = Field(default=None, exclude_if=lambda v: v is None)
     digest: str = ""
 
     def compute_digest(self) -> str:

@@ -7,6 +7,7 @@ so a crash never leaves a half-written version that a loader or server would pic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -17,8 +18,10 @@ from shipyard.errors import IntegrityError, NotFoundError, PackageError, UsageEr
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MANIFEST_NAME, MODEL_FILE, FileEntry, Manifest, read_manifest
 
+# The OpenSSF model-signing signature; it covers manifest.json, so it cannot be listed there.
+SIGNATURE_FILE = "model.sig"
 # Files that may sit in a version folder without being listed in the manifest.
-UNLISTED_OK = frozenset({MANIFEST_NAME})
+UNLISTED_OK = frozenset({MANIFEST_NAME, SIGNATURE_FILE})
 
 
 def list_versions(model_dir: Path) -> list[int]:
@@ -51,7 +54,9 @@ def resolve_version_dir(path: Path, version: int | None = None) -> Path:
 
 def verify_files(version_dir: Path, manifest: Manifest) -> None:
     """Check every listed file's presence, size and sha256, and that nothing unlisted is there."""
-    if MODEL_FILE not in manifest.files and not any(f.startswith(MODEL_FILE) for f in manifest.files):
+    if MODEL_FILE not in manifest.files and not any(
+        f.startswith(MODEL_FILE) for f in manifest.files
+    ):
         raise IntegrityError(str(version_dir / MANIFEST_NAME), f"does not list {MODEL_FILE}")
     for rel, entry in sorted(manifest.files.items()):
         target = _inside(version_dir, rel)
@@ -60,10 +65,13 @@ def verify_files(version_dir: Path, manifest: Manifest) -> None:
         size = target.stat().st_size
         if size != entry.size:
             raise IntegrityError(
-                str(target), f"size {size} bytes, manifest says {entry.size} (truncated or replaced)"
+                str(target),
+                f"size {size} bytes, manifest says {entry.size} (truncated or replaced)",
             )
         if sha256_file(target) != entry.sha256:
-            raise IntegrityError(str(target), "sha256 does not match the manifest (file was modified)")
+            raise IntegrityError(
+                str(target), "sha256 does not match the manifest (file was modified)"
+            )
     for child in version_dir.rglob("*"):
         if child.is_file():
             rel = child.relative_to(version_dir).as_posix()
@@ -154,7 +162,6 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    # some filesystems refuse fsync on directories; the rename has happened either way
+    with contextlib.suppress(OSError):
         _fsync(path)
-    except OSError:  # some filesystems refuse fsync on directories; the rename still happened
-        pass

@@ -56,6 +56,16 @@ def _lossless(array: np.ndarray, target: np.dtype[np.generic]) -> bool:
     return False
 
 
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX strings are UTF-8 text: bytes elements are decoded, not stringified as "b'..'"."""
+    flat = array.astype(object).ravel()
+    try:
+        flat[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in flat]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"input {name!r}: an element is not valid UTF-8 ({exc})") from None
+    return flat.reshape(array.shape)
+
+
 def check_inputs(
     specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -63,7 +73,9 @@ def check_inputs(
     by_name = {spec.name: spec for spec in specs}
     missing = [name for name in by_name if name not in inputs]
     if missing:
-        raise InputError(f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}")
+        raise InputError(
+            f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}"
+        )
     unknown = sorted(set(inputs) - set(by_name))
     if unknown:
         raise InputError(
@@ -81,7 +93,7 @@ def check_inputs(
         if spec.dtype == "str":
             if array.dtype.kind not in "OUS":
                 raise InputError(f"input {name!r} must hold strings, got {array.dtype}")
-            array = array.astype(object)
+            array = _as_text(name, array)
         elif array.dtype != target:
             if not _lossless(array, target):
                 raise InputError(

@@ -1,0 +1,172 @@
+"""One tensor between V2 JSON data (nested or flat lists) and numpy, strictly checked.
+
+JSON data is turned into numpy in one `np.array` call and then checked: the element kind
+must fit the datatype (no silent float -> int truncation, no strings as numbers), integers
+must fit their width, and the element count must equal prod(shape). BYTES elements become
+a numpy object array of `str` (JSON) or `bytes` (binary).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shipyard.codecs.errors import ProtocolError
+from shipyard.package.tensorspec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+
+DATATYPES: frozenset[str] = frozenset(V2_TO_NUMPY)
+"""V2 datatypes Shipyard serves: every one ONNX has (BF16 is not an ONNX Runtime input here)."""
+
+# Which numpy kinds JSON values may arrive as for each target kind.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def check_datatype(datatype: object, *, what: str) -> str:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise ProtocolError(
+            f"{what}: datatype {datatype!r} is not supported; use one of {sorted(DATATYPES)}"
+        )
+    return datatype
+
+
+def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ProtocolError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype holding a V2 datatype in memory (BYTES -> object)."""
+    name = V2_TO_NUMPY[datatype]
+    return np.dtype(object) if name == "str" else np.dtype(name)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The V2 datatype of a numpy array (str, bytes and object arrays are BYTES)."""
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    try:
+        return NUMPY_TO_V2[array.dtype.name]
+    except KeyError:
+        raise ProtocolError(f"numpy dtype {array.dtype} has no V2 datatype") from None
+
+
+def array_from_json(data: Any, *, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Build the tensor `what` from JSON `data`; every mismatch is a ProtocolError (400)."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat: list[Any] = []
+        _flatten_strings(data, flat, what=what)
+        _check_count(len(flat), count, shape, what=what)
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    try:
+        raw = np.array(data)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(
+            f"{what}: data is not a regular (non-ragged) array of numbers ({exc})"
+        ) from None
+    _check_count(raw.size, count, shape, what=what)
+    target = numpy_dtype(datatype)
+    if raw.size == 0:
+        return np.zeros(shape, dtype=target)
+    if target.kind in "iu" and raw.dtype.kind == "f":
+        # numpy infers float64 for ints mixing the int64 and uint64 ranges; check the values
+        return _exact_integers(data, target, datatype=datatype, what=what).reshape(shape)
+    accepted = _ACCEPTED_KINDS[target.kind]
+    if raw.dtype.kind not in accepted and not (target.kind == "b" and raw.dtype.kind in "iu"):
+        raise ProtocolError(
+            f"{what}: data holds {_kind_name(raw.dtype)} values, which are not valid {datatype}"
+        )
+    if target.kind in "iub" and raw.dtype.kind in "iu":
+        low, high = (0, 1) if target.kind == "b" else (np.iinfo(target).min, np.iinfo(target).max)
+        if raw.min() < low or raw.max() > high:
+            raise ProtocolError(f"{what}: values outside the range of {datatype} [{low}, {high}]")
+    return raw.astype(target, copy=False).reshape(shape)
+
+
+def _exact_integers(data: Any, target: np.dtype[Any], *, datatype: str, what: str) -> np.ndarray:
+    values = np.array(data, dtype=object).reshape(-1).tolist()
+    info = np.iinfo(target)
+    if not all(type(v) is int and info.min <= v <= info.max for v in values):
+        raise ProtocolError(
+            f"{what}: data must be integers in the range of {datatype} [{info.min}, {info.max}]"
+        )
+    return np.array(values, dtype=target)
+
+
+def array_to_json(array: np.ndarray) -> np.ndarray | list[Any]:
+    """Flat, row-major data for a JSON response (numpy arrays go to orjson as they are)."""
+    if array.dtype.kind in "OUS":
+        return [_text(x) for x in array.reshape(-1).tolist()]
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+def to_model_strings(
+    specs: Sequence[TensorSpec], inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Decode bytes elements of inputs the model takes as strings (ONNX strings are UTF-8)."""
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if spec.dtype != "str" or array is None or array.dtype != object or array.size == 0:
+            continue
+        if any(isinstance(x, bytes) for x in array.flat):
+            try:
+                decoded = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.flat]
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(
+                    f"input {spec.name!r}: a BYTES element is not valid UTF-8 ({exc}); the model "
+                    "takes text"
+                ) from None
+            converted = np.empty(array.size, dtype=object)
+            converted[:] = decoded
+            inputs[spec.name] = converted.reshape(array.shape)
+    return inputs
+
+
+def _flatten_strings(data: Any, out: list[Any], *, what: str, depth: int = 0) -> None:
+    if isinstance(data, str):
+        out.append(data)
+    elif isinstance(data, list) and depth < 32:
+        for item in data:
+            _flatten_strings(item, out, what=what, depth=depth + 1)
+    else:
+        raise ProtocolError(
+            f"{what}: BYTES data must be (nested lists of) strings, found {type(data).__name__}"
+        )
+
+
+def _check_count(got: int, count: int, shape: tuple[int, ...], *, what: str) -> None:
+    if got != count:
+        raise ProtocolError(
+            f"{what}: data has {got} elements but shape {list(shape)} needs {count}"
+        )
+
+
+def _kind_name(dtype: np.dtype[Any]) -> str:
+    return {
+        "b": "boolean",
+        "i": "integer",
+        "u": "integer",
+        "f": "floating-point",
+        "U": "string",
+    }.get(dtype.kind, "non-numeric")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                'an output holds bytes that are not UTF-8 text; request it with "binary_data": true'
+            ) from None
+    return str(value)

@@ -1,0 +1,60 @@
+"""Transport-neutral inference request and response: named numpy tensors plus parameters.
+
+Every protocol codec (V2 JSON/binary, TF Serving REST, V2 gRPC) decodes into
+`InferenceRequest` and encodes from `InferenceResponse`; the serving data plane sees only
+these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Parameter = str | int | float | bool
+Parameters = dict[str, Parameter]
+
+
+@dataclass
+class RequestedOutput:
+    """An output the client asks for, with its per-output parameters (e.g. binary_data)."""
+
+    name: str
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def binary(self) -> bool | None:
+        """The output's `binary_data` choice, or None when the request-level default applies."""
+        value = self.parameters.get("binary_data")
+        return value if isinstance(value, bool) else None
+
+
+@dataclass
+class InferenceRequest:
+    """One inference call: inputs by name (in request order) and the outputs wanted."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Requested output names; empty means every output of the model."""
+        return [o.name for o in self.outputs]
+
+    @property
+    def binary_outputs(self) -> bool:
+        """The request-level `binary_data_output` default (V2 binary tensor extension)."""
+        return self.parameters.get("binary_data_output") is True
+
+
+@dataclass
+class InferenceResponse:
+    """The outputs of one call (only those requested, in order) and who produced them."""
+
+    model_name: str
+    model_version: str | None
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)

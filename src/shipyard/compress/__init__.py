@@ -1,0 +1,60 @@
+"""Compression: quantize, prune and optimize ONNX models, measured against their parent.
+
+`compress(model_dir, config=...)` writes a new version (or rejects a candidate over the
+accuracy budget); `compare(model_dir, v1, v2)` measures two versions side by side. PyTorch
+training-time pruning lives in `shipyard.compress.prune` (imported on use: it needs torch).
+"""
+
+from shipyard.compress.config import (
+    AutoConfig,
+    Budget,
+    CompressionConfig,
+    DynamicInt8Config,
+    Fp16Config,
+    Int4WeightOnlyConfig,
+    MeasureConfig,
+    OnnxPruneConfig,
+    OptimizeConfig,
+    PipelineConfig,
+    QuantizeAutoConfig,
+    StaticInt8Config,
+)
+from shipyard.compress.data import Dataset, load_dataset
+from shipyard.compress.errors import CompressionConfigError, CompressionError
+from shipyard.compress.pipeline import (
+    CandidateOutcome,
+    CompressResult,
+    ProgressEvent,
+    compare,
+    compress,
+)
+from shipyard.compress.quantize import quantize
+from shipyard.compress.report import ComparisonReport, Fidelity, ModelFigures
+
+__all__ = [
+    "AutoConfig",
+    "Budget",
+    "CandidateOutcome",
+    "ComparisonReport",
+    "CompressResult",
+    "CompressionConfig",
+    "CompressionConfigError",
+    "CompressionError",
+    "Dataset",
+    "DynamicInt8Config",
+    "Fidelity",
+    "Fp16Config",
+    "Int4WeightOnlyConfig",
+    "MeasureConfig",
+    "ModelFigures",
+    "OnnxPruneConfig",
+    "OptimizeConfig",
+    "PipelineConfig",
+    "ProgressEvent",
+    "QuantizeAutoConfig",
+    "StaticInt8Config",
+    "compare",
+    "compress",
+    "load_dataset",
+    "quantize",
+]

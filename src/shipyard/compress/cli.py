@@ -1,0 +1,258 @@
+"""CLI glue for `shipyard compress` and `shipyard compare`; the only printing in compress/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shipyard.compress import html
+from shipyard.compress.config import (
+    AnyConfig,
+    AnyStep,
+    AutoConfig,
+    Budget,
+    DynamicInt8Config,
+    Fp16Config,
+    Int4WeightOnlyConfig,
+    MeasureConfig,
+    OnnxPruneConfig,
+    OptimizeConfig,
+    PipelineConfig,
+    QuantizeAutoConfig,
+    StaticInt8Config,
+)
+from shipyard.compress.pipeline import CompressResult, ProgressEvent, compare, compress
+from shipyard.compress.report import ComparisonReport
+from shipyard.errors import UsageError
+
+EXAMPLES = {
+    "compress": "shipyard compress models/minilm --quantize int8-dynamic --eval eval.npz",
+    "compare": "shipyard compare models/minilm 1 2 --report report.html",
+}
+QUANTIZE_CHOICES = ("int8-dynamic", "int8-static", "fp16", "int4", "auto")
+
+Add = Callable[[Any, str, str], argparse.ArgumentParser]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def add_commands(sub: Any, add: Add) -> None:
+    """Register `compress` and `compare` on the main parser's subparsers."""
+    c = add(sub, "compress", "quantize, prune or optimize a model; writes a measured new version")
+    c.add_argument("model", type=Path, help="model folder (latest version) or version folder")
+    c.add_argument("--version", type=int, dest="model_version", help="source version")
+    c.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="quantization method")
+    c.add_argument("--per-tensor", action="store_true", help="one int8 scale per tensor")
+    c.add_argument("--calibration", type=Path, help="calibration inputs (.npz) for int8-static")
+    c.add_argument(
+        "--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax"
+    )
+    c.add_argument("--block-size", type=int, default=128, help="int4 block size (default 128)")
+    c.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude-prune weights first")
+    c.add_argument("--optimize", choices=("basic", "extended"), help="ONNX Runtime graph level")
+    c.add_argument("--auto", action="store_true", help="try candidates, keep the fastest in budget")
+    c.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="for --auto")
+    c.add_argument("--eval", type=Path, dest="eval_data", help="eval inputs (+ y labels) .npz")
+    c.add_argument(
+        "--max-drop",
+        type=float,
+        help="max accuracy drop (with labels) or mean-cosine drop (without); else rejected",
+    )
+    c.add_argument("--min-cosine", type=float, help="min mean cosine vs the parent's outputs")
+    c.add_argument("--repo", type=Path, help="write the new version here (default: same repo)")
+    _measure_args(c)
+    c = add(sub, "compare", "measure two versions side by side: size, speed, fidelity, accuracy")
+    c.add_argument("model", type=Path, help="model folder")
+    c.add_argument("v1", type=int, help="baseline version")
+    c.add_argument("v2", type=int, help="version to compare with it")
+    c.add_argument("--eval", type=Path, dest="eval_data", help="eval inputs (+ y labels) .npz")
+    _measure_args(c)
+
+
+def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
+    return {"compress": cmd_compress, "compare": cmd_compare}
+
+
+def config_from_args(args: argparse.Namespace) -> AnyConfig:
+    """The typed config the flags stand for: one step, a pipeline, or the auto search."""
+    if args.auto:
+        if args.quantize or args.optimize:
+            raise UsageError("--auto picks the method itself; drop --quantize/--optimize")
+        sparsity = args.prune if args.prune is not None else AutoConfig().prune_sparsity
+        return AutoConfig(target=args.target, prune_sparsity=sparsity)
+    steps: list[AnyStep] = []
+    if args.prune is not None:
+        steps.append(OnnxPruneConfig(sparsity=args.prune))
+    if args.quantize == "auto":
+        if steps or args.optimize:
+            raise UsageError("--quantize auto cannot be combined with --prune/--optimize")
+        return QuantizeAutoConfig()
+    if args.quantize:
+        steps.append(_quantize_step(args))
+    if args.optimize:
+        steps.append(OptimizeConfig(level=args.optimize))
+    if not steps:
+        raise UsageError("say what to do: --quantize METHOD, --prune S, --optimize LEVEL or --auto")
+    return steps[0] if len(steps) == 1 else PipelineConfig(steps=tuple(steps))
+
+
+def budget_from_args(args: argparse.Namespace) -> float | Budget | None:
+    if args.min_cosine is None:
+        return args.max_drop  # type: ignore[no-any-return]
+    return Budget(max_accuracy_drop=args.max_drop, min_mean_cosine=args.min_cosine)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    with _progress_bar() as bar:
+        task = bar.add_task("compressing", total=None)
+
+        def update(event: ProgressEvent) -> None:
+            label = f"{event.stage} {event.candidate}".strip()
+            bar.update(task, total=event.total * 2, completed=_done(event), description=label)
+
+        result = compress(
+            args.model,
+            config=config,
+            repo=args.repo,
+            version=args.model_version,
+            eval_data=args.eval_data,
+            calibration=args.calibration,
+            max_drop=budget_from_args(args),
+            measure=_measure(args),
+            progress=update,
+        )
+    if args.report:
+        title = f"{args.model.name}: {result.candidate}"
+        html.write(args.report, result.report, title=title, candidates=result.candidates)
+    if args.json:
+        _dump(_result_json(result))
+        return 0 if result.accepted else 1
+    if len(result.candidates) > 1:
+        _print_candidates(result)
+    _print_report(result.report)
+    for step in result.steps:
+        for note in step.notes:
+            out.print(f"[dim]note ({step.config.method}): {note}[/]")
+    if result.accepted and result.manifest is not None:
+        m = result.manifest
+        out.print(
+            f"[green]wrote[/] {m.name} version {m.version} ({result.candidate}) → {result.path}",
+            soft_wrap=True,
+        )
+        return 0
+    err.print(
+        f"[red]rejected[/] {result.candidate}: {'; '.join(result.reasons)}; "
+        f"kept for inspection at {result.path} (not a servable version)",
+        soft_wrap=True,
+    )
+    return 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with err.status(f"measuring versions {args.v1} and {args.v2} side by side…"):
+        report = compare(
+            args.model, args.v1, args.v2, eval_data=args.eval_data, measure=_measure(args)
+        )
+    if args.report:
+        html.write(args.report, report, title=f"{args.model.name}: v{args.v1} vs v{args.v2}")
+    if args.json:
+        _dump(report.model_dump(mode="json"))
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _quantize_step(args: argparse.Namespace) -> AnyStep:
+    per_channel = not args.per_tensor
+    if args.quantize == "int8-dynamic":
+        return DynamicInt8Config(per_channel=per_channel)
+    if args.quantize == "int8-static":
+        if args.calibration is None:
+            raise UsageError("int8-static needs --calibration calib.npz (inputs like production)")
+        return StaticInt8Config(per_channel=per_channel, calibration_method=args.calibration_method)
+    if args.quantize == "int4":
+        return Int4WeightOnlyConfig(block_size=args.block_size)
+    return Fp16Config()
+
+
+def _measure_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32, help="throughput batch (default 32)")
+    parser.add_argument("--runs", type=int, default=100, help="timed batch-1 runs (default 100)")
+    parser.add_argument("--report", type=Path, help="also write an HTML report with plots")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _measure(args: argparse.Namespace) -> MeasureConfig:
+    return MeasureConfig(batch_size=args.batch_size, latency_runs=args.runs)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _done(event: ProgressEvent) -> int:
+    return event.index * 2 + {"compress": 0, "measure": 1, "write": 0}[event.stage]
+
+
+def _print_report(report: ComparisonReport) -> None:
+    table = Table("metric", report.baseline.label, report.candidate.label, "ratio")
+    for row in html.rows(report):
+        table.add_row(*row)
+    out.print(table)
+    m = report.machine
+    out.print(
+        f"[dim]{m.cpu}, {m.logical_cpus} CPUs, flags {' '.join(m.cpu_flags) or 'none'}; "
+        f"{m.int8_note}; onnxruntime {m.onnxruntime} on {', '.join(m.providers)}; "
+        f"inputs: {report.data}[/]"
+    )
+
+
+def _print_candidates(result: CompressResult) -> None:
+    table = Table("candidate", "in budget", "×smaller", "throughput ×", "mean cosine", "why not")
+    for o in result.candidates:
+        table.add_row(
+            ("→ " if o.name == result.candidate else "") + o.name,
+            "yes" if o.within_budget else "no",
+            _fmt(o.size_ratio),
+            _fmt(o.throughput_ratio),
+            _fmt(o.mean_cosine),
+            o.error or "; ".join(o.reasons),
+        )
+    out.print(table)
+
+
+def _result_json(result: CompressResult) -> dict[str, Any]:
+    return {
+        "accepted": result.accepted,
+        "path": str(result.path),
+        "candidate": result.candidate,
+        "version": result.manifest.version if result.manifest else None,
+        "reasons": result.reasons,
+        "steps": [{"op": s.op, "config": s.lineage_config()} for s in result.steps],
+        "report": result.report.model_dump(mode="json"),
+        "candidates": [o.model_dump(mode="json") for o in result.candidates],
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))

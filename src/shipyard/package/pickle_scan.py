@@ -1,0 +1,87 @@
+"""Opcode-level pickle safety: list every global a pickle-based file would import, run nothing.
+
+The scan walks opcodes with a static model of the unpickler's stack, memo and frames, so
+STACK_GLOBAL operands are resolved exactly, joblib's inline array bytes are skipped the way
+``NumpyUnpickler`` skips them, and anything the model cannot follow becomes a Finding instead of
+being passed as clean. Nothing is unpickled; the only objects built are numpy dtypes from literal
+arguments, to size joblib arrays.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable
+from functools import partial
+
+from shipyard.package.pickle_allowlist import (
+    DEFAULT_ALLOWLIST,
+    TORCH_ALLOWLIST,
+    global_refusal,
+    normalize_extra_allowed,
+)
+from shipyard.package.pickle_compression import DEFAULT_MAX_DECOMPRESSED
+from shipyard.package.pickle_formats import ScanState, scan_buffer
+from shipyard.package.pickle_report import Finding, ScanReport
+from shipyard.package.pickle_stream import Buffer
+
+__all__ = [
+    "DEFAULT_ALLOWLIST",
+    "DEFAULT_MAX_DECOMPRESSED",
+    "TORCH_ALLOWLIST",
+    "Finding",
+    "ScanReport",
+    "scan_bytes",
+    "scan_file",
+]
+
+
+def _scan(data: Buffer, *, extra_allowed: Iterable[str], name: str, max_bytes: int) -> ScanReport:
+    extra = normalize_extra_allowed(extra_allowed)
+    state = ScanState(
+        refusal=partial(global_refusal, extra=extra),
+        torch_refusal=partial(global_refusal, extra=extra, torch=True),
+        max_decompressed=max_bytes,
+    )
+    fmt = scan_buffer(data, state)
+    return ScanReport(
+        path=name,
+        format=fmt,
+        globals=tuple(sorted(state.globals_seen)),
+        findings=tuple(state.findings),
+        pickles=state.pickles,
+    )
+
+
+def scan_bytes(
+    data: bytes,
+    *,
+    extra_allowed: Iterable[str] = (),
+    name: str = "<bytes>",
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
+) -> ScanReport:
+    """Scan an in-memory pickle, joblib file or torch zip; report.safe says whether to load it.
+
+    Raises UnsafePickleError when extra_allowed names a hard-denied global such as os.system.
+    """
+    return _scan(
+        bytes(data), extra_allowed=extra_allowed, name=name, max_bytes=max_decompressed_bytes
+    )
+
+
+def scan_file(
+    path: str | os.PathLike[str],
+    *,
+    extra_allowed: Iterable[str] = (),
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
+) -> ScanReport:
+    """Scan a file on disk (memory-mapped, never imported or unpickled)."""
+    name = os.fspath(path)
+    with open(name, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return _scan(b"", extra_allowed=extra_allowed, name=name, max_bytes=0)
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return _scan(
+                view, extra_allowed=extra_allowed, name=name, max_bytes=max_decompressed_bytes
+            )

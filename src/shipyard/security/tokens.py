@@ -1,0 +1,241 @@
+"""API tokens: 256-bit bearer secrets stored only as SHA-256 hashes, with scopes and expiry.
+
+A scope is `action:model-pattern`: action `infer`, `metadata` or `admin` (admin implies the
+other two), pattern an fnmatch glob over model names (`iris`, `fraud-*`, `*`). Anything not
+granted by a scope is denied. The token file is JSON, written atomically with mode 0600, and
+re-read when it changes on disk, so `shipyard tokens revoke` reaches a running server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from shipyard.errors import NotFoundError, UsageError
+from shipyard.security.errors import AuthenticationError, PermissionDeniedError
+
+Action = Literal["infer", "metadata", "admin"]
+ACTIONS: tuple[Action, ...] = ("infer", "metadata", "admin")
+TOKEN_PREFIX = "shp_"
+TOKEN_FILE_ENV = "SHIPYARD_TOKEN_FILE"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_FORMAT = 1
+_Records = list[dict[str, Any]]  # an alias, since TokenStore.list shadows the builtin in the class
+
+
+@dataclass(frozen=True)
+class Scope:
+    action: Action
+    pattern: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        action, sep, pattern = text.partition(":")
+        if not sep or not pattern or action not in ACTIONS:
+            raise UsageError(
+                f"bad scope {text!r}: expected ACTION:MODEL-PATTERN with ACTION one of "
+                f"{', '.join(ACTIONS)} (e.g. 'infer:iris', 'metadata:*')"
+            )
+        return cls(action, pattern)
+
+    def allows(self, action: str, model: str) -> bool:
+        if self.action != action and self.action != "admin":
+            return False
+        return fnmatchcase(model, self.pattern)
+
+    def __str__(self) -> str:
+        return f"{self.action}:{self.pattern}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token authenticated as, and what it may do."""
+
+    name: str
+    scopes: tuple[Scope, ...]
+    expires: datetime | None = None
+
+    def allows(self, action: str, model: str) -> bool:
+        """True only when some scope grants `action` on `model` (default deny)."""
+        return any(scope.allows(action, model) for scope in self.scopes)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A stored token without its secret (the store never has the secret)."""
+
+    name: str
+    scopes: tuple[Scope, ...]
+    created: datetime
+    expires: datetime | None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires is not None and (now or _now()) >= self.expires
+
+
+class TokenStore:
+    """Tokens in one JSON file; safe to share between threads of one server."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._records: _Records = []
+
+    def create(
+        self,
+        name: str,
+        scopes: list[str] | tuple[str, ...],
+        expires: datetime | timedelta | None = None,
+    ) -> str:
+        """Add a token and return its secret; this is the only time the secret exists."""
+        if not _NAME.match(name):
+            raise UsageError(f"bad token name {name!r}: letters, digits and _ . @ - (max 64)")
+        parsed = tuple(Scope.parse(s) for s in scopes)
+        if not parsed:
+            raise UsageError("a token needs at least one scope (e.g. --scope 'infer:iris')")
+        when = _now() + expires if isinstance(expires, timedelta) else expires
+        if when is not None and when.tzinfo is None:
+            raise UsageError("expiry must be timezone-aware (e.g. 2030-01-01T00:00:00+00:00)")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            records = self._load()
+            if any(r["name"] == name for r in records):
+                raise UsageError(
+                    f"a token named {name!r} exists; revoke it first or pick a new name"
+                )
+            records.append(
+                {
+                    "name": name,
+                    "sha256": _hash(token),
+                    "scopes": [str(s) for s in parsed],
+                    "created": _now().isoformat(),
+                    "expires": when.isoformat() if when else None,
+                }
+            )
+            self._save(records)
+        return token
+
+    def list(self) -> list[TokenInfo]:
+        with self._lock:
+            return [_info(r) for r in self._load()]
+
+    def revoke(self, name: str) -> None:
+        with self._lock:
+            records = self._load()
+            kept = [r for r in records if r["name"] != name]
+            if len(kept) == len(records):
+                raise NotFoundError(f"no token named {name!r} in {self.path}")
+            self._save(kept)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal of a live token, or None (unknown, revoked, expired or malformed)."""
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = _hash(token)
+        with self._lock:
+            records = self._load()
+        match: dict[str, Any] | None = None
+        # Compare against every record, without stopping early, in constant time each.
+        for record in records:
+            if hmac.compare_digest(record["sha256"], digest):
+                match = record
+        if match is None:
+            return None
+        info = _info(match)
+        if info.expired():
+            return None
+        return Principal(info.name, info.scopes, info.expires)
+
+    def _load(self) -> _Records:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._records = None, []
+            return []
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._records = _read(self.path)
+            self._stamp = stamp
+        return list(self._records)
+
+    def _save(self, records: _Records) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"format": _FORMAT, "tokens": records}, indent=2, sort_keys=True) + "\n"
+        fd, tmp_name = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+        self._stamp = None
+        self._records = records
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token from an `Authorization: Bearer …` header value, else None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+def authorize(store: TokenStore, authorization: str | None, action: str, model: str) -> Principal:
+    """For servers: the principal, or AuthenticationError (401) / PermissionDeniedError (403)."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise AuthenticationError("missing credentials: send 'Authorization: Bearer <token>'")
+    principal = store.authenticate(token)
+    if principal is None:
+        raise AuthenticationError("invalid, revoked or expired token")
+    if not principal.allows(action, model):
+        raise PermissionDeniedError(f"token {principal.name!r} may not {action} model {model!r}")
+    return principal
+
+
+def _read(path: Path) -> _Records:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        records = raw["tokens"]
+        for r in records:
+            _info(r)
+            if not isinstance(r["sha256"], str):
+                raise TypeError("sha256 is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a valid Shipyard token file ({exc})") from exc
+    return cast(_Records, records)
+
+
+def _info(record: dict[str, Any]) -> TokenInfo:
+    expires = record.get("expires")
+    return TokenInfo(
+        name=str(record["name"]),
+        scopes=tuple(Scope.parse(s) for s in record["scopes"]),
+        created=datetime.fromisoformat(record["created"]),
+        expires=datetime.fromisoformat(expires) if expires else None,
+    )
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

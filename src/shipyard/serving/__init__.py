@@ -1,0 +1,22 @@
+"""Serving: model lifecycle, dynamic batching, and the V2 protocol over HTTP.
+
+from shipyard.serving import serve, start_in_thread
+serve("models/", settings=load_settings(port=8000))
+"""
+
+from shipyard.serving.app import build_app, build_dataplane
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.server import RunningServer, serve, start_in_thread
+from shipyard.serving.settings import ModelConfig, ServerSettings, load_settings
+
+__all__ = [
+    "DataPlane",
+    "ModelConfig",
+    "RunningServer",
+    "ServerSettings",
+    "build_app",
+    "build_dataplane",
+    "load_settings",
+    "serve",
+    "start_in_thread",
+]

@@ -1,0 +1,64 @@
+"""The ASGI application: settings + repository -> manager, data plane and HTTP routes.
+
+The lifespan loads every model before the first request and unloads them all (after their
+in-flight requests) on shutdown; the repository poller runs in between. Transports add
+their routes here: `protocols.v2_http.routes(...)` today, TF Serving REST next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.manager import ModelManager
+from shipyard.serving.metrics import Metrics
+from shipyard.serving.protocols import v2_http
+from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
+from shipyard.serving.repository import ModelRepository
+from shipyard.serving.settings import ServerSettings
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def build_dataplane(settings: ServerSettings) -> DataPlane:
+    """A data plane over a fresh manager and metrics registry for `settings.repository`."""
+    metrics = Metrics()
+    manager = ModelManager(ModelRepository(settings.repository), settings=settings, metrics=metrics)
+    return DataPlane(manager, metrics)
+
+
+def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -> Starlette:
+    """The Starlette app serving V2 REST and /metrics; `app.state.dataplane` holds the core."""
+    plane = dataplane or build_dataplane(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await plane.manager.start()
+        try:
+            yield
+        finally:
+            await plane.manager.stop()
+
+    async def metrics(request: Request) -> Response:
+        return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
+
+    routes = [
+        *v2_http.routes(plane, settings=settings),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(RequestContextMiddleware, access_log=settings.access_log)],
+        exception_handlers={HTTPException: http_exception},
+    )
+    app.state.dataplane = plane
+    return app

@@ -1,0 +1,216 @@
+"""The transport-agnostic data plane: the one place serving logic lives.
+
+Transports (V2 REST in `protocols/v2_http.py`; TF Serving REST and V2 gRPC to come) only
+decode their wire format into `shipyard.codecs.InferenceRequest`, call a method here, and
+encode what it returns. Every method either returns plain data or raises a `ShipyardError`
+whose `.status` is the HTTP status (gRPC transports map it to a status code):
+`ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `InputError`/`ProtocolError` 400.
+
+Versions arrive as the strings found in URLs (None = the server picks the highest READY
+version); a version that is not a positive integer is simply not found.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shipyard.codecs.tensors import to_model_strings
+from shipyard.codecs.types import InferenceRequest, InferenceResponse
+from shipyard.errors import InputError, ShipyardError
+from shipyard.package.tensorspec import TensorSpec
+from shipyard.runtime.base import check_inputs
+from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
+from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
+from shipyard.serving.metrics import Metrics
+
+SERVER_NAME = "shipyard"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
+PLATFORM = "onnx_onnxv1"
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a served version takes and returns (for codecs that need the model's dtypes)."""
+
+    name: str
+    version: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class DataPlane:
+    """Health, metadata, inference, repository control and statistics for every transport."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+        self.manager = manager
+        self.metrics = metrics
+
+    # -- health ---------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        """The process is up and answering (Kubernetes livenessProbe)."""
+        return True
+
+    def ready(self) -> bool:
+        """Startup loading is done and (strict readiness) every model can serve."""
+        return self.manager.ready()
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether that model (version) can take requests now; ModelNotFound if unknown."""
+        number = _version_number(name, version)
+        try:
+            self.manager.get(name, number)
+        except ModelNotReady:
+            return False
+        return True
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        import shipyard
+
+        return {
+            "name": SERVER_NAME,
+            "version": shipyard.__version__,
+            "extensions": list(EXTENSIONS),
+        }
+
+    def model_signature(self, name: str, version: str | None = None) -> ModelSignature:
+        served = self.manager.get(name, _version_number(name, version))
+        return ModelSignature(name, served.version, served.model.inputs, served.model.outputs)
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """V2 model metadata: name, versions served, platform, inputs and outputs."""
+        signature = self.model_signature(name, version)
+        return {
+            "name": name,
+            "versions": [str(v) for v in self.manager.served_versions(name)],
+            "platform": PLATFORM,
+            "inputs": [_tensor_metadata(s) for s in signature.inputs],
+            "outputs": [_tensor_metadata(s) for s in signature.outputs],
+        }
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        request: InferenceRequest,
+        *,
+        version: str | None = None,
+        protocol: str,
+        received_ns: int | None = None,
+    ) -> InferenceResponse:
+        """Validate, batch and run one request; outputs are the requested ones, in order.
+
+        `protocol` labels the metrics ("v2_http", "tfserving_http", "v2_grpc");
+        `received_ns` (time.perf_counter_ns() when the transport got the request) makes the
+        reported latency include decoding.
+        """
+        started = received_ns if received_ns is not None else time.perf_counter_ns()
+        with self.manager.lease(name, _version_number(name, version)) as served:
+            model_version = str(served.version)
+            try:
+                inputs = _validated(served, request)
+                result = await served.batcher.submit(inputs, request.output_names)
+            except Exception as exc:
+                self.metrics.observe_request(
+                    model=name,
+                    version=model_version,
+                    protocol=protocol,
+                    outcome=_outcome(exc),
+                    total_ns=time.perf_counter_ns() - started,
+                )
+                raise
+        self.metrics.observe_request(
+            model=name,
+            version=model_version,
+            protocol=protocol,
+            outcome="success",
+            total_ns=time.perf_counter_ns() - started,
+            queue_ns=result.queue_ns,
+            compute_ns=result.compute_ns,
+        )
+        return InferenceResponse(
+            model_name=name,
+            model_version=model_version,
+            outputs=result.outputs,
+            id=request.id,
+        )
+
+    # -- model repository -----------------------------------------------------------------
+
+    async def repository_index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model (and version) with state READY/UNAVAILABLE/LOADING/UNLOADING and reason."""
+        return [_index_json(e) for e in await self.manager.index(ready_only=ready_only)]
+
+    async def model_status(self, name: str) -> list[IndexEntry]:
+        """The index rows of one model (all its versions); ModelNotFound if unknown."""
+        entries = [e for e in await self.manager.index() if e.name == name]
+        if not entries:
+            raise ModelNotFound(name)
+        return entries
+
+    async def load_model(self, name: str) -> None:
+        """Load or reload a model from the repository; ModelLoadError if no version serves."""
+        await self.manager.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version after its in-flight requests finish."""
+        await self.manager.unload(name)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension: {"model_stats": [...]} for all, a model, a version."""
+        stats = self.metrics.model_stats(name, version)
+        if name is not None and not stats:
+            raise ModelNotFound(name, version)
+        return {"model_stats": stats}
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text exposition of this server's metrics."""
+        return self.metrics.exposition()
+
+
+def _version_number(name: str, version: str | None) -> int | None:
+    if version is None or version == "":
+        return None
+    if not version.isdigit() or version.startswith("0"):
+        raise ModelNotFound(name, version)
+    return int(version)
+
+
+def _validated(served: ServedVersion, request: InferenceRequest) -> dict[str, Any]:
+    """Check one request on its own before it can join a batch."""
+    known = [o.name for o in served.model.outputs]
+    unknown = [n for n in request.output_names if n not in known]
+    if unknown:
+        raise InputError(f"unknown output(s) {unknown}; model {served.name!r} has {known}")
+    inputs = to_model_strings(served.model.inputs, dict(request.inputs))
+    return check_inputs(served.model.inputs, inputs)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, ModelNotReady):
+        return "not_ready"
+    if isinstance(exc, ShipyardError) and 400 <= exc.status < 500:
+        return "invalid"
+    return "error"
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.v2_datatype, "shape": list(spec.shape)}
+
+
+def _index_json(entry: IndexEntry) -> dict[str, str]:
+    row = {"name": entry.name}
+    if entry.version is not None:
+        row["version"] = str(entry.version)
+    row["state"] = entry.state.value
+    row["reason"] = entry.reason
+    return row

@@ -1,0 +1,217 @@
+"""Prometheus metrics and the V2 statistics extension, fed by the same observe_* calls.
+
+Each server owns a `Metrics` with its own CollectorRegistry, so several servers (tests)
+never share counters. Every observation updates the Prometheus series and the per-version
+`VersionStats` that `GET /v2/models/stats` reports in Triton's JSON shape, in one call, so
+the two views cannot disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+OUTCOMES = ("success", "invalid", "overloaded", "not_ready", "error")
+
+
+@dataclass
+class DurationStat:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class VersionStats:
+    """Cumulative statistics of one model version since it was first loaded."""
+
+    success: DurationStat = field(default_factory=DurationStat)
+    fail: DurationStat = field(default_factory=DurationStat)
+    queue: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, DurationStat] = field(default_factory=dict)
+
+    def to_triton(self, name: str, version: str) -> dict[str, Any]:
+        zero = DurationStat().to_json()
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_json(),
+                "fail": self.fail.to_json(),
+                "queue": self.queue.to_json(),
+                "compute_input": zero,
+                "compute_infer": self.compute_infer.to_json(),
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": zero,
+                    "compute_infer": stat.to_json(),
+                    "compute_output": zero,
+                }
+                for size, stat in sorted(self.batches.items())
+            ],
+        }
+
+
+class Metrics:
+    """The server's counters; transports and the manager report here, never to globals."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        labels = ("model", "version")
+        self.requests = Counter(
+            "shipyard_requests",
+            "Inference requests by outcome.",
+            (*labels, "protocol", "outcome"),
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "shipyard_request_duration_seconds",
+            "Time from request received to response ready.",
+            (*labels, "protocol"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "shipyard_queue_duration_seconds",
+            "Time a request waited in the batch queue.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "shipyard_compute_duration_seconds",
+            "Model run time of the batch a request ran in.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "shipyard_batch_size",
+            "Rows per executed batch.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "shipyard_queue_depth",
+            "Requests waiting in the batch queue.",
+            labels,
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "shipyard_models_loaded",
+            "Model versions loaded and ready.",
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "shipyard_model_load_failures",
+            "Model versions that failed to load or warm up.",
+            ("model",),
+            registry=self.registry,
+        )
+        self._stats: dict[tuple[str, str], VersionStats] = {}
+
+    def stats_for(self, model: str, version: str) -> VersionStats:
+        key = (model, version)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = VersionStats()
+        return stats
+
+    def observe_request(
+        self,
+        *,
+        model: str,
+        version: str,
+        protocol: str,
+        outcome: str,
+        total_ns: int,
+        queue_ns: int = 0,
+        compute_ns: int = 0,
+    ) -> None:
+        """One inference request that reached a model version, successful or not."""
+        self.requests.labels(model, version, protocol, outcome).inc()
+        self.request_seconds.labels(model, version, protocol).observe(total_ns / 1e9)
+        stats = self.stats_for(model, version)
+        if outcome != "success":
+            stats.fail.add(total_ns)
+            return
+        stats.success.add(total_ns)
+        stats.queue.add(queue_ns)
+        stats.compute_infer.add(compute_ns)
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        self.queue_seconds.labels(model, version).observe(queue_ns / 1e9)
+        self.compute_seconds.labels(model, version).observe(compute_ns / 1e9)
+
+    def observe_batch(self, *, model: str, version: str, rows: int, compute_ns: int) -> None:
+        """One executed batch (`rows` = sum of the requests' dim 0)."""
+        self.batch_size.labels(model, version).observe(rows)
+        stats = self.stats_for(model, version)
+        stats.execution_count += 1
+        stats.inference_count += rows
+        stats.batches.setdefault(rows, DurationStat()).add(compute_ns)
+
+    def track_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(model, version).set_function(lambda: float(depth()))
+
+    def forget_queue(self, model: str, version: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.queue_depth.remove(model, version)
+
+    def model_stats(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Triton's `model_stats` list, optionally for one model or one version of it."""
+        return [
+            stats.to_triton(n, v)
+            for (n, v), stats in sorted(
+                self._stats.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))
+            )
+            if (name is None or n == name) and (version is None or v == version)
+        ]
+
+    def exposition(self) -> bytes:
+        """All series in the Prometheus text format."""
+        return generate_latest(self.registry)

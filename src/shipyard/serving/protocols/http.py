@@ -1,0 +1,171 @@
+"""HTTP plumbing every REST transport shares: bounded bodies, errors, request ids, gzip.
+
+- `read_body` enforces the body limit before and while reading, and after decompressing a
+  `Content-Encoding: gzip|deflate` body (a compressed bomb stops at the limit).
+- `endpoint` turns a handler's `ShipyardError` into `{"error": message}` with its status
+  (and `Retry-After` for `Overloaded`); anything unexpected becomes a logged 500 that
+  names the request id, never a traceback.
+- `RequestContextMiddleware` (plain ASGI) gives each request an id (`X-Request-ID` from the
+  client, else a new one), echoes it, and optionally writes an access log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shipyard.errors import ShipyardError
+from shipyard.serving.errors import Overloaded, PayloadTooLarge, ProtocolError
+from shipyard.serving.logs import request_id
+
+log = logging.getLogger("shipyard.serving.http")
+access_log = logging.getLogger("shipyard.serving.access")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(doc), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_response(exc: ShipyardError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return json_response({"error": exc.message}, int(exc.status), headers)
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Wrap a route handler so every failure is a JSON error response with the right status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ShipyardError as exc:
+            return error_response(exc)
+        except Exception:
+            rid = request_id.get()
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return json_response(
+                {"error": f"internal server error (request id {rid}); see the server log"}, 500
+            )
+
+    return wrapped
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (wrong method) as JSON errors."""
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    return json_response(
+        {"error": message.get(exc.status_code, exc.detail)},
+        exc.status_code,
+        dict(exc.headers or {}),
+    )
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, decompressed if needed; PayloadTooLarge past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ProtocolError(f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(None, limit)
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ProtocolError(
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none"
+        )
+    return _decompress(body, gzip_format=encoding == "gzip", limit=limit)
+
+
+def _decompress(body: bytes, *, gzip_format: bool, limit: int) -> bytes:
+    decoder = zlib.decompressobj(wbits=31 if gzip_format else 15)
+    try:
+        data = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(
+            f"body is not valid {'gzip' if gzip_format else 'deflate'} data ({exc})"
+        ) from None
+    if len(data) > limit or decoder.unconsumed_tail:
+        raise PayloadTooLarge(None, limit)
+    return data
+
+
+def compress_for(request: Request, body: bytes, *, min_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """Compress a response body of `min_bytes` or more when the client accepts gzip/deflate."""
+    accepted = request.headers.get("accept-encoding", "")
+    if len(body) < max(min_bytes, 1) or not accepted:
+        return body, {}
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=1), {"Content-Encoding": "gzip"}
+    if "deflate" in accepted:
+        return zlib.compress(body, 1), {"Content-Encoding": "deflate"}
+    return body, {}
+
+
+class RequestContextMiddleware:
+    """Assigns a request id (X-Request-ID), echoes it, and logs access lines if asked."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming[:64] if incoming else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                access_log.info(
+                    "%s %s %d %.2fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+            request_id.reset(token)

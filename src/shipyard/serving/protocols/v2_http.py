@@ -1,0 +1,159 @@
+"""Open Inference Protocol (KServe V2) over HTTP: thin Starlette routes over the DataPlane.
+
+Health answers with the status code (200 true, 400 false, as the spec says) and a small
+JSON body. Inference accepts JSON with or without a Content-Type header (tritonclient
+sends none) and the binary tensor extension (`Inference-Header-Content-Length`). The
+repository index takes an empty body, as tritonclient sends it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.errors import ProtocolError
+from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
+from shipyard.serving.settings import LimitsSettings, ServerSettings
+
+PROTOCOL = "v2_http"
+
+
+class V2Handlers:
+    """One handler per V2 endpoint; each decodes, calls the data plane, encodes."""
+
+    def __init__(
+        self, dataplane: DataPlane, *, limits: LimitsSettings, compress_min_bytes: int
+    ) -> None:
+        self.dataplane = dataplane
+        self.limits = limits
+        self.compress_min_bytes = compress_min_bytes
+
+    async def live(self, request: Request) -> Response:
+        live = self.dataplane.live()
+        return json_response({"live": live}, 200 if live else 400)
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.dataplane.ready()
+        return json_response({"ready": ready}, 200 if ready else 400)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model(request)
+        return json_response(self.dataplane.model_metadata(name, version))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model(request)
+        ready = self.dataplane.model_ready(name, version)
+        return json_response({"name": name, "ready": ready}, 200 if ready else 400)
+
+    async def infer(self, request: Request) -> Response:
+        received = time.perf_counter_ns()
+        name, version = _model(request)
+        body = await read_body(request, limit=self.limits.max_body_bytes)
+        decoded = decode_request(body, header_length=_header_length(request))
+        response = await self.dataplane.infer(
+            name, decoded, version=version, protocol=PROTOCOL, received_ns=received
+        )
+        payload, json_length = encode_response(response, request=decoded)
+        headers: dict[str, str] = {}
+        media_type = "application/json"
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+            media_type = "application/octet-stream"
+        payload, encoding = compress_for(request, payload, min_bytes=self.compress_min_bytes)
+        headers.update(encoding)
+        return Response(payload, headers=headers, media_type=media_type)
+
+    async def repository_index(self, request: Request) -> Response:
+        doc = await self._optional_json(request)
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise ProtocolError('"ready" must be true or false')
+        return json_response(await self.dataplane.repository_index(ready_only=ready))
+
+    async def load(self, request: Request) -> Response:
+        doc = await self._optional_json(request)
+        params = doc.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError('"parameters" must be a JSON object')
+        overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
+        if overrides:
+            raise ProtocolError(
+                f"load parameters {overrides} are not supported; put a model.toml and the "
+                "package versions in the repository folder instead"
+            )
+        await self.dataplane.load_model(request.path_params["name"])
+        return json_response({})
+
+    async def unload(self, request: Request) -> Response:
+        await self._optional_json(request)
+        await self.dataplane.unload_model(request.path_params["name"])
+        return json_response({})
+
+    async def statistics(self, request: Request) -> Response:
+        name = request.path_params.get("name")
+        version = request.path_params.get("version")
+        return json_response(self.dataplane.statistics(name, version))
+
+    async def _optional_json(self, request: Request) -> dict[str, Any]:
+        body = await read_body(request, limit=self.limits.max_body_bytes)
+        if not body.strip():
+            return {}
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"request body is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("request body must be a JSON object")
+        return doc
+
+
+def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
+    """Every V2 REST route, bound to `dataplane`."""
+    h = V2Handlers(
+        dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
+    )
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    get, post = ["GET"], ["POST"]
+    return [
+        Route("/v2/health/live", endpoint(h.live), methods=get),
+        Route("/v2/health/ready", endpoint(h.ready), methods=get),
+        Route("/v2", endpoint(h.server_metadata), methods=get),
+        Route("/v2/models/stats", endpoint(h.statistics), methods=get),
+        Route(f"{model}/stats", endpoint(h.statistics), methods=get),
+        Route(f"{version}/stats", endpoint(h.statistics), methods=get),
+        Route(model, endpoint(h.model_metadata), methods=get),
+        Route(version, endpoint(h.model_metadata), methods=get),
+        Route(f"{model}/ready", endpoint(h.model_ready), methods=get),
+        Route(f"{version}/ready", endpoint(h.model_ready), methods=get),
+        Route(f"{model}/infer", endpoint(h.infer), methods=post),
+        Route(f"{version}/infer", endpoint(h.infer), methods=post),
+        Route("/v2/repository/index", endpoint(h.repository_index), methods=post),
+        Route("/v2/repository/models/{name}/load", endpoint(h.load), methods=post),
+        Route("/v2/repository/models/{name}/unload", endpoint(h.unload), methods=post),
+    ]
+
+
+def _model(request: Request) -> tuple[str, str | None]:
+    return request.path_params["name"], request.path_params.get("version")
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ProtocolError(
+            f"Inference-Header-Content-Length {value!r} is not a non-negative integer"
+        )
+    return int(value)

@@ -1,0 +1,256 @@
+"""Typed server settings (env `SHIPYARD_*`, optional TOML file) and per-model `model.toml`.
+
+Server settings come, highest precedence first, from keyword arguments, environment
+variables (`SHIPYARD_PORT=9000`, nested with `__`: `SHIPYARD_BATCHING__MAX_BATCH_SIZE=64`),
+a TOML file (`load_settings(config_file=...)` or `SHIPYARD_CONFIG_FILE`), then defaults.
+
+A model may carry a `model.toml` next to its version folders::
+
+    instances = 2                 # worker threads running this model
+    warmup = true
+    [batching]
+    enabled = true                # default: on when every input and output has a dynamic dim 0
+    max_batch_size = 16
+    max_queue_delay_us = 1000
+    max_queue_size = 256
+    [version_policy]              # one of: latest = N | all = true | specific = [1, 3]
+    latest = 1
+    [runtime]                     # shipyard.RuntimeOptions
+    intra_op_threads = 2
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from shipyard.runtime.base import RuntimeOptions
+from shipyard.serving.errors import ModelConfigError
+
+MODEL_CONFIG_FILE = "model.toml"
+CONFIG_FILE_ENV = "SHIPYARD_CONFIG_FILE"
+
+_config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", default=None)
+
+
+class BatchingSettings(BaseModel):
+    """Dynamic batching knobs; the server's are the defaults for every model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    """True/False forces batching on/off; None turns it on when the model has a batch dim."""
+    max_batch_size: int = Field(default=32, ge=1)
+    """Most rows (sum of dim 0 over requests) run in one batch."""
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    """How long the oldest queued request may wait for batch-mates, in microseconds.
+
+    0 adds no latency: batches then form from the requests that queue up while every
+    worker is busy, so they grow with load.
+    """
+    max_queue_size: int = Field(default=1024, ge=1)
+    """Requests waiting per model version beyond which new ones get 503 + Retry-After."""
+
+
+class LimitsSettings(BaseModel):
+    """Protection against oversized or abusive requests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest accepted request body, after decompression, in bytes (413 above it)."""
+    retry_after_s: int = Field(default=1, ge=1)
+    """Seconds sent in `Retry-After` when a model's queue is full."""
+
+
+class ServerSettings(BaseSettings):
+    """Everything `shipyard serve` can be told; see the module docstring for sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHIPYARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    """Interface to bind; use 0.0.0.0 to accept connections from other machines."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """HTTP port; 0 picks a free one (reported once the server is up)."""
+    repository: Path = Path("models")
+    """The model repository folder: REPO/NAME/VERSION/{manifest.json, model.onnx}."""
+    batching: BatchingSettings = BatchingSettings()
+    """Default batching for every model; a model's model.toml overrides single knobs."""
+    instances: int = Field(default=1, ge=1, le=64)
+    """Default worker threads per model version (batches run concurrently)."""
+    warmup: bool = True
+    """Run one inference on synthesized inputs before a version takes traffic."""
+    runtime: RuntimeOptions = RuntimeOptions()
+    """Default ONNX Runtime options (threads, graph optimization, providers)."""
+    public_key: Path | None = None
+    """Serve only versions whose model.sig verifies with this public key; others are refused.
+
+    Encrypted packages are decrypted with the key-encryption key in $SHIPYARD_KEK."""
+    poll_interval_s: float = Field(default=2.0, ge=0)
+    """Seconds between repository scans for new, changed or removed versions; 0 = off."""
+    strict_readiness: bool = True
+    """Server ready only when every model (not unloaded on request) has a READY version."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as plain text or as one JSON object per line."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged by `serve()`."""
+    compress_min_bytes: int = Field(default=64 * 1024, ge=0)
+    """Gzip/deflate responses at least this large when the client accepts it (0 = all)."""
+    access_log: bool = False
+    """Log one line per HTTP request (method, path, status, duration, request id)."""
+    limits: LimitsSettings = LimitsSettings()
+    """Request size limits and overload behaviour."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
+    """Settings from keyword overrides > environment > TOML file > defaults.
+
+    The TOML file is `config_file`, else the path in `SHIPYARD_CONFIG_FILE`, else none.
+    """
+    chosen = config_file or os.environ.get(CONFIG_FILE_ENV) or None
+    path = Path(chosen) if chosen else None
+    if path is not None and not path.is_file():
+        raise ModelConfigError(f"{path}: settings file not found")
+    with _using_config_file(path):
+        try:
+            return ServerSettings(**overrides)
+        except ValidationError as exc:
+            source = f"{path}: " if path else ""
+            raise ModelConfigError(f"{source}invalid server settings ({_details(exc)})") from exc
+
+
+@contextmanager
+def _using_config_file(path: Path | None) -> Iterator[None]:
+    token = _config_file.set(path)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+class BatchingOverride(BaseModel):
+    """Batching knobs a model.toml may set; unset ones fall back to the server's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_queue_delay_us: int | None = Field(default=None, ge=0)
+    max_queue_size: int | None = Field(default=None, ge=1)
+
+
+class VersionPolicy(BaseModel):
+    """Which versions on disk are served: the latest N, all of them, or specific ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool = False
+    specific: tuple[int, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, value: Any) -> Any:
+        if value == "all":
+            return {"all": True}
+        if value == "latest":
+            return {"latest": 1}
+        if isinstance(value, dict) and not any(k in value for k in ("latest", "all", "specific")):
+            return {**value, "latest": 1}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [self.latest is not None, self.all, self.specific is not None]
+        if sum(chosen) != 1:
+            raise ValueError("set exactly one of latest = N, all = true, specific = [..]")
+        if self.specific is not None and (not self.specific or min(self.specific) < 1):
+            raise ValueError("specific must list version numbers >= 1")
+        return self
+
+    def select(self, versions: Sequence[int]) -> list[int]:
+        """The versions to serve among `versions` (those on disk that can be loaded)."""
+        ordered = sorted(set(versions))
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1) :]
+
+    def describe(self) -> str:
+        if self.all:
+            return "all"
+        if self.specific is not None:
+            return f"specific = {list(self.specific)}"
+        return f"latest = {self.latest}"
+
+
+class ModelConfig(BaseModel):
+    """A model's serving config from its optional `model.toml`; unset fields use the server's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instances: int | None = Field(default=None, ge=1, le=64)
+    warmup: bool | None = None
+    batching: BatchingOverride = BatchingOverride()
+    version_policy: VersionPolicy = VersionPolicy()
+    runtime: RuntimeOptions | None = None
+
+    def batching_for(self, server: ServerSettings) -> BatchingSettings:
+        update = self.batching.model_dump(exclude_none=True)
+        return server.batching.model_copy(update=update)
+
+
+def read_model_config(model_dir: Path) -> ModelConfig:
+    """Parse `model_dir/model.toml` (defaults when absent); errors name the file and field."""
+    path = model_dir / MODEL_CONFIG_FILE
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelConfigError(f"{path}: not valid TOML ({exc})") from exc
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelConfigError(f"{path}: invalid model config ({_details(exc)})") from exc
+
+
+def _details(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    )

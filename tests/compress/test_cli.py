@@ -1,0 +1,143 @@
+"""The compress/compare CLI glue: flags → typed configs, exit codes, JSON and HTML output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipyard.compress import (
+    AutoConfig,
+    DynamicInt8Config,
+    Int4WeightOnlyConfig,
+    OnnxPruneConfig,
+    OptimizeConfig,
+    PipelineConfig,
+    QuantizeAutoConfig,
+    StaticInt8Config,
+)
+from shipyard.compress.cli import EXAMPLES, add_commands, config_from_args, handlers
+from shipyard.errors import UsageError
+
+
+def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, epilog=f"example:\n  {EXAMPLES[name]}"
+    )
+    return parser
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="shipyard")
+    add_commands(parser.add_subparsers(dest="command"), _add)
+    return parser.parse_args(argv)
+
+
+def main(*argv: str) -> int:
+    args = parse(*argv)
+    return handlers()[args.command](args)
+
+
+def test_flags_become_typed_configs() -> None:
+    assert (
+        config_from_args(parse("compress", "m", "--quantize", "int8-dynamic"))
+        == DynamicInt8Config()
+    )
+    per_tensor = config_from_args(
+        parse("compress", "m", "--quantize", "int8-dynamic", "--per-tensor")
+    )
+    assert per_tensor == DynamicInt8Config(per_channel=False)
+    static = config_from_args(
+        parse(
+            "compress",
+            "m",
+            "--quantize",
+            "int8-static",
+            "--calibration",
+            "c.npz",
+            "--calibration-method",
+            "entropy",
+        )
+    )
+    assert static == StaticInt8Config(calibration_method="entropy")
+    assert config_from_args(parse("compress", "m", "--quantize", "int4", "--block-size", "32")) == (
+        Int4WeightOnlyConfig(block_size=32)
+    )
+    assert config_from_args(parse("compress", "m", "--quantize", "auto")) == QuantizeAutoConfig()
+    pipeline = config_from_args(
+        parse(
+            "compress", "m", "--prune", "0.5", "--quantize", "int8-dynamic", "--optimize", "basic"
+        )
+    )
+    assert pipeline == PipelineConfig(
+        steps=(OnnxPruneConfig(sparsity=0.5), DynamicInt8Config(), OptimizeConfig(level="basic"))
+    )
+    auto = config_from_args(parse("compress", "m", "--auto", "--target", "gpu"))
+    assert auto == AutoConfig(target="gpu")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("compress", "m"),
+        ("compress", "m", "--auto", "--quantize", "fp16"),
+        ("compress", "m", "--quantize", "auto", "--prune", "0.5"),
+        ("compress", "m", "--quantize", "int8-static"),
+    ],
+)
+def test_unusable_flag_combinations(argv: tuple[str, ...]) -> None:
+    with pytest.raises(UsageError):
+        config_from_args(parse(*argv))
+
+
+def test_compress_json_then_compare_html(
+    mlp_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fast = ("--batch-size", "8", "--runs", "5")
+    code = main(
+        "compress",
+        str(mlp_repo / "mlp"),
+        "--quantize",
+        "int8-dynamic",
+        "--eval",
+        str(tmp_path / "eval.npz"),
+        "--max-drop",
+        "0.05",
+        "--json",
+        *fast,
+    )
+    assert code == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["accepted"] and body["version"] == 2
+    assert body["report"]["fidelity"]["mean_cosine"] > 0.99
+    report = tmp_path / "report.html"
+    assert main("compare", str(mlp_repo / "mlp"), "1", "2", "--report", str(report), *fast) == 0
+    printed = capsys.readouterr().out
+    assert "gzip size" in printed and "throughput @8" in printed
+    page = report.read_text()
+    assert "<table>" in page and "data:image/png;base64," in page
+
+
+def test_rejected_candidate_exits_1(
+    mlp_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        "compress",
+        str(mlp_repo / "mlp"),
+        "--prune",
+        "0.95",
+        "--eval",
+        str(tmp_path / "eval.npz"),
+        "--max-drop",
+        "0",
+        "--batch-size",
+        "8",
+        "--runs",
+        "5",
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "rejected" in captured.err and ".rejected" in captured.err

@@ -1,0 +1,159 @@
+"""Keras importer: models and .keras/.h5 files on the torch backend survive pack → load → infer."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import shipyard
+from shipyard.errors import ShipyardError, UnsafePickleError, UsageError
+
+pytest.importorskip("torch", reason="Keras runs on the torch backend: needs the 'keras' extra")
+pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("keras is not installed (the 'keras' extra)", allow_module_level=True)
+
+from shipyard.importers.keras import import_keras
+
+try:
+    keras = import_keras()
+except ShipyardError as exc:  # e.g. keras already imported with another backend
+    pytest.skip(f"keras unusable on the torch backend here: {exc}", allow_module_level=True)
+
+ATOL = 1e-4
+
+
+def _rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _sequential() -> Any:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6,), name="features"),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def _two_inputs() -> Any:
+    keras.utils.set_random_seed(1)
+    left = keras.Input((4,), name="left")
+    right = keras.Input((2,), name="right")
+    hidden = keras.layers.Dense(5, activation="relu")(keras.layers.Concatenate()([left, right]))
+    score = keras.layers.Dense(3, name="score")(hidden)
+    prob = keras.layers.Dense(1, activation="sigmoid", name="prob")(hidden)
+    return keras.Model([left, right], [score, prob])
+
+
+def _cnn() -> Any:
+    keras.utils.set_random_seed(2)
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same")(image)
+    norm = keras.layers.BatchNormalization()
+    x = keras.layers.MaxPooling2D()(keras.layers.ReLU()(norm(x)))
+    model = keras.Model(image, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    norm.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
+    norm.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    return model
+
+
+def _predict(model: Any, x: Any) -> list[np.ndarray]:
+    out = model.predict(x, verbose=0)
+    return [np.asarray(o) for o in out] if isinstance(out, list) else [np.asarray(out)]
+
+
+def _pack_load(model: Any, tmp_path: Path, sample: Any = None) -> shipyard.Model:
+    shipyard.pack(model, name="m", repo=tmp_path / "repo", sample_input=sample)
+    return shipyard.load(tmp_path / "repo" / "m")
+
+
+def test_sequential_object_without_sample(tmp_path: Path) -> None:
+    model = _sequential()
+    loaded = _pack_load(model, tmp_path)
+    assert [(s.name, s.shape) for s in loaded.inputs] == [("features", (-1, 6))]
+    assert loaded.manifest.source.framework == "keras"
+    assert loaded.manifest.metadata["keras_backend"] == "torch"
+    assert loaded.manifest.metadata["exporter"] == "torch.onnx.export(dynamo=True)"
+    for batch in (3, 10):
+        x = _rand(batch, 6, seed=batch)
+        np.testing.assert_allclose(loaded.infer(x)["output"], _predict(model, x)[0], atol=ATOL)
+    loaded.close()
+
+
+def test_functional_two_inputs_two_outputs_object(tmp_path: Path) -> None:
+    model = _two_inputs()
+    loaded = _pack_load(model, tmp_path, {"right": _rand(2, 2), "left": _rand(2, 4)})
+    assert [s.name for s in loaded.inputs] == ["left", "right"]
+    assert [s.name for s in loaded.outputs] == ["score", "prob"]
+    left, right = _rand(5, 4, seed=1), _rand(5, 2, seed=2)
+    got = loaded.infer({"left": left, "right": right})
+    want = _predict(model, [left, right])
+    np.testing.assert_allclose(got["score"], want[0], atol=ATOL)
+    np.testing.assert_allclose(got["prob"], want[1], atol=ATOL)
+    loaded.close()
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_functional_two_inputs_from_file(tmp_path: Path, suffix: str) -> None:
+    model = _two_inputs()
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    loaded = _pack_load(path, tmp_path)
+    assert loaded.manifest.metadata["keras_file_format"] == suffix.lstrip(".")
+    left, right = _rand(7, 4, seed=3), _rand(7, 2, seed=4)
+    got = loaded.infer({"left": left, "right": right})
+    want = _predict(model, [left, right])
+    np.testing.assert_allclose(got["score"], want[0], atol=ATOL)
+    np.testing.assert_allclose(got["prob"], want[1], atol=ATOL)
+    loaded.close()
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_sequential_from_file(tmp_path: Path, suffix: str) -> None:
+    model = _sequential()
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    loaded = _pack_load(path, tmp_path, _rand(4, 6))
+    x = _rand(9, 6, seed=5)
+    np.testing.assert_allclose(loaded.infer(x)["output"], _predict(model, x)[0], atol=ATOL)
+    loaded.close()
+
+
+def test_cnn_with_batchnorm_from_keras_file(tmp_path: Path) -> None:
+    model = _cnn()
+    path = tmp_path / "cnn.keras"
+    model.save(path)
+    loaded = _pack_load(path, tmp_path)
+    assert loaded.inputs[0].shape == (-1, 8, 8, 3)
+    x = _rand(3, 8, 8, 3, seed=6)
+    np.testing.assert_allclose(loaded.infer(x)["output"], _predict(model, x)[0], atol=ATOL)
+    loaded.close()
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_lambda_layer_file_is_refused(tmp_path: Path, suffix: str) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((6,), name="features"),
+            keras.layers.Lambda(lambda x: x * 2.0),
+            keras.layers.Dense(2),
+        ]
+    )
+    path = tmp_path / f"lambda{suffix}"
+    model.save(path)
+    with pytest.raises(UnsafePickleError, match="Lambda layer"):
+        shipyard.pack(path, name="m", repo=tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_unknown_feature_dims_need_a_sample(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((None, 3), name="seq"), keras.layers.Dense(2)])
+    with pytest.raises(UsageError, match="sample_input"):
+        shipyard.pack(model, name="m", repo=tmp_path)

@@ -1,0 +1,130 @@
+"""The security CLI end to end, registered through the main CLI's own `_add` helper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import shipyard.cli as main_cli
+from shipyard.errors import ShipyardError
+from shipyard.security import cli
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    monkeypatch.setattr(main_cli, "EXAMPLES", {**main_cli.EXAMPLES, **cli.EXAMPLES})
+    parser = argparse.ArgumentParser(prog="shipyard")
+    sub = parser.add_subparsers(dest="command")
+    cli.add_commands(sub, main_cli._add)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        args = parser.parse_args([str(a) for a in argv])
+        try:
+            code = cli.handlers()[args.command](args)
+        except ShipyardError as exc:  # what shipyard.cli.main does
+            print(f"error: {exc}", file=sys.stderr)
+            code = 1
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def test_keys_sign_verify_encrypt_flow(run: Run, version_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "k"
+    code, out, _ = run("keys", "init", "--dir", keys, "--json")
+    assert code == 0 and json.loads(out)["public_key"] == str(keys / "signing.pub")
+    assert run("keys", "init", "--dir", keys)[0] == 1
+
+    code, out, _ = run("encrypt", version_dir, "--key-file", keys / "data.key", "--json")
+    assert code == 0 and json.loads(out)["file"] == "model.onnx.enc"
+    assert run("sign", version_dir.parent, "--key", keys / "signing.pem")[0] == 0
+    code, out, _ = run("verify", version_dir, "--pub", keys / "signing.pub", "--json")
+    assert code == 0 and json.loads(out)["files"] == ["manifest.json", "model.onnx.enc"]
+
+    new_key = tmp_path / "k2"
+    run("keys", "init", "--dir", new_key)
+    code, _, err = run(
+        "keys",
+        "rewrap",
+        version_dir,
+        "--key-file",
+        keys / "data.key",
+        "--new-key-file",
+        new_key / "data.key",
+    )
+    assert code == 1 and "--remove-signature" in err
+    code, out, _ = run(
+        "keys",
+        "rewrap",
+        version_dir,
+        "--key-file",
+        keys / "data.key",
+        "--new-key-file",
+        new_key / "data.key",
+        "--remove-signature",
+    )
+    assert code == 0 and "rewrapped" in out
+    run("sign", version_dir, "--key", keys / "signing.pem")
+
+    (version_dir / "model.onnx.enc").write_bytes(b"tampered")
+    code, _, err = run("verify", version_dir, "--pub", keys / "signing.pub")
+    assert code == 1 and "model.onnx.enc" in err
+
+
+def test_tokens_commands(run: Run, tmp_path: Path) -> None:
+    file = tmp_path / "tokens.json"
+    code, out, err = run(
+        "tokens",
+        "--file",
+        file,
+        "create",
+        "--name",
+        "ci-bot",
+        "--scope",
+        "infer:iris",
+        "--scope",
+        "metadata:*",
+        "--expires",
+        "30d",
+    )
+    token = out.strip()
+    assert code == 0 and token.startswith("shp_") and "only once" in err
+    code, out, _ = run("tokens", "--file", file, "list", "--json")
+    listed = json.loads(out)
+    assert [t["name"] for t in listed] == ["ci-bot"] and token not in out
+    assert listed[0]["scopes"] == ["infer:iris", "metadata:*"] and listed[0]["expires"]
+    assert run("tokens", "--file", file, "list")[0] == 0
+    assert run("tokens", "revoke", "ci-bot", "--file", file)[0] == 0
+    assert run("tokens", "--file", file, "revoke", "ci-bot")[0] == 1
+    assert run("tokens", "--file", file, "create", "--name", "x", "--scope", "bad")[0] == 1
+
+
+def test_audit_commands(run: Run, tmp_path: Path) -> None:
+    from shipyard.security.audit import AuditLog
+    from shipyard.security.keys import init_keys, read_secret
+
+    keys = init_keys(tmp_path / "k")
+    log_path = tmp_path / "audit.jsonl"
+    with AuditLog(log_path, read_secret(keys.audit_key)) as log:
+        for _ in range(3):
+            log.record("infer", who="ci-bot", model="iris")
+    code, out, _ = run("audit", "head", log_path, "--key-file", keys.audit_key)
+    assert code == 0 and json.loads(out)["seq"] == 3
+    head = tmp_path / "head.json"
+    head.write_text(out)
+    assert run("audit", "verify", log_path, "--key-file", keys.audit_key, "--head", head)[0] == 0
+    lines = log_path.read_text().splitlines(keepends=True)
+    log_path.write_text(lines[0] + lines[2])
+    code, out, _ = run("audit", "verify", log_path, "--key-file", keys.audit_key, "--json")
+    report = json.loads(out)
+    assert code == 1 and (report["first_bad_seq"], report["first_bad_line"]) == (3, 2)
+    code, _, err = run("audit", "verify", log_path, "--key-file", keys.audit_key)
+    assert code == 1 and "line 2 (seq 3)" in err

@@ -1,0 +1,121 @@
+"""API tokens: secrets shown once, hashes only on disk, expiry, revocation and a scope matrix."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from shipyard.errors import NotFoundError, UsageError
+from shipyard.security.errors import AuthenticationError, PermissionDeniedError
+from shipyard.security.tokens import Principal, Scope, TokenStore, authorize, bearer_token
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TokenStore:
+    return TokenStore(tmp_path / "tokens.json")
+
+
+def test_create_returns_secret_once_and_stores_only_its_hash(store: TokenStore) -> None:
+    token = store.create("ci-bot", ["infer:iris", "metadata:*"])
+    assert token.startswith("shp_") and len(token) >= 4 + 43  # 32 random bytes, base64url
+    text = store.path.read_text()
+    assert token not in text and token[4:] not in text
+    assert hashlib.sha256(token.encode()).hexdigest() in text
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    principal = store.authenticate(token)
+    assert principal is not None and principal.name == "ci-bot"
+    assert [str(s) for s in principal.scopes] == ["infer:iris", "metadata:*"]
+    assert store.create("other", ["infer:*"]) != token
+
+
+def test_unknown_malformed_and_near_miss_tokens_are_rejected(store: TokenStore) -> None:
+    token = store.create("ci-bot", ["infer:*"])
+    assert store.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert store.authenticate(token[4:]) is None
+    assert store.authenticate("") is None
+
+
+def test_expiry(store: TokenStore) -> None:
+    past = store.create("old", ["infer:*"], expires=datetime.now(UTC) - timedelta(seconds=1))
+    soon = store.create("new", ["infer:*"], expires=timedelta(hours=1))
+    assert store.authenticate(past) is None
+    assert store.authenticate(soon) is not None
+    assert [i.expired() for i in store.list()] == [True, False]
+    with pytest.raises(UsageError, match="timezone-aware"):
+        store.create("naive", ["infer:*"], expires=datetime(2030, 1, 1))
+
+
+def test_revoke_reaches_other_store_instances(store: TokenStore) -> None:
+    token = store.create("ci-bot", ["infer:*"])
+    server_view = TokenStore(store.path)
+    assert server_view.authenticate(token) is not None
+    store.revoke("ci-bot")
+    assert server_view.authenticate(token) is None
+    assert store.list() == []
+    with pytest.raises(NotFoundError, match="no token named 'ci-bot'"):
+        store.revoke("ci-bot")
+
+
+def test_names_and_scopes_are_validated(store: TokenStore) -> None:
+    store.create("ci-bot", ["infer:*"])
+    with pytest.raises(UsageError, match="exists"):
+        store.create("ci-bot", ["infer:*"])
+    for bad in ("infer", "write:*", "infer:", ":iris"):
+        with pytest.raises(UsageError, match="bad scope"):
+            store.create("x", [bad])
+    with pytest.raises(UsageError, match="at least one scope"):
+        store.create("x", [])
+    with pytest.raises(UsageError, match="bad token name"):
+        store.create("../etc", ["infer:*"])
+
+
+@pytest.mark.parametrize(
+    ("scopes", "action", "model", "allowed"),
+    [
+        (["infer:iris"], "infer", "iris", True),
+        (["infer:iris"], "infer", "iris2", False),
+        (["infer:iris"], "metadata", "iris", False),
+        (["infer:iris"], "admin", "iris", False),
+        (["metadata:*"], "metadata", "anything", True),
+        (["metadata:*"], "infer", "anything", False),
+        (["infer:fraud-*"], "infer", "fraud-v2", True),
+        (["infer:fraud-*"], "infer", "Fraud-v2", False),
+        (["admin:iris"], "infer", "iris", True),
+        (["admin:iris"], "metadata", "iris", True),
+        (["admin:iris"], "admin", "iris", True),
+        (["admin:iris"], "infer", "digits", False),
+        (["infer:iris", "metadata:digits"], "metadata", "digits", True),
+        (["infer:iris", "metadata:digits"], "infer", "digits", False),
+        ([], "infer", "iris", False),
+        (["infer:*"], "delete", "iris", False),
+    ],
+)
+def test_scope_matrix(scopes: list[str], action: str, model: str, allowed: bool) -> None:
+    principal = Principal("p", tuple(Scope.parse(s) for s in scopes))
+    assert principal.allows(action, model) is allowed
+
+
+def test_authorize_maps_to_401_and_403(store: TokenStore) -> None:
+    token = store.create("ci-bot", ["infer:iris"])
+    assert bearer_token(f"Bearer {token}") == token
+    assert bearer_token(f"bearer  {token} ") == token
+    assert bearer_token(f"Basic {token}") is None and bearer_token(None) is None
+    assert authorize(store, f"Bearer {token}", "infer", "iris").name == "ci-bot"
+    with pytest.raises(AuthenticationError, match="missing credentials") as missing:
+        authorize(store, None, "infer", "iris")
+    assert missing.value.status == 401
+    with pytest.raises(AuthenticationError, match="invalid, revoked or expired"):
+        authorize(store, "Bearer shp_nope", "infer", "iris")
+    with pytest.raises(PermissionDeniedError, match="may not metadata model 'iris'") as denied:
+        authorize(store, f"Bearer {token}", "metadata", "iris")
+    assert denied.value.status == 403
+
+
+def test_corrupt_token_file_is_a_clear_error(store: TokenStore) -> None:
+    store.path.write_text("{]")
+    with pytest.raises(UsageError, match="not a valid Shipyard token file"):
+        store.authenticate("shp_x")
