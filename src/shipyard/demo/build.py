@@ -140,8 +140,13 @@ def build_demo_repository(
 def cache_key(spec: DemoSpec) -> dict[str, Any]:
     """What a cache entry depends on: builder/importer sources and library versions."""
     sources = {}
-    for module in dict.fromkeys((spec.module, __name__, spec.importer)):
-        found = importlib.util.find_spec(module)
+    # An importer may be split over sibling modules (pytorch, pytorch_export, pytorch_files).
+    siblings = (f"{spec.importer}_export", f"{spec.importer}_files")
+    for module in dict.fromkeys((spec.module, __name__, spec.importer, *siblings)):
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            found = None
         origin = Path(found.origin) if found is not None and found.origin else None
         text = origin.read_bytes() if origin is not None and origin.is_file() else b""
         sources[module] = hashlib.sha256(text).hexdigest()
