@@ -150,6 +150,7 @@ def markdown(results: dict[str, list[tuple[str, ComparisonReport | str]]], batch
         "to compare (the machine is shared, absolute times drift). Fidelity: mean cosine of the",
         "outputs vs fp32, row by row (top-1 agreement for classifiers). Speed-up and",
         "throughput ratios compare against fp32 timed in alternating rounds of the same run.",
+        "Batch-1 latency on a busy machine is noisy; the batch throughput ratio is steadier.",
     ]
     for name, rows in results.items():
         base = next((r for _, r in rows if isinstance(r, ComparisonReport)), None)

@@ -33,8 +33,10 @@ def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shipyard.compress import cli as compress_cli
     from shipyard.security import cli as security_cli
 
+    EXAMPLES.update(compress_cli.EXAMPLES)
     EXAMPLES.update(security_cli.EXAMPLES)
     parser = argparse.ArgumentParser(
         prog="shipyard",
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     from shipyard.security import cli as security_cli
 
     add_serve_commands(sub, _add)
+    compress_cli.add_commands(sub, _add)
     security_cli.add_commands(sub, _add)
     return parser
 
@@ -120,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from shipyard import cli_commands as c
     from shipyard.cli_serve import serve_handlers
+    from shipyard.compress import cli as compress_cli
     from shipyard.security import cli as security_cli
 
     return {
+        **compress_cli.handlers(),
         **security_cli.handlers(),
         "pack": c.cmd_pack,
         "scan": c.cmd_scan,

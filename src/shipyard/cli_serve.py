@@ -37,6 +37,9 @@ def add_serve_commands(sub: Any, add: Callable[[Any, str, str], argparse.Argumen
 def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="also serve V2 over gRPC on this port (e.g. 8001; 0 = any)"
+    )
     parser.add_argument("--config", type=Path, help="server settings TOML file")
     parser.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON")
     parser.add_argument("--max-batch-size", type=int, help="default dynamic batching limit")
@@ -55,6 +58,7 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
     for flag, key in (
         ("host", "host"),
         ("port", "port"),
+        ("grpc_port", "grpc_port"),
         ("log_format", "log_format"),
         ("poll_interval", "poll_interval_s"),
     ):
@@ -79,9 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shipyard.serving.server import serve
 
     settings = _settings(args, args.repository)
+    grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
     err.print(
         f"serving {settings.repository} on http://{settings.host}:{settings.port} "
-        "(V2: /v2, metrics: /metrics) — Ctrl-C to stop"
+        f"(V2: /v2, metrics: /metrics{grpc}) — Ctrl-C to stop"
     )
     serve(settings=settings)
     return 0

@@ -1,7 +1,4 @@
-"""Write malicious pickle-based files whose naive load creates a canary file (never committed).
-
-Usage: python tests/attacks/make_attacks.py OUT_DIR CANARY_PATH
-"""
+"""Malicious pickle-based files whose naive load creates a canary: make_attacks.py OUT CANARY."""
 
 from __future__ import annotations
 

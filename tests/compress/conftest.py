@@ -13,7 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 import shipyard
 from shipyard.compress import MeasureConfig
 
-FAST = MeasureConfig(batch_size=8, latency_runs=5, throughput_runs=2, warmup_runs=1, max_rows=64)
+FAST = MeasureConfig(
+    batch_size=8, latency_runs=5, throughput_runs=2, warmup_runs=1, max_rows=64, min_seconds=0
+)
 
 
 def _model(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.limits import DecodeLimits, check_bytes_element
 
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("u1"),
@@ -33,12 +34,20 @@ _LENGTH = struct.Struct("<I")
 
 
 def array_from_bytes(
-    buffer: memoryview, *, datatype: str, shape: tuple[int, ...], what: str
+    buffer: memoryview,
+    *,
+    datatype: str,
+    shape: tuple[int, ...],
+    what: str,
+    limits: DecodeLimits | None = None,
 ) -> np.ndarray:
-    """The tensor `what` stored in `buffer`, whose size must match shape and datatype exactly."""
+    """The tensor `what` stored in `buffer`, whose size must match shape and datatype exactly.
+
+    With `limits`, a BYTES element over `max_bytes_element` is RequestTooLarge (413).
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _strings_from_bytes(buffer, count, what=what).reshape(shape)
+        return _strings_from_bytes(buffer, count, what=what, limits=limits).reshape(shape)
     wire = WIRE_DTYPES[datatype]
     expected = count * wire.itemsize
     if len(buffer) != expected:
@@ -71,7 +80,9 @@ def array_to_bytes(array: np.ndarray, *, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=wire).tobytes()
 
 
-def _strings_from_bytes(buffer: memoryview, count: int, *, what: str) -> np.ndarray:
+def _strings_from_bytes(
+    buffer: memoryview, count: int, *, what: str, limits: DecodeLimits | None
+) -> np.ndarray:
     items: list[bytes] = []
     offset, end = 0, len(buffer)
     while offset < end:
@@ -84,6 +95,7 @@ def _strings_from_bytes(buffer: memoryview, count: int, *, what: str) -> np.ndar
                 f"{what}: BYTES element {len(items)} claims {length} bytes, "
                 f"only {end - offset} remain"
             )
+        check_bytes_element(length, limits, what=what)
         items.append(bytes(buffer[offset : offset + length]))
         offset += length
         if len(items) > count:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.limits import MAX_RANK, DecodeLimits, check_bytes_element
 from shipyard.package.tensorspec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 DATATYPES: frozenset[str] = frozenset(V2_TO_NUMPY)
@@ -37,6 +38,10 @@ def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise ProtocolError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK}")
+    if math.prod(max(d, 1) for d in shape) >= 1 << 62:
+        raise ProtocolError(f"{what}: shape {shape!r} is too large for any tensor")
     return tuple(shape)
 
 
@@ -56,12 +61,29 @@ def datatype_of(array: np.ndarray) -> str:
         raise ProtocolError(f"numpy dtype {array.dtype} has no V2 datatype") from None
 
 
-def array_from_json(data: Any, *, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """Build the tensor `what` from JSON `data`; every mismatch is a ProtocolError (400)."""
+def array_from_json(
+    data: Any,
+    *,
+    datatype: str,
+    shape: tuple[int, ...],
+    what: str,
+    limits: DecodeLimits | None = None,
+) -> np.ndarray:
+    """Build the tensor `what` from JSON `data`; every mismatch is a ProtocolError (400).
+
+    With `limits`, a BYTES element over `max_bytes_element` is RequestTooLarge (413).
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
         flat: list[Any] = []
         _flatten_strings(data, flat, what=what)
+        if limits is not None:
+            for item in flat:
+                # UTF-8 takes 1-4 bytes a character: encode only the strings that may be over
+                if len(item) * 4 > limits.max_bytes_element:
+                    check_bytes_element(
+                        len(item.encode("utf-8", "surrogatepass")), limits, what=what
+                    )
         _check_count(len(flat), count, shape, what=what)
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
@@ -88,7 +110,12 @@ def array_from_json(data: Any, *, datatype: str, shape: tuple[int, ...], what: s
         low, high = (0, 1) if target.kind == "b" else (np.iinfo(target).min, np.iinfo(target).max)
         if raw.min() < low or raw.max() > high:
             raise ProtocolError(f"{what}: values outside the range of {datatype} [{low}, {high}]")
-    return raw.astype(target, copy=False).reshape(shape)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = raw.astype(target, copy=False)
+    except FloatingPointError:
+        raise ProtocolError(f"{what}: values outside the range of {datatype}") from None
+    return array.reshape(shape)
 
 
 def _exact_integers(data: Any, target: np.dtype[Any], *, datatype: str, what: str) -> np.ndarray:

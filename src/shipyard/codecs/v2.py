@@ -26,6 +26,13 @@ import orjson
 
 from shipyard.codecs.binary import array_from_bytes, array_to_bytes
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.limits import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    check_elements,
+    check_json_depth,
+    check_request_elements,
+)
 from shipyard.codecs.tensors import (
     array_from_json,
     array_to_json,
@@ -44,9 +51,16 @@ _DUMP = orjson.OPT_SERIALIZE_NUMPY
 
 
 def decode_request(
-    body: bytes | memoryview, *, header_length: int | None = None
+    body: bytes | memoryview,
+    *,
+    header_length: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> InferenceRequest:
-    """A V2 inference request; `header_length` is the Inference-Header-Content-Length value."""
+    """A V2 inference request; `header_length` is the Inference-Header-Content-Length value.
+
+    Raises ProtocolError (400) for anything malformed and its subclass RequestTooLarge (413)
+    past one of `limits`, always before allocating the tensor that would break it.
+    """
     view = memoryview(body)
     if header_length is None:
         header, blobs = view, view[0:0]
@@ -63,23 +77,28 @@ def decode_request(
             )
         header, blobs = view[:header_length], view[header_length:]
     doc = _load_json(header, what="inference request")
+    check_json_depth(doc, limits, what="inference request")
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise ProtocolError('inference request needs "inputs": a non-empty list of tensors')
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = total = 0
     for position, item in enumerate(inputs_doc):
         name, datatype, shape, params = _tensor_header(item, position=position)
         if name in inputs:
             raise ProtocolError(f"input {name!r} appears twice")
         what = f"input {name!r}"
+        total += check_elements(shape, limits, what=what)
+        check_request_elements(total, limits)
         size = params.get("binary_data_size")
         if "shared_memory_region" in params:
             raise ProtocolError(f"{what}: shared-memory inputs are not supported; send the data")
         if size is None:
             if "data" not in item:
                 raise ProtocolError(f'{what}: needs "data" or parameters.binary_data_size')
-            inputs[name] = array_from_json(item["data"], datatype=datatype, shape=shape, what=what)
+            inputs[name] = array_from_json(
+                item["data"], datatype=datatype, shape=shape, what=what, limits=limits
+            )
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"{what}: binary_data_size must be a non-negative integer")
@@ -97,7 +116,9 @@ def decode_request(
             )
         chunk = blobs[offset : offset + size]
         offset += size
-        inputs[name] = array_from_bytes(chunk, datatype=datatype, shape=shape, what=what)
+        inputs[name] = array_from_bytes(
+            chunk, datatype=datatype, shape=shape, what=what, limits=limits
+        )
     if offset != len(blobs):
         raise ProtocolError(
             f"the body has {len(blobs)} bytes after the JSON header but the inputs' "

@@ -199,6 +199,9 @@ class MeasureConfig(_Config):
     latency_runs: int = Field(default=100, ge=5)
     throughput_runs: int = Field(default=10, ge=2)
     warmup_runs: int = Field(default=3, ge=0)
+    min_seconds: float = Field(default=0.5, ge=0.0)
+    """Keep timing (past the run counts) until each phase took this long: tiny models need
+    thousands of runs for a stable median."""
     max_rows: int = Field(default=512, ge=1)
     """Rows of the eval/sample data used for fidelity and accuracy."""
     intra_op_threads: int = Field(default=0, ge=0)

@@ -88,7 +88,8 @@ def load_dataset(data: DataLike, specs: Sequence[TensorSpec], *, what: str) -> D
 def synthetic_dataset(specs: Sequence[TensorSpec], *, rows: int = 8, seed: int = 0) -> Dataset:
     """Deterministic inputs from the signature, used only when no data was given.
 
-    Integer inputs named like a mask are ones, other integers small ids; floats are normal.
+    Integer inputs named like a mask are ones, token types zeros, other integers small ids;
+    floats are standard normal.
     """
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
@@ -98,8 +99,14 @@ def synthetic_dataset(specs: Sequence[TensorSpec], *, rows: int = 8, seed: int =
         if spec.dtype == "bool":
             inputs[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         elif dtype.kind in "iu":
-            high = 2 if "mask" in spec.name.lower() else 100
-            value = np.ones(shape) if high == 2 else rng.integers(0, high, size=shape)
+            name = spec.name.lower()
+            value: np.ndarray
+            if "mask" in name:
+                value = np.ones(shape)
+            elif "type" in name:  # token_type_ids: one segment
+                value = np.zeros(shape)
+            else:
+                value = rng.integers(0, 100, size=shape)
             inputs[spec.name] = value.astype(dtype)
         elif dtype.kind == "f":
             inputs[spec.name] = rng.standard_normal(size=shape).astype(dtype)

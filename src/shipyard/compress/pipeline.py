@@ -157,7 +157,8 @@ def compress(
         within = [t for t in trials if not t.reasons]
         if within:
             best = max(within, key=_speed)
-            return _accept(best, parent, source_dir, target_repo, budget, outcomes, len(trials) > 1)
+            searched = len(candidates) > 1
+            return _accept(best, parent, source_dir, target_repo, budget, outcomes, searched)
         worst_first = sorted(trials, key=lambda t: t.report.fidelity.mean_cosine)
         return _reject(worst_first[-1], parent, target_repo, budget, outcomes)
 

@@ -24,6 +24,8 @@ from shipyard.compress.machine import MachineFacts, machine_facts
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.onnxrt import choose_providers
 
+MAX_ROUNDS = 100_000
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -140,10 +142,9 @@ def measure_pair(
         after = _rss_bytes()
         sessions.append(session)
         rss.append(None if before is None or after is None else max(after - before, 0) / 2**20)
-    latency = _alternating(
-        sessions, data.tiled(single), settings.latency_runs, settings.warmup_runs
-    )
-    bulk = _alternating(sessions, data.tiled(batch), settings.throughput_runs, settings.warmup_runs)
+    warmup, least = settings.warmup_runs, settings.min_seconds
+    latency = _alternating(sessions, data.tiled(single), settings.latency_runs, warmup, least)
+    bulk = _alternating(sessions, data.tiled(batch), settings.throughput_runs, warmup, least)
     figures = []
     for index, path in enumerate((baseline, candidate)):
         times = latency[index]
@@ -250,13 +251,21 @@ def _run_all(session: ort.InferenceSession, data: Dataset, batch: int) -> list[n
 
 
 def _alternating(
-    sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int, warmup: int
+    sessions: list[ort.InferenceSession],
+    feed: dict[str, np.ndarray],
+    runs: int,
+    warmup: int,
+    min_seconds: float,
 ) -> list[list[float]]:
+    """Time each session in alternating rounds: at least `runs` rounds and `min_seconds`."""
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(warmup):
         for session in sessions:
             session.run(None, feed)
-    for _ in range(runs):
+    deadline = time.perf_counter() + min_seconds
+    rounds = 0
+    while rounds < runs or (time.perf_counter() < deadline and rounds < MAX_ROUNDS):
+        rounds += 1
         for index, session in enumerate(sessions):
             start = time.perf_counter()
             session.run(None, feed)

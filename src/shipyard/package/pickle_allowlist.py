@@ -284,7 +284,7 @@ def _deny_one(module: str, name: str) -> str | None:
     full = f"{module}.{name}"
     root = module.split(".", 1)[0]
     # Python 2 module names such as __builtin__ are judged by what they map to
-    module_parts = [] if module in IMPORT_MAPPING else module.split(".")
+    module_parts = [] if module in IMPORT_MAPPING or module == "__main__" else module.split(".")
     if any(_is_dunder(part) for part in module_parts + name.split(".")):
         return f"{full} reaches a dunder attribute (interpreter internals)"
     if root in _DENY_MODULES or module in _DENY_MODULES:

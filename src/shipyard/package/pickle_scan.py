@@ -1,11 +1,4 @@
-"""Opcode-level pickle safety: list every global a pickle-based file would import, run nothing.
-
-The scan walks opcodes with a static model of the unpickler's stack, memo and frames, so
-STACK_GLOBAL operands are resolved exactly, joblib's inline array bytes are skipped the way
-``NumpyUnpickler`` skips them, and anything the model cannot follow becomes a Finding instead of
-being passed as clean. Nothing is unpickled; the only objects built are numpy dtypes from literal
-arguments, to size joblib arrays.
-"""
+"""Opcode-level pickle safety: list every global a pickle-based file would import, run nothing."""
 
 from __future__ import annotations
 
@@ -62,7 +55,12 @@ def scan_bytes(
 ) -> ScanReport:
     """Scan an in-memory pickle, joblib file or torch zip; report.safe says whether to load it.
 
-    Raises UnsafePickleError when extra_allowed names a hard-denied global such as os.system.
+    Opcodes are walked with a static model of the unpickler's stack, memo and frames, so
+    STACK_GLOBAL operands are resolved exactly, joblib's inline array bytes are skipped the way
+    NumpyUnpickler skips them, and whatever the model cannot follow becomes a Finding rather
+    than passing as clean. Nothing is imported or unpickled; the only objects built are numpy
+    dtypes from literal arguments. Raises UnsafePickleError when extra_allowed names a
+    hard-denied global such as os.system, UsageError when a name is not "module.QualName".
     """
     return _scan(
         bytes(data), extra_allowed=extra_allowed, name=name, max_bytes=max_decompressed_bytes

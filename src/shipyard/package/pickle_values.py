@@ -88,9 +88,6 @@ class SetV:
         self.frozen = frozen
 
 
-MAX_LITERAL_NODES = 100_000
-
-
 def truthy(value: object) -> bool:
     """Python truthiness of a statically known value; unknown objects count as true."""
     if value is None or value is False or (value == 0 and type(value) in (int, float, bool)):
@@ -106,8 +103,8 @@ def truthy(value: object) -> bool:
     return True
 
 
-def mentions_wrapper(value: object) -> bool:
-    """Whether joblib's wrapper class or a live wrapper is reachable from value."""
+def mentions_wrapper(value: object, limit: int) -> tuple[bool, int]:
+    """(whether joblib's wrapper class or a live wrapper is reachable, nodes visited)."""
     seen: set[int] = set()
     todo = [value]
     while todo:
@@ -115,14 +112,14 @@ def mentions_wrapper(value: object) -> bool:
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if len(seen) > MAX_LITERAL_NODES:
-            return True  # too large to inspect: assume the worst
+        if len(seen) > limit:
+            return True, len(seen)  # too large to inspect: assume the worst
         if isinstance(item, Global):
             if item.is_joblib_wrapper:
-                return True
+                return True, len(seen)
         elif isinstance(item, Obj):
             if item.is_wrapper:
-                return True
+                return True, len(seen)
             todo.extend((item.args, *item.states))
         elif isinstance(item, tuple | list):
             todo.extend(item)
@@ -132,15 +129,14 @@ def mentions_wrapper(value: object) -> bool:
         elif isinstance(item, SetV):
             todo.extend(item.items)
         elif isinstance(item, Unknown):
-            return True
-    return False
+            return True, len(seen)
+    return False, len(seen)
 
 
-def result_class(func: Global, args: object) -> Global | None:
-    """The class of func(*args) as far as it matters for finding joblib array wrappers."""
+def result_class(func: Global, args: object, limit: int) -> tuple[Global | None, int]:
+    """The class of func(*args) as far as joblib wrappers go (None: cannot tell), nodes visited."""
     if func.full in FIRST_ARG_FACTORIES:
         first = args[0] if isinstance(args, tuple) and args else None
-        return first if isinstance(first, Global) else None
-    if mentions_wrapper(args):
-        return None  # a wrapper flowing through another callable: cannot tell
-    return func
+        return (first if isinstance(first, Global) else None), 1
+    found, visited = mentions_wrapper(args, limit)
+    return (None if found else func), visited  # a wrapper passed through a callable: unknown

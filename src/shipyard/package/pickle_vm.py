@@ -27,6 +27,9 @@ Refusal = Callable[[str, str], "str | None"]
 
 OPNAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
 _WRAPPER_PARAMS = ("subclass", "shape", "order", "dtype", "allow_mmap")
+MAX_FINDINGS = 1000
+_DTYPE_TWICE = "numpy dtype state set more than once (numpy never pickles that)"
+_ANALYSIS_BUDGET = 5_000_000  # stand-in nodes inspected for joblib wrappers, per pickle
 
 
 def _builds_dtype(factory: object) -> bool:
@@ -66,6 +69,7 @@ class Walker(DataOps):
         self.proto = 0
         self.op = "?"
         self.pos = file.pos
+        self.budget = _ANALYSIS_BUDGET
         self.nested = 0  # object-array pickles found inside a joblib stream
         self.wrappers = 0
 
@@ -98,6 +102,8 @@ class Walker(DataOps):
 
     def fail(self, reason: str, global_name: str | None = None) -> None:
         """Record a finding at the current opcode and keep walking."""
+        if len(self.findings) >= MAX_FINDINGS:
+            raise ParseError(self.pos, f"more than {MAX_FINDINGS} findings: scan stopped")
         self.findings.append(Finding(self.pos, self.op, global_name, reason, self.member))
 
     def resolve(self, module: str, name: str) -> Global:
@@ -191,7 +197,13 @@ class Walker(DataOps):
             return Unknown()
         if func.full in NOT_CALLABLE:
             self.fail(NOT_CALLABLE[func.full], func.full)
-        obj = Obj(result_class(func, args) if self.joblib else func, func, args)
+        cls: Global | None = func
+        if self.joblib:
+            cls, visited = result_class(func, args, self.budget)
+            self.budget -= visited
+            if self.budget <= 0:
+                raise ParseError(self.pos, "pickle too complex to analyse statically")
+        obj = Obj(cls, func, args)
         if func.is_joblib_wrapper and init:
             self._wrapper_init(obj, args)
         return obj
@@ -238,8 +250,8 @@ class Walker(DataOps):
             target.states.append(state)
             if target.is_wrapper:
                 self._wrapper_state(target, state)
-            elif target.factory is not None and _builds_dtype(target.factory):
-                problem = dtype_problem(target)
+            elif _builds_dtype(target.factory):
+                problem = dtype_problem(target) if len(target.states) == 1 else _DTYPE_TWICE
                 if problem is not None:
                     self.fail(problem)
         if not self.joblib:

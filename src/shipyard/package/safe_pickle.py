@@ -86,7 +86,10 @@ class _AllowlistNumpyUnpickler(NumpyUnpickler):  # type: ignore[misc]
     dispatch = NumpyUnpickler.dispatch.copy()
 
     def __init__(self, name: str, file: io.BytesIO, *, extra: frozenset[str]) -> None:
-        super().__init__(name, file, ensure_native_byte_order=True)
+        try:
+            super().__init__(name, file, ensure_native_byte_order=True)
+        except TypeError:  # joblib < 1.5 has no byte-order option
+            super().__init__(name, file)
         self._extra = extra
 
     def find_class(self, module: str, name: str) -> Any:
@@ -103,8 +106,10 @@ class _AllowlistNumpyUnpickler(NumpyUnpickler):  # type: ignore[misc]
             inner = pickle._Unpickler(self.file_handle)
             inner.find_class = self.find_class  # type: ignore[method-assign]
             self.stack.append(inner.load())
-        else:
+        elif hasattr(self, "ensure_native_byte_order"):
             self.stack.append(wrapper.read(self, self.ensure_native_byte_order))
+        else:
+            self.stack.append(wrapper.read(self))
 
     dispatch[pickle.BUILD[0]] = load_build
 

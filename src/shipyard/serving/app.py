@@ -17,10 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.protocols import v2_http
+from shipyard.serving.protocols import tfserving_http, v2_http
 from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.settings import ServerSettings
@@ -52,7 +53,9 @@ def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -
 
     routes = [
         *v2_http.routes(plane, settings=settings),
+        *tfserving_http.routes(plane, settings=settings),
         Route("/metrics", metrics, methods=["GET"]),
+        openapi.route(),
     ]
     app = Starlette(
         routes=routes,

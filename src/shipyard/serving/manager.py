@@ -9,6 +9,8 @@ fingerprint and not retried until its files change or an explicit load asks for 
 `latest = N` the policy then falls back to the newest versions that do load.
 
 All state lives on the event loop; only loading, warm-up and disk scans run on threads.
+Listeners (`manager.listeners`, e.g. the audit log) hear of every load, reload and unload
+as a `ModelEvent`, on the event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,9 +33,28 @@ from shipyard.serving.repository import Fingerprint, ModelOnDisk, ModelRepositor
 from shipyard.serving.served import IndexEntry, ModelState, ServedVersion, VersionStatus
 from shipyard.serving.settings import ModelConfig, ServerSettings
 
-__all__ = ["IndexEntry", "ModelManager", "ModelState", "ServedVersion", "VersionStatus"]
+__all__ = [
+    "IndexEntry",
+    "ModelEvent",
+    "ModelManager",
+    "ModelState",
+    "ServedVersion",
+    "VersionStatus",
+]
 
 log = logging.getLogger("shipyard.serving.manager")
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """A version was loaded, reloaded or unloaded (`ok`), or a load or reload `failed`."""
+
+    kind: str
+    """"load", "reload" (a served version replaced by its changed files) or "unload"."""
+    model: str
+    version: int
+    outcome: str
+    detail: str = ""
 
 
 @dataclass
@@ -53,11 +74,19 @@ class ModelManager:
     """Keeps the served versions in line with the repository, its policies and requests."""
 
     def __init__(
-        self, repository: ModelRepository, *, settings: ServerSettings, metrics: Metrics
+        self,
+        repository: ModelRepository,
+        *,
+        settings: ServerSettings,
+        metrics: Metrics,
+        kek: bytes | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.kek = kek
+        """Key-encryption key for encrypted packages (None: $SHIPYARD_KEK when needed)."""
+        self.listeners: list[Callable[[ModelEvent], None]] = []
         self._records: dict[str, _Record] = {}
         self._poller: asyncio.Task[None] | None = None
         self.started = False
@@ -275,6 +304,8 @@ class ModelManager:
                 ModelState.UNAVAILABLE, reason, fingerprint, failed=True
             )
             self.metrics.load_failures.labels(record.name).inc()
+            kind = "reload" if version in record.served else "load"
+            self._emit(ModelEvent(kind, record.name, version, "failed", reason))
             log.error(
                 "refused %s version %d: %s",
                 record.name,
@@ -292,6 +323,7 @@ class ModelManager:
         self.metrics.stats_for(record.name, str(version))
         self.metrics.track_queue(record.name, str(version), lambda: served.batcher.depth)
         self._count_loaded()
+        self._emit(ModelEvent("reload" if previous else "load", record.name, version, "ok"))
         log.info(
             "serving %s version %d (batching %s, %d instance(s))",
             record.name,
@@ -311,6 +343,7 @@ class ModelManager:
             version=version,
             options=config.runtime or self.settings.runtime,
             public_key=self.settings.public_key,
+            kek=self.kek,
         )
         warmup = self.settings.warmup if config.warmup is None else config.warmup
         if warmup:
@@ -363,6 +396,7 @@ class ModelManager:
             record.statuses[version] = VersionStatus(
                 ModelState.UNAVAILABLE, reason, served.fingerprint
             )
+            self._emit(ModelEvent("unload", record.name, version, "ok", reason))
             log.info(
                 "unloaded %s version %d: %s",
                 record.name,
@@ -370,6 +404,13 @@ class ModelManager:
                 reason,
                 extra={"model": record.name, "version": version},
             )
+
+    def _emit(self, event: ModelEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's failure must not fail a load or an unload
+                log.exception("model event listener failed on %s", event)
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))

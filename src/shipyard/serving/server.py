@@ -21,6 +21,9 @@ from shipyard.serving.app import build_app
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.settings import ServerSettings, load_settings
 
+_GRACE_S = 10
+"""Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
+
 
 def serve(repository: str | Path | None = None, *, settings: ServerSettings | None = None) -> None:
     """Serve `repository` (or settings.repository) until interrupted; logs go to stderr."""
@@ -43,6 +46,12 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The bound V2 gRPC port while it runs; None when gRPC is off (no grpc_port set)."""
+        port = getattr(self.app.state, "grpc_port", None)
+        return port if isinstance(port, int) else None
 
     @property
     def running(self) -> bool:
@@ -107,8 +116,13 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
 
 
 def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
+    app = build_app(settings)
+    if settings.grpc_port is not None:
+        from shipyard.serving.protocols import v2_grpc
+
+        v2_grpc.attach(app, app.state.dataplane, settings=settings, grace_s=_GRACE_S)
     return uvicorn.Config(
-        build_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -117,5 +131,5 @@ def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=_GRACE_S,
     )

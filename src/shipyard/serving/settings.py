@@ -17,6 +17,9 @@ A model may carry a `model.toml` next to its version folders::
     latest = 1
     [runtime]                     # shipyard.RuntimeOptions
     intra_op_threads = 2
+    [limits]                      # any LimitsSettings field but retry_after_s
+    max_body_bytes = 8_388_608
+    max_tensor_elements = 1_000_000
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ class LimitsSettings(BaseModel):
     """Largest accepted request body, after decompression, in bytes (413 above it)."""
     retry_after_s: int = Field(default=1, ge=1)
     """Seconds sent in `Retry-After` when a model's queue is full."""
+    max_json_depth: int = Field(default=32, ge=4, le=1000)
+    """Deepest nesting of a JSON request body (400 deeper); a rank-R tensor needs R + 3."""
+    max_tensor_elements: int = Field(default=1 << 24, ge=1)
+    """Most elements one input tensor may declare (413 above it)."""
+    max_request_elements: int = Field(default=1 << 25, ge=1)
+    """Most elements all input tensors of one request may declare together (413 above it)."""
+    max_bytes_element: int = Field(default=1 << 20, ge=1)
+    """Largest single BYTES (string) input element, in bytes (413 above it)."""
+    max_output_bytes: int = Field(default=256 << 20, ge=1024)
+    """Largest total size of a response's output tensors, in bytes (413 above it)."""
 
 
 class ServerSettings(BaseSettings):
@@ -90,6 +103,8 @@ class ServerSettings(BaseSettings):
     """Interface to bind; use 0.0.0.0 to accept connections from other machines."""
     port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port; 0 picks a free one (reported once the server is up)."""
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """V2 gRPC port (inference.GRPCInferenceService, e.g. 8001); None = off, 0 = a free one."""
     repository: Path = Path("models")
     """The model repository folder: REPO/NAME/VERSION/{manifest.json, model.onnx}."""
     batching: BatchingSettings = BatchingSettings()
@@ -103,7 +118,8 @@ class ServerSettings(BaseSettings):
     public_key: Path | None = None
     """Serve only versions whose model.sig verifies with this public key; others are refused.
 
-    Encrypted packages are decrypted with the key-encryption key in $SHIPYARD_KEK."""
+    Encrypted packages are decrypted with the key-encryption key of `key_file`, else the
+    one in $SHIPYARD_KEK."""
     poll_interval_s: float = Field(default=2.0, ge=0)
     """Seconds between repository scans for new, changed or removed versions; 0 = off."""
     strict_readiness: bool = True
@@ -118,6 +134,34 @@ class ServerSettings(BaseSettings):
     """Log one line per HTTP request (method, path, status, duration, request id)."""
     limits: LimitsSettings = LimitsSettings()
     """Request size limits and overload behaviour."""
+    auth: Path | None = None
+    """Token file (`shipyard tokens create`): every route but /v2/health/* then needs a token."""
+    metrics_require_auth: bool = True
+    """With `auth`, /metrics needs a token with a metadata scope for every model."""
+    insecure: bool = False
+    """Allow binding a non-loopback address without `auth` (refused otherwise)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs `tls_key`."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert`."""
+    require_signature: bool = False
+    """Refuse every version without a valid signature; needs `public_key`."""
+    key_file: Path | None = None
+    """Key-encryption key for encrypted packages (read once at start), else $SHIPYARD_KEK."""
+    audit_log: Path | None = None
+    """Append a chained, HMAC-signed JSON-lines audit record per security-relevant event."""
+    audit_key_file: Path | None = None
+    """The audit log's HMAC key, else $SHIPYARD_AUDIT_KEY; must differ from the KEK."""
+
+    @model_validator(mode="after")
+    def _security_options_fit(self) -> ServerSettings:
+        if self.require_signature and self.public_key is None:
+            raise ValueError(
+                "require_signature needs public_key: pass --pub KEY (the signer's public key)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -170,6 +214,19 @@ class BatchingOverride(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_us: int | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
+
+
+class LimitsOverride(BaseModel):
+    """Limits a model.toml may set; unset ones fall back to the server's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_body_bytes: int | None = Field(default=None, ge=1024)
+    max_json_depth: int | None = Field(default=None, ge=4, le=1000)
+    max_tensor_elements: int | None = Field(default=None, ge=1)
+    max_request_elements: int | None = Field(default=None, ge=1)
+    max_bytes_element: int | None = Field(default=None, ge=1)
+    max_output_bytes: int | None = Field(default=None, ge=1024)
 
 
 class VersionPolicy(BaseModel):
@@ -228,10 +285,15 @@ class ModelConfig(BaseModel):
     batching: BatchingOverride = BatchingOverride()
     version_policy: VersionPolicy = VersionPolicy()
     runtime: RuntimeOptions | None = None
+    limits: LimitsOverride = LimitsOverride()
 
     def batching_for(self, server: ServerSettings) -> BatchingSettings:
         update = self.batching.model_dump(exclude_none=True)
         return server.batching.model_copy(update=update)
+
+    def limits_for(self, server: ServerSettings) -> LimitsSettings:
+        update = self.limits.model_dump(exclude_none=True)
+        return server.limits.model_copy(update=update) if update else server.limits
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:

@@ -1,0 +1,313 @@
+"""TensorFlow Serving REST API on the same port as V2: status, metadata, predict, classify, regress.
+
+Paths (TF Serving's, parsed here because Starlette cannot route `name:verb`):
+
+    GET  /v1/models/NAME[/versions/N]             model status, all versions when none named
+    GET  /v1/models/NAME[/versions/N]/metadata    signature_def of the (highest) ready version
+    POST /v1/models/NAME[/versions/N]:predict     row {"instances"} or columnar {"inputs"}
+    POST /v1/models/NAME[/versions/N]:classify    classifiers with `classes` in metadata
+    POST /v1/models/NAME[/versions/N]:regress     single-output regressors
+
+Every error is `{"error": message}`: 400 bad request, 404 unknown model, version or path,
+405 wrong method, 413 body too large, 503 not ready or overloaded. Version labels
+(`/labels/L`) are not supported (400).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.codecs import tfserving
+from shipyard.codecs.types import InferenceRequest, RequestedOutput
+from shipyard.errors import NotFoundError
+from shipyard.package.tensorspec import TensorSpec
+from shipyard.serving.dataplane import DataPlane, ModelSignature
+from shipyard.serving.errors import ModelNotFound, ProtocolError
+from shipyard.serving.manager import IndexEntry, ModelState
+from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
+from shipyard.serving.settings import LimitsSettings, ServerSettings
+
+PROTOCOL = "tfserving_http"
+PREFIX = "/v1/models/"
+VERBS = ("predict", "classify", "regress")
+
+_TARGET = re.compile(
+    r"(?P<name>[^/:]+)"
+    r"(?:/(?P<kind>versions|labels)/(?P<version>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[^/:]*))?"
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")
+
+# A version that stopped serving for one of these reasons ended normally (error_code OK).
+_NORMAL_ENDINGS = (
+    "unloaded by request",
+    "not selected by the version policy",
+    "removed from the repository",
+    "server stopped",
+)
+
+
+class LabelsNotSupported(ProtocolError):
+    """Version labels are a TF Serving config feature Shipyard does not have."""
+
+
+Action = Literal["status", "metadata", "predict", "classify", "regress"]
+_ACTIONS: dict[str, Action] = {"predict": "predict", "classify": "classify", "regress": "regress"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a /v1/models/... path names."""
+
+    name: str
+    version: str | None
+    action: Action
+
+
+def parse_target(path: str) -> Target:
+    """Parse the part after /v1/models/; 404 for anything that is not a TF Serving path."""
+    match = _TARGET.fullmatch(path)
+    if match is None:
+        raise NotFoundError(
+            f"no such endpoint: {PREFIX}{path}; TF Serving paths are {PREFIX}NAME"
+            f"[/versions/N][/metadata] (GET) and {PREFIX}NAME[/versions/N]:VERB (POST) with "
+            "VERB predict, classify or regress"
+        )
+    name, version, verb = match["name"], match["version"], match["verb"]
+    if match["kind"] == "labels":
+        raise LabelsNotSupported(
+            f"version labels ({PREFIX}{name}/labels/{version}) are not supported; name a "
+            "version with /versions/N or omit it for the highest ready one"
+        )
+    if not _NAME.fullmatch(name):
+        raise ModelNotFound(name)
+    if version is not None and not _VERSION.fullmatch(version):
+        raise ModelNotFound(name, version)
+    if verb is not None:
+        if verb not in _ACTIONS:
+            raise NotFoundError(
+                f"unknown verb :{verb} in {PREFIX}{path}; use :predict, :classify or :regress"
+            )
+        return Target(name, version, _ACTIONS[verb])
+    return Target(name, version, "metadata" if match["metadata"] else "status")
+
+
+class TFServingHandlers:
+    """Dispatches /v1/models/{rest:path} to the action the path names."""
+
+    def __init__(
+        self, dataplane: DataPlane, *, limits: LimitsSettings, compress_min_bytes: int
+    ) -> None:
+        self.dataplane = dataplane
+        self.limits = limits
+        self.compress_min_bytes = compress_min_bytes
+
+    async def dispatch(self, request: Request) -> Response:
+        received = time.perf_counter_ns()
+        target = parse_target(request.path_params["rest"])
+        allowed = "POST" if target.action in VERBS else "GET"
+        if request.method not in (allowed, "HEAD" if allowed == "GET" else allowed):
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+            return json_response({"error": message}, 405, {"Allow": allowed})
+        if target.action == "status":
+            return json_response(await self.status(target))
+        if target.action == "metadata":
+            return json_response(self.metadata(target))
+        body = await read_body(request, limit=self.limits.max_body_bytes)
+        signature = self.dataplane.model_signature(target.name, target.version)
+        if target.action == "predict":
+            payload = await self.predict(body, signature, received_ns=received)
+        elif target.action == "classify":
+            payload = await self.classify(body, signature, received_ns=received)
+        else:
+            payload = await self.regress(body, signature, received_ns=received)
+        payload, headers = compress_for(request, payload, min_bytes=self.compress_min_bytes)
+        return Response(payload, headers=headers, media_type="application/json")
+
+    async def status(self, target: Target) -> dict[str, Any]:
+        entries = await self.dataplane.model_status(target.name)
+        if target.version is not None:
+            entries = [e for e in entries if str(e.version) == target.version]
+            if not entries:
+                raise ModelNotFound(target.name, target.version)
+        ordered = sorted(entries, key=lambda e: e.version or 0, reverse=True)
+        return {"model_version_status": [version_status(e) for e in ordered]}
+
+    def metadata(self, target: Target) -> dict[str, Any]:
+        signature = self.dataplane.model_signature(target.name, target.version)
+        return {
+            "model_spec": {
+                "name": target.name,
+                "signature_name": "",
+                "version": str(signature.version),
+            },
+            "metadata": {
+                "signature_def": tfserving.signature_def(signature.inputs, signature.outputs)
+            },
+        }
+
+    async def predict(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
+        decoded = tfserving.decode_predict(body, inputs=signature.inputs)
+        response = await self._infer(signature, decoded.request, received_ns=received_ns)
+        return tfserving.encode_predict(response, decoded=decoded)
+
+    async def classify(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
+        spec = _single_input(signature, "classify")
+        metadata = self._model_metadata(signature)
+        scores_output, labels = _classifier_head(signature, metadata)
+        matrix = tfserving.decode_examples(
+            body, spec=spec, feature_names=_feature_names(metadata, spec)
+        )
+        request = InferenceRequest({spec.name: matrix}, [RequestedOutput(scores_output.name)])
+        outputs = await self._infer(signature, request, received_ns=received_ns)
+        scores = outputs[scores_output.name]
+        if scores.shape != (len(matrix), len(labels)):
+            raise ProtocolError(
+                f"output {scores_output.name!r} has shape {list(scores.shape)}, not one score "
+                f"per class ({len(labels)}) per example ({len(matrix)})"
+            )
+        return tfserving.encode_classify(scores, labels=labels)
+
+    async def regress(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
+        spec = _single_input(signature, "regress")
+        metadata = self._model_metadata(signature)
+        output = _regression_output(signature, metadata)
+        matrix = tfserving.decode_examples(
+            body, spec=spec, feature_names=_feature_names(metadata, spec)
+        )
+        request = InferenceRequest({spec.name: matrix}, [RequestedOutput(output.name)])
+        values = (await self._infer(signature, request, received_ns=received_ns))[output.name]
+        if values.size != len(matrix):
+            raise ProtocolError(
+                f"output {output.name!r} has shape {list(values.shape)}, not one value per "
+                f"example ({len(matrix)})"
+            )
+        return tfserving.encode_regress(values)
+
+    async def _infer(
+        self, signature: ModelSignature, request: InferenceRequest, *, received_ns: int
+    ) -> dict[str, np.ndarray]:
+        # Pin the version whose signature typed the request, so a hot reload in between
+        # cannot hand these tensors to a model with other dtypes.
+        response = await self.dataplane.infer(
+            signature.name,
+            request,
+            version=str(signature.version),
+            protocol=PROTOCOL,
+            received_ns=received_ns,
+        )
+        return response.outputs
+
+    def _model_metadata(self, signature: ModelSignature) -> dict[str, Any]:
+        served = self.dataplane.manager.get(signature.name, signature.version)
+        return dict(served.model.manifest.metadata)
+
+
+def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
+    """The one catch-all route under /v1/models/ (paths contain `name:verb`)."""
+    handlers = TFServingHandlers(
+        dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
+    )
+    return [Route(PREFIX + "{rest:path}", endpoint(handlers.dispatch), methods=["GET", "POST"])]
+
+
+def version_status(entry: IndexEntry) -> dict[str, Any]:
+    """One ModelVersionStatus: our READY/LOADING/UNLOADING/UNAVAILABLE in TF Serving terms."""
+    state, error_code, message = _tf_state(entry)
+    return {
+        "version": str(entry.version or 0),
+        "state": state,
+        "status": {"error_code": error_code, "error_message": message},
+    }
+
+
+def _tf_state(entry: IndexEntry) -> tuple[str, str, str]:
+    if entry.state is ModelState.READY:
+        return "AVAILABLE", "OK", ""
+    if entry.state is ModelState.LOADING:
+        return "LOADING", "OK", ""
+    if entry.state is ModelState.UNLOADING:
+        return "UNLOADING", "OK", ""
+    if entry.reason == "not loaded yet":
+        return "START", "OK", ""
+    if entry.reason.startswith(_NORMAL_ENDINGS):
+        return "END", "OK", entry.reason
+    return "END", "UNKNOWN", entry.reason or "not available"
+
+
+def _single_input(signature: ModelSignature, verb: str) -> TensorSpec:
+    if len(signature.inputs) != 1:
+        raise ProtocolError(
+            f"model {signature.name!r} takes {len(signature.inputs)} inputs; :{verb} needs a "
+            "model with one [examples, features] input, use :predict"
+        )
+    return signature.inputs[0]
+
+
+def _classifier_head(
+    signature: ModelSignature, metadata: dict[str, Any]
+) -> tuple[TensorSpec, list[str]]:
+    """(scores output, class labels) of a classifier, or 400 saying why it is not one."""
+    classes = metadata.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise ProtocolError(
+            f"model {signature.name!r} is not a classifier (its metadata has no 'classes'); "
+            "use :predict"
+        )
+    names = metadata.get("class_names")
+    if isinstance(names, list) and len(names) == len(classes):
+        labels = [str(n) for n in names]
+    else:
+        labels = [str(c) for c in classes]
+    candidates = [
+        o
+        for o in signature.outputs
+        if o.dtype.startswith("float") and len(o.shape) == 2 and o.shape[1] in (-1, len(classes))
+    ]
+    named = [o for o in candidates if o.name == "probabilities"]
+    if named or len(candidates) == 1:
+        return (named or candidates)[0], labels
+    raise ProtocolError(
+        f"model {signature.name!r} has no single [examples, {len(classes)}] float output of "
+        "class probabilities (or one named 'probabilities'); use :predict"
+    )
+
+
+def _regression_output(signature: ModelSignature, metadata: dict[str, Any]) -> TensorSpec:
+    task = metadata.get("task")
+    outputs = signature.outputs
+    fits = (
+        len(outputs) == 1
+        and outputs[0].dtype.startswith("float")
+        and outputs[0].shape in ((-1,), (-1, 1))
+    )
+    if task not in (None, "regression"):
+        raise ProtocolError(
+            f"model {signature.name!r} has task {task!r} in its metadata, not 'regression'; "
+            "use :predict"
+        )
+    if not fits:
+        raise ProtocolError(
+            f"model {signature.name!r} is not a single-output regressor (that needs exactly one "
+            "float output of shape [examples] or [examples, 1]); use :predict"
+        )
+    return outputs[0]
+
+
+def _feature_names(metadata: dict[str, Any], spec: TensorSpec) -> Sequence[str] | None:
+    names = metadata.get("feature_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    if len(spec.shape) == 2 and spec.shape[1] not in (-1, len(names)):
+        return None
+    return names

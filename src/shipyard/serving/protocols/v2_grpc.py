@@ -1,0 +1,367 @@
+"""Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on grpc.aio.
+
+A thin transport like `v2_http`: each RPC decodes its message (`grpc_codec`), calls the
+shared `DataPlane` and encodes the answer. It runs on the same event loop as uvicorn:
+`attach` wraps the Starlette lifespan so the gRPC server starts once the models are
+loaded and stops (in-flight RPCs finish within the grace period) before they unload.
+
+Errors: a `ShipyardError` becomes the gRPC status of its HTTP status (`grpc_status`) with
+its message; anything else is logged and answered INTERNAL. `ModelStreamInfer` answers
+each request on the stream as it completes (several run at once, up to `STREAM_WINDOW`),
+a failed one as `error_message`, like Triton.
+
+Authorization: pass `authorize`, an async callable `(metadata, action, model)` that
+raises a `ShipyardError` (401/403) to refuse; `metadata` holds the call's text metadata
+(lower-case keys), `action` is one of `ACTIONS`, `model` the model named in the request
+or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, NoReturn
+
+import grpc
+from starlette.applications import Starlette
+
+from shipyard.errors import ShipyardError
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.errors import ModelNotFound, Overloaded
+from shipyard.serving.logs import request_id
+from shipyard.serving.protocols import grpc_codec
+from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+from shipyard.serving.settings import ServerSettings
+
+SERVICE = "inference.GRPCInferenceService"
+"""The wire name every V2 gRPC client calls (KServe's and Triton's proto package)."""
+PROTOCOL = "v2_grpc"
+ACTIONS = ("health", "metadata", "infer", "statistics", "repository")
+STREAM_WINDOW = 64
+"""Requests of one ModelStreamInfer stream running at once; the stream waits beyond it."""
+
+Authorize = Callable[[Mapping[str, str], str, str | None], Awaitable[None]]
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+log = logging.getLogger("shipyard.serving.grpc")
+
+_CODES: dict[int, Any] = {
+    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    HTTPStatus.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HTTPStatus.NOT_IMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_status(status: int) -> Any:
+    """The gRPC status code for an HTTP status (other 4xx: INVALID_ARGUMENT, else INTERNAL)."""
+    if status in _CODES:
+        return _CODES[status]
+    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class _Rpc:
+    call: Callable[[Any], Awaitable[Any]]
+    action: str
+    model: Callable[[Any], str | None]
+
+
+class V2GrpcServicer:
+    """The V2 RPCs over one DataPlane; `method_handlers()` is what a grpc server registers."""
+
+    def __init__(self, dataplane: DataPlane, *, authorize: Authorize | None = None) -> None:
+        self.dataplane = dataplane
+        self.authorize = authorize
+
+    # -- health and metadata --------------------------------------------------------------
+
+    async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        # Triton answers ready=false (not NOT_FOUND) for a model it does not know.
+        try:
+            ready = self.dataplane.model_ready(request.name, request.version or None)
+        except ModelNotFound:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        return pb.ModelMetadataResponse(
+            **self.dataplane.model_metadata(request.name, request.version or None)
+        )
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        received = time.perf_counter_ns()
+        decoded = grpc_codec.decode_infer_request(request)
+        response = await self.dataplane.infer(
+            request.model_name,
+            decoded,
+            version=request.model_version or None,
+            protocol=PROTOCOL,
+            received_ns=received,
+        )
+        return grpc_codec.encode_infer_response(response)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], metadata: Mapping[str, str]
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answer each request as it completes; refusal by `authorize` ends the stream."""
+        replies: asyncio.Queue[pb.ModelStreamInferResponse | BaseException | None]
+        replies = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                reply = pb.ModelStreamInferResponse(infer_response=await self.model_infer(request))
+            except ShipyardError as exc:
+                reply = pb.ModelStreamInferResponse(error_message=exc.message)
+            except Exception:
+                log.exception("unexpected error in %s/ModelStreamInfer", SERVICE)
+                reply = pb.ModelStreamInferResponse(error_message=_INTERNAL)
+            finally:
+                window.release()
+            replies.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await self._check(metadata, "infer", request.model_name)
+                    await window.acquire()
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+                replies.put_nowait(None)
+            except Exception as exc:
+                replies.put_nowait(exc)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await replies.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+            await asyncio.gather(reader, *running, return_exceptions=True)
+
+    # -- statistics and model repository --------------------------------------------------
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest
+    ) -> pb.ModelStatisticsResponse:
+        doc = self.dataplane.statistics(request.name or None, request.version or None)
+        return grpc_codec.statistics_message(doc)
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest
+    ) -> pb.RepositoryIndexResponse:
+        rows = await self.dataplane.repository_index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows]
+        )
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest
+    ) -> pb.RepositoryModelLoadResponse:
+        grpc_codec.check_load_parameters(request.parameters)
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- registration ---------------------------------------------------------------------
+
+    def method_handlers(self) -> dict[str, Any]:
+        """One grpc method handler per RPC of the proto's service, keyed by method name."""
+        unary = {
+            "ServerLive": _Rpc(self.server_live, "health", _no_model),
+            "ServerReady": _Rpc(self.server_ready, "health", _no_model),
+            "ModelReady": _Rpc(self.model_ready, "health", _name),
+            "ServerMetadata": _Rpc(self.server_metadata, "metadata", _no_model),
+            "ModelMetadata": _Rpc(self.model_metadata, "metadata", _name),
+            "ModelInfer": _Rpc(self.model_infer, "infer", _model_name),
+            "ModelStatistics": _Rpc(self.model_statistics, "statistics", _name),
+            "RepositoryIndex": _Rpc(self.repository_index, "repository", _no_model),
+            "RepositoryModelLoad": _Rpc(self.repository_model_load, "repository", _model_name),
+            "RepositoryModelUnload": _Rpc(self.repository_model_unload, "repository", _model_name),
+        }
+        handlers: dict[str, Any] = {}
+        handler: Any
+        for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+            request_type = getattr(pb, method.input_type.name)
+            response_type = getattr(pb, method.output_type.name)
+            if method.name == "ModelStreamInfer":
+                factory, handler = grpc.stream_stream_rpc_method_handler, self._stream
+            else:
+                factory = grpc.unary_unary_rpc_method_handler
+                handler = self._unary(method.name, unary[method.name])
+            handlers[method.name] = factory(
+                handler,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        return handlers
+
+    def _unary(self, name: str, rpc: _Rpc) -> Handler:
+        async def handle(request: Any, context: Any) -> Any:
+            token = request_id.set(_request_id(context))
+            try:
+                await self._check(_metadata(context), rpc.action, rpc.model(request))
+                return await rpc.call(request)
+            except ShipyardError as exc:
+                await _abort(context, exc)
+            except Exception:
+                log.exception("unexpected error in %s/%s", SERVICE, name)
+                await _abort(context, ShipyardError(_INTERNAL))
+            finally:
+                request_id.reset(token)
+
+        return handle
+
+    async def _stream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        token = request_id.set(_request_id(context))
+        try:
+            async for reply in self.model_stream_infer(requests, _metadata(context)):
+                yield reply
+        except ShipyardError as exc:
+            await _abort(context, exc)
+        finally:
+            request_id.reset(token)
+
+    async def _check(self, metadata: Mapping[str, str], action: str, model: str | None) -> None:
+        if self.authorize is not None:
+            await self.authorize(metadata, action, model or None)
+
+
+@asynccontextmanager
+async def serve_grpc(
+    dataplane: DataPlane,
+    *,
+    settings: ServerSettings,
+    authorize: Authorize | None = None,
+    grace_s: float = 10.0,
+) -> AsyncIterator[int]:
+    """Serve V2 gRPC on settings.host:settings.grpc_port (0 = a free port); yields the port."""
+    port = settings.grpc_port or 0
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared
+        ]
+    )
+    handlers = V2GrpcServicer(dataplane, authorize=authorize).method_handlers()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.60 raises; older ones return 0
+        bound = 0
+    if not bound:
+        await server.stop(None)
+        raise ShipyardError(
+            f"cannot listen for gRPC on {host}:{port} (port in use, or not a local address); "
+            "pick another with --grpc-port or SHIPYARD_GRPC_PORT"
+        )
+    await server.start()
+    log.info("V2 gRPC listening on %s:%d", settings.host, bound)
+    try:
+        yield bound
+    finally:
+        await server.stop(grace_s)
+
+
+def attach(
+    app: Starlette,
+    dataplane: DataPlane,
+    *,
+    settings: ServerSettings,
+    authorize: Authorize | None = None,
+    grace_s: float = 10.0,
+) -> None:
+    """Run V2 gRPC inside `app`'s lifespan when settings.grpc_port is set.
+
+    It starts after the app's startup (models loaded) and stops before its shutdown;
+    `app.state.grpc_port` holds the bound port while it runs.
+    """
+    if settings.grpc_port is None:
+        return
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        async with (
+            inner(app) as state,
+            serve_grpc(dataplane, settings=settings, authorize=authorize, grace_s=grace_s) as port,
+        ):
+            app.state.grpc_port = port
+            try:
+                yield state
+            finally:
+                app.state.grpc_port = None
+
+    app.router.lifespan_context = lifespan
+
+
+_INTERNAL = "internal server error; see the server log"
+
+
+async def _abort(context: Any, exc: ShipyardError) -> NoReturn:
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+    await context.abort(grpc_status(int(exc.status)), exc.message)
+    raise AssertionError("context.abort returned")  # it always raises
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+def _request_id(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value[:64]
+    return uuid.uuid4().hex[:16]
+
+
+def _no_model(request: Any) -> str | None:
+    return None
+
+
+def _name(request: Any) -> str | None:
+    return str(request.name) or None
+
+
+def _model_name(request: Any) -> str | None:
+    return str(request.model_name) or None

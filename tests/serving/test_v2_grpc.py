@@ -1,0 +1,467 @@
+"""V2 over gRPC: a real server on free ports, driven by the unmodified tritonclient.grpc."""
+
+from __future__ import annotations
+
+import queue
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.service_pb2 as triton_pb
+from google.protobuf.descriptor import Descriptor
+from tests.serving.conftest import GRAPHS
+from tritonclient.utils import InferenceServerException
+
+import shipyard
+from shipyard.codecs.errors import ProtocolError
+from shipyard.errors import ShipyardError
+from shipyard.serving.app import build_app
+from shipyard.serving.protocols import grpc_codec, v2_grpc
+from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+from shipyard.serving.server import RunningServer, start_in_thread
+from shipyard.serving.settings import ServerSettings, load_settings
+
+DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def _settings(repo: Path, **overrides: Any) -> ServerSettings:
+    overrides = {"port": 0, "grpc_port": 0, "poll_interval_s": 0, **overrides}
+    return load_settings(repository=repo, **overrides)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the read-only tests (scale and identity); repository tests get their own."""
+    repo = tmp_path_factory.mktemp("grpc") / "models"
+    for kind in ("scale", "identity"):
+        shipyard.pack(GRAPHS[kind](), name=kind, repo=repo)
+    with start_in_thread(settings=_settings(repo)) as running:
+        yield running
+    assert not running.running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[triton.InferenceServerClient]:
+    assert server.grpc_port
+    client = triton.InferenceServerClient(f"{server.host}:{server.grpc_port}")
+    yield client
+    client.close()
+
+
+def _input(name: str, value: np.ndarray, datatype: str) -> triton.InferInput:
+    tensor = triton.InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def _raises(code: grpc.StatusCode, call: Callable[[], Any]) -> str:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    assert info.value.status() == str(code), info.value.message()
+    return str(info.value.message())
+
+
+# -- the proto -----------------------------------------------------------------------------
+
+
+def _fields(message: Descriptor) -> dict[int, tuple[str, int, bool, str]]:
+    return {
+        f.number: (f.name, f.type, f.is_repeated, f.message_type.name if f.message_type else "")
+        for f in message.fields
+    }
+
+
+def _check_same(ours: Descriptor, theirs: Descriptor) -> None:
+    assert ours.name == theirs.name
+    assert _fields(ours) == _fields(theirs), ours.full_name
+    for nested in ours.nested_types:
+        _check_same(nested, theirs.nested_types_by_name[nested.name])
+
+
+def test_proto_matches_tritons_wire_format() -> None:
+    for name, message in pb.DESCRIPTOR.message_types_by_name.items():
+        _check_same(message, triton_pb.DESCRIPTOR.message_types_by_name[name])
+    theirs = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert theirs.full_name == v2_grpc.SERVICE
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        other = theirs.methods_by_name[method.name]
+        assert (method.input_type.name, method.output_type.name) == (
+            other.input_type.name,
+            other.output_type.name,
+        )
+        assert (method.client_streaming, method.server_streaming) == (
+            other.client_streaming,
+            other.server_streaming,
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, grpc.StatusCode.INVALID_ARGUMENT),
+        (401, grpc.StatusCode.UNAUTHENTICATED),
+        (403, grpc.StatusCode.PERMISSION_DENIED),
+        (404, grpc.StatusCode.NOT_FOUND),
+        (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (422, grpc.StatusCode.INVALID_ARGUMENT),
+        (500, grpc.StatusCode.INTERNAL),
+        (503, grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+def test_http_status_to_grpc_code(status: int, code: grpc.StatusCode) -> None:
+    assert v2_grpc.grpc_status(status) == code
+
+
+# -- health, metadata, inference ------------------------------------------------------------
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("scale")
+    assert client.is_model_ready("scale", "1")
+    assert not client.is_model_ready("scale", "2")
+    assert not client.is_model_ready("nope")
+    metadata = client.get_server_metadata()
+    assert metadata.name == "shipyard" and "binary_tensor_data" in metadata.extensions
+    model = client.get_model_metadata("scale", "1")
+    assert (model.name, list(model.versions), model.platform) == ("scale", ["1"], "onnx_onnxv1")
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("x", "FP32", [-1, 4])]
+    assert [t.name for t in model.outputs] == ["y", "s"]
+    message = _raises(grpc.StatusCode.NOT_FOUND, lambda: client.get_model_metadata("nope"))
+    assert "nope" in message
+
+
+def test_infer_every_datatype_raw(
+    client: triton.InferenceServerClient, sample_for: Callable[..., np.ndarray]
+) -> None:
+    inputs, expected = [], {}
+    for datatype in DATATYPES:
+        value = sample_for(datatype)
+        inputs.append(_input(f"in_{datatype}", value, datatype))
+        expected[f"out_{datatype}"] = value
+    result = client.infer("identity", inputs, request_id="grpc-1")
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == (
+        "identity",
+        "1",
+        "grpc-1",
+    )
+    for name, value in expected.items():
+        got = result.as_numpy(name)
+        if value.dtype == object:
+            assert [v.decode() for v in got.reshape(-1)] == value.reshape(-1).tolist()
+        else:
+            assert got.dtype == value.dtype
+            np.testing.assert_array_equal(got, value)
+
+
+def test_requested_outputs_and_compression(client: triton.InferenceServerClient) -> None:
+    result = client.infer(
+        "scale",
+        [_input("x", X, "FP32")],
+        outputs=[triton.InferRequestedOutput("s")],
+        compression_algorithm="gzip",
+    )
+    assert [o.name for o in result.get_response().outputs] == ["s"]
+    np.testing.assert_array_equal(result.as_numpy("s"), X.sum(axis=1))
+    assert result.as_numpy("y") is None
+    message = _raises(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: client.infer(
+            "scale", [_input("x", X, "FP32")], outputs=[triton.InferRequestedOutput("z")]
+        ),
+    )
+    assert "z" in message
+
+
+def test_errors_map_to_grpc_codes(client: triton.InferenceServerClient) -> None:
+    wrong = _input("x", np.zeros((2, 3), np.float32), "FP32")
+    message = _raises(grpc.StatusCode.INVALID_ARGUMENT, lambda: client.infer("scale", [wrong]))
+    assert "shape" in message
+    right = _input("x", X, "FP32")
+    _raises(grpc.StatusCode.NOT_FOUND, lambda: client.infer("nope", [right]))
+    _raises(grpc.StatusCode.NOT_FOUND, lambda: client.infer("scale", [right], model_version="7"))
+    _raises(grpc.StatusCode.UNIMPLEMENTED, lambda: client.get_model_config("scale"))
+
+
+def test_stream_infer_answers_each_request(client: triton.InferenceServerClient) -> None:
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    try:
+        for i in range(3):
+            client.async_stream_infer("scale", [_input("x", X + i, "FP32")], request_id=str(i))
+        client.async_stream_infer("nope", [_input("x", X, "FP32")], request_id="bad")
+        got = [replies.get(timeout=20) for _ in range(4)]
+    finally:
+        client.stop_stream()
+    errors = [error for _, error in got if error is not None]
+    assert len(errors) == 1 and "nope" in errors[0].message()
+    results = {r.get_response().id: r for r, error in got if error is None}
+    assert sorted(results) == ["0", "1", "2"]
+    for i, result in results.items():
+        np.testing.assert_array_equal(result.as_numpy("y"), (X + int(i)) * 2)
+
+
+def test_statistics(client: triton.InferenceServerClient) -> None:
+    client.infer("scale", [_input("x", X, "FP32")])
+    stats = client.get_inference_statistics("scale", "1").model_stats
+    assert stats[0].name == "scale" and stats[0].inference_stats.success.count >= 1
+    assert {s.name for s in client.get_inference_statistics().model_stats} >= {"scale"}
+    _raises(grpc.StatusCode.NOT_FOUND, lambda: client.get_inference_statistics("nope"))
+
+
+# -- typed contents (no tritonclient API sends them): our own messages on a plain channel ----
+
+
+def _contents(datatype: str, value: np.ndarray) -> pb.InferTensorContents:
+    flat = value.reshape(-1).tolist()
+    field = {
+        "BOOL": "bool_contents",
+        "INT8": "int_contents",
+        "INT16": "int_contents",
+        "INT32": "int_contents",
+        "INT64": "int64_contents",
+        "UINT8": "uint_contents",
+        "UINT16": "uint_contents",
+        "UINT32": "uint_contents",
+        "UINT64": "uint64_contents",
+        "FP32": "fp32_contents",
+        "FP64": "fp64_contents",
+        "BYTES": "bytes_contents",
+    }[datatype]
+    if datatype == "BYTES":
+        flat = [v.encode() for v in flat]
+    return pb.InferTensorContents(**{field: flat})
+
+
+@pytest.fixture
+def model_infer(server: RunningServer) -> Iterator[Callable[[pb.ModelInferRequest], Any]]:
+    with grpc.insecure_channel(f"{server.host}:{server.grpc_port}") as channel:
+        yield channel.unary_unary(
+            f"/{v2_grpc.SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+
+
+def test_typed_contents_over_the_wire(model_infer: Callable[[pb.ModelInferRequest], Any]) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[3, 4], contents=_contents("FP32", X)
+    )
+    reply = model_infer(pb.ModelInferRequest(model_name="scale", id="typed", inputs=[tensor]))
+    assert reply.id == "typed" and [o.name for o in reply.outputs] == ["y", "s"]
+    assert list(reply.outputs[0].shape) == [3, 4] and reply.outputs[0].datatype == "FP32"
+    y = np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(3, 4)
+    np.testing.assert_array_equal(y, X * 2)
+    tensor.datatype = "FP16"
+    with pytest.raises(grpc.RpcError) as info:
+        model_infer(pb.ModelInferRequest(model_name="scale", inputs=[tensor]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents" in info.value.details()
+
+
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "FP16"])
+def test_decode_typed_contents(datatype: str, sample_for: Callable[..., np.ndarray]) -> None:
+    value = sample_for(datatype)
+    request = pb.ModelInferRequest(
+        model_name="m", id="r", parameters={"p": pb.InferParameter(int64_param=3)}
+    )
+    request.inputs.add(
+        name="t", datatype=datatype, shape=value.shape, contents=_contents(datatype, value)
+    )
+    request.outputs.add(name="o", parameters={"flag": pb.InferParameter(bool_param=True)})
+    decoded = grpc_codec.decode_infer_request(request)
+    got = decoded.inputs["t"]
+    assert (decoded.id, decoded.parameters, decoded.output_names) == ("r", {"p": 3}, ["o"])
+    assert decoded.outputs[0].parameters == {"flag": True}
+    if datatype == "BYTES":
+        assert got.dtype == object and got.tolist() == [
+            [v.encode() for v in row] for row in value.tolist()
+        ]
+    else:
+        assert got.dtype == value.dtype
+        np.testing.assert_array_equal(got, value)
+
+
+def _request(
+    *tensors: tuple[str, list[int], pb.InferTensorContents | None], raw: list[bytes] | None = None
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=raw or [])
+    for i, (datatype, shape, contents) in enumerate(tensors):
+        tensor = request.inputs.add(name=f"t{i}", datatype=datatype, shape=shape)
+        if contents is not None:
+            tensor.contents.CopyFrom(contents)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "fragment"),
+    [
+        (
+            _request(("FP16", [1], pb.InferTensorContents(fp32_contents=[1.0]))),
+            "raw_input_contents",
+        ),
+        (_request(("INT8", [1], pb.InferTensorContents(int_contents=[300]))), "range of INT8"),
+        (
+            _request(("UINT16", [1], pb.InferTensorContents(uint_contents=[70000]))),
+            "range of UINT16",
+        ),
+        (_request(("FP32", [2], pb.InferTensorContents(fp32_contents=[1.0]))), "needs 2"),
+        (_request(("FP32", [1], pb.InferTensorContents(fp64_contents=[1.0]))), "fp32_contents"),
+        (_request(("FP32", [2], None), raw=[b"\0" * 4]), "needs exactly 8"),
+        (
+            _request(("FP32", [1], None), ("FP32", [1], None), raw=[b"\0" * 4]),
+            "one entry per input",
+        ),
+        (
+            _request(("FP32", [1], pb.InferTensorContents(fp32_contents=[1.0])), raw=[b"\0" * 4]),
+            "send every input one way",
+        ),
+        (_request(("FP32", [-1], None)), "non-negative"),
+        (_request(("STRING", [1], None)), "not supported"),
+        (_request(), "at least one"),
+        (_request(("BOOL", [1], None), raw=[b"\x02"]), "0 or 1"),
+    ],
+)
+def test_decode_rejects(request_: pb.ModelInferRequest, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        grpc_codec.decode_infer_request(request_)
+    assert fragment in str(info.value)
+
+
+# -- repository, lifecycle, limits, authorization -------------------------------------------
+
+
+def test_repository_index_load_unload(repo: Path, pack: Callable[..., Path]) -> None:
+    pack()
+    pack("identity")
+    with start_in_thread(settings=_settings(repo)) as running:
+        client = triton.InferenceServerClient(f"{running.host}:{running.grpc_port}")
+        try:
+            index = client.get_model_repository_index().models
+            assert {(m.name, m.version, m.state) for m in index} == {
+                ("identity", "1", "READY"),
+                ("scale", "1", "READY"),
+            }
+            client.unload_model("identity")
+            assert not client.is_model_ready("identity")
+            assert client.is_model_ready("scale")
+            states = {m.name: m.state for m in client.get_model_repository_index().models}
+            assert states["identity"] == "UNAVAILABLE"
+            ready = client.get_model_repository_index(as_json=True)
+            assert "identity" in str(ready)
+            client.load_model("identity")
+            assert client.is_model_ready("identity")
+            _raises(grpc.StatusCode.NOT_FOUND, lambda: client.load_model("nope"))
+            message = _raises(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                lambda: client.load_model("identity", config='{"backend": "onnxruntime"}'),
+            )
+            assert "model.toml" in message
+        finally:
+            client.close()
+    assert not running.running
+    with pytest.raises(InferenceServerException):
+        client = triton.InferenceServerClient(f"{running.host}:{running.grpc_port}")
+        try:
+            client.is_server_live(client_timeout=2)
+        finally:
+            client.close()
+
+
+def test_grpc_is_off_unless_a_port_is_set(repo: Path, pack: Callable[..., Path]) -> None:
+    pack()
+    settings = load_settings(repository=repo, port=0, poll_interval_s=0)
+    with start_in_thread(settings=settings) as running:
+        assert running.grpc_port is None
+
+
+def test_port_in_use_fails_the_start(repo: Path, pack: Callable[..., Path]) -> None:
+    pack()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = _settings(repo, grpc_port=taken.getsockname()[1])
+        with pytest.raises(ShipyardError, match="failed to start"):
+            start_in_thread(settings=settings, timeout_s=20)
+
+
+class _Unauthenticated(ShipyardError):
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class _Forbidden(ShipyardError):
+    status = HTTPStatus.FORBIDDEN
+
+
+@pytest.mark.anyio
+async def test_in_process_authorize_hook_and_size_limit(
+    repo: Path, pack: Callable[..., Path]
+) -> None:
+    pack()
+    seen: list[tuple[str, str | None]] = []
+
+    async def authorize(metadata: Mapping[str, str], action: str, model: str | None) -> None:
+        seen.append((action, model))
+        if metadata.get("authorization") != "Bearer ok":
+            raise _Unauthenticated("send Authorization: Bearer <token>")
+        if action == "repository":
+            raise _Forbidden("this token may not change the repository")
+
+    settings = _settings(repo, limits={"max_body_bytes": 4096})
+    app = build_app(settings)
+    v2_grpc.attach(app, app.state.dataplane, settings=settings, authorize=authorize)
+    async with app.router.lifespan_context(app):
+        port = app.state.grpc_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+            def rpc(name: str, response: Any) -> Any:
+                return channel.unary_unary(
+                    f"/{v2_grpc.SERVICE}/{name}",
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=response.FromString,
+                )
+
+            ok = (("authorization", "Bearer ok"),)
+            ready = rpc("ModelReady", pb.ModelReadyResponse)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ready(pb.ModelReadyRequest(name="scale"))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "Bearer" in (info.value.details() or "")
+            assert (await ready(pb.ModelReadyRequest(name="scale"), metadata=ok)).ready
+            unload = rpc("RepositoryModelUnload", pb.RepositoryModelUnloadResponse)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unload(pb.RepositoryModelUnloadRequest(model_name="scale"), metadata=ok)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert seen == [("health", "scale"), ("health", "scale"), ("repository", "scale")]
+
+            infer = rpc("ModelInfer", pb.ModelInferResponse)
+            big = np.zeros((400, 4), np.float32)  # 6400 bytes > the 4096-byte limit
+            request = pb.ModelInferRequest(model_name="scale", raw_input_contents=[big.tobytes()])
+            request.inputs.add(name="x", datatype="FP32", shape=big.shape)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await infer(request, metadata=ok)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert app.state.grpc_port is None
