@@ -1,0 +1,139 @@
+"""The `shipyard` command line: exit codes, one-line errors, JSON output, the pack → predict path."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from shipyard.cli import main
+
+
+@pytest.fixture(scope="module")
+def fitted(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
+    x, y = iris
+    return LogisticRegression(max_iter=500).fit(x, y)
+
+
+def _malicious_pickle(path: Path, canary: Path) -> None:
+    # protocol-0 GLOBAL + REDUCE that would call os.system if unpickled; never loaded here
+    payload = f"cos\nsystem\n(Vtouch {canary}\ntR.".encode()
+    path.write_bytes(payload)
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["pack", "--no-such-flag"])
+    assert exc.value.code == 2
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("pack", "scan", "inspect", "predict", "serve", "compress", "sign"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "example" in capsys.readouterr().out
+
+
+def test_joblib_refused_then_trusted(
+    tmp_path: Path, fitted: LogisticRegression, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "clf.joblib"
+    joblib.dump(fitted, path)
+    repo = tmp_path / "models"
+    assert main(["pack", str(path), "--name", "iris", "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and err.count("\n") == 1
+    assert not repo.exists() or not any(repo.rglob("manifest.json"))
+    code = main(["pack", str(path), "--name", "iris", "--repo", str(repo), "--trust-pickle"])
+    assert code == 0
+    assert "packed iris version 1" in capsys.readouterr().out
+
+
+def test_scan_exit_codes_and_json(
+    tmp_path: Path, fitted: LogisticRegression, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.pkl"
+    good.write_bytes(pickle.dumps(fitted))
+    assert main(["scan", str(good)]) == 0
+    assert "clean" in capsys.readouterr().out
+    canary = tmp_path / "canary"
+    bad = tmp_path / "bad.pkl"
+    _malicious_pickle(bad, canary)
+    assert main(["scan", str(bad), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["safe"] is False
+    assert any(f["global"] == "os.system" for f in report["findings"])
+    code = main(["pack", str(bad), "--name", "x", "--repo", str(tmp_path / "m"), "--trust-pickle"])
+    assert code == 1
+    assert "os.system" in capsys.readouterr().err
+    assert not canary.exists()
+
+
+def test_pack_inspect_predict(
+    tmp_path: Path,
+    fitted: LogisticRegression,
+    iris: tuple[np.ndarray, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import skops.io as sio
+
+    x, _ = iris
+    model_file = tmp_path / "clf.skops"
+    sio.dump(fitted, model_file)
+    sample = tmp_path / "x.npy"
+    np.save(sample, x[:20])
+    repo = tmp_path / "models"
+    args = ["pack", str(model_file), "--name", "iris", "--repo", str(repo)]
+    assert main([*args, "--sample-input", str(sample), "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["manifest"]["conversion_check"]["samples"] == 20
+
+    assert main(["inspect", str(repo / "iris")]) == 0
+    shown = capsys.readouterr().out
+    assert "verified" in shown and "probabilities" in shown and "sha256" in shown
+    assert main(["inspect", str(repo / "iris"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "iris"
+
+    rows = x[:3].astype(np.float32)
+    request = {
+        "id": "r1",
+        "inputs": [
+            {"name": "X", "shape": [3, 4], "datatype": "FP32", "data": rows.ravel().tolist()}
+        ],
+    }
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request))
+    assert main(["predict", str(repo / "iris"), "--input", str(request_file)]) == 0
+    response = json.loads(capsys.readouterr().out)
+    assert response["id"] == "r1" and response["model_name"] == "iris"
+    outputs = {o["name"]: o for o in response["outputs"]}
+    assert outputs["label"]["data"] == fitted.predict(rows.astype(np.float64)).tolist()
+    assert outputs["probabilities"]["shape"] == [3, 3]
+
+    bad = dict(request, inputs=[dict(request["inputs"][0], shape=[3, 5])])
+    request_file.write_text(json.dumps(bad))
+    assert main(["predict", str(repo / "iris"), "--input", str(request_file)]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_tampered_package_is_a_one_line_error(
+    tmp_path: Path, fitted: LogisticRegression, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shipyard
+
+    path = shipyard.pack(fitted, name="iris", repo=tmp_path).path
+    with (path / "model.onnx").open("r+b") as fh:
+        fh.seek(40)
+        byte = fh.read(1)
+        fh.seek(40)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.onnx" in err and err.count("\n") == 1
