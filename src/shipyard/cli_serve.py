@@ -23,6 +23,7 @@ def add_serve_commands(sub: Any, add: Callable[[Any, str, str], argparse.Argumen
     s = add(sub, "serve", "serve a model repository: KServe V2 REST, metrics, hot reload")
     s.add_argument("repository", type=Path, nargs="?", help="repository folder (default: models)")
     _server_flags(s)
+    _security_flags(s)
 
     d = add(
         sub, "demo", "build the example repository (cached) and serve it with one call per model"
@@ -47,6 +48,51 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, help="seconds between hot-reload scans")
 
 
+def _security_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("security")
+    g.add_argument(
+        "--auth", type=Path, metavar="TOKENS", help="token file: every route needs a token"
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without --auth",
+    )
+    g.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate")
+    g.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    g.add_argument(
+        "--require-signature",
+        action="store_true",
+        default=None,
+        help="refuse versions without a valid signature (needs --pub)",
+    )
+    g.add_argument("--pub", type=Path, metavar="KEY", help="public key signatures must verify with")
+    g.add_argument(
+        "--key-file", type=Path, metavar="KEY", help="key-encryption key (default: $SHIPYARD_KEK)"
+    )
+    g.add_argument("--audit-log", type=Path, metavar="FILE", help="append audit records here")
+    g.add_argument(
+        "--audit-key-file",
+        type=Path,
+        metavar="KEY",
+        help="audit log HMAC key (default: $SHIPYARD_AUDIT_KEY)",
+    )
+
+
+_SECURITY_SETTINGS = (
+    ("auth", "auth"),
+    ("insecure", "insecure"),
+    ("tls_cert", "tls_cert"),
+    ("tls_key", "tls_key"),
+    ("require_signature", "require_signature"),
+    ("pub", "public_key"),
+    ("key_file", "key_file"),
+    ("audit_log", "audit_log"),
+    ("audit_key_file", "audit_key_file"),
+)
+
+
 def serve_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"serve": cmd_serve, "demo": cmd_demo}
 
@@ -61,6 +107,7 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
         ("grpc_port", "grpc_port"),
         ("log_format", "log_format"),
         ("poll_interval", "poll_interval_s"),
+        *_SECURITY_SETTINGS,
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -80,12 +127,15 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve
 
     settings = _settings(args, args.repository)
+    check_exposure(settings)  # before announcing an address it will not serve
     grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
     err.print(
-        f"serving {settings.repository} on http://{settings.host}:{settings.port} "
+        f"serving {settings.repository} on {'https' if settings.tls_cert else 'http'}://"
+        f"{settings.host}:{settings.port} "
         f"(V2: /v2, metrics: /metrics{grpc}) — Ctrl-C to stop"
     )
     serve(settings=settings)

@@ -225,6 +225,26 @@ def _pickle_payloads(canary: Path) -> dict[str, tuple[bytes, str]]:
             + b".",
             "forged flags",
         ),
+        # numpy trusts these states and crashes (reads out of bounds) when loading them
+        "numpy_malformed_dtype_state": (
+            b"\x80\x04" + u8("numpy") + u8("dtype") + b"\x93" + u8("i8") + b"\x89\x88\x87R"
+            b"(K\x03" + u8("<") + b"NJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.",
+            "numpy dtype refused",
+        ),
+        "numpy_object_array_short_list": (
+            b"\x80\x04"
+            + u8("numpy._core.multiarray")
+            + u8("_reconstruct")
+            + b"\x93"
+            + u8("numpy")
+            + u8("ndarray")
+            + b"\x93K\x00\x85C\x01b\x87R"
+            + b"(K\x01K\x40\x85"
+            + _dtype("O8", 63)
+            + b"\x89](K\x00e"
+            + b"tb.",
+            "exactly 64 items",
+        ),
     }
 
 

@@ -38,6 +38,8 @@ ATTACK_NAMES = [
     "extra_allowed_os_system",
     "numpy_ndarray_raw_buffer",
     "numpy_forged_dtype_flags",
+    "numpy_malformed_dtype_state",
+    "numpy_object_array_short_list",
     "joblib_after_array",
     "joblib_zlib",
     "joblib_gzip",

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from shipyard.errors import UnsafePickleError, UnsupportedModelError, UsageError
+from shipyard.errors import NotFoundError, UnsafePickleError, UnsupportedModelError, UsageError
 from shipyard.package.pickle_allowlist import hard_deny_reason
 from shipyard.package.pickle_scan import DEFAULT_ALLOWLIST, scan_bytes, scan_file
 from shipyard.package.safe_pickle import load_pickle_file
@@ -260,6 +260,11 @@ def test_zip_without_pickles(tmp_path: Path) -> None:
     assert (report.format, report.safe, report.pickles) == ("zip", True, 0)
     with pytest.raises(UnsupportedModelError):
         load_pickle_file(path, trust_pickle=True)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("model.pkl", pickle.dumps([1, 2]))
+    report = scan_file(path)
+    assert (report.format, report.pickles) == ("zip", 1)
+    assert "unknown layout" in report.findings[0].reason
 
 
 def test_torch_checkpoints(tmp_path: Path) -> None:
@@ -302,3 +307,10 @@ def test_untrusted_pickles_are_always_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafePickleError, match="skops or ONNX"):
         load_pickle_file(path, trust_pickle=False)
     assert load_pickle_file(path, trust_pickle=True) == [1, 2, 3]
+
+
+def test_missing_files_raise_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        scan_file(tmp_path / "nope.pkl")
+    with pytest.raises(NotFoundError):
+        load_pickle_file(tmp_path / "nope.pkl", trust_pickle=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ import shipyard
 from shipyard.codecs.errors import ProtocolError
 from shipyard.errors import ShipyardError
 from shipyard.serving.app import build_app
+from shipyard.serving.errors import Overloaded
 from shipyard.serving.protocols import grpc_codec, v2_grpc
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.server import RunningServer, start_in_thread
@@ -206,22 +208,40 @@ def test_errors_map_to_grpc_codes(client: triton.InferenceServerClient) -> None:
     _raises(grpc.StatusCode.UNIMPLEMENTED, lambda: client.get_model_config("scale"))
 
 
-def test_stream_infer_answers_each_request(client: triton.InferenceServerClient) -> None:
+def test_stream_infer_answers_each_request(
+    client: triton.InferenceServerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(v2_grpc, "STREAM_WINDOW", 2)  # more requests than the window
     replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     try:
-        for i in range(3):
+        for i in range(6):
             client.async_stream_infer("scale", [_input("x", X + i, "FP32")], request_id=str(i))
         client.async_stream_infer("nope", [_input("x", X, "FP32")], request_id="bad")
-        got = [replies.get(timeout=20) for _ in range(4)]
+        got = [replies.get(timeout=20) for _ in range(7)]
     finally:
         client.stop_stream()
     errors = [error for _, error in got if error is not None]
     assert len(errors) == 1 and "nope" in errors[0].message()
     results = {r.get_response().id: r for r, error in got if error is None}
-    assert sorted(results) == ["0", "1", "2"]
+    assert sorted(results) == [str(i) for i in range(6)]
     for i, result in results.items():
         np.testing.assert_array_equal(result.as_numpy("y"), (X + int(i)) * 2)
+
+
+@pytest.mark.anyio
+async def test_overloaded_sends_retry_after() -> None:
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str, trailing: Any) -> None:
+            self.args = (code, details, trailing)
+            raise grpc.RpcError
+
+    context = Context()
+    with pytest.raises(grpc.RpcError):
+        await v2_grpc._abort(context, Overloaded("m", queue_size=8, retry_after=3))
+    code, details, trailing = context.args
+    assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
+    assert trailing == (("retry-after", "3"),)
 
 
 def test_statistics(client: triton.InferenceServerClient) -> None:
@@ -408,6 +428,67 @@ def test_port_in_use_fails_the_start(repo: Path, pack: Callable[..., Path]) -> N
             start_in_thread(settings=settings, timeout_s=20)
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 and localhost, valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_settings_secure_grpc_too(
+    repo: Path, tmp_path: Path, pack: Callable[..., Path]
+) -> None:
+    pack()
+    cert, key = _self_signed(tmp_path)
+    with start_in_thread(settings=_settings(repo, tls_cert=cert, tls_key=key)) as running:
+        address = f"{running.host}:{running.grpc_port}"
+        secure = triton.InferenceServerClient(address, ssl=True, root_certificates=str(cert))
+        plain = triton.InferenceServerClient(address)
+        try:
+            assert secure.is_server_live()
+            result = secure.infer("scale", [_input("x", X, "FP32")])
+            np.testing.assert_array_equal(result.as_numpy("y"), X * 2)
+            _raises(grpc.StatusCode.UNAVAILABLE, lambda: plain.is_server_live(client_timeout=5))
+        finally:
+            secure.close()
+            plain.close()
+
+
 class _Unauthenticated(ShipyardError):
     status = HTTPStatus.UNAUTHORIZED
 
@@ -465,3 +546,42 @@ async def test_in_process_authorize_hook_and_size_limit(
                 await infer(request, metadata=ok)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert app.state.grpc_port is None
+
+
+@pytest.mark.anyio
+async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., Path]) -> None:
+    pack()
+    settings = _settings(repo)
+    app = build_app(settings)
+    plane = app.state.dataplane
+    started = asyncio.Event()
+    infer = plane.infer
+
+    async def slow_infer(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await asyncio.sleep(0.3)
+        return await infer(*args, **kwargs)
+
+    plane.infer = slow_infer
+    v2_grpc.attach(app, plane, settings=settings, grace_s=5)
+    request = pb.ModelInferRequest(model_name="scale", raw_input_contents=[X.tobytes()])
+    request.inputs.add(name="x", datatype="FP32", shape=X.shape)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    port = app.state.grpc_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            f"/{v2_grpc.SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        pending = asyncio.ensure_future(call(request))
+        await started.wait()
+        await lifespan.__aexit__(None, None, None)  # stops gRPC, then unloads the models
+        reply = await pending
+        assert (
+            np.frombuffer(reply.raw_output_contents[0], "<f4").tolist() == (X * 2).ravel().tolist()
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -28,6 +28,14 @@ import numpy as np
 import orjson
 
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.limits import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    check_bytes_element,
+    check_elements,
+    check_json_depth,
+    check_request_elements,
+)
 from shipyard.codecs.tensors import array_from_json
 from shipyard.codecs.types import InferenceRequest
 from shipyard.package.tensorspec import TensorSpec
@@ -68,9 +76,12 @@ class PredictRequest:
 # -- predict ------------------------------------------------------------------------------
 
 
-def decode_predict(body: bytes, *, inputs: Sequence[TensorSpec]) -> PredictRequest:
-    """A predict body as tensors typed by the model's `inputs`."""
+def decode_predict(
+    body: bytes, *, inputs: Sequence[TensorSpec], limits: DecodeLimits = DEFAULT_LIMITS
+) -> PredictRequest:
+    """A predict body as tensors typed by the model's `inputs`, within `limits`."""
     doc = load_object(body, what="predict request")
+    check_json_depth(doc, limits, what="predict request")
     unknown = sorted(set(doc) - {"signature_name", "instances", "inputs"})
     if unknown:
         raise ProtocolError(
@@ -85,11 +96,10 @@ def decode_predict(body: bytes, *, inputs: Sequence[TensorSpec]) -> PredictReque
         )
     by_name = {spec.name: spec for spec in inputs}
     if "instances" in doc:
-        tensors, rows = _decode_rows(doc["instances"], by_name)
+        tensors, rows = _decode_rows(doc["instances"], by_name, limits)
         return PredictRequest(InferenceRequest(inputs=tensors), "row", rows)
-    return PredictRequest(
-        InferenceRequest(inputs=_decode_columns(doc["inputs"], by_name)), "columnar"
-    )
+    tensors = _decode_columns(doc["inputs"], by_name, limits)
+    return PredictRequest(InferenceRequest(inputs=tensors), "columnar")
 
 
 def encode_predict(outputs: Mapping[str, np.ndarray], *, decoded: PredictRequest) -> bytes:
@@ -114,7 +124,7 @@ def encode_predict(outputs: Mapping[str, np.ndarray], *, decoded: PredictRequest
 
 
 def _decode_rows(
-    instances: Any, by_name: Mapping[str, TensorSpec]
+    instances: Any, by_name: Mapping[str, TensorSpec], limits: DecodeLimits
 ) -> tuple[dict[str, np.ndarray], int]:
     if not isinstance(instances, list) or not instances:
         raise ProtocolError('"instances" must be a non-empty list, one entry per row')
@@ -130,18 +140,17 @@ def _decode_rows(
                 "as an object {input: value, ...}"
             )
         (spec,) = by_name.values()
-        return {spec.name: value_to_array(instances, spec=spec, what=spec.name)}, len(instances)
-    tensors = {}
-    for name, spec in by_name.items():
-        column = []
-        for row, item in enumerate(instances):
-            _check_keys(item, by_name, what=f"instance #{row}")
-            column.append(item[name])
-        tensors[name] = value_to_array(column, spec=spec, what=name)
-    return tensors, len(instances)
+        array = value_to_array(instances, spec=spec, what=spec.name, limits=limits)
+        return {spec.name: array}, len(instances)
+    for row, item in enumerate(instances):
+        _check_keys(item, by_name, what=f"instance #{row}")
+    columns = {name: [item[name] for item in instances] for name in by_name}
+    return _arrays(columns, by_name, limits), len(instances)
 
 
-def _decode_columns(value: Any, by_name: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+def _decode_columns(
+    value: Any, by_name: Mapping[str, TensorSpec], limits: DecodeLimits
+) -> dict[str, np.ndarray]:
     if not _is_named(value, by_name):
         if len(by_name) != 1:
             raise ProtocolError(
@@ -149,11 +158,20 @@ def _decode_columns(value: Any, by_name: Mapping[str, TensorSpec]) -> dict[str, 
                 '"inputs" as an object {input: value, ...}'
             )
         (spec,) = by_name.values()
-        return {spec.name: value_to_array(value, spec=spec, what=spec.name)}
+        return {spec.name: value_to_array(value, spec=spec, what=spec.name, limits=limits)}
     _check_keys(value, by_name, what='"inputs"')
-    return {
-        name: value_to_array(value[name], spec=spec, what=name) for name, spec in by_name.items()
-    }
+    return _arrays(value, by_name, limits)
+
+
+def _arrays(
+    values: Mapping[str, Any], by_name: Mapping[str, TensorSpec], limits: DecodeLimits
+) -> dict[str, np.ndarray]:
+    tensors, total = {}, 0
+    for name, spec in by_name.items():
+        tensors[name] = value_to_array(values[name], spec=spec, what=name, limits=limits)
+        total += tensors[name].size
+        check_request_elements(total, limits)
+    return tensors
 
 
 def _is_named(value: Any, by_name: Mapping[str, TensorSpec]) -> bool:
@@ -178,13 +196,20 @@ def _check_keys(item: Any, by_name: Mapping[str, TensorSpec], *, what: str) -> N
 # -- values <-> arrays --------------------------------------------------------------------
 
 
-def value_to_array(value: Any, *, spec: TensorSpec, what: str) -> np.ndarray:
+def value_to_array(
+    value: Any, *, spec: TensorSpec, what: str, limits: DecodeLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """A JSON value (nested lists, scalars, b64 objects) as a tensor of `spec`'s dtype."""
     what = f"input {what!r}"
     shape = _shape_of(value, what=what)
+    check_elements(shape, limits, what=what)
     if spec.dtype == "str":
         flat: list[str | bytes] = []
         _flatten_strings(value, flat, what=what)
+        for item in flat:
+            if len(item) * 4 > limits.max_bytes_element:  # UTF-8: at most 4 bytes a char
+                size = len(item if isinstance(item, bytes) else item.encode("utf-8", "replace"))
+                check_bytes_element(size, limits, what=what)
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
@@ -193,7 +218,7 @@ def value_to_array(value: Any, *, spec: TensorSpec, what: str) -> np.ndarray:
             f"{what}: holds an object where a number belongs; the input is {spec.dtype} "
             '({"b64": ...} values are only for string inputs)'
         )
-    return array_from_json(value, datatype=spec.v2_datatype, shape=shape, what=what)
+    return array_from_json(value, datatype=spec.v2_datatype, shape=shape, what=what, limits=limits)
 
 
 def array_to_value(array: np.ndarray, *, name: str) -> Any:
@@ -283,7 +308,11 @@ def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
 
 
 def decode_examples(
-    body: bytes, *, spec: TensorSpec, feature_names: Sequence[str] | None
+    body: bytes,
+    *,
+    spec: TensorSpec,
+    feature_names: Sequence[str] | None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
     """Classify/regress `examples` (+ `context`) as one `[examples, features]` matrix.
 
@@ -292,6 +321,7 @@ def decode_examples(
     whole row as `{"<input name>" | "x": [v1, ..., vF]}` or a plain list `[v1, ..., vF]`.
     """
     doc = load_object(body, what="request")
+    check_json_depth(doc, limits, what="request")
     unknown = sorted(set(doc) - {"signature_name", "context", "examples"})
     if unknown:
         raise ProtocolError(
@@ -321,9 +351,9 @@ def decode_examples(
                 f"example #{position} has {len(row)} values; the model takes "
                 f"{expected if expected != -1 else width} features per example"
             )
-    return array_from_json(
-        rows, datatype=spec.v2_datatype, shape=(len(rows), width), what="examples"
-    )
+    shape = (len(rows), width)
+    check_request_elements(check_elements(shape, limits, what="examples"), limits)
+    return array_from_json(rows, datatype=spec.v2_datatype, shape=shape, what="examples")
 
 
 def _example_row(

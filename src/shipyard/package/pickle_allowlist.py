@@ -338,7 +338,7 @@ def global_refusal(
 def resolved_refusal(module: str, name: str, obj: object, *, extra: frozenset[str]) -> str | None:
     """Loader-side check: a global allowed only by a name rule must be defined where it claims."""
     full = f"{module}.{name}"
-    if full in DEFAULT_ALLOWLIST or full in extra or full in TORCH_ALLOWLIST:
+    if full in DEFAULT_ALLOWLIST or full in extra:
         return None
     if getattr(obj, "__module__", None) != module:
         return f"{full} is re-exported from {getattr(obj, '__module__', '?')}, not defined there"

@@ -102,6 +102,8 @@ def decompress(data: Buffer, codec: str, *, cap: int = DEFAULT_MAX_DECOMPRESSED)
                 raise DecompressError(message) from exc
             with frame.LZ4FrameFile(source, "rb") as fh:
                 return _read_capped(fh, cap)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as exc:
+    except DecompressError:
+        raise
+    except Exception as exc:  # OSError, EOFError, LZMAError, zlib.error ...: all mean corrupt
         raise DecompressError(f"{codec} stream is corrupt ({exc})") from exc
     raise DecompressError(f"compressor {codec!r} is not supported by the scanner")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -88,6 +89,10 @@ def scan_pickles(
                 reason = f"bytes after pickle #{count} are not a complete pickle: {reason}"
             state.add(exc.position, walker.op, reason, member)
             break
+        except (RecursionError, MemoryError, TypeError, AttributeError) as exc:
+            # the static model itself gave up: refuse rather than pass the file as clean
+            state.add(walker.pos, walker.op, f"cannot be analysed statically ({exc!r})", member)
+            break
         count += 1
         state.pickles += 1 + walker.nested
         if walker.wrappers:
@@ -127,13 +132,14 @@ def scan_zip(data: Buffer, state: ScanState, *, member: str | None, depth: int) 
         infos = archive.infolist()
         names = [info.filename for info in infos]
         fmt = _zip_format(names, archive)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, NotImplementedError) as exc:
+    except Exception as exc:  # zipfile raises many kinds on hostile archives; all mean "refuse"
         state.add(0, "-", f"not a readable zip archive ({exc})", member)
         return "zip"
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, seen in Counter(names).items() if seen > 1)
     if duplicates:
         state.add(0, "-", f"zip has duplicate members {duplicates[:5]}: ambiguous", member)
     budget = state.max_decompressed
+    pickled = 0
     for info in infos:
         if info.is_dir():
             continue
@@ -142,12 +148,14 @@ def scan_zip(data: Buffer, state: ScanState, *, member: str | None, depth: int) 
             with archive.open(info) as fh:
                 head = fh.read(8)
             is_pickle = info.filename.endswith(_PICKLE_SUFFIXES)
-            is_checkpoint = info.filename.endswith(_CHECKPOINT_SUFFIXES) and head[:1] == b"\x80"
+            is_checkpoint = info.filename.endswith(".joblib") or (
+                info.filename.endswith(_CHECKPOINT_SUFFIXES) and head[:1] == b"\x80"
+            )
             if not (is_pickle or is_checkpoint or head[:4] in ZIP_MAGICS):
                 continue  # raw tensor or metadata bytes: data, never unpickled
             with archive.open(info) as fh:
                 content = fh.read(budget + 1)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
+        except Exception as exc:  # encrypted, unknown method, bad CRC, truncated ...
             state.add(info.header_offset, "-", f"unreadable zip member ({exc})", name)
             continue
         if len(content) > budget:
@@ -156,9 +164,13 @@ def scan_zip(data: Buffer, state: ScanState, *, member: str | None, depth: int) 
         budget -= len(content)
         if head[:4] in ZIP_MAGICS:
             scan_zip(content, state, member=name, depth=depth + 1)
-        elif is_pickle:
+            continue
+        pickled += 1
+        if is_pickle:
             torch = fmt.startswith("torch")
             scan_pickles(content, state, member=name, joblib=False, torch=torch)
         else:
             scan_buffer(content, state, member=name, depth=depth + 1)
+    if fmt == "zip" and pickled:
+        state.add(0, "-", f"zip of unknown layout holds {pickled} pickled member(s)", member)
     return fmt

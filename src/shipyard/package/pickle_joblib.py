@@ -52,4 +52,5 @@ def read_array(walker: Walker, wrapper: Obj) -> object:
     if dtype.itemsize == 0:
         raise ParseError(walker.pos, "joblib array has a zero item size (the loader fails)")
     file.skip(count * dtype.itemsize, "joblib array data")
-    return Obj(Global("numpy", "ndarray"))
+    array = Global("numpy", "ndarray")
+    return Obj(array, array)  # numpy-made: a later BUILD on it is refused

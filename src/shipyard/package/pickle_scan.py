@@ -6,7 +6,9 @@ import mmap
 import os
 from collections.abc import Iterable
 from functools import partial
+from typing import BinaryIO
 
+from shipyard.errors import NotFoundError, UsageError
 from shipyard.package.pickle_allowlist import (
     DEFAULT_ALLOWLIST,
     TORCH_ALLOWLIST,
@@ -75,11 +77,20 @@ def scan_file(
 ) -> ScanReport:
     """Scan a file on disk (memory-mapped, never imported or unpickled)."""
     name = os.fspath(path)
-    with open(name, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
+    with open_model_file(name) as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
             return _scan(b"", extra_allowed=extra_allowed, name=name, max_bytes=0)
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return _scan(
                 view, extra_allowed=extra_allowed, name=name, max_bytes=max_decompressed_bytes
             )
+
+
+def open_model_file(name: str) -> BinaryIO:
+    """open(name, "rb") with Shipyard errors: NotFoundError, or UsageError when unreadable."""
+    try:
+        return open(name, "rb")  # the caller closes it
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{name}: no such file") from exc
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({exc.strerror or exc})") from exc

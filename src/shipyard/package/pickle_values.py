@@ -107,30 +107,35 @@ def mentions_wrapper(value: object, limit: int) -> tuple[bool, int]:
     """(whether joblib's wrapper class or a live wrapper is reachable, nodes visited)."""
     seen: set[int] = set()
     todo = [value]
+    work = 0  # every queued item counts, duplicates included, so the cost stays bounded
     while todo:
         item = todo.pop()
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if len(seen) > limit:
-            return True, len(seen)  # too large to inspect: assume the worst
         if isinstance(item, Global):
             if item.is_joblib_wrapper:
-                return True, len(seen)
-        elif isinstance(item, Obj):
+                return True, work
+            continue
+        if isinstance(item, Obj):
             if item.is_wrapper:
-                return True, len(seen)
-            todo.extend((item.args, *item.states))
+                return True, work
+            children: list[object] = [item.args, *item.states]
         elif isinstance(item, tuple | list):
-            todo.extend(item)
+            children = list(item)
         elif isinstance(item, DictV):
-            for k, v in item.items:
-                todo.extend((k, v))
+            children = [part for pair in item.items for part in pair]
         elif isinstance(item, SetV):
-            todo.extend(item.items)
+            children = list(item.items)
         elif isinstance(item, Unknown):
-            return True, len(seen)
-    return False, len(seen)
+            return True, work
+        else:
+            continue
+        work += 1 + len(children)
+        if work > limit:
+            return True, work  # too large to inspect: assume the worst
+        todo.extend(children)
+    return False, work
 
 
 def result_class(func: Global, args: object, limit: int) -> tuple[Global | None, int]:

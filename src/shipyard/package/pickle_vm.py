@@ -8,9 +8,9 @@ import struct
 import sys
 from collections.abc import Callable
 
-from shipyard.package.pickle_allowlist import NOT_CALLABLE, NUMPY_DTYPE, compat_name
+from shipyard.package.pickle_allowlist import NOT_CALLABLE, compat_name
 from shipyard.package.pickle_joblib import read_array
-from shipyard.package.pickle_numpy import dtype_problem
+from shipyard.package.pickle_numpy import numpy_build_problem
 from shipyard.package.pickle_ops import DataOps
 from shipyard.package.pickle_report import Finding
 from shipyard.package.pickle_stream import ParseError, RawFile, Unframer
@@ -28,12 +28,7 @@ Refusal = Callable[[str, str], "str | None"]
 OPNAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
 _WRAPPER_PARAMS = ("subclass", "shape", "order", "dtype", "allow_mmap")
 MAX_FINDINGS = 1000
-_DTYPE_TWICE = "numpy dtype state set more than once (numpy never pickles that)"
 _ANALYSIS_BUDGET = 5_000_000  # stand-in nodes inspected for joblib wrappers, per pickle
-
-
-def _builds_dtype(factory: object) -> bool:
-    return isinstance(factory, Global) and factory.full == NUMPY_DTYPE
 
 
 class _Stop(Exception):
@@ -226,10 +221,11 @@ class Walker(DataOps):
         self.push(self._call(cls, args, init=False))
 
     def op_NEWOBJ_EX(self) -> None:
-        self.pop()
+        kwargs = self.pop()
         args = self.pop()
         cls = self.pop()
-        self.push(self._call(cls, args, init=False))
+        # keyword arguments make the call opaque (numpy never pickles a dtype this way)
+        self.push(self._call(cls, (args, kwargs) if truthy(kwargs) else args, init=False))
 
     def op_OBJ(self) -> None:
         args = self.pop_mark()
@@ -250,8 +246,8 @@ class Walker(DataOps):
             target.states.append(state)
             if target.is_wrapper:
                 self._wrapper_state(target, state)
-            elif _builds_dtype(target.factory):
-                problem = dtype_problem(target) if len(target.states) == 1 else _DTYPE_TWICE
+            else:
+                problem = numpy_build_problem(target, state)
                 if problem is not None:
                     self.fail(problem)
         if not self.joblib:

@@ -22,7 +22,7 @@ from shipyard.package.pickle_allowlist import (
 )
 from shipyard.package.pickle_compression import DEFAULT_MAX_DECOMPRESSED, decompress
 from shipyard.package.pickle_report import ScanReport
-from shipyard.package.pickle_scan import scan_bytes
+from shipyard.package.pickle_scan import open_model_file, scan_bytes
 
 _SHOWN_FINDINGS = 5
 _ADVICE = (
@@ -132,7 +132,7 @@ def load_pickle_file(
     if not trust_pickle:
         raise UnsafePickleError(_untrusted_message(name))
     extra = normalize_extra_allowed(extra_allowed)
-    with open(name, "rb") as fh:
+    with open_model_file(name) as fh:
         data = fh.read()
     report = scan_bytes(
         data, extra_allowed=extra, name=name, max_decompressed_bytes=max_decompressed_bytes

@@ -7,6 +7,7 @@ their routes here: `protocols.v2_http.routes(...)` today, TF Serving REST next t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,7 @@ from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols import tfserving_http, v2_http
 from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
 from shipyard.serving.repository import ModelRepository
+from shipyard.serving.security import build_security
 from shipyard.serving.settings import ServerSettings
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,21 +34,33 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def build_dataplane(settings: ServerSettings) -> DataPlane:
     """A data plane over a fresh manager and metrics registry for `settings.repository`."""
     metrics = Metrics()
-    manager = ModelManager(ModelRepository(settings.repository), settings=settings, metrics=metrics)
+    kek = None
+    if settings.key_file is not None:
+        from shipyard.security.keys import load_kek
+
+        kek = load_kek(settings.key_file)  # read once; a bad key file fails before serving
+    manager = ModelManager(
+        ModelRepository(settings.repository), settings=settings, metrics=metrics, kek=kek
+    )
     return DataPlane(manager, metrics)
 
 
 def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -> Starlette:
     """The Starlette app serving V2 REST and /metrics; `app.state.dataplane` holds the core."""
     plane = dataplane or build_dataplane(settings)
+    security = build_security(settings, plane)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await plane.manager.start()
+        security.start()
         try:
-            yield
+            await plane.manager.start()
+            try:
+                yield
+            finally:
+                await plane.manager.stop()
         finally:
-            await plane.manager.stop()
+            await asyncio.to_thread(security.stop)  # drains the audit queue
 
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
@@ -60,8 +74,12 @@ def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestContextMiddleware, access_log=settings.access_log)],
+        middleware=[
+            Middleware(RequestContextMiddleware, access_log=settings.access_log),
+            *security.middleware(),
+        ],
         exception_handlers={HTTPException: http_exception},
     )
     app.state.dataplane = plane
+    app.state.security = security  # security.authorize is the gRPC servicer's auth hook
     return app

@@ -13,6 +13,7 @@ version); a version that is not a positive integer is simply not found.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,10 @@ from shipyard.errors import InputError, ShipyardError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import check_inputs
 from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
+from shipyard.serving.limits import check_output_size
 from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.settings import LimitsSettings
 
 SERVER_NAME = "shipyard"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
@@ -40,12 +43,26 @@ class ModelSignature:
     outputs: list[TensorSpec]
 
 
+@dataclass(frozen=True)
+class InferenceEvent:
+    """One finished inference call, for listeners such as the audit log (never the data)."""
+
+    model: str
+    version: str | None
+    """The version that served it; the requested one (or None) when it failed earlier."""
+    protocol: str
+    outcome: str
+    latency_ms: float
+
+
 class DataPlane:
     """Health, metadata, inference, repository control and statistics for every transport."""
 
     def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.listeners: list[Callable[[InferenceEvent], None]] = []
+        """Called on the event loop after every `infer`, successful or not."""
 
     # -- health ---------------------------------------------------------------------------
 
@@ -110,11 +127,44 @@ class DataPlane:
         reported latency include decoding.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
+        if not self.listeners:
+            return await self._infer(
+                name, request, version=version, protocol=protocol, started=started
+            )
+        served_version, outcome = version, "error"
+        try:
+            response = await self._infer(
+                name, request, version=version, protocol=protocol, started=started
+            )
+            served_version, outcome = response.model_version, "success"
+            return response
+        except Exception as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            event = InferenceEvent(
+                name, served_version, protocol, outcome, (time.perf_counter_ns() - started) / 1e6
+            )
+            for listener in self.listeners:
+                listener(event)
+
+    async def _infer(
+        self,
+        name: str,
+        request: InferenceRequest,
+        *,
+        version: str | None,
+        protocol: str,
+        started: int,
+    ) -> InferenceResponse:
         with self.manager.lease(name, _version_number(name, version)) as served:
             model_version = str(served.version)
             try:
                 inputs = _validated(served, request)
                 result = await served.batcher.submit(inputs, request.output_names)
+                check_output_size(
+                    result.outputs, limit=self._limits(served).max_output_bytes, model=name
+                )
             except Exception as exc:
                 self.metrics.observe_request(
                     model=name,
@@ -139,6 +189,18 @@ class DataPlane:
             outputs=result.outputs,
             id=request.id,
         )
+
+    def limits_for(self, name: str | None) -> LimitsSettings:
+        """Request limits for a model: its model.toml [limits] over the server's."""
+        if name is not None:
+            try:
+                return self._limits(self.manager.get(name))
+            except ShipyardError:  # unknown or not ready: the call fails anyway
+                pass
+        return self.manager.settings.limits
+
+    def _limits(self, served: ServedVersion) -> LimitsSettings:
+        return served.config.limits_for(self.manager.settings)
 
     # -- model repository -----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import uvicorn
 from shipyard.errors import ShipyardError
 from shipyard.serving.app import build_app
 from shipyard.serving.logs import configure_logging
+from shipyard.serving.security import check_exposure
 from shipyard.serving.settings import ServerSettings, load_settings
 
 _GRACE_S = 10
@@ -36,16 +37,23 @@ class RunningServer:
     """A server running on a background thread; `.url` is e.g. http://127.0.0.1:41234."""
 
     def __init__(
-        self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int
+        self,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        host: str,
+        port: int,
+        *,
+        scheme: str = "http",
     ) -> None:
         self._server = server
         self._thread = thread
         self.host = host
         self.port = port
+        self.scheme = scheme
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def grpc_port(self) -> int | None:
@@ -106,7 +114,8 @@ def start_in_thread(
         time.sleep(0.01)
     sockets = [s for srv in server.servers for s in srv.sockets]
     port = sockets[0].getsockname()[1] if sockets else settings.port
-    return RunningServer(server, thread, settings.host, port)
+    scheme = "https" if settings.tls_cert else "http"
+    return RunningServer(server, thread, settings.host, port, scheme=scheme)
 
 
 def _with_repository(settings: ServerSettings, repository: str | Path | None) -> ServerSettings:
@@ -116,11 +125,18 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
 
 
 def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
+    check_exposure(settings)
     app = build_app(settings)
     if settings.grpc_port is not None:
         from shipyard.serving.protocols import v2_grpc
 
-        v2_grpc.attach(app, app.state.dataplane, settings=settings, grace_s=_GRACE_S)
+        v2_grpc.attach(
+            app,
+            app.state.dataplane,
+            settings=settings,
+            authorize=app.state.security.authorize,
+            grace_s=_GRACE_S,
+        )
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -132,4 +148,6 @@ def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=_GRACE_S,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )

@@ -27,14 +27,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.codecs import tfserving
+from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, RequestedOutput
 from shipyard.errors import NotFoundError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.dataplane import DataPlane, ModelSignature
 from shipyard.serving.errors import ModelNotFound, ProtocolError
+from shipyard.serving.limits import decode_limits
 from shipyard.serving.manager import IndexEntry, ModelState
 from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
-from shipyard.serving.settings import LimitsSettings, ServerSettings
+from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "tfserving_http"
 PREFIX = "/v1/models/"
@@ -105,11 +107,8 @@ def parse_target(path: str) -> Target:
 class TFServingHandlers:
     """Dispatches /v1/models/{rest:path} to the action the path names."""
 
-    def __init__(
-        self, dataplane: DataPlane, *, limits: LimitsSettings, compress_min_bytes: int
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, *, compress_min_bytes: int) -> None:
         self.dataplane = dataplane
-        self.limits = limits
         self.compress_min_bytes = compress_min_bytes
 
     async def dispatch(self, request: Request) -> Response:
@@ -123,14 +122,16 @@ class TFServingHandlers:
             return json_response(await self.status(target))
         if target.action == "metadata":
             return json_response(self.metadata(target))
-        body = await read_body(request, limit=self.limits.max_body_bytes)
+        settings = self.dataplane.limits_for(target.name)
+        body = await read_body(request, limit=settings.max_body_bytes)
         signature = self.dataplane.model_signature(target.name, target.version)
+        limits = decode_limits(settings)
         if target.action == "predict":
-            payload = await self.predict(body, signature, received_ns=received)
+            payload = await self.predict(body, signature, limits=limits, received_ns=received)
         elif target.action == "classify":
-            payload = await self.classify(body, signature, received_ns=received)
+            payload = await self.classify(body, signature, limits=limits, received_ns=received)
         else:
-            payload = await self.regress(body, signature, received_ns=received)
+            payload = await self.regress(body, signature, limits=limits, received_ns=received)
         payload, headers = compress_for(request, payload, min_bytes=self.compress_min_bytes)
         return Response(payload, headers=headers, media_type="application/json")
 
@@ -156,17 +157,21 @@ class TFServingHandlers:
             },
         }
 
-    async def predict(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
-        decoded = tfserving.decode_predict(body, inputs=signature.inputs)
+    async def predict(
+        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
+    ) -> bytes:
+        decoded = tfserving.decode_predict(body, inputs=signature.inputs, limits=limits)
         response = await self._infer(signature, decoded.request, received_ns=received_ns)
         return tfserving.encode_predict(response, decoded=decoded)
 
-    async def classify(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
+    async def classify(
+        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
+    ) -> bytes:
         spec = _single_input(signature, "classify")
         metadata = self._model_metadata(signature)
         scores_output, labels = _classifier_head(signature, metadata)
         matrix = tfserving.decode_examples(
-            body, spec=spec, feature_names=_feature_names(metadata, spec)
+            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=limits
         )
         request = InferenceRequest({spec.name: matrix}, [RequestedOutput(scores_output.name)])
         outputs = await self._infer(signature, request, received_ns=received_ns)
@@ -178,12 +183,14 @@ class TFServingHandlers:
             )
         return tfserving.encode_classify(scores, labels=labels)
 
-    async def regress(self, body: bytes, signature: ModelSignature, *, received_ns: int) -> bytes:
+    async def regress(
+        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
+    ) -> bytes:
         spec = _single_input(signature, "regress")
         metadata = self._model_metadata(signature)
         output = _regression_output(signature, metadata)
         matrix = tfserving.decode_examples(
-            body, spec=spec, feature_names=_feature_names(metadata, spec)
+            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=limits
         )
         request = InferenceRequest({spec.name: matrix}, [RequestedOutput(output.name)])
         values = (await self._infer(signature, request, received_ns=received_ns))[output.name]
@@ -215,9 +222,7 @@ class TFServingHandlers:
 
 def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
     """The one catch-all route under /v1/models/ (paths contain `name:verb`)."""
-    handlers = TFServingHandlers(
-        dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
-    )
+    handlers = TFServingHandlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
     return [Route(PREFIX + "{rest:path}", endpoint(handlers.dispatch), methods=["GET", "POST"])]
 
 

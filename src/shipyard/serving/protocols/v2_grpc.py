@@ -44,7 +44,7 @@ SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "v2_grpc"
 ACTIONS = ("health", "metadata", "infer", "statistics", "repository")
 STREAM_WINDOW = 64
-"""Requests of one ModelStreamInfer stream running at once; the stream waits beyond it."""
+"""Requests of one ModelStreamInfer stream running or answered but not yet sent; more wait."""
 
 Authorize = Callable[[Mapping[str, str], str, str | None], Awaitable[None]]
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -127,13 +127,19 @@ class V2GrpcServicer:
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], metadata: Mapping[str, str]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Answer each request as it completes; refusal by `authorize` ends the stream."""
+        """Answer each request as it completes; refusal by `authorize` ends the stream.
+
+        At most STREAM_WINDOW requests are running or answered but not yet sent, so a
+        client that sends faster than it reads waits instead of filling the server.
+        """
         replies: asyncio.Queue[pb.ModelStreamInferResponse | BaseException | None]
         replies = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            # a task of its own: this id stays in its copy of the context
+            request_id.set(metadata.get("x-request-id", "")[:64] or _new_request_id())
             try:
                 reply = pb.ModelStreamInferResponse(infer_response=await self.model_infer(request))
             except ShipyardError as exc:
@@ -141,8 +147,6 @@ class V2GrpcServicer:
             except Exception:
                 log.exception("unexpected error in %s/ModelStreamInfer", SERVICE)
                 reply = pb.ModelStreamInferResponse(error_message=_INTERNAL)
-            finally:
-                window.release()
             replies.put_nowait(reply)
 
         async def read() -> None:
@@ -165,6 +169,7 @@ class V2GrpcServicer:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                window.release()
         finally:
             for task in (reader, *running):
                 task.cancel()
@@ -249,14 +254,11 @@ class V2GrpcServicer:
         return handle
 
     async def _stream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-        token = request_id.set(_request_id(context))
         try:
             async for reply in self.model_stream_infer(requests, _metadata(context)):
                 yield reply
         except ShipyardError as exc:
             await _abort(context, exc)
-        finally:
-            request_id.reset(token)
 
     async def _check(self, metadata: Mapping[str, str], action: str, model: str | None) -> None:
         if self.authorize is not None:
@@ -271,7 +273,10 @@ async def serve_grpc(
     authorize: Authorize | None = None,
     grace_s: float = 10.0,
 ) -> AsyncIterator[int]:
-    """Serve V2 gRPC on settings.host:settings.grpc_port (0 = a free port); yields the port."""
+    """Serve V2 gRPC on settings.host:settings.grpc_port (0 = a free port); yields the port.
+
+    With settings.tls_cert/tls_key it serves TLS with the same certificate as HTTPS.
+    """
     port = settings.grpc_port or 0
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     server = grpc.aio.server(
@@ -284,18 +289,26 @@ async def serve_grpc(
     handlers = V2GrpcServicer(dataplane, authorize=authorize).method_handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
+    address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError:  # grpcio >= 1.60 raises; older ones return 0
         bound = 0
     if not bound:
         await server.stop(None)
         raise ShipyardError(
-            f"cannot listen for gRPC on {host}:{port} (port in use, or not a local address); "
+            f"cannot listen for gRPC on {address} (port in use, or not a local address); "
             "pick another with --grpc-port or SHIPYARD_GRPC_PORT"
         )
     await server.start()
-    log.info("V2 gRPC listening on %s:%d", settings.host, bound)
+    tls = " (TLS)" if settings.tls_cert is not None else ""
+    log.info("V2 gRPC%s listening on %s:%d", tls, settings.host, bound)
     try:
         yield bound
     finally:
@@ -338,9 +351,8 @@ _INTERNAL = "internal server error; see the server log"
 
 
 async def _abort(context: Any, exc: ShipyardError) -> NoReturn:
-    if isinstance(exc, Overloaded):
-        context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
-    await context.abort(grpc_status(int(exc.status)), exc.message)
+    trailing = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else ()
+    await context.abort(grpc_status(int(exc.status)), exc.message, trailing)
     raise AssertionError("context.abort returned")  # it always raises
 
 
@@ -352,6 +364,10 @@ def _request_id(context: Any) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and value:
             return value[:64]
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ProtocolError
+from shipyard.serving.limits import decode_limits
 from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
 from shipyard.serving.settings import LimitsSettings, ServerSettings
 
@@ -58,8 +59,11 @@ class V2Handlers:
     async def infer(self, request: Request) -> Response:
         received = time.perf_counter_ns()
         name, version = _model(request)
-        body = await read_body(request, limit=self.limits.max_body_bytes)
-        decoded = decode_request(body, header_length=_header_length(request))
+        limits = self.dataplane.limits_for(name)
+        body = await read_body(request, limit=limits.max_body_bytes)
+        decoded = decode_request(
+            body, header_length=_header_length(request), limits=decode_limits(limits)
+        )
         response = await self.dataplane.infer(
             name, decoded, version=version, protocol=PROTOCOL, received_ns=received
         )

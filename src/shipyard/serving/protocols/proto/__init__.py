@@ -1,11 +1,16 @@
 """Generated protobuf messages of the V2 gRPC protocol (`grpc_service.proto`); do not edit.
 
-Regenerate after changing the .proto, from the repository root, with grpcio-tools whose
-protoc matches the oldest protobuf runtime supported (gencode 6.31.1: grpcio-tools 1.74):
+Only the messages are generated (`grpc_service_pb2.py` and its `.pyi` stub):
+`protocols/v2_grpc.py` registers the service's method handlers itself, under the wire name
+`inference.GRPCInferenceService`, so no `_pb2_grpc.py` pins a grpcio version.
+
+To regenerate after changing the .proto, from the repository root, use grpcio-tools 1.74
+in a scratch environment: its protoc writes gencode 6.31.1, which every protobuf runtime
+from 6.31.1 on accepts (newer grpcio-tools write 7.x gencode, which protobuf 6 refuses)::
 
     python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \\
         src/shipyard/serving/protocols/proto/grpc_service.proto
 
-Only the messages are generated: `protocols/v2_grpc.py` registers the service's method
-handlers itself, under the wire name `inference.GRPCInferenceService`.
+then put back the header lines each generated file starts with (`# ruff: noqa`, and
+`# mypy: ignore-errors` in the .pyi) and run `ruff format` on both files.
 """

@@ -1,0 +1,711 @@
+"""Serving side by side in one run: raw ONNX Runtime, Shipyard, MLServer, Triton; writes
+results/serving.md.
+
+    python benchmarks/serving.py                          # full run: tabular, 1/8/32 connections
+    python benchmarks/serving.py --quick                  # smoke run (short cells, no file written)
+    python benchmarks/serving.py --skip-mlserver --skip-triton --concurrency 8 --duration 3
+
+Every server serves the same model.onnx with the same ONNX Runtime session options, batching
+knobs and instance count, so only the server differs. Requests are batch 1, identical for
+every server; the load generator (`_load.py`) runs in its own process with N keep-alive
+connections in a closed loop. MLServer and Triton are installed into `benchmarks/.venvs/` on
+first use; a competitor that can't be installed or started becomes a row saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
+
+from benchmarks import _servers
+from benchmarks._servers import ModelFiles, ServingConfig, SetupError
+from shipyard import __version__ as shipyard_version
+from shipyard.codecs.v2 import decode_request, decode_response, encode_request
+from shipyard.compress.machine import machine_facts
+from shipyard.package.store import list_versions, read_verified
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "serving.md"
+RAW, SHIPYARD, MLSERVER, TRITON = "ONNX Runtime", "Shipyard", "MLServer", "Triton"
+JSON_, BINARY = "JSON", "binary"
+LOAD_SLACK_S = 90.0
+
+
+@dataclass
+class Cell:
+    """One measurement: a row at one concurrency."""
+
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int
+    requests: int
+    first_error: str = ""
+
+
+@dataclass
+class Row:
+    model: str
+    server: str
+    encoding: str
+    config: str
+    batching: bool | None
+    cells: dict[int, Cell] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.server == RAW:
+            return f"{self.server} in-process ({self.config})"
+        return f"{self.server} · {self.encoding} · {self.config}"
+
+
+@dataclass(frozen=True)
+class Bodies:
+    """The same batch-1 request for every server, JSON and with binary tensors."""
+
+    files: dict[str, Path]
+    header_lengths: dict[str, int | None]
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    npz: Path
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    work: Path
+    rows: list[Row] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def _measure(argv: list[str], args: argparse.Namespace) -> Cell:
+    timeout = args.warmup + args.duration + LOAD_SLACK_S
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return Cell(0.0, None, None, 1, 0, f"load generator ran past {timeout:.0f} s")
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return Cell(0.0, None, None, 1, 0, f"load generator failed: {tail[0][:200]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return Cell(
+        rps=float(data["rps"]),
+        p50_ms=data["p50_ms"],
+        p99_ms=data["p99_ms"],
+        errors=int(data["errors"]),
+        requests=int(data["requests"]),
+        first_error=str(data.get("first_error", "")),
+    )
+
+
+def measure_http(port: int, path: str, bodies: Bodies, encoding: str, c: int, run: Run) -> Cell:
+    args = run.args
+    argv = [
+        sys.executable,
+        str(HERE / "_load.py"),
+        "--url",
+        f"http://127.0.0.1:{port}{path}",
+        "--body",
+        str(bodies.files[encoding]),
+        "--concurrency",
+        str(c),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+    ]
+    header_length = bodies.header_lengths[encoding]
+    if header_length is not None:
+        # As tritonclient sends it: no Content-Type, the header length tells JSON from tensors.
+        argv += ["--header-length", str(header_length), "--content-type", ""]
+    return _measure(argv, args)
+
+
+def measure_raw(model: ModelFiles, bodies: Bodies, c: int, run: Run) -> Cell:
+    args = run.args
+    argv = [
+        sys.executable,
+        str(HERE / "_raw.py"),
+        "--model",
+        str(model.onnx),
+        "--inputs",
+        str(bodies.npz),
+        "--concurrency",
+        str(c),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--intra-op-threads",
+        str(args.intra_op_threads),
+    ]
+    return _measure(argv, args)
+
+
+def probe(port: int, path: str, bodies: Bodies, encoding: str) -> str:
+    """'' when one request answers 200 with the reference outputs, else what went wrong."""
+    headers = {"Content-Type": "application/json"}
+    header_length = bodies.header_lengths[encoding]
+    if header_length is not None:
+        headers = {"Inference-Header-Content-Length": str(header_length)}
+    try:
+        status, got_headers, body = _servers.http_call(
+            port, "POST", path, bodies.files[encoding].read_bytes(), headers
+        )
+    except OSError as exc:
+        return f"request failed: {exc}"
+    if status != 200:
+        text = body[:160].decode("utf-8", "replace").replace("\n", " ").replace("|", "/")
+        return f"HTTP {status}: {text}"
+    length = got_headers.get("inference-header-content-length")
+    try:
+        outputs = decode_response(body, header_length=int(length) if length else None).outputs
+    except Exception as exc:  # any decoding failure is a finding, not a crash
+        return f"unreadable response: {exc}"
+    for name, want in bodies.expected.items():
+        got = outputs.get(name)
+        if (
+            got is None
+            or got.size != want.size
+            or not np.allclose(got.ravel(), want.ravel(), rtol=1e-4, atol=1e-5)
+        ):
+            return f"output {name!r} differs from in-process ONNX Runtime"
+    return ""
+
+
+def _server_version(port: int) -> str:
+    with contextlib.suppress(Exception):
+        status, _, body = _servers.http_call(port, "GET", "/v2")
+        if status == 200:
+            return str(json.loads(body).get("version", ""))
+    return ""
+
+
+def measure_server(
+    server: str,
+    config: ServingConfig,
+    model: ModelFiles,
+    bodies: Bodies,
+    run: Run,
+    start: contextlib.AbstractContextManager[int],
+    path: str,
+) -> None:
+    rows = [
+        Row(model.name, server, enc, config.describe(), config.batching) for enc in (JSON_, BINARY)
+    ]
+    run.rows += rows
+    try:
+        with start as port:
+            run.versions.setdefault(server, _server_version(port))
+            for row in rows:
+                row.note = probe(port, path, bodies, row.encoding)
+                if row.note:
+                    _say(f"{row.label}: {row.note}")
+                    continue
+                for c in run.args.concurrency:
+                    row.cells[c] = measure_http(port, path, bodies, row.encoding, c, run)
+                    _say_cell(row, c)
+    except SetupError as exc:
+        for row in rows:
+            row.note = row.note or f"not run: {exc}"
+        _say(f"{server} ({config.describe()}): {exc}")
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def configs(args: argparse.Namespace) -> list[ServingConfig]:
+    return [
+        ServingConfig(
+            batching=batching,
+            max_batch_size=args.max_batch_size,
+            delay_us=args.batch_delay_us,
+            instances=args.instances,
+            intra_op_threads=args.intra_op_threads,
+        )
+        for batching in (True, False)
+    ]
+
+
+def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> None:
+    args = run.args
+    bodies = make_bodies(model, sample, run.work / f"bodies-{model.name}")
+    _say(f"{model.name}: raw ONNX Runtime")
+    raw = Row(model.name, RAW, "—", f"{args.intra_op_threads} intra-op thread(s)", None)
+    run.rows.append(raw)
+    for c in args.concurrency:
+        raw.cells[c] = measure_raw(model, bodies, c, run)
+        _say_cell(raw, c)
+    infer = f"/v2/models/{model.name}/infer"
+    for config in configs(args):
+        measure_server(SHIPYARD, config, model, bodies, run, _shipyard(model, config, run), infer)
+    if not args.skip_mlserver:
+        for config in configs(args):
+            measure_server(
+                MLSERVER, config, model, bodies, run, _mlserver(model, config, run), infer
+            )
+    if not args.skip_triton:
+        for config in configs(args):
+            measure_server(TRITON, config, model, bodies, run, _triton(model, config, run), infer)
+
+
+@contextlib.contextmanager
+def _shipyard(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[int]:
+    work = _fresh(run.work / f"shipyard-{model.name}-{config.batching}")
+    argv, port = _servers.shipyard(model, config, work=work)
+    with _servers.running(SHIPYARD, argv, port=port, log=work / "server.log") as p:
+        yield p
+
+
+@contextlib.contextmanager
+def _mlserver(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[int]:
+    work = _fresh(run.work / f"mlserver-{model.name}-{config.batching}")
+    python = _servers.ensure_venv(
+        "mlserver", _servers.MLSERVER_REQUIREMENTS, log=run.work / "mlserver-install.log"
+    )
+    folder, port = _servers.mlserver_dir(model, config, work=work)
+    argv = [str(python.with_name("mlserver")), "start", str(folder)]
+    with _servers.running(MLSERVER, argv, port=port, log=work / "server.log", cwd=folder) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def _triton(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[int]:
+    work = _fresh(run.work / f"triton-{model.name}-{config.batching}")
+    python = _servers.ensure_venv(
+        "triton", _servers.TRITON_REQUIREMENTS, log=run.work / "triton-install.log"
+    )
+    install = _servers.triton_install(python)
+    repo = _servers.triton_repo(model, config, work=work)
+    port = _servers.free_port()
+    argv = _servers.triton_argv(install, repo, port)
+    with _servers.running(TRITON, argv, port=port, log=work / "server.log", env=install.env) as p:
+        yield p
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def make_bodies(model: ModelFiles, sample: dict[str, np.ndarray], folder: Path) -> Bodies:
+    folder.mkdir(parents=True)
+    files, lengths = {}, {}
+    for encoding, binary in ((JSON_, False), (BINARY, True)):
+        body, header_length = encode_request(sample, binary_inputs=binary, binary_outputs=binary)
+        files[encoding] = folder / f"{encoding}.body"
+        files[encoding].write_bytes(body)
+        lengths[encoding] = header_length
+    npz = folder / "inputs.npz"
+    np.savez(npz, **sample)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(names, sample), strict=True))
+    return Bodies(files, lengths, sample, expected, npz)
+
+
+def load_model(repo: Path, name: str) -> tuple[ModelFiles, dict[str, np.ndarray]]:
+    """The latest version of `name` in `repo` and a batch-1 sample input for it."""
+    versions = list_versions(repo / name)
+    if not versions:
+        raise SystemExit(f"{repo / name}: no packaged version; build the demo or pass --repo")
+    version_dir = repo / name / str(versions[-1])
+    manifest = read_verified(version_dir)
+    model = ModelFiles(
+        name=name,
+        version_dir=version_dir,
+        inputs=tuple((t.name, t.v2_datatype, tuple(t.shape)) for t in manifest.inputs),
+        outputs=tuple((t.name, t.v2_datatype, tuple(t.shape)) for t in manifest.outputs),
+    )
+    request = repo / "requests" / f"{name}.json"
+    if request.is_file():
+        decoded = decode_request(request.read_bytes()).inputs
+        sample = {k: np.ascontiguousarray(v[:1]) for k, v in decoded.items()}
+    else:
+        rng = np.random.default_rng(0)
+        sample = {
+            t.name: rng.standard_normal([1 if d == -1 else d for d in t.shape]).astype(t.dtype)
+            for t in manifest.inputs
+        }
+    return model, sample
+
+
+def build_repo(models: Sequence[str], folder: Path) -> Path:
+    from shipyard.demo.build import build_demo_repository
+
+    build_demo_repository(folder, include_text="minilm" in models, only=list(models), progress=_say)
+    return folder
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return "—"
+    return f"{_sig(a / b)}×"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else _sig(value)
+
+
+def _sig(value: float) -> str:
+    """Three significant digits, no exponent: 0.00437, 0.812, 12.3, 1,234."""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    digits = max(0, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:.{digits}f}"
+
+
+def references(rows: Sequence[Row], row: Row) -> tuple[Row | None, Row | None]:
+    """(raw row, Triton row) to compare `row` with: same model, same encoding and batching."""
+    raw = next((r for r in rows if r.model == row.model and r.server == RAW), None)
+    tritons = [r for r in rows if r.model == row.model and r.server == TRITON and r.cells]
+    for candidates in (
+        [r for r in tritons if r.encoding == row.encoding and r.batching == row.batching],
+        [r for r in tritons if r.encoding == row.encoding and r.batching],
+        [r for r in tritons if r.encoding == JSON_ and r.batching],
+    ):
+        if candidates:
+            return raw, candidates[0]
+    return raw, None
+
+
+def concurrency_table(rows: Sequence[Row], model: str, c: int) -> list[list[str]]:
+    header = [
+        "server · request · config",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "req/s ÷ raw",
+        "req/s ÷ Triton",
+        "p50 ÷ Triton",
+        "p99 ÷ Triton",
+    ]
+    table = [header]
+    for row in (r for r in rows if r.model == model):
+        cell = row.cells.get(c)
+        if cell is None:
+            table.append([row.label, *["—"] * (len(header) - 1)])
+            continue
+        raw, triton = references(rows, row)
+        rc = raw.cells.get(c) if raw is not None and raw is not row else None
+        tc = triton.cells.get(c) if triton is not None and triton is not row else None
+        table.append(
+            [
+                row.label,
+                f"{cell.rps:,.0f}",
+                _num(cell.p50_ms),
+                _num(cell.p99_ms),
+                str(cell.errors)
+                if not cell.first_error
+                else f"{cell.errors} ({cell.first_error[:60]})",
+                _ratio(cell.rps, rc.rps) if rc else "—",
+                _ratio(cell.rps, tc.rps) if tc else "—",
+                _ratio(cell.p50_ms, tc.p50_ms) if tc else "—",
+                _ratio(cell.p99_ms, tc.p99_ms) if tc else "—",
+            ]
+        )
+    return table
+
+
+def summary_table(rows: Sequence[Row], model: str, levels: Sequence[int]) -> list[list[str]]:
+    header = ["server · request · config"]
+    for c in levels:
+        header += [f"req/s @{c}", f"p99 ms @{c}", f"÷ raw @{c}", f"÷ Triton @{c}"]
+    table = [header]
+    for row in (r for r in rows if r.model == model):
+        raw, triton = references(rows, row)
+        line = [row.label]
+        for c in levels:
+            cell = row.cells.get(c)
+            if cell is None:
+                line += ["—", "—", "—", "—"]
+                continue
+            rc = raw.cells.get(c) if raw is not None and raw is not row else None
+            tc = triton.cells.get(c) if triton is not None and triton is not row else None
+            line += [
+                f"{cell.rps:,.0f}",
+                _num(cell.p99_ms),
+                _ratio(cell.rps, rc.rps) if rc else "—",
+                _ratio(cell.rps, tc.rps) if tc else "—",
+            ]
+        table.append(line)
+    return table
+
+
+def render_text(table: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for n, r in enumerate(table):
+        cells = [r[0].ljust(widths[0])] + [
+            v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(table: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(table[0]) + " |", "|---" + "|---:" * (len(table[0]) - 1) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    return lines
+
+
+def notes(rows: Sequence[Row], model: str) -> list[str]:
+    """One line per row that has no numbers, saying why."""
+    return [f"- {r.label}: {r.note}" for r in rows if r.model == model and r.note]
+
+
+def markdown(run: Run, loads: tuple[str, str]) -> str:
+    args, facts = run.args, machine_facts()
+    cores = os.cpu_count() or 1
+    first = float(loads[0].split()[0])
+    versions = ", ".join(f"{k} {v}" for k, v in run.versions.items() if v)
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Generated by `benchmarks/serving.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+        f"({_command(args)}).",
+        f"Machine: {facts.cpu}, {cores} logical CPUs, {facts.platform}; Python {facts.python}, "
+        f"ONNX Runtime {facts.onnxruntime}; Shipyard {shipyard_version}"
+        + (f"; {versions}" if versions else "")
+        + ".",
+        f"Load average (1/5/15 min) before the run: {loads[0]}; after: {loads[1]}."
+        + (
+            f" **The machine was shared** (load {first:.1f} on {cores} cores before the run "
+            "started): absolute numbers are low and noisy; compare the ratios."
+            if first >= 0.5 * cores
+            else ""
+        ),
+        "",
+        "How it was measured: every server serves the same `model.onnx` with the same ONNX",
+        f"Runtime options ({args.intra_op_threads} intra-op thread(s)), {args.instances} model "
+        f"instance(s), and — where on — the same dynamic batching (≤{args.max_batch_size} rows, "
+        f"{args.batch_delay_us} µs queue delay); only the server differs. Each request is one",
+        "row (batch 1), the same bytes for every server. The load generator (`_load.py`) is a",
+        "separate process with N keep-alive HTTP/1.1 connections in a closed loop; each cell is",
+        f"{args.warmup:g} s warm-up then {args.duration:g} s measured. The load generator shares "
+        "the machine's cores with the server, the same for every row.",
+        "Raw ONNX Runtime is the limit: N threads in one process calling `session.run` on the",
+        "same input. Ratios: req/s ÷ raw and ÷ Triton (higher is better); latency ÷ Triton",
+        "(lower is better). The Triton reference is the Triton row with the same request",
+        "encoding and batching setting. The machine is shared and noisy: compare ratios, not",
+        "absolute numbers; differences under ~15 % are within run-to-run noise here.",
+    ]
+    for model in dict.fromkeys(r.model for r in run.rows):
+        lines += ["", f"## {model}", "", "### Summary", ""]
+        lines += render_markdown(summary_table(run.rows, model, args.concurrency))
+        for c in args.concurrency:
+            lines += ["", f"### {c} connection{'s' if c > 1 else ''}", ""]
+            lines += render_markdown(concurrency_table(run.rows, model, c))
+        found = notes(run.rows, model)
+        if found:
+            lines += ["", "Rows without numbers:", "", *found]
+    lines += ["", *RESULT_NOTES, ""]
+    return "\n".join(lines)
+
+
+RESULT_NOTES = (
+    "Notes:",
+    "",
+    "- MLServer 1.7.1 answers V2 requests carrying binary tensors (the",
+    "  `Inference-Header-Content-Length` extension) with 422: it does not implement that",
+    "  extension over REST. Its row records the answer instead of numbers.",
+    "- MLServer runs inference in `parallel_workers` processes (one per model instance here);",
+    "  its venv pins `uvloop<0.22`, with which 1.7.1's workers crash. Triton runs the python",
+    "  backend (`benchmarks/triton/model.py`), since the `tritonserver` bundled by",
+    "  nvidia-pytriton ships no ONNX Runtime backend; both run ONNX Runtime in a Python process.",
+)
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["python benchmarks/serving.py"]
+    if args.quick:
+        parts.append("--quick")
+    parts += [
+        f"--duration {args.duration:g}",
+        f"--warmup {args.warmup:g}",
+        "--concurrency " + ",".join(map(str, args.concurrency)),
+    ]
+    return "`" + " ".join(parts) + "`"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _say_cell(row: Row, c: int) -> None:
+    cell = row.cells[c]
+    errors = f", {cell.errors} errors ({cell.first_error[:80]})" if cell.errors else ""
+    _say(
+        f"  {row.label} @{c}: {cell.rps:,.0f} req/s, p50 {_num(cell.p50_ms)} ms, "
+        f"p99 {_num(cell.p99_ms)} ms{errors}"
+    )
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0].replace("\n", " "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--models",
+        default="tabular",
+        help="demo models to serve, comma-separated (default: tabular)",
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="use this model repository instead of building the demo models",
+    )
+    parser.add_argument(
+        "--concurrency",
+        default="1,8,32",
+        help="connections per cell, comma-separated (default: 1,8,32)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measured seconds per cell (default 5; --quick: 1)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="warm-up seconds per cell (default 1; --quick: 0.5)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short smoke run; writes no results file unless --output is given",
+    )
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-triton", action="store_true")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-delay-us",
+        type=int,
+        default=500,
+        help="dynamic batching queue delay for every server (default 500)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="model instances (Shipyard instances, MLServer parallel_workers, "
+        "Triton instance_group count)",
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads, every server and raw (default 1)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"markdown results file (default {RESULTS.relative_to(HERE.parent)})",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw cells here")
+    args = parser.parse_args(argv)
+    try:
+        args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    except ValueError:
+        parser.error("--concurrency takes integers, e.g. 1,8,32")
+    if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 1024:
+        parser.error("--concurrency values must be between 1 and 1024")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.duration is None:
+        args.duration = 1.0 if args.quick else 5.0
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 1.0
+    if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be in (0, 600] and --warmup in [0, 60] seconds")
+    if args.output is None and not args.quick:
+        args.output = RESULTS
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers on `kill` too, as on Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    load_before = _loadavg()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="shipyard-serving-bench-") as tmp:
+        run = Run(args=args, work=Path(tmp))
+        run.versions["ONNX Runtime"] = ort.__version__
+        repo = args.repo or build_repo(args.models, run.work / "models")
+        try:
+            for name in args.models:
+                model, sample = load_model(repo, name)
+                run_model(model, sample, run)
+        except KeyboardInterrupt:
+            _say("interrupted: servers stopped, nothing written")
+            return 130
+    load_after = _loadavg()
+    for model in dict.fromkeys(r.model for r in run.rows):
+        print(f"\n== {model}: ratios (÷ raw ONNX Runtime, ÷ Triton) ==")
+        print(render_text(summary_table(run.rows, model, args.concurrency)))
+        for c in args.concurrency:
+            print(f"\n-- {model}, {c} connection(s) --")
+            print(render_text(concurrency_table(run.rows, model, c)))
+        for line in notes(run.rows, model):
+            print(line)
+    print(
+        f"\n{time.monotonic() - started:.0f} s; load average before {load_before}, "
+        f"after {load_after}"
+    )
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(markdown(run, (load_before, load_after)), encoding="utf-8")
+        print(f"wrote {args.output}")
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(r) for r in run.rows], indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

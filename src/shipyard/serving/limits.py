@@ -1,0 +1,134 @@
+"""Request limits in the server: the body-size gate, decode limits and the output cap.
+
+The server's `limits` settings apply to every model; a model's `model.toml` `[limits]`
+overrides single fields (`DataPlane.limits_for`). They are enforced, outside in, by:
+
+- `BodyLimitMiddleware`: a Content-Length over the route's model's `max_body_bytes` is 413
+  before a byte is read, and a body that streams past it is cut off with 413;
+- `read_body` (protocols/http.py): the same limit after gzip/deflate decompression;
+- the codecs, given `decode_limits(...)`: JSON depth, elements per tensor and per request,
+  BYTES element size, declared sizes against the body — all before allocating;
+- the data plane, with `check_output_size`: a response's tensors against `max_output_bytes`.
+
+Every refusal is a `ShipyardError` with a 4xx status and a message naming the limit.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+
+import numpy as np
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shipyard.codecs.limits import DecodeLimits
+from shipyard.errors import ShipyardError
+from shipyard.serving.errors import PayloadTooLarge, ProtocolError
+from shipyard.serving.protocols.http import error_response
+from shipyard.serving.settings import LimitsSettings
+
+__all__ = [
+    "BodyLimitMiddleware",
+    "OutputTooLarge",
+    "check_output_size",
+    "decode_limits",
+]
+
+
+class OutputTooLarge(ShipyardError):
+    """The model's outputs for this request are larger than the server sends."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, model: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"model {model!r} produced {size}+ bytes of outputs, over the {limit}-byte limit "
+            "(limits.max_output_bytes); send smaller batches or request fewer outputs"
+        )
+        self.size = size
+        self.limit = limit
+
+
+@functools.lru_cache(maxsize=64)
+def decode_limits(limits: LimitsSettings) -> DecodeLimits:
+    """The codec-level limits of a (server or model) limits setting."""
+    return DecodeLimits(
+        max_json_depth=limits.max_json_depth,
+        max_tensor_elements=limits.max_tensor_elements,
+        max_request_elements=limits.max_request_elements,
+        max_bytes_element=limits.max_bytes_element,
+    )
+
+
+def check_output_size(outputs: Mapping[str, np.ndarray], *, limit: int, model: str) -> None:
+    """OutputTooLarge when the outputs hold more than `limit` bytes (BYTES: their lengths)."""
+    total = 0
+    for array in outputs.values():
+        if array.dtype == object:
+            total += 4 * array.size  # the binary layout's length prefixes
+            for item in array.flat:
+                total += len(item) if isinstance(item, bytes | str) else 8
+                if total > limit:
+                    break
+        else:
+            total += array.nbytes
+        if total > limit:
+            raise OutputTooLarge(model, total, limit)
+
+
+LimitFor = Callable[[str], int]
+"""path -> the body limit (bytes) for the model that path names, else the server's."""
+
+
+class BodyLimitMiddleware:
+    """413 for a body over the route's limit: by Content-Length first, then while streaming."""
+
+    def __init__(self, app: ASGIApp, *, limit_for: LimitFor) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _header(scope, b"content-length")
+        refusal: ShipyardError | None = None
+        if declared is not None and not declared.isdigit():
+            refusal = ProtocolError(f"Content-Length {declared!r} is not a number")
+        elif declared is not None and int(declared) > limit:
+            refusal = PayloadTooLarge(int(declared), limit)
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(None, limit)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except PayloadTooLarge as exc:
+            if started:  # too late to answer; let the server drop the connection
+                raise
+            await error_response(exc)(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1").strip()
+    return None
