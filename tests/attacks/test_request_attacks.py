@@ -201,3 +201,14 @@ def test_many_attacks_in_a_row_leave_it_healthy(server: RunningServer) -> None:
             assert 400 <= http.post(URL, content=body).status_code < 500
         assert http.get("/v2/health/ready").status_code == 200
     _still_serving(server)
+
+
+def test_tfserving_predict_attacks(client: httpx.Client) -> None:
+    url = "/v1/models/affine:predict"
+    if client.post(url, content=b'{"instances": [[1, 2, 3, 4]]}').status_code == 404:
+        pytest.skip("TF Serving REST routes not served yet")
+    depth = 100_000
+    _refused(client.post(url, content=b'{"instances":' + b"[" * depth + b"]" * depth + b"}"), 400)
+    bomb = _bomb(256 << 20, gzip_format=True)
+    _refused(client.post(url, content=bomb, headers={"Content-Encoding": "gzip"}), 413)
+    _refused(client.post(url, content=b'{"inputs": {"x": "' + b"a" * (2 << 20) + b'"}}'), 400, 413)

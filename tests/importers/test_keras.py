@@ -157,3 +157,30 @@ def test_unknown_feature_dims_need_a_sample(tmp_path: Path) -> None:
     model = keras.Sequential([keras.Input((None, 3), name="seq"), keras.layers.Dense(2)])
     with pytest.raises(UsageError, match="sample_input"):
         shipyard.pack(model, name="m", repo=tmp_path)
+
+
+def test_trained_model_on_bundled_data_round_trips(tmp_path: Path) -> None:
+    """A real model: a Keras MLP trained on scikit-learn's breast-cancer data, via .keras."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(axis=0)) / x.std(axis=0)).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((30,), name="features"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    path = tmp_path / "tabular.keras"
+    model.save(path)
+    packed = shipyard.load(shipyard.pack(path, name="tabular", repo=tmp_path / "m").path)
+    probs = next(iter(packed.infer(x_test).values()))
+    np.testing.assert_allclose(probs, np.asarray(model.predict(x_test, verbose=0)), atol=ATOL)
+    accuracy = float((probs.argmax(axis=1) == y_test).mean())
+    assert accuracy > 0.9

@@ -585,3 +585,23 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(request, timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_decode_applies_size_limits_before_building_arrays() -> None:
+    from shipyard.codecs.errors import RequestTooLarge
+    from shipyard.codecs.limits import DecodeLimits
+    from shipyard.serving.protocols import grpc_codec
+    from shipyard.serving.protocols.proto import grpc_service_pb2 as pb_messages
+
+    message = pb_messages.ModelInferRequest(model_name="m")
+    message.inputs.add(name="x", datatype="FP32", shape=[10**12])
+    message.raw_input_contents.append(b"\x00" * 4)
+    with pytest.raises(RequestTooLarge, match="max_tensor_elements"):
+        grpc_codec.decode_infer_request(message, limits=DecodeLimits())
+    small = DecodeLimits(max_tensor_elements=100, max_request_elements=150)
+    message = pb_messages.ModelInferRequest(model_name="m")
+    for name in ("a", "b"):
+        message.inputs.add(name=name, datatype="FP32", shape=[100])
+        message.raw_input_contents.append(b"\x00" * 400)
+    with pytest.raises(RequestTooLarge, match="per request"):
+        grpc_codec.decode_infer_request(message, limits=small)

@@ -1,4 +1,5 @@
-"""Small ONNX graph helpers: op counts, weight census by op type, Gemm → MatMul rewrite."""
+"""Small ONNX graph helpers: op counts, weight census by op type, Gemm → MatMul rewrite,
+ONNX-ML detection (what a method cannot touch) and opset-import clean-up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Literal
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from shipyard.compress.errors import CompressionConfigError
 
 Family = Literal["transformer", "cnn", "other"]
 
@@ -22,6 +25,44 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
         domain = node.domain if node.domain not in ("", "ai.onnx") else ""
         counts[f"{domain}.{node.op_type}" if domain else node.op_type] += 1
     return dict(counts)
+
+
+def default_domain_ops(model: onnx.ModelProto) -> set[str]:
+    """Op types of the main graph's nodes in the default (ai.onnx) domain."""
+    return {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+
+
+def ml_operators(model: onnx.ModelProto) -> list[str]:
+    """Op types from the ai.onnx.ml domain (scikit-learn converters emit these: Scaler,
+    LinearClassifier, TreeEnsemble …); quantizers and fp16 converters leave them alone."""
+    return sorted({n.op_type for n in model.graph.node if n.domain == "ai.onnx.ml"})
+
+
+def not_applicable(method: str, lacking: str, model: onnx.ModelProto) -> CompressionConfigError:
+    """The error for a method that would leave this model unchanged, saying why."""
+    message = f"{method} does not apply to this model: it has no {lacking}"
+    ml = ml_operators(model)
+    if ml:
+        message += (
+            f"; it is made of ONNX-ML operators ({', '.join(ml)}), as scikit-learn converters "
+            "write them, which ONNX Runtime's quantizers and converters leave in float32"
+        )
+    return CompressionConfigError(message + "; try --optimize basic")
+
+
+def dedupe_opsets(model: onnx.ModelProto) -> int:
+    """Merge repeated opset imports of one domain in place (skl2onnx writes the default
+    domain twice), keeping the highest version; ONNX Runtime's quantizers refuse such models
+    with "Failed to find proper ai.onnx domain". Returns how many entries were dropped."""
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        versions[domain] = max(versions.get(domain, 0), opset.version)
+    dropped = len(model.opset_import) - len(versions)
+    if dropped:
+        del model.opset_import[:]
+        model.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+    return dropped
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

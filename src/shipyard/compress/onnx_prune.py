@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from shipyard.compress.config import OnnxPruneConfig
-from shipyard.compress.graph import initializers
+from shipyard.compress.graph import initializers, not_applicable
 
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 
@@ -67,9 +67,18 @@ def prune_weights(model: onnx.ModelProto, config: OnnxPruneConfig) -> PruneSumma
 
 
 def prune_onnx(model_in: Path, model_out: Path, config: OnnxPruneConfig) -> list[str]:
-    """Write a pruned copy of `model_in`; returns notes for the lineage step."""
+    """Write a pruned copy of `model_in`; returns notes for the lineage step.
+
+    Raises CompressionConfigError when no weight qualifies (nothing would change)."""
     model = onnx.load(str(model_in))
     summary = prune_weights(model, config)
+    if not summary.tensors:
+        raise not_applicable(
+            config.method,
+            f"constant float {'/'.join(config.op_types)} weight of >= "
+            f"{config.min_weight_elements} elements to prune",
+            model,
+        )
     onnx.save(model, str(model_out))
     return [
         f"pruned {summary.tensors} weight tensor(s), {summary.elements} elements to "

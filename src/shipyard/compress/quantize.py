@@ -31,7 +31,13 @@ from shipyard.compress.config import (
 )
 from shipyard.compress.data import Dataset
 from shipyard.compress.errors import CompressionConfigError, CompressionError
-from shipyard.compress.graph import gemm_to_matmul, initializers
+from shipyard.compress.graph import (
+    dedupe_opsets,
+    default_domain_ops,
+    gemm_to_matmul,
+    initializers,
+    not_applicable,
+)
 from shipyard.compress.tools import import_keeping_logging, quiet, short
 
 QuantizeConfig = DynamicInt8Config | StaticInt8Config | Int4WeightOnlyConfig | Fp16Config
@@ -51,8 +57,13 @@ def quantize(
     *,
     calibration: Dataset | None = None,
 ) -> list[str]:
-    """Write the quantized model to `model_out`; returns notes for the lineage step."""
+    """Write the quantized model to `model_out`; returns notes for the lineage step.
+
+    A method that would leave the model unchanged (no op it handles, as in scikit-learn
+    models made of ONNX-ML operators) raises CompressionConfigError saying so.
+    """
     model_in, model_out = model_in.resolve(), model_out.resolve()
+    check_applicable(onnx.load(str(model_in)), config)
     # ONNX Runtime's symbolic shape inference saves a debug model (sym_shape_infer_temp.onnx
     # plus a weights file as large as the model) into the current directory when it fails;
     # run the tools from a scratch directory so nothing lands in the caller's.
@@ -81,6 +92,36 @@ def quantize(
             raise CompressionError(
                 config.method, f"ONNX Runtime's quantizer failed ({exc})"
             ) from exc
+
+
+def check_applicable(model: onnx.ModelProto, config: QuantizeConfig) -> None:
+    """Raise CompressionConfigError when `config` has nothing to work on in `model`."""
+    ops = default_domain_ops(model)
+    if isinstance(config, DynamicInt8Config):
+        targets = set(config.op_types) & ops
+        if config.embeddings and "Gather" in ops:
+            inits = initializers(model)
+            if any(n.op_type == "Gather" and n.input[0] in inits for n in model.graph.node):
+                targets.add("Gather")
+        if not targets:
+            wanted = " or ".join(config.op_types) or "op to quantize"
+            raise not_applicable(config.method, f"{wanted} node to quantize", model)
+    elif isinstance(config, StaticInt8Config):
+        from onnxruntime.quantization.registry import QDQRegistry
+
+        supported = set(config.op_types) if config.op_types else set(QDQRegistry)
+        if not supported & ops:
+            raise not_applicable(config.method, "op the QDQ quantizer handles", model)
+    elif isinstance(config, Fp16Config):
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+        blocked = set(
+            DEFAULT_OP_BLOCK_LIST if config.op_block_list is None else config.op_block_list
+        )
+        if not ops - blocked:
+            raise not_applicable(
+                config.method, "op that would run in float16 (all are kept in float32)", model
+            )
 
 
 def preprocess(model_in: Path, model_out: Path) -> list[str]:
@@ -123,7 +164,7 @@ class DatasetReader(CalibrationDataReader):  # type: ignore[misc]
 
 
 def _dynamic(model_in: Path, model_out: Path, config: DynamicInt8Config, work: Path) -> list[str]:
-    notes, source = _gemm_rewritten(model_in, work, "Gemm" in config.op_types)
+    notes, source = _normalized(model_in, work, rewrite_gemm="Gemm" in config.op_types)
     if config.preprocess:
         prepared = work / "preprocessed.onnx"
         notes += preprocess(source, prepared)
@@ -146,11 +187,11 @@ def _dynamic(model_in: Path, model_out: Path, config: DynamicInt8Config, work: P
 def _static(
     model_in: Path, model_out: Path, config: StaticInt8Config, data: Dataset, work: Path
 ) -> list[str]:
-    notes: list[str] = []
-    source = model_in
+    notes, source = _normalized(model_in, work, rewrite_gemm=False)
     if config.preprocess:
-        source = work / "preprocessed.onnx"
-        notes += preprocess(model_in, source)
+        prepared = work / "preprocessed.onnx"
+        notes += preprocess(source, prepared)
+        source = prepared
     rows = min(data.rows, config.max_calibration_rows)
     notes.append(f"calibrated on {rows} rows from {data.source} ({config.calibration_method})")
     extra: dict[str, object] = {}
@@ -175,9 +216,12 @@ def _static(
 def _int4(model_in: Path, model_out: Path, config: Int4WeightOnlyConfig) -> list[str]:
     nbits = import_keeping_logging("onnxruntime.quantization.matmul_nbits_quantizer")
 
-    rewrite = gemm_to_matmul(onnx.load(str(model_in)))
+    original = onnx.load(str(model_in))
+    notes = _opset_note(dedupe_opsets(original))
+    rewrite = gemm_to_matmul(original)
     model = rewrite.model
-    notes = [f"rewrote {rewrite.changed} Gemm node(s) as MatMul + Add"] if rewrite.changed else []
+    if rewrite.changed:
+        notes.append(f"rewrote {rewrite.changed} Gemm node(s) as MatMul + Add")
     inits = initializers(model)
     chosen, skipped = 0, []
     for index, node in enumerate(model.graph.node):
@@ -192,9 +236,11 @@ def _int4(model_in: Path, model_out: Path, config: Int4WeightOnlyConfig) -> list
         else:
             chosen += 1
     if not chosen:
-        raise CompressionConfigError(
-            f"int4: no MatMul with a constant 2-D weight of >= {config.min_weight_elements} "
-            "elements; int4 weight-only quantization pays off only on large MatMuls"
+        raise not_applicable(
+            config.method,
+            f"MatMul or Gemm with a constant 2-D weight of >= {config.min_weight_elements} "
+            "elements (int4 weight-only quantization pays off only on large MatMuls)",
+            model,
         )
     algo = nbits.DefaultWeightOnlyQuantConfig(
         block_size=config.block_size,
@@ -229,12 +275,26 @@ def _fp16(model_in: Path, model_out: Path, config: Fp16Config) -> list[str]:
     return ["fp16 pays off on GPUs (tensor cores); on CPU ONNX Runtime it is usually slower"]
 
 
-def _gemm_rewritten(model_in: Path, work: Path, wanted: bool) -> tuple[list[str], Path]:
-    if not wanted:
+def _normalized(model_in: Path, work: Path, *, rewrite_gemm: bool) -> tuple[list[str], Path]:
+    """The model with repeated opset imports merged and (when asked) Gemm as MatMul + Add;
+    `model_in` itself when neither changes anything."""
+    model = onnx.load(str(model_in))
+    notes = _opset_note(dedupe_opsets(model))
+    if rewrite_gemm:
+        rewrite = gemm_to_matmul(model)
+        if rewrite.changed:
+            model = rewrite.model
+            notes.append(
+                f"rewrote {rewrite.changed} Gemm node(s) as MatMul + Add for MatMulInteger"
+            )
+    if not notes:
         return [], model_in
-    rewrite = gemm_to_matmul(onnx.load(str(model_in)))
-    if not rewrite.changed:
-        return [], model_in
-    path = work / "gemm_as_matmul.onnx"
-    onnx.save(rewrite.model, str(path))
-    return [f"rewrote {rewrite.changed} Gemm node(s) as MatMul + Add for MatMulInteger"], path
+    path = work / "normalized.onnx"
+    onnx.save(model, str(path))
+    return notes, path
+
+
+def _opset_note(dropped: int) -> list[str]:
+    if not dropped:
+        return []
+    return [f"merged {dropped} repeated opset import(s) (ONNX Runtime's quantizer refuses them)"]

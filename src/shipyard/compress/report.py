@@ -95,26 +95,41 @@ class ComparisonReport(_Frozen):
         return round(self.baseline.accuracy - self.candidate.accuracy, 6)
 
     def violations(self, budget: Budget) -> list[str]:
-        """Why the candidate is over `budget`; empty when it is within."""
+        """Why the candidate is over `budget`, each reason with the measured value, the limit
+        and how far it missed (e.g. "accuracy drop 0.034 exceeds max-drop 0.01 by 0.024");
+        empty when it is within."""
         found = []
         drop = self.accuracy_drop
         if budget.max_accuracy_drop is not None:
+            limit = budget.max_accuracy_drop
             if drop is None:
-                found.append("an accuracy budget needs eval data with labels (y)")
-            elif drop > budget.max_accuracy_drop + 1e-12:
-                found.append(f"accuracy drop {drop:.6g} > max {budget.max_accuracy_drop:.6g}")
-        if (
-            budget.min_mean_cosine is not None
-            and self.fidelity.mean_cosine < budget.min_mean_cosine
-        ):
+                found.append(
+                    f"accuracy drop cannot be measured against max-drop {limit:.4g}: an accuracy "
+                    "budget needs eval data with labels (y) and a class or score output"
+                )
+            elif drop > limit + 1e-12:
+                found.append(
+                    f"accuracy drop {drop:.4g} exceeds max-drop {limit:.4g} by {drop - limit:.4g}"
+                )
+        cosine = self.fidelity.mean_cosine
+        if budget.min_mean_cosine is not None and cosine < budget.min_mean_cosine:
+            limit = budget.min_mean_cosine
             found.append(
-                f"mean cosine {self.fidelity.mean_cosine:.6g} < min {budget.min_mean_cosine:.6g}"
+                f"mean cosine {cosine:.6g} is below min-cosine {limit:.6g} by {limit - cosine:.4g}"
             )
         agreement = self.fidelity.top1_agreement
-        if budget.min_top1_agreement is not None and (
-            agreement is None or agreement < budget.min_top1_agreement
-        ):
-            found.append(f"top-1 agreement {agreement} < min {budget.min_top1_agreement:.6g}")
+        if budget.min_top1_agreement is not None:
+            limit = budget.min_top1_agreement
+            if agreement is None:
+                found.append(
+                    f"top-1 agreement cannot be measured against min top-1 agreement {limit:.4g}: "
+                    "the outputs are not class scores"
+                )
+            elif agreement < limit:
+                found.append(
+                    f"top-1 agreement {agreement:.4g} is below min top-1 agreement {limit:.4g} "
+                    f"by {limit - agreement:.4g}"
+                )
         return found
 
 

@@ -18,6 +18,12 @@ from google.protobuf import json_format
 
 from shipyard.codecs.binary import WIRE_DTYPES, array_from_bytes, array_to_bytes
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.limits import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    check_elements,
+    check_request_elements,
+)
 from shipyard.codecs.tensors import check_datatype, check_shape, datatype_of, numpy_dtype
 from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
@@ -40,8 +46,13 @@ _CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
 _INT64_MAX = 2**63 - 1
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferenceRequest:
-    """The request's tensors as numpy arrays; every protocol mistake is a ProtocolError (400)."""
+def decode_infer_request(
+    message: pb.ModelInferRequest, *, limits: DecodeLimits = DEFAULT_LIMITS
+) -> InferenceRequest:
+    """The request's tensors as numpy arrays; every protocol mistake is a ProtocolError (400).
+
+    Sizes are checked against `limits` before any array is built (RequestTooLarge, 413).
+    """
     if not message.inputs:
         raise ProtocolError("ModelInferRequest needs at least one entry in inputs")
     raw = message.raw_input_contents
@@ -51,6 +62,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferenceRequest:
             "inputs; send one entry per input, in order"
         )
     inputs: dict[str, np.ndarray] = {}
+    total = 0
     for position, tensor in enumerate(message.inputs):
         if not tensor.name:
             raise ProtocolError(f"input #{position} needs a name")
@@ -59,6 +71,8 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferenceRequest:
         what = f"input {tensor.name!r}"
         datatype = check_datatype(tensor.datatype, what=what)
         shape = check_shape(list(tensor.shape), what=what)
+        total += check_elements(shape, limits, what=what)
+        check_request_elements(total, limits)
         params = decode_parameters(tensor.parameters)
         if "shared_memory_region" in params:
             raise ProtocolError(f"{what}: shared-memory inputs are not supported; send the data")
