@@ -79,7 +79,9 @@ def test_candidate_over_budget_goes_to_rejected(mlp_repo: Path) -> None:
     assert not result.accepted and result.manifest is None
     assert list_versions(mlp_repo / "mlp") == [1]
     assert result.path.parent == mlp_repo / "mlp" / REJECTED_DIR
-    assert any("accuracy drop" in r for r in result.reasons)
+    drop = result.report.accuracy_drop
+    assert drop is not None and drop > 0
+    assert result.reasons == [f"accuracy drop {drop:.4g} exceeds max-drop 0 by {drop:.4g}"]
     record = json.loads((result.path / "report.json").read_text())
     assert record["parent_version"] == 1 and record["reasons"] == result.reasons
     assert record["steps"][0]["config"]["sparsity"] == 0.95
@@ -96,7 +98,10 @@ def test_cosine_budget_without_labels(mlp_repo: Path, mlp_x: np.ndarray) -> None
         measure=FAST,
     )
     assert not result.accepted
-    assert result.reasons[0].startswith("mean cosine")
+    cosine = result.report.fidelity.mean_cosine
+    assert result.reasons == [
+        f"mean cosine {cosine:.6g} is below min-cosine 0.999 by {0.999 - cosine:.4g}"
+    ]
 
 
 def test_accuracy_budget_needs_labels(mlp_repo: Path, mlp_x: np.ndarray) -> None:
@@ -107,7 +112,25 @@ def test_accuracy_budget_needs_labels(mlp_repo: Path, mlp_x: np.ndarray) -> None
         max_drop=Budget(max_accuracy_drop=0.01),
         measure=FAST,
     )
-    assert not result.accepted and "labels" in result.reasons[0]
+    assert not result.accepted
+    assert result.reasons[0].startswith("accuracy drop cannot be measured against max-drop 0.01")
+    assert "labels (y)" in result.reasons[0]
+
+
+def test_top1_budget_reports_value_limit_and_miss(mlp_repo: Path) -> None:
+    result = compress(
+        mlp_repo / "mlp",
+        config=OnnxPruneConfig(sparsity=0.95),
+        eval_data=mlp_repo.parent / "eval.npz",
+        max_drop=Budget(min_top1_agreement=0.999),
+        measure=FAST,
+    )
+    agreement = result.report.fidelity.top1_agreement
+    assert not result.accepted and agreement is not None
+    assert result.reasons == [
+        f"top-1 agreement {agreement:.4g} is below min top-1 agreement 0.999 by "
+        f"{0.999 - agreement:.4g}"
+    ]
 
 
 def test_pipeline_prune_then_quantize_records_both_steps(mlp_repo: Path) -> None:

@@ -122,3 +122,126 @@ def test_channel_pruning_really_shrinks_and_runs() -> None:
 def test_channel_ratio_is_checked() -> None:
     with pytest.raises(prune.CompressionConfigError, match="ratio"):
         prune.channels(TinyCNN(), torch.randn(1, 1, 8, 8), ratio=1.0)
+
+
+def _labelled(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is the brightest quadrant: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.2, (rows, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, rows)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 2)
+        x[i, 0, r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] += 0.8
+    return x, y.astype(np.int64)
+
+
+def _pruned_copy(x: np.ndarray, y: np.ndarray) -> prune.ChannelPruneResult:
+    torch.manual_seed(0)
+    return prune.channels_and_finetune(
+        TinyCNN(), x[:1], x, y, ratio=0.5, epochs=2, batch_size=16, learning_rate=3e-3
+    )
+
+
+def test_channels_and_finetune_is_deterministic_and_records_what_it_did() -> None:
+    pytest.importorskip("torch_pruning")
+    x, y = _labelled(64, 0)
+    first, second = _pruned_copy(x, y), _pruned_copy(x, y)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert first.losses == second.losses and len(first.losses) == 2
+    assert first.losses[1] < first.losses[0]
+    assert not first.model.training
+    assert first.parameters_after < first.parameters_before * 0.6
+    assert prune.widths(first.model) == [8, 16, 10]
+    config = first.config
+    assert config["method"] == "prune-channels" and config["ratio"] == 0.5
+    assert config["importance"] == "l1" and config["round_to"] is None
+    assert config["widths"] == [8, 16, 10]
+    assert config["fine_tune"]["epochs"] == 2 and config["fine_tune"]["rows"] == 64
+    assert config["parameters"] == {
+        "before": first.parameters_before,
+        "after": first.parameters_after,
+    }
+    assert torch.are_deterministic_algorithms_enabled() is False  # the caller's setting back
+
+
+def test_round_to_keeps_widths_in_blocks() -> None:
+    pytest.importorskip("torch_pruning")
+    x, y = _labelled(16, 1)
+    result = prune.channels_and_finetune(TinyCNN(), x[:1], x, y, ratio=0.5, round_to=16, epochs=0)
+    assert prune.widths(result.model) == [16, 16, 10] and result.losses == []
+
+
+def test_finetune_checks_its_data() -> None:
+    with pytest.raises(prune.CompressionConfigError, match="as many labels"):
+        prune.finetune(TinyCNN(), np.zeros((4, 1, 8, 8)), np.zeros(3), epochs=1)
+    with pytest.raises(prune.CompressionConfigError, match="epochs"):
+        prune.finetune(TinyCNN(), np.zeros((4, 1, 8, 8)), np.zeros(4), batch_size=0)
+
+
+def test_pack_derived_writes_a_measured_child_version(tmp_path: Path) -> None:
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("shipyard.importers.pytorch")
+    import shipyard
+    from shipyard.compress import MeasureConfig, pack_derived
+    from shipyard.package.store import list_versions, read_verified
+
+    fast = MeasureConfig(latency_runs=5, throughput_runs=2, warmup_runs=0, min_seconds=0)
+    x, y = _labelled(96, 2)
+    torch.manual_seed(0)
+    base = TinyCNN()
+    prune.finetune(base, x, y, epochs=3, learning_rate=3e-3)
+    repo = tmp_path / "models"
+    shipyard.pack(base, name="cnn", repo=repo, sample_input=x[:4], metadata={"classes": 4})
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+
+    result = prune.channels_and_finetune(base, x[:1], x, y, ratio=0.5, epochs=2, learning_rate=3e-3)
+    derived = pack_derived(
+        result.model,
+        parent=repo / "cnn",
+        op="prune-channels",
+        config=result.config,
+        sample_input=x[:4],
+        eval_data=tmp_path / "eval.npz",
+        max_drop=0.5,
+        measure=fast,
+        metadata={"note": "pruned"},
+    )
+    assert derived.accepted and derived.path == repo / "cnn" / "2"
+    manifest = read_verified(derived.path)
+    assert manifest.lineage.parent == 1
+    assert [s.op for s in manifest.lineage.steps] == ["pack", "prune-channels"]
+    assert manifest.lineage.steps[-1].config["widths"] == [8, 16, 10]
+    assert manifest.metadata["classes"] == 4 and manifest.metadata["note"] == "pruned"
+    assert manifest.source.framework == "pytorch"
+    assert manifest.conversion_check is not None and manifest.conversion_check.passed
+    assert manifest.measured["compared_to_version"] == 1
+    assert manifest.measured["size_ratio"] > 1.5
+    assert manifest.measured["candidate"]["accuracy"] is not None
+    loaded = shipyard.load(repo / "cnn", version=2)
+    with torch.no_grad():
+        expected = result.model(torch.from_numpy(x[:3])).numpy()
+    got = next(iter(loaded.infer(x[:3]).values()))
+    loaded.close()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+    class Renamed(nn.Module):  # a different input name: clients' requests would break
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.inner(image)
+            return out
+
+    with pytest.raises(prune.CompressionConfigError, match="inputs .* differ from version 1"):
+        pack_derived(
+            Renamed(result.model).eval(),
+            parent=repo / "cnn",
+            version=1,
+            op="prune-channels",
+            config={},
+            sample_input=x[:4],
+            measure=fast,
+        )
+    assert list_versions(repo / "cnn") == [1, 2]

@@ -159,3 +159,36 @@ def test_preprocess_falls_back_without_symbolic_shapes(
     assert calls == [False, True]
     assert any("skip_symbolic_shape=True" in n and "Incomplete" in n for n in notes)
     assert op_counts(onnx.load(str(tmp_path / "q.onnx"))).get("MatMulInteger") == 2
+
+
+def test_repeated_opset_imports_are_merged_before_quantizing(
+    tmp_path: Path, mlp_x: np.ndarray
+) -> None:
+    """skl2onnx writes the default domain twice; ONNX Runtime's quantizers refuse that."""
+    model = make_mlp()
+    model.opset_import.append(onnx.helper.make_opsetid("", 17))
+    source, out = tmp_path / "twice.onnx", tmp_path / "q.onnx"
+    onnx.save(model, str(source))
+    notes = quantize(source, out, DynamicInt8Config())
+    assert any("merged 1 repeated opset import" in n for n in notes)
+    quantized = onnx.load(str(out))
+    assert op_counts(quantized).get("MatMulInteger") == 2
+    assert [o.domain for o in quantized.opset_import].count("") == 1
+    assert cosine(run(source, mlp_x), run(out, mlp_x)).mean() > 0.999
+
+
+def test_a_method_with_nothing_to_work_on_says_so(tmp_path: Path) -> None:
+    """Dynamic int8 covers MatMul/Gemm only: on a Conv-only graph it would change nothing."""
+    model = make_cnn()
+    conv_only = onnx.helper.make_graph(
+        [n for n in model.graph.node if n.op_type in ("Conv", "Relu")][:2],
+        "conv",
+        list(model.graph.input),
+        [onnx.helper.make_tensor_value_info("ar", onnx.TensorProto.FLOAT, None)],
+        initializer=[i for i in model.graph.initializer if i.name.startswith("c1")],
+    )
+    source = tmp_path / "conv.onnx"
+    onnx.save(onnx.helper.make_model(conv_only, opset_imports=model.opset_import), str(source))
+    with pytest.raises(CompressionConfigError, match=r"^int8-dynamic does not apply .* no MatMul"):
+        quantize(source, tmp_path / "q.onnx", DynamicInt8Config())
+    assert not (tmp_path / "q.onnx").exists()

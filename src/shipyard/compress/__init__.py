@@ -2,7 +2,8 @@
 
 `compress(model_dir, config=...)` writes a new version (or rejects a candidate over the
 accuracy budget); `compare(model_dir, v1, v2)` measures two versions side by side. PyTorch
-training-time pruning lives in `shipyard.compress.prune` (imported on use: it needs torch).
+training-time pruning lives in `shipyard.compress.prune` (imported on use: it needs torch);
+`pack_derived(model, parent=...)` writes such a model as a measured child version.
 """
 
 from shipyard.compress.config import (
@@ -27,6 +28,7 @@ from shipyard.compress.pipeline import (
     ProgressEvent,
     compare,
     compress,
+    pack_derived,
 )
 from shipyard.compress.quantize import quantize
 from shipyard.compress.report import ComparisonReport, Fidelity, ModelFigures
@@ -56,5 +58,6 @@ __all__ = [
     "compare",
     "compress",
     "load_dataset",
+    "pack_derived",
     "quantize",
 ]

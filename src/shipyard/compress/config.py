@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shipyard.runtime.base import GraphOptimization
+
 QuantType = Literal["int8", "uint8"]
 
 
@@ -205,4 +207,8 @@ class MeasureConfig(_Config):
     max_rows: int = Field(default=512, ge=1)
     """Rows of the eval/sample data used for fidelity and accuracy."""
     intra_op_threads: int = Field(default=0, ge=0)
+    graph_optimization: GraphOptimization = "all"
+    """ONNX Runtime's session optimization level while measuring; "all" is what serving uses.
+    On x86 it includes the NCHWc layout for Conv, which pads channels to blocks of 8 (AVX2)
+    or 16 (AVX-512): a CNN pruned below a block gains little there (see docs)."""
     providers: tuple[str, ...] | None = None

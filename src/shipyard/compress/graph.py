@@ -45,7 +45,8 @@ def not_applicable(method: str, lacking: str, model: onnx.ModelProto) -> Compres
     if ml:
         message += (
             f"; it is made of ONNX-ML operators ({', '.join(ml)}), as scikit-learn converters "
-            "write them, which ONNX Runtime's quantizers and converters leave in float32"
+            "write them, whose weights live in node attributes that quantization, pruning and "
+            "fp16 conversion do not touch"
         )
     return CompressionConfigError(message + "; try --optimize basic")
 

@@ -6,14 +6,22 @@
 
 Magnitude pruning zeros weights (masks via torch.nn.utils.prune): the file shrinks under
 gzip, latency on dense kernels does not. `channels()` removes whole channels with
-torch-pruning, so the model really gets smaller and faster; fine-tune it afterwards.
+torch-pruning, so the model really gets smaller and faster; fine-tune it afterwards, or let
+`channels_and_finetune()` do both and return the lineage record for `pack_derived()`:
+
+    result = prune.channels_and_finetune(model, x[:1], x, y, ratio=0.5, epochs=5)
+    compress.pack_derived(result.model, parent="models/digits", op="prune-channels",
+                          config=result.config, sample_input=x[:16], eval_data="eval.npz")
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -22,15 +30,19 @@ from shipyard.compress.errors import CompressionConfigError
 from shipyard.compress.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 __all__ = [
+    "ChannelPruneResult",
     "CompressionConfigError",
     "ConstantSparsity",
     "MagnitudePruning",
     "PolynomialDecay",
     "channels",
+    "channels_and_finetune",
     "count_parameters",
+    "finetune",
     "magnitude",
     "sparsity",
     "strip",
+    "widths",
 ]
 
 Importance = Literal["l1", "l2", "random"]
@@ -138,6 +150,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def widths(model: nn.Module) -> list[int]:
+    """Output channels/features of each Conv and Linear layer, in module order."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            found.append(module.out_channels)
+        elif isinstance(module, nn.Linear):
+            found.append(module.out_features)
+    return found
+
+
 def channels(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -184,6 +207,136 @@ def channels(
     )
     pruner.step()
     return model
+
+
+@dataclass(frozen=True)
+class ChannelPruneResult:
+    """A channel-pruned, fine-tuned model and what was done, for a version's lineage."""
+
+    model: nn.Module
+    parameters_before: int
+    parameters_after: int
+    losses: list[float]
+    """Mean training loss of each fine-tuning epoch."""
+    config: dict[str, Any]
+    """Everything needed to redo it: ratio, importance, fine-tuning settings, parameters."""
+
+
+def finetune(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    epochs: int = 5,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train `model` (in place) with Adam on cross-entropy over (x, y) class labels.
+
+    Deterministic: shuffling uses its own seeded generator and torch runs deterministic
+    kernels meanwhile (the caller's setting is restored). Returns each epoch's mean loss;
+    the model is left in eval mode.
+    """
+    if epochs < 0 or batch_size < 1 or learning_rate <= 0:
+        raise CompressionConfigError(
+            "fine-tuning needs epochs >= 0, batch_size >= 1 and learning_rate > 0"
+        )
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
+    labels = torch.as_tensor(np.asarray(y, dtype=np.int64) if isinstance(y, np.ndarray) else y)
+    if len(inputs) != len(labels) or not len(inputs):
+        raise CompressionConfigError(
+            f"fine-tuning needs as many labels as input rows (>0): {len(inputs)} rows, "
+            f"{len(labels)} labels"
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    order = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    with _deterministic():
+        model.train()
+        for _epoch in range(epochs):
+            permutation = torch.randperm(len(inputs), generator=order)
+            total = 0.0
+            for start in range(0, len(inputs), batch_size):
+                batch = permutation[start : start + batch_size]
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            losses.append(total / len(inputs))
+        model.eval()
+    return losses
+
+
+def channels_and_finetune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | np.ndarray,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    ratio: float = 0.5,
+    importance: Importance = "l1",
+    round_to: int | None = None,
+    epochs: int = 5,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> ChannelPruneResult:
+    """Remove `ratio` of the channels (`channels()`), then fine-tune on (x, y) class labels.
+
+    `round_to` keeps each layer's width a multiple of it (e.g. 16, ONNX Runtime's NCHWc block
+    on AVX-512, so the pruned channels are really saved there). The model is changed in
+    place and returned in the result with the lineage config (`op="prune-channels"` in
+    `shipyard.compress.pack_derived`).
+    """
+    example = (
+        torch.from_numpy(np.asarray(example_inputs, dtype=np.float32))
+        if isinstance(example_inputs, np.ndarray)
+        else example_inputs
+    )
+    before = count_parameters(model)
+    channels(model, example, ratio=ratio, importance=importance, round_to=round_to)
+    after = count_parameters(model)
+    losses = finetune(
+        model, x, y, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed
+    )
+    config: dict[str, Any] = {
+        "method": "prune-channels",
+        "tool": "torch-pruning",
+        "ratio": ratio,
+        "importance": importance,
+        "round_to": round_to,
+        "widths": widths(model),
+        "fine_tune": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "optimizer": "adam",
+            "loss": "cross_entropy",
+            "seed": seed,
+            "rows": len(x),
+            "final_loss": round(losses[-1], 6) if losses else None,
+        },
+        "parameters": {"before": before, "after": after},
+    }
+    return ChannelPruneResult(
+        model=model,
+        parameters_before=before,
+        parameters_after=after,
+        losses=losses,
+        config=config,
+    )
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:

@@ -25,6 +25,12 @@ from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.onnxrt import choose_providers
 
 MAX_ROUNDS = 100_000
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 class _Frozen(BaseModel):
@@ -245,6 +251,7 @@ def _rows(array: np.ndarray, rows: int) -> np.ndarray:
 def _session(path: Path, providers: list[str], settings: MeasureConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
+    options.graph_optimization_level = _LEVELS[settings.graph_optimization]
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=providers)

@@ -26,7 +26,7 @@ from shipyard.compress.config import (
 )
 from shipyard.compress.data import Dataset
 from shipyard.compress.errors import CompressionConfigError
-from shipyard.compress.graph import model_family, op_counts
+from shipyard.compress.graph import model_family, not_applicable, op_counts
 from shipyard.compress.onnx_prune import prune_onnx
 from shipyard.compress.optimize import optimize
 from shipyard.compress.quantize import quantize
@@ -103,22 +103,25 @@ def auto_candidates(
 ) -> list[Candidate]:
     """Candidates that can apply to this model, cheapest to try first."""
     counts = op_counts(model)
+    dense = counts.get("MatMul", 0) + counts.get("Gemm", 0)
     steps: list[tuple[AnyStep, ...]] = []
-    if counts.get("MatMul", 0) + counts.get("Gemm", 0) + counts.get("Conv", 0):
+    if dense:  # dynamic int8 covers MatMul/Gemm only; on a Conv-only model it changes nothing
         steps.append((DynamicInt8Config(per_channel=False),))
         steps.append((DynamicInt8Config(per_channel=True),))
-    if has_calibration and (counts.get("Conv", 0) or counts.get("MatMul", 0) or counts.get("Gemm")):
+    if has_calibration and (dense or counts.get("Conv", 0)):
         steps.append((StaticInt8Config(),))
     if config.target == "gpu":
         steps.append((Fp16Config(),))
-    if config.prune_sparsity:
+    if config.prune_sparsity and dense:
         steps.append(
             (OnnxPruneConfig(sparsity=config.prune_sparsity), DynamicInt8Config(per_channel=True))
         )
     if not steps:
-        raise CompressionConfigError(
-            "auto: no candidate applies (the model has no MatMul, Gemm or Conv and no GPU "
-            "target was asked); try --optimize basic"
+        raise not_applicable(
+            "auto",
+            "MatMul or Gemm (nor Conv with calibration data) for its int8 candidates, and no "
+            "GPU target was asked",
+            model,
         )
     return [Candidate(describe(s), s) for s in steps]
 
