@@ -231,11 +231,12 @@ class ModelManager:
         if disk.config_error != record.config_error and disk.config_error:
             log.error("%s", disk.config_error, extra={"model": record.name})
         record.config_error = disk.config_error
-        for gone in set(record.statuses) - set(disk.versions):
-            await self._retire(record, {gone}, reason="removed from the repository")
-            record.statuses.pop(gone, None)
+        # a served version whose folder is gone keeps serving until the versions the policy
+        # falls back to are loaded, so removing the newest version leaves no gap
+        gone = set(record.statuses) - set(disk.versions)
         config = disk.config
         if config is None or (record.unloaded_by_request and not force):
+            await self._retire_removed(record, gone)
             why = disk.config_error or "unloaded by request; load it to serve again"
             for version in disk.versions:
                 if version not in record.served:
@@ -278,6 +279,7 @@ class ModelManager:
                     failed = True
             if not failed:
                 break
+        await self._retire_removed(record, gone)
         not_selected = f"not selected by the version policy ({config.version_policy.describe()})"
         await self._retire(record, set(record.served) - wanted, reason=not_selected)
         for version in disk.versions:
@@ -380,6 +382,12 @@ class ModelManager:
             on_batch=on_batch,
             retry_after_s=self.settings.limits.retry_after_s,
         )
+
+    async def _retire_removed(self, record: _Record, versions: set[int]) -> None:
+        """Unload versions whose folders left the repository and forget their status."""
+        await self._retire(record, versions, reason="removed from the repository")
+        for version in versions:
+            record.statuses.pop(version, None)
 
     async def _retire(self, record: _Record, versions: set[int], *, reason: str) -> None:
         for version in sorted(versions):
