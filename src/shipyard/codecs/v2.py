@@ -26,6 +26,7 @@ import orjson
 
 from shipyard.codecs.binary import array_from_bytes, array_to_bytes
 from shipyard.codecs.errors import ProtocolError
+from shipyard.codecs.jsonbody import load_object
 from shipyard.codecs.limits import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -76,7 +77,7 @@ def decode_request(
                 f"{len(view)} bytes"
             )
         header, blobs = view[:header_length], view[header_length:]
-    doc = _load_json(header, what="inference request")
+    doc = load_object(header, what="inference request")
     check_json_depth(doc, limits, what="inference request")
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
@@ -138,18 +139,12 @@ def encode_response(
     """(body, header_length): header_length is set only when some output went binary."""
     default = request.binary_outputs if request is not None else False
     choices = {o.name: o.binary for o in request.outputs} if request is not None else {}
-    outputs, blobs = [], []
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
     for name, array in response.outputs.items():
-        datatype = datatype_of(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        binary = choices.get(name)
-        if binary if binary is not None else default:
-            blob = array_to_bytes(array, datatype=datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = array_to_json(array)
-        outputs.append(entry)
+        choice = choices.get(name)
+        binary = default if choice is None else choice
+        outputs.append(_tensor_entry(name, array, binary=binary, blobs=blobs))
     doc: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version is not None:
         doc["model_version"] = response.model_version
@@ -158,10 +153,7 @@ def encode_response(
     if response.parameters:
         doc["parameters"] = response.parameters
     doc["outputs"] = outputs
-    head = orjson.dumps(doc, option=_DUMP)
-    if not blobs:
-        return head, None
-    return b"".join([head, *blobs]), len(head)
+    return _body(doc, blobs)
 
 
 def encode_request(
@@ -174,18 +166,11 @@ def encode_request(
     binary_outputs: bool = False,
 ) -> tuple[bytes, int | None]:
     """(body, header_length) of a V2 request (header_length: Inference-Header-Content-Length)."""
-    tensors, blobs = [], []
-    for name, value in inputs.items():
-        array = np.asarray(value)
-        datatype = datatype_of(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary_inputs:
-            blob = array_to_bytes(array, datatype=datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = array_to_json(array)
-        tensors.append(entry)
+    blobs: list[bytes] = []
+    tensors = [
+        _tensor_entry(name, np.asarray(value), binary=binary_inputs, blobs=blobs)
+        for name, value in inputs.items()
+    ]
     doc: dict[str, Any] = {"inputs": tensors}
     if request_id is not None:
         doc["id"] = request_id
@@ -196,10 +181,7 @@ def encode_request(
         doc["parameters"] = params
     if outputs:
         doc["outputs"] = [{"name": n} for n in outputs]
-    head = orjson.dumps(doc, option=_DUMP)
-    if not blobs:
-        return head, None
-    return b"".join([head, *blobs]), len(head)
+    return _body(doc, blobs)
 
 
 def decode_response(
@@ -209,7 +191,7 @@ def decode_response(
     view = memoryview(body)
     header = view if header_length is None else view[:header_length]
     blobs = view[0:0] if header_length is None else view[header_length:]
-    doc = _load_json(header, what="inference response")
+    doc = load_object(header, what="inference response")
     outputs: dict[str, np.ndarray] = {}
     offset = 0
     for position, item in enumerate(doc.get("outputs") or []):
@@ -248,14 +230,27 @@ def predict(model: Model, request: InferenceRequest) -> InferenceResponse:
     )
 
 
-def _load_json(data: memoryview, *, what: str) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"{what} is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError(f"{what} must be a JSON object, got {type(doc).__name__}")
-    return doc
+def _tensor_entry(
+    name: str, array: np.ndarray, *, binary: bool, blobs: list[bytes]
+) -> dict[str, Any]:
+    """One tensor's JSON entry; a binary tensor's bytes are appended to `blobs` instead."""
+    datatype = datatype_of(array)
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if binary:
+        blob = array_to_bytes(array, datatype=datatype)
+        entry["parameters"] = {"binary_data_size": len(blob)}
+        blobs.append(blob)
+    else:
+        entry["data"] = array_to_json(array)
+    return entry
+
+
+def _body(doc: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, int | None]:
+    """(body, header_length): the JSON header, then the binary tensors' bytes in order."""
+    head = orjson.dumps(doc, option=_DUMP)
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)
 
 
 def _tensor_header(

@@ -10,9 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shipyard.compress.errors import CompressionConfigError
 from shipyard.runtime.base import GraphOptimization
 
 QuantType = Literal["int8", "uint8"]
+AUTO_DEFAULT_DROP = 0.01
+"""The accuracy budget `auto` gets when none is given (see resolve_budget)."""
 
 
 class _Config(BaseModel):
@@ -120,15 +123,15 @@ class QuantizeAutoConfig(_Config):
     method: Literal["quantize-auto"] = "quantize-auto"
 
 
-StepConfig = Annotated[
+AnyStep = (
     DynamicInt8Config
     | StaticInt8Config
     | Fp16Config
     | Int4WeightOnlyConfig
     | OnnxPruneConfig
-    | OptimizeConfig,
-    Field(discriminator="method"),
-]
+    | OptimizeConfig
+)
+StepConfig = Annotated[AnyStep, Field(discriminator="method")]
 
 
 class PipelineConfig(_Config):
@@ -148,28 +151,8 @@ class AutoConfig(_Config):
     """Sparsity of the prune+int8 candidate; None leaves that candidate out."""
 
 
-CompressionConfig = Annotated[
-    DynamicInt8Config
-    | StaticInt8Config
-    | Fp16Config
-    | Int4WeightOnlyConfig
-    | OnnxPruneConfig
-    | OptimizeConfig
-    | QuantizeAutoConfig
-    | PipelineConfig
-    | AutoConfig,
-    Field(discriminator="method"),
-]
-
-AnyStep = (
-    DynamicInt8Config
-    | StaticInt8Config
-    | Fp16Config
-    | Int4WeightOnlyConfig
-    | OnnxPruneConfig
-    | OptimizeConfig
-)
 AnyConfig = AnyStep | QuantizeAutoConfig | PipelineConfig | AutoConfig
+CompressionConfig = Annotated[AnyConfig, Field(discriminator="method")]
 
 
 class Budget(_Config):
@@ -212,3 +195,15 @@ class MeasureConfig(_Config):
     On x86 it includes the NCHWc layout for Conv, which pads channels to blocks of 8 (AVX2)
     or 16 (AVX-512): a CNN pruned below a block gains little there (see docs)."""
     providers: tuple[str, ...] | None = None
+
+
+def resolve_budget(max_drop: float | Budget | None, *, labelled: bool, auto: bool) -> Budget | None:
+    """The Budget a `max_drop` argument stands for; `auto` without one gets AUTO_DEFAULT_DROP."""
+    if isinstance(max_drop, Budget):
+        return max_drop
+    if max_drop is None:
+        return Budget.from_drop(AUTO_DEFAULT_DROP, labelled=labelled) if auto else None
+    try:
+        return Budget.from_drop(max_drop, labelled=labelled)
+    except ValueError as exc:
+        raise CompressionConfigError(str(exc)) from exc

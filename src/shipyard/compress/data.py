@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from shipyard.compress.errors import CompressionConfigError
+from shipyard.importers.samples import load_arrays
 from shipyard.package.tensorspec import TensorSpec, numpy_dtype
 
 LABEL_KEYS = ("y", "label", "labels")
@@ -122,19 +122,8 @@ def _read(data: DataLike, what: str) -> dict[str, np.ndarray]:
         return {"": data}
     if isinstance(data, Mapping):
         return {str(k): np.asarray(v) for k, v in data.items()}
-    path = Path(data)
-    if not path.is_file():
-        raise CompressionConfigError(f"{path}: {what} data file not found")
-    try:
-        loaded: Any = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise CompressionConfigError(
-            f"{path}: cannot read {what} data as .npy/.npz without pickle ({exc})"
-        ) from exc
-    if isinstance(loaded, np.ndarray):
-        return {"": loaded}
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+    loaded = load_arrays(Path(data), what=f"{what} data", error=CompressionConfigError)
+    return {"": loaded} if isinstance(loaded, np.ndarray) else loaded
 
 
 def _cast(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:

@@ -11,8 +11,8 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from shipyard.compress.pipeline import CandidateOutcome
 from shipyard.compress.report import ComparisonReport, ModelFigures
+from shipyard.compress.results import CandidateOutcome
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }

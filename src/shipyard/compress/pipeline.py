@@ -3,87 +3,62 @@
 A candidate within the budget becomes a new version (atomic write) whose lineage and
 measured figures point back to its parent; one over budget is kept under the model's
 hidden `.rejected/` folder with its report, where no repository or server will load it.
-`pack_derived()` does the same for a model compressed in its framework (a PyTorch module
-pruned and fine-tuned): it is packed, measured against the version it came from and written
-as that version's child.
+`pack_derived()` (in `derived`) does the same for a model compressed in its framework.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import tempfile
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import onnx
-from pydantic import BaseModel, ConfigDict
 
-from shipyard.compress.config import AnyConfig, AutoConfig, Budget, MeasureConfig
+from shipyard.compress.config import (
+    AUTO_DEFAULT_DROP,
+    AnyConfig,
+    AutoConfig,
+    Budget,
+    MeasureConfig,
+    resolve_budget,
+)
 from shipyard.compress.data import DataLike, Dataset, load_dataset, synthetic_dataset
+from shipyard.compress.derived import pack_derived
 from shipyard.compress.errors import CompressionConfigError, CompressionError
 from shipyard.compress.report import ComparisonReport, measure_pair
+from shipyard.compress.results import (
+    CandidateOutcome,
+    CompressResult,
+    Progress,
+    ProgressEvent,
+    Stage,
+)
 from shipyard.compress.steps import AppliedStep, Candidate, apply_steps, plan
-from shipyard.errors import IntegrityError
-from shipyard.importers.base import Tolerance
-from shipyard.importers.samples import SampleLike
-from shipyard.package.hashing import sha256_file
-from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Step, now
-from shipyard.package.signature import default_opset, graph_signature
-from shipyard.package.store import next_version, read_verified, resolve_version_dir, write_version
-from shipyard.package.tensorspec import TensorSpec
+from shipyard.compress.versions import (
+    REJECTED_DIR,
+    StepRecord,
+    measured_figures,
+    reject_candidate,
+    verified_copy,
+    write_child,
+)
+from shipyard.package.manifest import Manifest
+from shipyard.package.store import read_verified, resolve_version_dir
 
-REJECTED_DIR = ".rejected"
-AUTO_DEFAULT_DROP = 0.01
-
-Stage = Literal["compress", "measure", "write"]
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Reported before each stage of each candidate; `index` counts from 0 of `total`."""
-
-    stage: Stage
-    candidate: str
-    index: int
-    total: int
-
-
-Progress = Callable[[ProgressEvent], None]
-
-
-class CandidateOutcome(BaseModel):
-    """One candidate tried by `auto`, as recorded in the chosen version's measured figures."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    within_budget: bool
-    reasons: list[str]
-    size_ratio: float | None = None
-    throughput_ratio: float | None = None
-    latency_speedup: float | None = None
-    mean_cosine: float | None = None
-    accuracy_drop: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class CompressResult:
-    """What compress() did: the version written, or where the rejected candidate went."""
-
-    accepted: bool
-    path: Path
-    candidate: str
-    report: ComparisonReport
-    manifest: Manifest | None = None
-    reasons: list[str] = field(default_factory=list)
-    steps: list[AppliedStep] = field(default_factory=list)
-    candidates: list[CandidateOutcome] = field(default_factory=list)
+__all__ = [
+    "AUTO_DEFAULT_DROP",
+    "REJECTED_DIR",
+    "CandidateOutcome",
+    "CompressResult",
+    "Progress",
+    "ProgressEvent",
+    "Stage",
+    "compare",
+    "compress",
+    "pack_derived",
+    "resolve_budget",
+    "verified_copy",
+]
 
 
 @dataclass
@@ -94,7 +69,7 @@ class _Trial:
     report: ComparisonReport
     reasons: list[str]
 
-    def records(self) -> list[tuple[str, dict[str, Any]]]:
+    def records(self) -> list[StepRecord]:
         """(op, config) of each step, as the lineage and the rejection report record them."""
         return [(s.op, s.lineage_config()) for s in self.steps]
 
@@ -199,107 +174,6 @@ def compare(
         )
 
 
-def pack_derived(
-    model: Any,
-    *,
-    parent: str | Path,
-    op: str,
-    config: Mapping[str, Any],
-    sample_input: SampleLike = None,
-    version: int | None = None,
-    repo: str | Path | None = None,
-    eval_data: DataLike | None = None,
-    max_drop: float | Budget | None = None,
-    measure: MeasureConfig | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    tolerance: Tolerance | None = None,
-) -> CompressResult:
-    """Pack `model` (derived in its framework from `parent`, e.g. channel-pruned and
-    fine-tuned) as a child version of the parent model folder (latest unless `version`).
-
-    The model goes through `shipyard.pack` (conversion and its check), must keep the parent's
-    input and output names, and is measured against the parent like compress() does; its
-    lineage is the parent's steps plus one step `op` with `config`. Within the budget it is
-    written as the next version; over it, to `.rejected/`. Metadata is the parent's updated
-    with `metadata` (say what changed, e.g. a new test accuracy).
-    """
-    from shipyard.api import pack
-
-    settings = measure or MeasureConfig()
-    source_dir = resolve_version_dir(Path(parent), version)
-    base = read_verified(source_dir)
-    evalset = _dataset(eval_data, base, "eval")
-    sample = evalset or synthetic_dataset(base.inputs)
-    budget = resolve_budget(
-        max_drop, labelled=evalset is not None and evalset.labels is not None, auto=False
-    )
-    target_repo = Path(repo) if repo is not None else source_dir.parent.parent
-    with tempfile.TemporaryDirectory(prefix="shipyard-derived-") as tmp:
-        packed = pack(
-            model,
-            name=base.name,
-            repo=Path(tmp) / "packed",
-            sample_input=sample_input,
-            tolerance=tolerance,
-        )
-        _same_signature(base, packed.manifest)
-        parent_model = verified_copy(source_dir, base, Path(tmp) / "parent.onnx")
-        child_model = verified_copy(packed.path, packed.manifest, Path(tmp) / "child.onnx")
-        report = measure_pair(
-            parent_model,
-            child_model,
-            specs=base.inputs,
-            data=sample,
-            settings=settings,
-            labels=(f"v{base.version}", op),
-        )
-        records = [(op, dict(config))]
-        reasons = report.violations(budget) if budget else []
-        if reasons:
-            return _reject_file(
-                child_model, op, records, report, reasons, base, target_repo, budget, []
-            )
-        extra: dict[str, bytes | Path] = {
-            rel: packed.path / rel for rel in packed.manifest.files if rel != MODEL_FILE
-        }
-        path, sealed = _write_child(
-            child_model,
-            base,
-            source_dir,
-            target_repo,
-            records=records,
-            measured=_measured(base, report, budget),
-            update={
-                "source": packed.manifest.source,
-                "conversion_check": packed.manifest.conversion_check,
-                "metadata": {**base.metadata, **(metadata or {})},
-            },
-            extra_files=extra,
-        )
-    return CompressResult(accepted=True, path=path, candidate=op, report=report, manifest=sealed)
-
-
-def verified_copy(version_dir: Path, manifest: Manifest, dest: Path) -> Path:
-    """Copy a version's model file and re-check its hash, so what the tools read and what
-    the manifest vouches for cannot differ (the file may be replaced after verification)."""
-    source = version_dir / MODEL_FILE
-    shutil.copyfile(source, dest)
-    if sha256_file(dest) != manifest.files[MODEL_FILE].sha256:
-        raise IntegrityError(str(source), "changed after verification (sha256 mismatch)")
-    return dest
-
-
-def resolve_budget(max_drop: float | Budget | None, *, labelled: bool, auto: bool) -> Budget | None:
-    if isinstance(max_drop, Budget):
-        return max_drop
-    if max_drop is None:
-        return Budget.from_drop(AUTO_DEFAULT_DROP, labelled=labelled) if auto else None
-    try:
-        return Budget.from_drop(max_drop, labelled=labelled)
-    except ValueError as exc:
-        raise CompressionConfigError(str(exc)) from exc
-
-
 def _speed(trial: _Trial) -> tuple[float, float]:
     """Throughput against the parent measured in the same run, so drift between trials
     (other work on the machine) does not pick the winner."""
@@ -315,10 +189,10 @@ def _accept(
     outcomes: list[CandidateOutcome],
     searched: bool,
 ) -> CompressResult:
-    measured = _measured(parent, trial.report, budget)
+    measured = measured_figures(parent, trial.report, budget)
     if searched:
         measured["candidates"] = [o.model_dump(mode="json") for o in outcomes]
-    path, sealed = _write_child(
+    path, sealed = write_child(
         trial.model, parent, source_dir, repo, records=trial.records(), measured=measured
     )
     return CompressResult(
@@ -332,53 +206,6 @@ def _accept(
     )
 
 
-def _measured(parent: Manifest, report: ComparisonReport, budget: Budget | None) -> dict[str, Any]:
-    return {
-        "compared_to_version": parent.version,
-        **report.model_dump(mode="json"),
-        "budget": budget.model_dump(mode="json") if budget else None,
-    }
-
-
-def _write_child(
-    model: Path,
-    parent: Manifest,
-    source_dir: Path,
-    repo: Path,
-    *,
-    records: list[tuple[str, dict[str, Any]]],
-    measured: dict[str, Any],
-    update: dict[str, Any] | None = None,
-    extra_files: Mapping[str, bytes | Path] | None = None,
-) -> tuple[Path, Manifest]:
-    """Write `model` as the next version of the parent's name in `repo`, its lineage pointing
-    at the parent; the parent's other files (tokenizer …) come along."""
-    proto = onnx.load(str(model))
-    inputs, outputs = graph_signature(proto)
-    steps = list(parent.lineage.steps) + [Step(op=op, config=cfg, at=now()) for op, cfg in records]
-    manifest = parent.model_copy(
-        update={
-            "version": next_version(repo, parent.name),
-            "created": now(),
-            "opset": default_opset(proto),
-            "inputs": inputs,
-            "outputs": outputs,
-            "files": {},
-            "lineage": Lineage(parent=parent.version, steps=steps),
-            "conversion_check": None,
-            "measured": measured,
-            "digest": "",
-            **(update or {}),
-        }
-    )
-    files: dict[str, bytes | Path] = {MODEL_FILE: model}
-    for rel in parent.files:
-        if not rel.startswith(MODEL_FILE):  # carry assets (tokenizer …), not the old weights
-            files[rel] = source_dir / rel
-    files.update(extra_files or {})
-    return write_version(repo, manifest, files, version_given=False)
-
-
 def _reject(
     trial: _Trial,
     parent: Manifest,
@@ -386,78 +213,19 @@ def _reject(
     budget: Budget | None,
     outcomes: list[CandidateOutcome],
 ) -> CompressResult:
-    result = _reject_file(
+    result = reject_candidate(
         trial.model,
-        trial.candidate.name,
-        trial.records(),
-        trial.report,
-        trial.reasons,
-        parent,
-        repo,
-        budget,
-        outcomes,
+        candidate=trial.candidate.name,
+        records=trial.records(),
+        report=trial.report,
+        reasons=trial.reasons,
+        parent=parent,
+        repo=repo,
+        budget=budget,
+        outcomes=outcomes,
     )
     result.steps = trial.steps
     return result
-
-
-def _reject_file(
-    model: Path,
-    candidate: str,
-    records: list[tuple[str, dict[str, Any]]],
-    report: ComparisonReport,
-    reasons: list[str],
-    parent: Manifest,
-    repo: Path,
-    budget: Budget | None,
-    outcomes: list[CandidateOutcome],
-) -> CompressResult:
-    """Keep an over-budget candidate under `<repo>/<name>/.rejected/<stamp>/` with a report;
-    hidden folders are neither versions nor models to repositories and servers."""
-    model_dir = repo / parent.name / REJECTED_DIR
-    model_dir.mkdir(parents=True, exist_ok=True)
-    stamp = now().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    tmp = model_dir / f".tmp-{stamp}"
-    tmp.mkdir()
-    shutil.copyfile(model, tmp / MODEL_FILE)
-    record = {
-        "name": parent.name,
-        "parent_version": parent.version,
-        "candidate": candidate,
-        "reasons": reasons,
-        "budget": budget.model_dump(mode="json") if budget else None,
-        "steps": [{"op": op, "config": cfg} for op, cfg in records],
-        "report": report.model_dump(mode="json"),
-        "candidates": [o.model_dump(mode="json") for o in outcomes],
-    }
-    (tmp / "report.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    final = model_dir / stamp
-    os.rename(tmp, final)
-    return CompressResult(
-        accepted=False,
-        path=final,
-        candidate=candidate,
-        report=report,
-        reasons=reasons,
-        candidates=outcomes,
-    )
-
-
-def _same_signature(parent: Manifest, child: Manifest) -> None:
-    """The child must answer the same requests: same input and output names."""
-
-    def names(specs: list[TensorSpec]) -> list[str]:
-        return [spec.name for spec in specs]
-
-    for what, before, after in (
-        ("inputs", names(parent.inputs), names(child.inputs)),
-        ("outputs", names(parent.outputs), names(child.outputs)),
-    ):
-        if before != after:
-            raise CompressionConfigError(
-                f"the derived model's {what} {after} differ from version {parent.version}'s "
-                f"{before}; a child version must keep the names clients send and read"
-            )
 
 
 def _outcome(trial: _Trial) -> CandidateOutcome:

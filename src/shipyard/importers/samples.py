@@ -19,20 +19,29 @@ def read_sample(sample: SampleLike) -> dict[str, np.ndarray] | np.ndarray | None
     if sample is None or isinstance(sample, np.ndarray):
         return sample
     if isinstance(sample, str | Path):
-        path = Path(sample)
-        if not path.is_file():
-            raise UsageError(f"{path}: sample input file not found")
-        try:
-            loaded: Any = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise UsageError(
-                f"{path}: cannot read as .npy/.npz without pickle ({exc}); save plain arrays"
-            ) from exc
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
+        return load_arrays(Path(sample), what="sample input")
     return {str(k): np.asarray(v) for k, v in sample.items()}
+
+
+def load_arrays(
+    path: Path, *, what: str, error: type[UsageError] = UsageError
+) -> dict[str, np.ndarray] | np.ndarray:
+    """The array of a .npy file or the arrays of a .npz, read without pickle.
+
+    `what` names the data in the `error` raised when the file is missing or holds objects.
+    """
+    if not path.is_file():
+        raise error(f"{path}: {what} file not found")
+    try:
+        loaded: Any = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise error(
+            f"{path}: cannot read {what} as .npy/.npz without pickle ({exc}); save plain arrays"
+        ) from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
 
 
 def synthesize(
