@@ -76,9 +76,13 @@ class ServingConfig:
 # -- virtualenvs ---------------------------------------------------------------------------
 
 
-def ensure_venv(name: str, requirements: Sequence[str], *, log: Path) -> Path:
-    """`benchmarks/.venvs/NAME` with `requirements` installed; returns its python. Idempotent."""
+def ensure_venv(name: str, requirements: Sequence[str]) -> Path:
+    """`benchmarks/.venvs/NAME` with `requirements` installed; returns its python. Idempotent.
+
+    pip's output goes to `benchmarks/.venvs/NAME-install.log`, kept for when it fails.
+    """
     venv = VENVS / name
+    log = VENVS / f"{name}-install.log"
     python = venv / "bin" / "python"
     marker = venv / MARKER
     wanted = sorted(requirements)
@@ -107,7 +111,17 @@ def _run(argv: list[str], out: IO[bytes], *, what: str) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"{what} failed: {exc}") from exc
     if done.returncode != 0:
-        raise SetupError(f"{what} failed with exit code {done.returncode}")
+        raise SetupError(f"{what} failed with exit code {done.returncode}{_pip_error(out.name)}")
+
+
+def _pip_error(log: str | int) -> str:
+    """pip's last ERROR line in the log, to say why in one line."""
+    with contextlib.suppress(OSError, TypeError):
+        lines = Path(str(log)).read_text(encoding="utf-8", errors="replace").splitlines()
+        errors = [line.strip() for line in lines if line.startswith("ERROR")]
+        if errors:
+            return f": {errors[-1][:200]}"
+    return ""
 
 
 # -- processes -----------------------------------------------------------------------------

@@ -89,3 +89,13 @@ def test_closed_runtime_refuses() -> None:
     runtime.close()
     with pytest.raises(RuntimeBackendError, match="closed"):
         runtime.infer({"x": np.zeros((1, 4), np.float32)})
+
+
+def test_out_of_range_integer_cast_check_raises_no_warning() -> None:
+    import warnings
+
+    runtime = _runtime(make_affine_onnx())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="converting would change values"):
+            runtime.infer({"x": np.full((1, 4), 2**64 - 1, np.uint64)})

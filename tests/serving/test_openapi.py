@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 from starlette.routing import Match, Route
 
 import shipyard
-from shipyard.serving.openapi import ENDPOINTS, OPENAPI_PATH, build_document
+from shipyard.security.tokens import TokenStore
+from shipyard.serving.openapi import BEARER, ENDPOINTS, OPENAPI_PATH, build_document, required_scope
 from shipyard.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio
@@ -87,6 +88,77 @@ async def test_served_document_and_routes_agree(
         scope = {"type": "http", "path": url, "method": method.upper(), "root_path": ""}
         matches = [r for r in routes if r.matches(scope)[0] is Match.FULL]
         assert matches, f"{method.upper()} {path} is documented but no route serves it"
+
+
+OPEN_PATHS = {"/v2/health/live", "/v2/health/ready"}
+
+
+def test_security_is_documented_per_operation() -> None:
+    doc = build_document("0")
+    scheme = doc["components"]["securitySchemes"][BEARER]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert doc["security"] == [{BEARER: []}]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            if path in OPEN_PATHS:
+                assert op["security"] == [], where
+                assert not {"401", "403"} & set(op["responses"]), where
+            else:
+                assert op["security"] == [{BEARER: []}], where
+                for status in ("401", "403"):
+                    response = op["responses"][status]
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, where
+                    assert "WWW-Authenticate" in response["headers"], where
+            if "requestBody" in op:
+                assert "413" in op["responses"], where
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("/v2/health/live", None),
+        ("/v2", "metadata:<any model>"),
+        ("/v2/models/stats", "metadata:*"),
+        ("/v2/models/{name}/versions/{version}/infer", "infer:{name}"),
+        ("/v1/models/{name}:classify", "infer:{name}"),
+        ("/v1/models/{name}/versions/{version}/metadata", "metadata:{name}"),
+        ("/v2/repository/index", "admin:*"),
+        ("/v2/repository/models/{name}/unload", "admin:{name}"),
+        ("/metrics", "metadata:*"),
+        (OPENAPI_PATH, "metadata:<any model>"),
+    ],
+)
+def test_required_scope_follows_the_enforced_rule(path: str, scope: str | None) -> None:
+    assert required_scope(path) == scope
+
+
+async def test_refusals_match_the_documented_responses(
+    models: Path,
+    tmp_path: Path,
+    settings_for: Callable[..., ServerSettings],
+    app_client: Callable[..., Any],
+) -> None:
+    """With --auth: no token is 401 and a token without the scope 403, as documented."""
+    doc = build_document(shipyard.__version__)
+    tokens = TokenStore(tmp_path / "tokens.json")
+    unrelated = tokens.create("unrelated", ["infer:someone-else"])
+    async with app_client(settings_for(models, auth=tokens.path)) as client:
+        for path, ops in doc["paths"].items():
+            url = path.format(**SAMPLE_PARAMS)
+            for method, op in ops.items():
+                for headers, status in (({}, 401), ({"Authorization": f"Bearer {unrelated}"}, 403)):
+                    where = f"{method.upper()} {url} ({status})"
+                    response = await client.request(method, url, headers=headers)
+                    if path in OPEN_PATHS:
+                        assert response.status_code == 200, where
+                        continue
+                    assert response.status_code == status, f"{where}: {response.text}"
+                    assert response.headers["www-authenticate"].startswith("Bearer "), where
+                    documented = op["responses"][str(status)]
+                    schema = documented["content"]["application/json"]["schema"]
+                    _validate(doc, schema, response.json(), where)
 
 
 # Every operation at least once with 200, plus the documented error statuses.

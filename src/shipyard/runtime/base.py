@@ -52,7 +52,7 @@ def _lossless(array: np.ndarray, target: np.dtype[np.generic]) -> bool:
     if array.dtype.kind in "biu" and target.kind in "biuf":
         with np.errstate(all="ignore"):
             converted = array.astype(target)
-        return bool(np.array_equal(converted.astype(array.dtype), array))
+            return bool(np.array_equal(converted.astype(array.dtype), array))
     return False
 
 

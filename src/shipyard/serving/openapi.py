@@ -175,6 +175,14 @@ _HEADERS: dict[str, Any] = {
 }
 
 
+_STATUS_HEADER = {
+    401: ("WWW-Authenticate", "WWWAuthenticate"),
+    403: ("WWW-Authenticate", "WWWAuthenticate"),
+    503: ("Retry-After", "RetryAfter"),
+}
+"""The header an error status carries besides X-Request-ID, and its component."""
+
+
 def required_scope(path: str) -> str | None:
     """The token scope an operation on `path` needs with --auth (None: open to all)."""
     access = route_access(path)  # a template's "{name}" stands in for the model's name
@@ -205,12 +213,11 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         errors |= {401, 403}
     for status in sorted(errors):
         responses[str(status)] = _response(_ERROR_TEXT[status], "Error")
-        extra = {401: "WWWAuthenticate", 403: "WWWAuthenticate", 503: "RetryAfter"}.get(status)
-        if extra is not None:
-            name = "Retry-After" if status == 503 else "WWW-Authenticate"
+        if status in _STATUS_HEADER:
+            header, component = _STATUS_HEADER[status]
             responses[str(status)]["headers"] = {
                 **_REQUEST_ID_HEADER,
-                name: {"$ref": f"#/components/headers/{extra}"},
+                header: {"$ref": f"#/components/headers/{component}"},
             }
     op: dict[str, Any] = {
         "operationId": ep.operation_id,
