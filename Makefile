@@ -34,7 +34,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/shipyard demo --repo models --serve
+	$(VENV)/bin/shipyard demo --repo models
 
 bench: $(STAMP)
 	$(PY) benchmarks/serving.py

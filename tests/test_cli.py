@@ -137,3 +137,15 @@ def test_tampered_package_is_a_one_line_error(
     assert main(["inspect", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "model.onnx" in err and err.count("\n") == 1
+
+
+def test_makefile_demo_command_parses() -> None:
+    """`make demo` runs a shipyard command line; it must stay one the CLI accepts."""
+    from shipyard.cli import build_parser
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    lines = [line.strip() for line in makefile.splitlines() if "bin/shipyard demo" in line]
+    assert lines, "Makefile has no `shipyard demo` recipe"
+    args = lines[0].split("bin/shipyard", 1)[1].split()
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "demo"
