@@ -1,4 +1,8 @@
-"""The limit: in-process ONNX Runtime, N threads each running batch-1 `session.run` back to back.
+"""The limit: in-process ONNX Runtime, N threads each running `session.run` back to back.
+
+With `--batch-size B` every call runs B copies of the batch-1 input at once and counts as B
+requests (rows/s), with the latency of the whole call: the best a server that forms batches
+of B could do.
 
     python benchmarks/_raw.py --model model.onnx --inputs inputs.npz --concurrency 8 --duration 5
 
@@ -41,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--max-requests", type=int, default=20_000_000)
+    parser.add_argument("--batch-size", type=int, default=1, help="rows per session.run")
     args = parser.parse_args(argv)
     sess = session(args.model, intra_op_threads=args.intra_op_threads)
     with np.load(args.inputs) as data:
         feeds = {name: data[name] for name in data.files}
+    if args.batch_size > 1:
+        feeds = {n: np.concatenate([a] * args.batch_size) for n, a in feeds.items()}
     sess.run(None, feeds)
     start = time.perf_counter()
     measure_from = start + args.warmup
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         "statuses": {},
         "first_error": "",
         "seconds": round(window, 3),
-        "rps": len(ordered) / window if window > 0 else 0.0,
+        "rps": len(ordered) * args.batch_size / window if window > 0 else 0.0,
+        "batch_size": args.batch_size,
         "p50_ms": percentile(ordered, 50) * ms if ordered else None,
         "p90_ms": percentile(ordered, 90) * ms if ordered else None,
         "p99_ms": percentile(ordered, 99) * ms if ordered else None,

@@ -352,8 +352,8 @@ def triton_repo(model: ModelFiles, config: ServingConfig, *, work: Path) -> Path
     version = repo / model.name / "1"
     version.mkdir(parents=True)
     shutil.copyfile(model.onnx, version / "model.onnx")
-    shutil.copyfile(HERE / "triton" / "model.py", version / "model.py")
-    template = (HERE / "triton" / "config.pbtxt.template").read_text(encoding="utf-8")
+    shutil.copyfile(HERE / "triton_backend" / "model.py", version / "model.py")
+    template = (HERE / "triton_backend" / "config.pbtxt.template").read_text(encoding="utf-8")
     batching = (
         f"dynamic_batching {{ max_queue_delay_microseconds: {config.delay_us} }}"
         if config.batching

@@ -483,9 +483,10 @@ def _mib(size: int) -> str:
 
 
 def _unshadow() -> None:
-    """Run as a script, benchmarks/ is first on sys.path, and its triton/ folder (Triton
-    server configs) shadows the `triton` package that torch probes for when it exports or
-    builds an optimizer; drop that entry before torch gets there."""
+    """Run as a script, benchmarks/ is first on sys.path, where a folder named like an
+    installed package shadows it (the Triton server files live in triton_backend/, not
+    triton/, because torch probes for the `triton` package when it exports or builds an
+    optimizer); drop that entry before torch gets there, so no future folder can."""
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 

@@ -59,6 +59,8 @@ class Cell:
     errors: int
     requests: int
     first_error: str = ""
+    batch_size: int = 1
+    """Rows per session.run (raw rows measured at several batch sizes keep the best)."""
     rounds: list[float] = field(default_factory=list)
     """req/s of every round of this cell (the cell itself is the best one)."""
 
@@ -120,6 +122,7 @@ def _measure(argv: list[str], args: argparse.Namespace) -> Cell:
         errors=int(data["errors"]),
         requests=int(data["requests"]),
         first_error=str(data.get("first_error", "")),
+        batch_size=int(data.get("batch_size", 1)),
     )
 
 
@@ -147,10 +150,19 @@ def measure_http(port: int, path: str, bodies: Bodies, encoding: str, c: int, ru
 
 
 def measure_raw(model: ModelFiles, bodies: Bodies, c: int, run: Run) -> Cell:
+    """The best of the raw limit at every `--raw-batch-sizes` batch size."""
+    sizes = raw_batch_sizes(run.args, model.name)
+    cells = [_measure_raw(model, bodies, c, run, batch) for batch in sizes]
+    return max(cells, key=lambda cell: cell.rps)
+
+
+def _measure_raw(model: ModelFiles, bodies: Bodies, c: int, run: Run, batch: int) -> Cell:
     args = run.args
     argv = [
         sys.executable,
         str(HERE / "_raw.py"),
+        "--batch-size",
+        str(batch),
         "--model",
         str(model.onnx),
         "--inputs",
@@ -265,7 +277,10 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
     """
     args = run.args
     bodies = make_bodies(model, sample, run.work / f"bodies-{model.name}")
-    raw = Row(model.name, RAW, "—", f"{args.intra_op_threads} intra-op thread(s)", None)
+    raw_config = f"{args.intra_op_threads} intra-op thread(s)"
+    if raw_batch_sizes(args, model.name) != [1]:
+        raw_config += ", best batch of " + "/".join(map(str, raw_batch_sizes(args, model.name)))
+    raw = Row(model.name, RAW, "—", raw_config, None)
     run.rows.append(raw)
     starters: list[tuple[str, Starter]] = [(SHIPYARD, _shipyard)]
     if not args.skip_mlserver:
@@ -381,8 +396,15 @@ def make_bodies(model: ModelFiles, sample: dict[str, np.ndarray], folder: Path) 
     return Bodies(files, lengths, sample, expected, npz)
 
 
-def load_model(repo: Path, name: str) -> tuple[ModelFiles, dict[str, np.ndarray]]:
-    """The latest version of `name` in `repo` and a batch-1 sample input for it."""
+def load_model(
+    repo: Path, name: str, *, tokens: int = 16
+) -> tuple[ModelFiles, dict[str, np.ndarray]]:
+    """The latest version of `name` in `repo` and a batch-1 sample input for it.
+
+    A text model (inputs `input_ids` + `attention_mask`) gets one sentence of exactly
+    `tokens` tokens: the demo request's first sentence, its words repeated to that length
+    between [CLS] and [SEP], no padding.
+    """
     versions = list_versions(repo / name)
     if not versions:
         raise SystemExit(f"{repo / name}: no packaged version; build the demo or pass --repo")
@@ -398,6 +420,8 @@ def load_model(repo: Path, name: str) -> tuple[ModelFiles, dict[str, np.ndarray]
     if request.is_file():
         decoded = decode_request(request.read_bytes()).inputs
         sample = {k: np.ascontiguousarray(v[:1]) for k, v in decoded.items()}
+        if {"input_ids", "attention_mask"} <= sample.keys():
+            sample = _fixed_length(sample, tokens)
     else:
         rng = np.random.default_rng(0)
         sample = {
@@ -405,6 +429,19 @@ def load_model(repo: Path, name: str) -> tuple[ModelFiles, dict[str, np.ndarray]
             for t in manifest.inputs
         }
     return model, sample
+
+
+def _fixed_length(sample: dict[str, np.ndarray], tokens: int) -> dict[str, np.ndarray]:
+    ids = sample["input_ids"][0][sample["attention_mask"][0] != 0]
+    first, words, last = ids[:1], ids[1:-1], ids[-1:]
+    if len(words) == 0:
+        words = ids
+    body = np.resize(words, tokens - 2)
+    row = np.concatenate([first, body, last]).astype(sample["input_ids"].dtype)[None, :]
+    out = dict(sample)
+    out["input_ids"] = row
+    out["attention_mask"] = np.ones_like(row, dtype=sample["attention_mask"].dtype)
+    return out
 
 
 def build_repo(models: Sequence[str], folder: Path) -> Path:
@@ -537,6 +574,16 @@ def notes(rows: Sequence[Row], model: str) -> list[str]:
     return [f"- {r.label}: {r.note}" for r in rows if r.model == model and r.note]
 
 
+def raw_batches(rows: Sequence[Row], model: str) -> str:
+    """Which batch size won each raw cell, e.g. '1 conn: batch 1; 32 conns: batch 8'."""
+    return "; ".join(
+        f"{c} connection(s): batch {cell.batch_size}"
+        for r in rows
+        if r.model == model and r.server == RAW
+        for c, cell in sorted(r.cells.items())
+    )
+
+
 def markdown(run: Run, loads: tuple[str, str]) -> str:
     args, facts = run.args, machine_facts()
     cores = os.cpu_count() or 1
@@ -559,22 +606,30 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
         f"- Load average (1/5/15 min) before the run: {loads[0]}; after: {loads[1]}.{shared}",
         "",
         "How it was measured: every server serves the same `model.onnx` with the same ONNX",
-        f"Runtime options ({args.intra_op_threads} intra-op thread(s)), {args.instances} model "
+        f"Runtime options ({_threads(args)}), {args.instances} model "
         f"instance(s), and — where on — the same dynamic batching (≤{args.max_batch_size} rows, "
         f"{args.batch_delay_us} µs queue delay); only the server differs. Each request is one",
-        "row (batch 1), the same bytes for every server. The load generator (`_load.py`) is a",
+        "row (batch 1; MiniLM: one sentence of a fixed number of tokens), the same bytes for",
+        "every server. The load generator (`_load.py`) is a",
         "separate process with N keep-alive HTTP/1.1 connections in a closed loop; it shares the",
         "machine's cores with the server, the same for every row. All servers run at once (idle",
         f"but one); each cell is {args.warmup:g} s warm-up then {args.duration:g} s measured, "
         f"repeated in {args.rounds} round(s) that alternate the row order; a cell shows its best",
         "round (highest req/s, with that round's latencies).",
         "Raw ONNX Runtime is the limit: N threads in one process calling `session.run` on the",
-        "same input. Ratios: req/s ÷ raw and ÷ Triton (higher is better); latency ÷ Triton",
+        "same input, stacked into batches of each `--raw-batch-sizes` size (req/s counts rows),",
+        "keeping the best. Ratios: req/s ÷ raw and ÷ Triton (higher is better); latency ÷ Triton",
         "(lower is better). The Triton reference is the Triton row with the same request",
         "encoding and batching setting. Compare ratios, not absolute numbers." + _noise(run.rows),
     ]
     for model in dict.fromkeys(r.model for r in run.rows):
         lines += ["", f"## {model}", "", "### Summary", ""]
+        threads = args.model_threads.get(model, args.intra_op_threads)
+        lines += [f"ONNX Runtime intra-op threads for {model}: {threads}, raw and every server."]
+        if raw_batch_sizes(args, model) != [1]:
+            lines += [f"Raw ONNX Runtime's best batch size: {raw_batches(run.rows, model)}."]
+            lines += [best_raw_line(run.rows, model)]
+        lines += [""]
         lines += render_markdown(summary_table(run.rows, model, args.concurrency))
         for c in args.concurrency:
             lines += ["", f"### {c} connection{'s' if c > 1 else ''}", ""]
@@ -584,6 +639,44 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
             lines += ["", "Rows without numbers:", "", *found]
     lines += ["", *RESULT_NOTES, ""]
     return "\n".join(lines)
+
+
+TEXT_RAW_BATCHES = (1, 8, 32)
+"""Raw batch sizes for MiniLM, whose target is "90 % of raw at its best batch size"."""
+
+
+def raw_batch_sizes(args: argparse.Namespace, model: str) -> list[int]:
+    if args.raw_batch_sizes is not None:
+        return list(args.raw_batch_sizes)
+    return list(TEXT_RAW_BATCHES) if model == "minilm" else [1]
+
+
+def best_raw_line(rows: Sequence[Row], model: str) -> str:
+    """Shipyard (batching on) at its busiest against the best raw cell at any concurrency."""
+    raw = [
+        (c, cell)
+        for r in rows
+        if r.model == model and r.server == RAW
+        for c, cell in r.cells.items()
+    ]
+    if not raw:
+        return ""
+    c_raw, best = max(raw, key=lambda item: item[1].rps)
+    parts = []
+    for r in rows:
+        if r.model == model and r.server == SHIPYARD and r.batching and r.cells:
+            c, cell = max(r.cells.items())
+            parts.append(f"{r.encoding} @{c} {_num(cell.rps)} ({cell.rps / best.rps:.0%})")
+    return (
+        f"Best raw cell at any concurrency: {_num(best.rps)} req/s ({c_raw} thread(s), batch "
+        f"{best.batch_size}); Shipyard with batching against it: {', '.join(parts)}."
+    )
+
+
+def _threads(args: argparse.Namespace) -> str:
+    text = f"{args.intra_op_threads} intra-op thread(s)"
+    overrides = ", ".join(f"{m}: {n}" for m, n in args.model_threads.items() if m in args.models)
+    return f"{text}; {overrides}" if overrides else text
 
 
 def _noise(rows: Sequence[Row]) -> str:
@@ -612,7 +705,7 @@ RESULT_NOTES = (
     "  binary rows record the answer instead of numbers.",
     "- MLServer runs inference in `parallel_workers` processes (one per model instance here);",
     "  its venv pins `uvloop<0.22`, with which 1.7.1's workers crash. Triton runs the python",
-    "  backend (`benchmarks/triton/model.py`), since the `tritonserver` bundled by",
+    "  backend (`benchmarks/triton_backend/model.py`), since the `tritonserver` bundled by",
     "  nvidia-pytriton ships no ONNX Runtime backend; both run ONNX Runtime in a Python process.",
 )
 
@@ -624,7 +717,12 @@ def _command(args: argparse.Namespace) -> str:
         f"--duration {args.duration:g}",
         f"--warmup {args.warmup:g}",
         f"--rounds {args.rounds}",
+        "--model-intra-op-threads " + args.model_intra_op_threads,
     ]
+    if args.raw_batch_sizes:
+        parts.append("--raw-batch-sizes " + ",".join(map(str, args.raw_batch_sizes)))
+    if "minilm" in args.models:
+        parts.append(f"--tokens {args.tokens}")
     parts += [
         flag
         for flag, on in (
@@ -724,6 +822,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="ONNX Runtime intra-op threads, every server and raw (default 1)",
     )
     parser.add_argument(
+        "--model-intra-op-threads",
+        default="minilm=2",
+        help="per-model override of --intra-op-threads, raw and every server alike "
+        "(default minilm=2: the model dominates, so it gets the cores)",
+    )
+    parser.add_argument(
+        "--raw-batch-sizes",
+        default=None,
+        help="batch sizes raw ONNX Runtime is measured at; each cell keeps the best "
+        f"(default: {','.join(map(str, TEXT_RAW_BATCHES))} for minilm, 1 for the others)",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=16,
+        help="tokens per MiniLM request (one sentence, fixed length; default 16)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=None,
@@ -738,6 +854,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 1024:
         parser.error("--concurrency values must be between 1 and 1024")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        if args.raw_batch_sizes is not None:
+            args.raw_batch_sizes = sorted({int(b) for b in args.raw_batch_sizes.split(",") if b})
+        args.model_threads = {
+            m.strip(): int(n)
+            for m, n in (p.split("=", 1) for p in args.model_intra_op_threads.split(",") if p)
+        }
+    except ValueError:
+        parser.error("--raw-batch-sizes takes integers; --model-intra-op-threads NAME=N,...")
+    if args.raw_batch_sizes is not None and (
+        not args.raw_batch_sizes or min(args.raw_batch_sizes) < 1
+    ):
+        parser.error("--raw-batch-sizes must be >= 1")
+    if args.tokens < 2:
+        parser.error("--tokens must be >= 2")
     if args.duration is None:
         args.duration = 1.0 if args.quick else 3.0
     if args.warmup is None:
@@ -767,9 +898,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(args=args, work=Path(tmp), versions={SHIPYARD: shipyard_version})
         try:
             repo = args.repo or build_repo(args.models, run.work / "models")
+            default_threads = args.intra_op_threads
             for name in args.models:
-                model, sample = load_model(repo, name)
-                run_model(model, sample, run)
+                model, sample = load_model(repo, name, tokens=args.tokens)
+                args.intra_op_threads = args.model_threads.get(name, default_threads)
+                try:
+                    run_model(model, sample, run)
+                finally:
+                    args.intra_op_threads = default_threads
         except KeyboardInterrupt:
             _say("interrupted: servers stopped, nothing written")
             return 130

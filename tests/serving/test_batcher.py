@@ -214,3 +214,54 @@ def test_batch_key_groups_by_trailing_dims_and_dtype() -> None:
     assert batch_key({"x": np.zeros((2, 3), np.float64)})[0] != batch_key(a)[0]
     assert batch_key({"x": np.zeros((2, 3)), "y": np.zeros((3, 3))}) == (None, 0)
     assert batch_key({"x": np.zeros(())}) == (None, 0)
+
+
+async def test_a_tiny_model_runs_inline_once_timed_and_a_slow_one_never_does() -> None:
+    threads: list[int] = []
+    fast = FakeModel()
+
+    def run(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return fast(feed, outputs)
+
+    # A generous budget: this is about where runs happen, not about this machine's speed.
+    batcher = Batcher(
+        run, name="fast", batching=BatchingSettings(enabled=False), inline_max_us=50_000
+    )
+    for _ in range(12):
+        await batcher.submit(rows(1))
+    await batcher.close()
+    loop_thread = threading.get_ident()
+    assert loop_thread not in threads[:3]  # timed on the workers first
+    assert threads[-3:] == [loop_thread] * 3  # then inline
+
+    slow = FakeModel(delay_s=0.002)
+    batcher = Batcher(slow, name="slow", batching=BatchingSettings(enabled=False))
+    for _ in range(5):
+        await batcher.submit(rows(1))
+    await batcher.close()
+    assert batcher._timings  # timed, but over the inline budget every time
+    assert all(t.ns_per_row > 100_000 for t in batcher._timings.values())
+
+
+async def test_a_failing_inline_batch_still_fails_only_the_bad_request() -> None:
+    model = FakeModel()
+    batcher = Batcher(
+        model,  # type: ignore[arg-type]
+        name="fake",
+        batching=BatchingSettings(max_batch_size=16, max_queue_delay_us=20_000),
+        inline_max_us=50_000,
+    )
+    for _ in range(10):
+        await batcher.submit(rows(1))  # timed: the next batches run inline
+    outcomes = await asyncio.gather(
+        batcher.submit(rows(1, 1.0)),
+        batcher.submit(rows(1, float("nan"))),
+        batcher.submit(rows(1, 3.0)),
+        return_exceptions=True,
+    )
+    await batcher.close()
+    assert isinstance(outcomes[1], InputError)
+    assert not isinstance(outcomes[0], BaseException)
+    assert not isinstance(outcomes[2], BaseException)
+    np.testing.assert_array_equal(outcomes[2].outputs["y"], np.full((1, 3), 6.0))

@@ -353,3 +353,20 @@ def test_orjson_is_used_for_errors() -> None:
     from shipyard.codecs.v2 import encode_error
 
     assert orjson.loads(encode_error("boom")) == {"error": "boom"}
+
+
+def test_the_infer_fast_path_matches_exactly_the_infer_routes() -> None:
+    from shipyard.serving.protocols.v2_http import _infer_params
+
+    assert _infer_params("/v2/models/m/infer") == {"name": "m"}
+    assert _infer_params("/v2/models/m/versions/2/infer") == {"name": "m", "version": "2"}
+    for path in (
+        "/v2/models//infer",
+        "/v2/models/m/infer/",
+        "/v2/models/m/versions//infer",
+        "/v2/models/m/other/2/infer",
+        "/v2/models/a/b/infer",
+        "/v2/models/m/ready",
+        "/v1/models/m/infer",
+    ):
+        assert _infer_params(path) is None, path

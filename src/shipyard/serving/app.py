@@ -8,6 +8,7 @@ their routes here: `protocols.v2_http.routes(...)` today, TF Serving REST next t
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -45,8 +46,18 @@ def build_dataplane(settings: ServerSettings) -> DataPlane:
     return DataPlane(manager, metrics)
 
 
-def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -> Starlette:
-    """The Starlette app serving V2 REST and /metrics; `app.state.dataplane` holds the core."""
+def build_app(
+    settings: ServerSettings, *, dataplane: DataPlane | None = None, freeze_gc: bool = False
+) -> Starlette:
+    """The Starlette app serving V2 REST and /metrics; `app.state.dataplane` holds the core.
+
+    `freeze_gc` (what `shipyard serve` uses; off for servers inside another process, such
+    as tests) moves every object alive once the models are loaded out of the garbage
+    collector's reach (`gc.freeze()`): the libraries and models make a heap of a few hundred
+    thousand objects, and without it every full collection walks all of them, a 20-30 ms
+    stall of the event loop that a busy server hits several times a second and that every
+    in-flight request pays (measured: p99 30 ms against p50 4.6 ms).
+    """
     plane = dataplane or build_dataplane(settings)
     security = build_security(settings, plane)
 
@@ -55,6 +66,9 @@ def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -
         security.start()
         try:
             await plane.manager.start()
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:
@@ -77,6 +91,7 @@ def build_app(settings: ServerSettings, *, dataplane: DataPlane | None = None) -
         middleware=[
             Middleware(RequestContextMiddleware, access_log=settings.access_log),
             *security.middleware(),
+            v2_http.fast_path(plane, settings=settings),
         ],
         exception_handlers={HTTPException: http_exception},
     )

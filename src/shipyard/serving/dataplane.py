@@ -65,6 +65,9 @@ class DataPlane:
         self.metrics = metrics
         self.listeners: list[Callable[[InferenceEvent], None]] = []
         """Called on the event loop after every `infer`, successful or not."""
+        self._limits_cache: dict[int, tuple[object, object, LimitsSettings]] = {}
+        """id(config) -> (config, server settings, merged limits): merging costs a pydantic
+        dump and copy, asked for three times per request otherwise."""
 
     # -- health ---------------------------------------------------------------------------
 
@@ -202,7 +205,15 @@ class DataPlane:
         return self.manager.settings.limits
 
     def _limits(self, served: ServedVersion) -> LimitsSettings:
-        return served.config.limits_for(self.manager.settings)
+        config, settings = served.config, self.manager.settings
+        cached = self._limits_cache.get(id(config))
+        if cached is not None and cached[0] is config and cached[1] is settings:
+            return cached[2]
+        limits = config.limits_for(settings)
+        if len(self._limits_cache) > 1024:
+            self._limits_cache.clear()
+        self._limits_cache[id(config)] = (config, settings, limits)
+        return limits
 
     # -- model repository -----------------------------------------------------------------
 

@@ -152,6 +152,9 @@ class Metrics:
             registry=self.registry,
         )
         self._stats: dict[tuple[str, str], VersionStats] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        """The labelled series one request outcome updates; `.labels(...)` looks them up
+        under a lock with label validation, a measurable cost per request."""
 
     def stats_for(self, model: str, version: str) -> VersionStats:
         key = (model, version)
@@ -172,9 +175,19 @@ class Metrics:
         compute_ns: int = 0,
     ) -> None:
         """One inference request that reached a model version, successful or not."""
-        self.requests.labels(model, version, protocol, outcome).inc()
-        self.request_seconds.labels(model, version, protocol).observe(total_ns / 1e9)
-        stats = self.stats_for(model, version)
+        key = (model, version, protocol, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(model, version, protocol, outcome),
+                self.request_seconds.labels(model, version, protocol),
+                self.queue_seconds.labels(model, version),
+                self.compute_seconds.labels(model, version),
+                self.stats_for(model, version),
+            )
+        requests, request_seconds, queue_seconds, compute_seconds, stats = children
+        requests.inc()
+        request_seconds.observe(total_ns / 1e9)
         if outcome != "success":
             stats.fail.add(total_ns)
             return
@@ -182,8 +195,8 @@ class Metrics:
         stats.queue.add(queue_ns)
         stats.compute_infer.add(compute_ns)
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        self.queue_seconds.labels(model, version).observe(queue_ns / 1e9)
-        self.compute_seconds.labels(model, version).observe(compute_ns / 1e9)
+        queue_seconds.observe(queue_ns / 1e9)
+        compute_seconds.observe(compute_ns / 1e9)
 
     def observe_batch(self, *, model: str, version: str, rows: int, compute_ns: int) -> None:
         """One executed batch (`rows` = sum of the requests' dim 0)."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -263,6 +263,10 @@ class ServerSecurity:
     dataplane: DataPlane
     guard: Guard | None
     audit: AuditWriter | None
+    _described: dict[str, tuple[str | None, str | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """path -> (action, model), memoised: asked for on every request (body limit, audit)."""
 
     def middleware(self) -> list[Middleware]:
         """Audit (outermost), auth, then the body limit; after the request-id middleware."""
@@ -305,11 +309,19 @@ class ServerSecurity:
         self.guard.check(metadata.get("authorization"), access, route=f"grpc {action}", client=None)
 
     def _describe(self, path: str) -> tuple[str | None, str | None]:
+        described = self._described.get(path)
+        if described is not None:
+            return described
         access = route_access(path, metrics_require_auth=self.settings.metrics_require_auth)
         if access is None:
-            return None, None
-        model = access.model if access.model not in (ANY_MODEL, ALL_MODELS) else None
-        return access.action, model
+            described = None, None
+        else:
+            model = access.model if access.model not in (ANY_MODEL, ALL_MODELS) else None
+            described = access.action, model
+        if len(self._described) >= 4096:  # paths come from clients: keep the memo bounded
+            self._described.clear()
+        self._described[path] = described
+        return described
 
     def _body_limit(self, path: str) -> int:
         return self.dataplane.limits_for(self._describe(path)[1]).max_body_bytes

@@ -30,7 +30,7 @@ def serve(repository: str | Path | None = None, *, settings: ServerSettings | No
     """Serve `repository` (or settings.repository) until interrupted; logs go to stderr."""
     settings = _with_repository(settings or load_settings(), repository)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    uvicorn.Server(_uvicorn_config(settings)).run()
+    uvicorn.Server(_uvicorn_config(settings, freeze_gc=True)).run()
 
 
 class RunningServer:
@@ -124,9 +124,9 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
     return settings.model_copy(update={"repository": Path(repository)})
 
 
-def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
+def _uvicorn_config(settings: ServerSettings, *, freeze_gc: bool = False) -> uvicorn.Config:
     check_exposure(settings)
-    app = build_app(settings)
+    app = build_app(settings, freeze_gc=freeze_gc)
     if settings.grpc_port is not None:
         from shipyard.serving.protocols import v2_grpc
 
