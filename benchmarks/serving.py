@@ -625,10 +625,10 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
     for model in dict.fromkeys(r.model for r in run.rows):
         lines += ["", f"## {model}", "", "### Summary", ""]
         threads = args.model_threads.get(model, args.intra_op_threads)
-        lines += [f"ONNX Runtime intra-op threads for {model}: {threads}, raw and every server."]
+        lines += [f"- ONNX Runtime intra-op threads for {model}: {threads}, raw and every server."]
         if raw_batch_sizes(args, model) != [1]:
-            lines += [f"Raw ONNX Runtime's best batch size: {raw_batches(run.rows, model)}."]
-            lines += [best_raw_line(run.rows, model)]
+            lines += [f"- Raw ONNX Runtime's best batch size: {raw_batches(run.rows, model)}."]
+            lines += ["- " + best_raw_line(run.rows, model)]
         lines += [""]
         lines += render_markdown(summary_table(run.rows, model, args.concurrency))
         for c in args.concurrency:
