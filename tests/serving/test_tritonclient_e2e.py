@@ -13,24 +13,11 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from shipyard.errors import ShipyardError
+from shipyard.package.tensorspec import NUMPY_TO_V2
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings
 
-IDENTITY_TYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
+IDENTITY_TYPES = list(NUMPY_TO_V2.values())  # every V2 datatype ONNX has
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 import shipyard
 from shipyard.codecs.errors import ProtocolError
 from shipyard.errors import ShipyardError
+from shipyard.package.tensorspec import NUMPY_TO_V2
 from shipyard.serving.app import build_app
 from shipyard.serving.errors import Overloaded
 from shipyard.serving.protocols import grpc_codec, v2_grpc
@@ -29,21 +30,7 @@ from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings
 
-DATATYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
+DATATYPES = list(NUMPY_TO_V2.values())  # every V2 datatype ONNX has
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
 
 

@@ -332,21 +332,9 @@ async def test_strings_model_takes_json_and_binary_bytes(
 
 
 def _identity_types() -> list[str]:
-    return [
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    ]
+    from shipyard.package.tensorspec import NUMPY_TO_V2
+
+    return list(NUMPY_TO_V2.values())
 
 
 def test_orjson_is_used_for_errors() -> None:
