@@ -184,3 +184,24 @@ def test_trained_model_on_bundled_data_round_trips(tmp_path: Path) -> None:
     np.testing.assert_allclose(probs, np.asarray(model.predict(x_test, verbose=0)), atol=ATOL)
     accuracy = float((probs.argmax(axis=1) == y_test).mean())
     assert accuracy > 0.9
+
+
+def test_dynamic_axes_beyond_the_batch(tmp_path: Path) -> None:
+    """A sequence model whose time axis is declared dynamic runs at other lengths."""
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input((None, 4), name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(6, activation="relu")(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(2, name="score")(pooled))
+    result = shipyard.pack(
+        model,
+        name="seq",
+        repo=tmp_path,
+        sample_input=_rand(3, 5, 4),
+        dynamic_axes={"tokens": {1: "time"}},
+    )
+    loaded = shipyard.load(result.path)
+    assert loaded.inputs[0].shape == (-1, -1, 4)
+    for batch, length in ((2, 3), (4, 9)):
+        x = _rand(batch, length, 4, seed=batch)
+        got = next(iter(loaded.infer(x).values()))
+        np.testing.assert_allclose(got, np.asarray(model.predict(x, verbose=0)), atol=ATOL)

@@ -62,7 +62,7 @@ def convert_any(
     if module == "keras" or ("keras" in sys.modules and _is_keras(obj)):
         from shipyard.importers import keras
 
-        return keras.convert(obj, sample=sample, opset=opset)
+        return keras.convert(obj, sample=sample, opset=opset, dynamic_axes=dynamic_axes)
     if module == "torch" or ("torch" in sys.modules and _is_torch(obj)):
         from shipyard.importers import pytorch
 
@@ -77,8 +77,6 @@ def convert_any(
 def _takes_dynamic_axes(obj: object) -> bool:
     if isinstance(obj, str | Path | onnx.ModelProto) or "torch" not in sys.modules:
         return False
-    if "keras" in sys.modules and _is_keras(obj):
-        return False  # the Keras importer has no dynamic_axes yet
     import torch
 
     return isinstance(obj, torch.nn.Module)

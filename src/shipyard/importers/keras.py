@@ -23,6 +23,7 @@ import torch
 from shipyard.errors import UnsafePickleError, UnsupportedModelError, UsageError
 from shipyard.importers.base import Converted
 from shipyard.importers.pytorch import (
+    DynamicAxes,
     TorchSample,
     eval_mode,
     export_module,
@@ -81,8 +82,17 @@ class KerasCall(torch.nn.Module):
         return self.model(list(xs) if self.multi else xs[0], training=False)
 
 
-def convert(model: Any, *, sample: TorchSample, opset: int | None) -> Converted:
-    """Convert a live Keras 3 model; `sample` may be omitted when input shapes are known."""
+def convert(
+    model: Any,
+    *,
+    sample: TorchSample,
+    opset: int | None,
+    dynamic_axes: DynamicAxes | None = None,
+) -> Converted:
+    """Convert a live Keras 3 model; `sample` may be omitted when input shapes are known.
+
+    `dynamic_axes` (input name -> {dim: symbol}) marks dims beyond the batch as dynamic.
+    """
     keras = import_keras()
     if not isinstance(model, keras.Model):
         raise UnsupportedModelError(f"cannot import a {type(model).__name__}; pass a keras.Model")
@@ -96,7 +106,9 @@ def convert(model: Any, *, sample: TorchSample, opset: int | None) -> Converted:
     call = KerasCall(model, keys=keys, multi=len(inputs) > 1)
     with eval_mode(call):
         expected = run_torch(call, inputs, output_names=getattr(model, "output_names", None))
-        exported = export_module(call, inputs, expected=expected, opset=opset)
+        exported = export_module(
+            call, inputs, expected=expected, opset=opset, dynamic_axes=dynamic_axes
+        )
     exported.metadata.update(keras_backend=BACKEND, model=type(model).__name__)
     return Converted(
         model=exported.model,

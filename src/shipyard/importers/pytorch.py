@@ -52,10 +52,6 @@ __all__ = [
 
 TorchSample = np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray] | None
 
-KERAS_DYNAMIC_AXES = (
-    "dynamic_axes is not supported for Keras models yet; leave it out (the batch dim is "
-    "dynamic) or pack the model's torch.nn.Module code instead"
-)
 _NEEDS_SAMPLE = (
     "PyTorch models need sample_input to trace: one array for a single input, or a dict "
     "name -> array in forward() order (e.g. sample_input=np.zeros((2, 3, 32, 32), np.float32))"
@@ -78,11 +74,9 @@ def convert(
     keras = sys.modules.get("keras")
     if keras is not None and isinstance(obj, getattr(keras, "Model", ())):
         # Keras 3 models on the torch backend are nn.Modules too; they need Keras' own handling.
-        if dynamic_axes is not None:
-            raise UsageError(KERAS_DYNAMIC_AXES)
         from shipyard.importers import keras as keras_importer
 
-        return keras_importer.convert(obj, sample=sample, opset=opset)
+        return keras_importer.convert(obj, sample=sample, opset=opset, dynamic_axes=dynamic_axes)
     if isinstance(obj, torch.export.ExportedProgram):
         if dynamic_axes is not None:
             raise UsageError(
