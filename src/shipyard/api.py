@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shipyard.errors import UsageError
 from shipyard.importers import convert_any
-from shipyard.importers.base import Converted, Tolerance, compare_outputs
+from shipyard.importers.base import ConversionCheck, Converted, Tolerance, compare_outputs
 from shipyard.importers.samples import SampleLike, read_sample
 from shipyard.model import Model, load_model
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
@@ -89,7 +87,7 @@ def pack(
     return PackResult(path=path, manifest=sealed)
 
 
-def check_converted(converted: Converted, *, tolerance: Tolerance) -> Any:
+def check_converted(converted: Converted, *, tolerance: Tolerance) -> ConversionCheck:
     """Run the converted graph on the sample and compare with the original's outputs."""
     if not converted.sample:
         raise UsageError("importer produced no sample inputs to check the conversion with")
@@ -123,9 +121,3 @@ def load(
     `kek` opens an encrypted package (default: $SHIPYARD_KEK).
     """
     return load_model(path, version=version, options=options, public_key=public_key, kek=kek)
-
-
-def as_inputs(model: Model, data: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if isinstance(data, np.ndarray):
-        return {model.inputs[0].name: data}
-    return dict(data)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from shipyard.errors import IntegrityError, PackageError
+from shipyard.package.hashing import sha256_bytes
 from shipyard.package.manifest import MODEL_FILE, Manifest
 from shipyard.package.signature import graph_signature
 from shipyard.package.store import read_verified, resolve_version_dir
@@ -89,8 +90,6 @@ def load_model(
     else:
         model_path = version_dir / MODEL_FILE
         data = model_path.read_bytes()
-        from shipyard.package.hashing import sha256_bytes
-
         # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
         digest = sha256_bytes(data)
         if digest != manifest.files[MODEL_FILE].sha256:

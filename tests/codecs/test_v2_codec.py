@@ -19,7 +19,7 @@ from shipyard.codecs import (
     encode_response,
 )
 from shipyard.codecs.errors import ProtocolError
-from shipyard.codecs.tensors import DATATYPES, datatype_of, to_model_strings
+from shipyard.codecs.tensors import DATATYPES, datatype_of
 from shipyard.package.tensorspec import TensorSpec
 
 NUMERIC = {
@@ -318,11 +318,14 @@ def test_ints_and_floats_are_accepted_for_float_types_only_when_exact() -> None:
 
 
 def test_bytes_become_model_strings_only_when_utf8() -> None:
+    from shipyard.errors import InputError
+    from shipyard.runtime.base import check_inputs
+
     specs = [TensorSpec(name="x", dtype="str", shape=(-1,))]
     inputs = {"x": np.array([b"caf\xc3\xa9", "plain"], dtype=object)}
-    assert to_model_strings(specs, inputs)["x"].tolist() == ["café", "plain"]
-    with pytest.raises(ProtocolError, match="UTF-8"):
-        to_model_strings(specs, {"x": np.array([b"\xff"], dtype=object)})
+    assert check_inputs(specs, inputs)["x"].tolist() == ["café", "plain"]
+    with pytest.raises(InputError, match="UTF-8"):
+        check_inputs(specs, {"x": np.array([b"\xff"], dtype=object)})
 
 
 def test_non_utf8_bytes_output_needs_binary() -> None:

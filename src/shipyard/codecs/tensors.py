@@ -9,14 +9,13 @@ a numpy object array of `str` (JSON) or `bytes` (binary).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.limits import MAX_RANK, DecodeLimits, check_bytes_element
-from shipyard.package.tensorspec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from shipyard.package.tensorspec import NUMPY_TO_V2, V2_TO_NUMPY
 
 DATATYPES: frozenset[str] = frozenset(V2_TO_NUMPY)
 """V2 datatypes Shipyard serves: every one ONNX has (BF16 is not an ONNX Runtime input here)."""
@@ -135,28 +134,6 @@ def array_to_json(array: np.ndarray) -> np.ndarray | list[Any]:
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.ascontiguousarray(array).reshape(-1)
-
-
-def to_model_strings(
-    specs: Sequence[TensorSpec], inputs: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Decode bytes elements of inputs the model takes as strings (ONNX strings are UTF-8)."""
-    for spec in specs:
-        array = inputs.get(spec.name)
-        if spec.dtype != "str" or array is None or array.dtype != object or array.size == 0:
-            continue
-        if any(isinstance(x, bytes) for x in array.flat):
-            try:
-                decoded = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.flat]
-            except UnicodeDecodeError as exc:
-                raise ProtocolError(
-                    f"input {spec.name!r}: a BYTES element is not valid UTF-8 ({exc}); the model "
-                    "takes text"
-                ) from None
-            converted = np.empty(array.size, dtype=object)
-            converted[:] = decoded
-            inputs[spec.name] = converted.reshape(array.shape)
-    return inputs
 
 
 def _flatten_strings(data: Any, out: list[Any], *, what: str, depth: int = 0) -> None:

@@ -40,7 +40,6 @@ from shipyard.codecs.tensors import (
     check_datatype,
     check_shape,
     datatype_of,
-    to_model_strings,
 )
 from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
 
@@ -223,8 +222,7 @@ def encode_error(message: str) -> bytes:
 
 def predict(model: Model, request: InferenceRequest) -> InferenceResponse:
     """Run a decoded request on a loaded model in this process (no server, no batching)."""
-    inputs = to_model_strings(model.inputs, dict(request.inputs))
-    outputs = model.infer(inputs, request.output_names or None)
+    outputs = model.infer(dict(request.inputs), request.output_names or None)
     return InferenceResponse(
         model_name=model.name, model_version=str(model.version), outputs=outputs, id=request.id
     )

@@ -52,11 +52,10 @@ def convert(
         feed = {inputs[0].name: sample}
     else:
         feed = dict(sample)
-    from shipyard.runtime.base import check_inputs
     from shipyard.runtime.onnxrt import OnnxRuntime
 
     runtime = OnnxRuntime(proto.SerializeToString(), inputs=inputs, outputs=_outputs, source=source)
-    runtime.infer(check_inputs(inputs, feed))
+    runtime.infer(feed)
     runtime.close()
     producer = proto.producer_name or "unknown"
     return Converted(
