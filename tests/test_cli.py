@@ -34,11 +34,14 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("pack", "scan", "inspect", "predict", "serve", "compress", "sign"):
+    for command in ("pack", "scan", "inspect", "predict", "serve", "compress", "sign", "import"):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0
-        assert "example" in capsys.readouterr().out
+        shown = capsys.readouterr().out
+        assert "example" in shown
+        if command == "import":
+            assert "re-sign the copy with `shipyard sign`" in shown
 
 
 def test_joblib_refused_then_trusted(
@@ -149,3 +152,123 @@ def test_makefile_demo_command_parses() -> None:
     args = lines[0].split("bin/shipyard", 1)[1].split()
     parsed = build_parser().parse_args(args)
     assert parsed.command == "demo"
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_serve_refuses_a_missing_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shipyard.serving.settings import check_repository, load_settings
+
+    missing = tmp_path / "models"
+    assert main(["serve", str(missing), "--port", "0"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{missing}/: no such model repository (create it or pass the folder" in err
+    missing.mkdir()  # an empty repository is fine: models can be copied in later
+    assert check_repository(load_settings(repository=missing)) == missing
+    (tmp_path / "file").write_text("")
+    assert main(["serve", str(tmp_path / "file"), "--port", "0"]) == 2
+    assert "not a folder" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["my model!", "../x", ".hidden", "x" * 129])
+def test_invalid_pack_name_is_refused_before_converting(
+    tmp_path: Path, fitted: LogisticRegression, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import skops.io as sio
+
+    model_file = tmp_path / "clf.skops"
+    sio.dump(fitted, model_file)
+    repo = tmp_path / "models"
+    assert main(["pack", str(model_file), "--name", name, "--repo", str(repo)]) == 2
+    err = _one_line_error(capsys)
+    assert f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (up to 128" in err
+    assert not repo.exists()
+
+
+def test_tuple_sample_and_object_npz_are_one_line_usage_errors(
+    tmp_path: Path,
+    fitted: LogisticRegression,
+    iris: tuple[np.ndarray, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shipyard
+    from shipyard.errors import UsageError
+
+    x = iris[0][:4]
+    with pytest.raises(UsageError, match="dict keyed by input name") as exc:
+        shipyard.pack(fitted, name="iris", repo=tmp_path, sample_input=(x, x))  # type: ignore[arg-type]
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UsageError, match="a list of 2 items"):
+        shipyard.pack(fitted, name="iris", repo=tmp_path, sample_input=[x, x])  # type: ignore[arg-type]
+
+    npz = tmp_path / "objects.npz"
+    np.savez(npz, X=np.array([["a", 1.0]], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        np.load(npz, allow_pickle=False)["X"]  # what numpy says; ours must say what to do
+    model_file = tmp_path / "clf.joblib"
+    joblib.dump(fitted, model_file)
+    args = ["pack", str(model_file), "--name", "iris", "--repo", str(tmp_path / "m")]
+    assert main([*args, "--trust-pickle", "--sample-input", str(npz)]) == 1
+    err = _one_line_error(capsys)
+    assert "holds Python objects (dtype=object)" in err
+    assert "save plain numeric or string arrays (np.str_)" in err
+    npy = tmp_path / "objects.npy"
+    np.save(npy, np.array(["a", None], dtype=object))
+    assert main([*args, "--trust-pickle", "--sample-input", str(npy)]) == 1
+    assert "holds Python objects (dtype=object)" in _one_line_error(capsys)
+
+
+def test_onnx_file_source_and_uncompared_check_are_shown_as_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    from tests.conftest import make_affine_onnx
+
+    model = make_affine_onnx()
+    model.producer_name, model.producer_version = "pytorch", "2.9.0"
+    path = tmp_path / "affine.onnx"
+    onnx.save(model, str(path))
+    repo = tmp_path / "models"
+    assert main(["pack", str(path), "--name", "affine", "--repo", str(repo), "--json"]) == 0
+    source = json.loads(capsys.readouterr().out)["manifest"]["source"]
+    assert source["framework"] == "pytorch" and source["framework_version"] == "2.9.0"
+    assert source["converter"] == "onnx-file"
+    assert source["converter_version"] == onnx.__version__
+    assert main(["inspect", str(repo / "affine")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "source: pytorch 2.9.0 via onnx-file" in shown
+    assert "not compared (no original to compare with; trial run on" in shown
+    assert "max abs diff" not in shown
+
+
+def test_validation_and_os_errors_are_one_line_unless_debugging(
+    tmp_path: Path, fitted: LogisticRegression, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pydantic import ValidationError
+
+    import shipyard
+
+    model_file = tmp_path / "clf.joblib"
+    joblib.dump(fitted, model_file)
+    args = ["pack", str(model_file), "--name", "iris", "--trust-pickle"]
+    assert main([*args, "--repo", str(tmp_path / "m"), "--atol", "-1"]) == 2
+    assert "atol" in _one_line_error(capsys)
+    with pytest.raises(ValidationError):
+        main(["--debug", *args, "--repo", str(tmp_path / "m"), "--atol", "-1"])
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    assert main([*args, "--repo", str(blocker / "models")]) == 1
+    err = _one_line_error(capsys)
+    assert str(blocker) in err and "permissions" in err
+
+    packed = shipyard.pack(fitted, name="iris", repo=tmp_path / "src").path
+    assert main(["import", str(packed), "--repo", str(blocker)]) == 1
+    _one_line_error(capsys)

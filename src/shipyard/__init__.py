@@ -6,7 +6,7 @@ import os as _os
 # import unless told not to; a deployment tool must not phone home or write there by default.
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from shipyard.api import PackResult, load, pack
+from shipyard.api import ImportResult, PackResult, import_version, load, pack
 from shipyard.errors import ShipyardError
 from shipyard.importers.base import Tolerance
 from shipyard.model import Model
@@ -15,12 +15,14 @@ from shipyard.runtime.base import RuntimeOptions
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImportResult",
     "Model",
     "PackResult",
     "RuntimeOptions",
     "ShipyardError",
     "Tolerance",
     "__version__",
+    "import_version",
     "load",
     "pack",
 ]

@@ -14,7 +14,10 @@ from shipyard.importers.samples import SampleLike, read_sample
 from shipyard.model import Model, load_model
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
 from shipyard.package.signature import default_opset, graph_signature
-from shipyard.package.store import next_version, write_version
+from shipyard.package.store import check_name, next_version, write_version
+from shipyard.package.transfer import ImportResult as ImportResult  # re-exported
+from shipyard.package.transfer import import_version as import_version  # re-exported
+from shipyard.package.warmup import WARMUP_FILE, encode_sample
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
 
@@ -39,6 +42,7 @@ def pack(
     metadata: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes | Path] | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    keep_sample: bool = True,
 ) -> PackResult:
     """Convert `model` (object or file) to ONNX, check it against the original, write a version.
 
@@ -46,7 +50,11 @@ def pack(
     sample inputs within `tolerance`. `dynamic_axes` (live torch modules only) makes dims
     beyond the batch dynamic: input name -> {dim: symbol}, e.g. `{"input_ids": {1:
     "sequence"}, "attention_mask": {1: "sequence"}}`; dims sharing a symbol share one size.
+    With `keep_sample` (default) the first rows of the sample the conversion was checked
+    with are stored in the version (`samples/warmup.npz`, size-capped): the server warms up
+    with them and `shipyard inspect --example` builds a request from them.
     """
+    check_name(name)  # before converting anything: a bad name would fail only at the end
     tolerance = tolerance or Tolerance()
     converted = convert_any(
         model,
@@ -62,6 +70,11 @@ def pack(
     files: dict[str, bytes | Path] = {MODEL_FILE: data}
     files.update(converted.extra_files)
     files.update(extra_files or {})
+    warmup = None
+    if keep_sample:
+        stored = encode_sample(converted.sample, inputs, synthesized=converted.sample_synthesized)
+        if stored is not None:
+            files[WARMUP_FILE], warmup = stored
     step_config: dict[str, Any] = {
         "source": str(model) if isinstance(model, str | Path) else type(model).__name__
     }
@@ -82,6 +95,8 @@ def pack(
         lineage=Lineage(parent=None, steps=[Step(op="pack", config=step_config, at=now())]),
         conversion_check=check,
         metadata={**converted.metadata, **(metadata or {})},
+        warmup=warmup,
+        external_data=converted.external_data,
     )
     path, sealed = write_version(Path(repo), manifest, files, version_given=version is not None)
     return PackResult(path=path, manifest=sealed)
@@ -92,8 +107,11 @@ def check_converted(converted: Converted, *, tolerance: Tolerance) -> Conversion
     if not converted.sample:
         raise UsageError("importer produced no sample inputs to check the conversion with")
     inputs, outputs = graph_signature(converted.model)
+    samples = max((a.shape[0] for a in converted.sample.values() if a.ndim), default=1)
+    if not converted.expected:  # nothing to compare with: the importer's trial run was the check
+        return compare_outputs({}, {}, samples=samples, tolerance=tolerance)
     runtime = OnnxRuntime(
-        converted.model.SerializeToString(),
+        converted.model_path or converted.model.SerializeToString(),
         inputs=inputs,
         outputs=outputs,
         options=RuntimeOptions(graph_optimization="basic"),
@@ -103,7 +121,6 @@ def check_converted(converted: Converted, *, tolerance: Tolerance) -> Conversion
         actual = runtime.infer(converted.sample)
     finally:
         runtime.close()
-    samples = int(next(iter(converted.sample.values())).shape[0]) if converted.sample else 0
     return compare_outputs(converted.expected, actual, samples=samples, tolerance=tolerance)
 
 

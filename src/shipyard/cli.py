@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ EXAMPLES = {
     "scan": "shipyard scan clf.joblib",
     "inspect": "shipyard inspect models/iris",
     "predict": "shipyard predict models/iris --input request.json",
+    "import": "shipyard import other-repo/iris/1 --repo models/ --name iris-eu --version 3",
     "serve": "shipyard serve models/ --host 127.0.0.1 --port 8000",
     "demo": "shipyard demo --repo models/ --serve",
 }
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of errors (also: SHIPYARD_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _add(sub, "pack", "convert a model to ONNX, check it against the original, write a version")
@@ -90,6 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--version", type=int, dest="model_version")
 
+    m = _add(
+        sub,
+        "import",
+        "copy a package version into a repository under a new number and/or name",
+    )
+    m.description = (
+        "copy a package version into a repository under a new number and/or name\n\n"
+        "Every file is verified, the manifest is re-sealed with the new name and version, and\n"
+        "the import is recorded in its lineage. A signature (model.sig) covers the old\n"
+        "manifest and is not copied: re-sign the copy with `shipyard sign`. An encrypted\n"
+        "package cannot change name or version (its key is bound to them): import the\n"
+        "plaintext package and encrypt the copy."
+    )
+    m.add_argument(
+        "package", type=Path, metavar="PACKAGE_DIR", help="version folder (model folder: latest)"
+    )
+    m.add_argument("--repo", required=True, type=Path, help="repository folder to copy into")
+    m.add_argument("--name", help="model name in --repo (default: the package's own name)")
+    m.add_argument(
+        "--version",
+        type=int,
+        dest="model_version",
+        metavar="N",
+        help="version (default: next free)",
+    )
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+
     from shipyard.cli_serve import add_serve_commands
     from shipyard.security import cli as security_cli
 
@@ -111,13 +145,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler: Callable[[argparse.Namespace], int] = _handlers()[args.command]
+    debug = args.debug or os.environ.get("SHIPYARD_DEBUG", "") not in ("", "0")
     try:
         return handler(args)
-    except ShipyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code = exit_code(exc)
+        if debug or code is None:
+            raise  # a bug, or asked for: the traceback says where
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return code
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """1 = the operation failed, 2 = usage error; None for an unexpected exception (a bug).
+
+    A ShipyardError may set `exit_code = 2` (wrong arguments); pydantic validation errors
+    mean a value given was not acceptable; OSErrors (permissions, disk full) are failures.
+    """
+    from pydantic import ValidationError
+
+    if isinstance(exc, ShipyardError):
+        code = getattr(exc, "exit_code", 1)
+        return code if isinstance(code, int) else 1
+    if isinstance(exc, ValidationError):
+        return 2
+    if isinstance(exc, OSError):
+        return 1
+    return None
+
+
+def error_line(exc: BaseException) -> str:
+    """One line that says what went wrong and, where it can, what to do."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        text = f"invalid {exc.title} ({details}); fix the value given (--debug: traceback)"
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        text = (
+            f"{where}{reason}; check the path, its permissions and free disk space "
+            "(--debug: traceback)"
+        )
+    else:
+        text = str(exc)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -133,6 +210,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "scan": c.cmd_scan,
         "inspect": c.cmd_inspect,
         "predict": c.cmd_predict,
+        "import": c.cmd_import,
         **serve_handlers(),
     }
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from shipyard.cli import dump_json
+
+if TYPE_CHECKING:
+    from shipyard.importers.base import ConversionCheck
 
 out = Console()
 err = Console(stderr=True)
@@ -47,11 +50,40 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return 0
     m = result.manifest
     check = m.conversion_check
-    diff = f"max abs diff {check.max_abs_diff:.3g}" if check and check.compared_outputs else "ran"
+    if check is None:
+        diff = "not checked"
+    elif check.compared_outputs:
+        diff = f"max abs diff {check.max_abs_diff:.3g}"
+    else:
+        diff = "not compared: no original, trial run passed"
     out.print(
         f"[green]packed[/] {m.name} version {m.version} → {result.path}  "
         f"({m.source.framework} {m.source.framework_version}, opset {m.opset}, {diff})"
     )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from shipyard.api import import_version
+
+    result = import_version(
+        args.package, repo=args.repo, name=args.name, version=args.model_version
+    )
+    m = result.manifest
+    if args.json:
+        dump_json(
+            {
+                "path": str(result.path),
+                "source": str(result.source),
+                "resign_needed": result.signature_dropped,
+                "next_steps": list(result.next_steps),
+                "manifest": m.model_dump(mode="json"),
+            }
+        )
+        return 0
+    out.print(f"[green]imported[/] {result.source} → {m.name} version {m.version} at {result.path}")
+    for step in result.next_steps:
+        err.print(f"[yellow]note:[/] {step}")
     return 0
 
 
@@ -120,15 +152,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     lineage = ", ".join(step.op for step in m.lineage.steps) or "none"
     out.print(f"lineage: parent {m.lineage.parent or '—'}; steps: {lineage}")
     if m.conversion_check:
-        c = m.conversion_check
-        out.print(
-            f"conversion check: {c.samples} samples, outputs {c.compared_outputs}, "
-            f"max abs diff {c.max_abs_diff:.3g}, label mismatch {c.mismatch:.1%} "
-            f"(atol {c.tolerance.atol:g}, rtol {c.tolerance.rtol:g})"
-        )
+        out.print(f"conversion check: {describe_check(m.conversion_check)}")
     if m.metadata:
         out.print("metadata: " + json.dumps(m.metadata, default=str)[:400])
     return 0
+
+
+def describe_check(c: ConversionCheck) -> str:
+    """The conversion check in words; a package nothing was compared for says so."""
+    if not c.compared_outputs:
+        return (
+            "not compared (no original to compare with; trial run on "
+            f"{c.samples} sample rows passed)"
+        )
+    return (
+        f"{c.samples} samples, outputs {c.compared_outputs}, "
+        f"max abs diff {c.max_abs_diff:.3g}, label mismatch {c.mismatch:.1%} "
+        f"(atol {c.tolerance.atol:g}, rtol {c.tolerance.rtol:g})"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -129,8 +129,10 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve
+    from shipyard.serving.settings import check_repository
 
     settings = _settings(args, args.repository)
+    check_repository(settings)
     check_exposure(settings)  # before announcing an address it will not serve
     grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
     err.print(

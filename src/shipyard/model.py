@@ -16,15 +16,25 @@ from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
+from shipyard.runtime.synthesis import InputHints, graph_hints
 
 
 class Model:
     """One version of a packaged model, verified on load and ready for inference."""
 
-    def __init__(self, path: Path, manifest: Manifest, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        runtime: Runtime,
+        *,
+        graph_hints: Mapping[str, InputHints] | None = None,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.runtime = runtime
+        self.graph_hints: dict[str, InputHints] = dict(graph_hints or {})
+        """What the graph says about valid input values (for synthesized warm-up inputs)."""
 
     @property
     def name(self) -> str:
@@ -84,11 +94,28 @@ def load_model(
 
         signed = verify_version(version_dir, public_key).digests
     manifest = read_verified(version_dir)
+    model_path = version_dir / MODEL_FILE
+    if manifest.external_data and manifest.encryption is None:
+        # Weights past 2 GB stay in their files: ONNX Runtime reads them from the paths whose
+        # hashes were verified just now; only the graph is read here.
+        try:
+            proto = onnx.load(str(model_path), load_external_data=False)
+        except Exception as exc:
+            raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
+        _check_graph(model_path, manifest, proto)
+        runtime = OnnxRuntime(
+            model_path,
+            inputs=manifest.inputs,
+            outputs=manifest.outputs,
+            options=options,
+            source=str(model_path),
+        )
+        return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto))
+    external: dict[str, bytes] = {}
     if manifest.encryption is not None:
         model_path = version_dir / manifest.encryption.file
-        data = _decrypt(version_dir, manifest, kek)
+        data, external = _decrypt(version_dir, manifest, kek)
     else:
-        model_path = version_dir / MODEL_FILE
         data = model_path.read_bytes()
         # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
         digest = sha256_bytes(data)
@@ -102,21 +129,23 @@ def load_model(
         proto = onnx.load_from_string(data)
     except Exception as exc:
         raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
-    inputs, outputs = graph_signature(proto)
-    _check_signature(model_path, "input", manifest.inputs, inputs)
-    _check_signature(model_path, "output", manifest.outputs, outputs)
+    _check_graph(model_path, manifest, proto)
     runtime = OnnxRuntime(
         data,
         inputs=manifest.inputs,
         outputs=manifest.outputs,
         options=options,
         source=str(model_path),
+        external_data=external,
     )
-    return Model(version_dir, manifest, runtime)
+    return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto))
 
 
-def _decrypt(version_dir: Path, manifest: Manifest, kek: bytes | None) -> bytes:
-    from shipyard.security.encryption import decrypt_model_bytes
+def _decrypt(
+    version_dir: Path, manifest: Manifest, kek: bytes | None
+) -> tuple[bytes, dict[str, bytes]]:
+    """The model and its external data files, decrypted in memory."""
+    from shipyard.security.encryption import decrypt_external_data, decrypt_model_bytes
     from shipyard.security.errors import KeyRequiredError
     from shipyard.security.keys import kek_from_env
 
@@ -126,7 +155,14 @@ def _decrypt(version_dir: Path, manifest: Manifest, kek: bytes | None) -> bytes:
             f"{manifest.name} version {manifest.version} ({version_dir}): model is encrypted; "
             "pass --key-file or set SHIPYARD_KEK"
         )
-    return decrypt_model_bytes(version_dir, manifest, kek)
+    model = decrypt_model_bytes(version_dir, manifest, kek)
+    return model, decrypt_external_data(version_dir, manifest, kek)
+
+
+def _check_graph(path: Path, manifest: Manifest, proto: onnx.ModelProto) -> None:
+    inputs, outputs = graph_signature(proto)
+    _check_signature(path, "input", manifest.inputs, inputs)
+    _check_signature(path, "output", manifest.outputs, outputs)
 
 
 def _check_signature(

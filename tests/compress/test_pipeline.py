@@ -139,7 +139,7 @@ def test_pipeline_prune_then_quantize_records_both_steps(mlp_repo: Path) -> None
     assert result.accepted
     steps = read_verified(result.path).lineage.steps
     assert [s.op for s in steps] == ["pack", "prune", "quantize"]
-    assert result.report.data == "synthetic"
+    assert result.report.data == "stored sample"  # the inputs it was packed with
 
 
 def test_static_on_cnn_and_quantize_auto_choice(cnn_repo: Path) -> None:

@@ -205,3 +205,52 @@ def test_dynamic_axes_beyond_the_batch(tmp_path: Path) -> None:
         x = _rand(batch, length, 4, seed=batch)
         got = next(iter(loaded.infer(x).values()))
         np.testing.assert_allclose(got, np.asarray(model.predict(x, verbose=0)), atol=ATOL)
+
+
+def test_input_and_output_names_that_equal_exporter_node_names(tmp_path: Path) -> None:
+    """Inputs named `cat`/`concat` and outputs `dense`/`add` clash with the exporter's own
+    value names (its Concat output is `cat`); the package still keeps the user's names."""
+    keras.utils.set_random_seed(4)
+    cat = keras.Input((4,), name="cat")
+    concat = keras.Input((2,), name="concat")
+    hidden = keras.layers.Dense(5, activation="relu", name="hidden")(
+        keras.layers.Concatenate(name="join")([cat, concat])
+    )
+    dense = keras.layers.Dense(3, name="dense")(hidden)
+    add = keras.layers.Dense(1, name="add")(hidden)
+    model = keras.Model([cat, concat], [dense, add])
+    result = shipyard.pack(model, name="clash", repo=tmp_path)
+    loaded = shipyard.load(result.path)
+    assert [s.name for s in loaded.inputs] == ["cat", "concat"]
+    assert [s.name for s in loaded.outputs] == ["dense", "add"]
+    a, b = _rand(6, 4, seed=5), _rand(6, 2, seed=6)
+    got = loaded.infer({"cat": a, "concat": b})
+    want = _predict(model, [a, b])
+    np.testing.assert_allclose(got["dense"], want[0], atol=ATOL)
+    np.testing.assert_allclose(got["add"], want[1], atol=ATOL)
+    loaded.close()
+
+
+def test_restore_names_renames_clashing_internal_values() -> None:
+    """The renaming helper on a hand-built graph: an internal `x` moves aside for input `x`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from shipyard.importers.pytorch_export import restore_names
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["p_in"], ["x"]),
+            helper.make_node("Neg", ["x"], ["p_out"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("p_in", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("p_out", TensorProto.FLOAT, ["batch", 2])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    restore_names(proto, {"p_in": "x", "p_out": "y"})
+    onnx.checker.check_model(proto, full_check=True)
+    assert [v.name for v in proto.graph.input] == ["x"]
+    assert [v.name for v in proto.graph.output] == ["y"]
+    assert [list(n.input) for n in proto.graph.node] == [["x"], ["x_1"]]
+    assert [list(n.output) for n in proto.graph.node] == [["x_1"], ["y"]]

@@ -55,7 +55,7 @@ def test_signature_verifies_here_and_with_model_signing_cli(
     assert sig == version_dir / "model.sig"
     assert stat.S_IMODE(sig.stat().st_mode) == 0o644  # as readable as the package it signs
     result = verify_version(version_dir, keys.public_key)
-    assert result.files == ("manifest.json", "model.onnx")
+    assert result.files == ("manifest.json", "model.onnx", "samples/warmup.npz")
     read_verified(version_dir)  # model.sig is an allowed unlisted file
     cli = _cli_verify(version_dir, keys.public_key)
     assert cli.returncode == 0, cli.stderr
@@ -74,7 +74,8 @@ def test_signature_made_by_model_signing_cli_verifies_here(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
-    assert verify_version(version_dir, keys.public_key).files == ("manifest.json", "model.onnx")
+    files = verify_version(version_dir, keys.public_key).files
+    assert files == ("manifest.json", "model.onnx", "samples/warmup.npz")
 
 
 def test_load_requires_valid_signature_and_names_the_changed_file(

@@ -42,8 +42,10 @@ from shipyard.compress.versions import (
     verified_copy,
     write_child,
 )
+from shipyard.errors import UsageError
 from shipyard.package.manifest import Manifest
 from shipyard.package.store import read_verified, resolve_version_dir
+from shipyard.package.warmup import read_sample
 
 __all__ = [
     "AUTO_DEFAULT_DROP",
@@ -95,9 +97,17 @@ def compress(
     settings = measure or MeasureConfig()
     source_dir = resolve_version_dir(Path(model_dir), version)
     parent = read_verified(source_dir)
+    if parent.external_data:
+        raise UsageError(
+            f"{source_dir}: this model keeps its weights in external data files "
+            f"({', '.join(parent.external_data)}), which compress does not handle yet; quantize "
+            "it with onnxruntime.quantization (use_external_data_format=True) and pack the result"
+        )
     evalset = _dataset(eval_data, parent, "eval")
     calib = _dataset(calibration, parent, "calibration")
-    sample = evalset or calib or synthetic_dataset(parent.inputs)
+    sample = (
+        evalset or calib or _stored_sample(source_dir, parent) or synthetic_dataset(parent.inputs)
+    )
     budget = resolve_budget(
         max_drop,
         labelled=evalset is not None and evalset.labels is not None,
@@ -244,6 +254,16 @@ def _outcome(trial: _Trial) -> CandidateOutcome:
 
 def _dataset(data: DataLike | None, manifest: Manifest, what: str) -> Dataset | None:
     return None if data is None else load_dataset(data, manifest.inputs, what=what)
+
+
+def _stored_sample(version_dir: Path, manifest: Manifest) -> Dataset | None:
+    """The version's warm-up sample (real or known to run) when no data was given."""
+    if manifest.warmup is None:
+        return None
+    inputs = read_sample(version_dir, manifest.warmup)
+    if any(a.ndim == 0 for a in inputs.values()):
+        return None  # datasets are rows along dim 0; a scalar input has none
+    return Dataset(inputs, source="stored sample")
 
 
 def _emit(progress: Progress | None, stage: Stage, name: str, index: int, total: int) -> None:

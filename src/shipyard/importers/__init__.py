@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pandas as pd
 
 from shipyard.errors import UnsupportedModelError, UsageError
 from shipyard.importers.base import Converted
+from shipyard.importers.samples import Sample
 
 PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
 TORCH_SUFFIXES = frozenset({".pt2", ".pt", ".pth"})
@@ -25,7 +27,7 @@ KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
 def convert_any(
     obj: Any,
     *,
-    sample: dict[str, np.ndarray] | np.ndarray | None = None,
+    sample: Sample = None,
     opset: int | None = None,
     trust_pickle: bool = False,
     allow_globals: Iterable[str] = (),
@@ -52,11 +54,17 @@ def convert_any(
     if isinstance(obj, onnx.ModelProto):
         from shipyard.importers import onnx_file
 
-        return onnx_file.convert(obj, sample=sample)
+        return onnx_file.convert(obj, sample=_arrays_only(sample, obj))
+    from shipyard.importers import boosters
     from shipyard.importers import sklearn as sk
 
+    if boosters.is_native_booster(obj):
+        return boosters.convert_native(obj, sample=sample, opset=opset)
+    if boosters.is_catboost(obj):
+        return boosters.convert_catboost(obj, sample=sample)
     if sk.is_sklearn(obj):
         return sk.convert(obj, sample=sample, opset=opset)
+    sample = _arrays_only(sample, obj)
     # Keras 3 models on the torch backend are nn.Modules too: ask Keras first.
     module = type(obj).__module__.split(".")[0]
     if module == "keras" or ("keras" in sys.modules and _is_keras(obj)):
@@ -69,9 +77,18 @@ def convert_any(
         return pytorch.convert(obj, sample=sample, opset=opset, dynamic_axes=dynamic_axes)
     raise UnsupportedModelError(
         f"cannot import a {type(obj).__module__}.{type(obj).__qualname__}; Shipyard imports "
-        "torch.nn.Module / ExportedProgram, fitted scikit-learn estimators, Keras models, "
-        "onnx.ModelProto, or files (.onnx .pt2 .keras .h5 .skops, and .joblib/.pkl with --trust-pickle)"
+        "torch.nn.Module / ExportedProgram, fitted scikit-learn estimators, XGBoost / "
+        "LightGBM / CatBoost models, Keras models, onnx.ModelProto, or files (.onnx .pt2 .keras .h5 .skops, and .joblib/.pkl with --trust-pickle)"
     )
+
+
+def _arrays_only(sample: Sample, obj: object) -> dict[str, np.ndarray] | np.ndarray | None:
+    if isinstance(sample, pd.DataFrame):
+        raise UsageError(
+            f"a DataFrame sample is for scikit-learn and boosted-tree models, not a {_kind(obj)}; "
+            "pass arrays ({input name: array})"
+        )
+    return sample
 
 
 def _takes_dynamic_axes(obj: object) -> bool:
@@ -103,7 +120,7 @@ def _is_keras(obj: object) -> bool:
 def _convert_file(
     path: Path,
     *,
-    sample: dict[str, np.ndarray] | np.ndarray | None,
+    sample: Sample,
     opset: int | None,
     trust_pickle: bool,
     allow_globals: tuple[str, ...],
@@ -114,7 +131,7 @@ def _convert_file(
     if suffix == ".onnx":
         from shipyard.importers import onnx_file
 
-        return onnx_file.convert(path, sample=sample)
+        return onnx_file.convert(path, sample=_arrays_only(sample, path))
     if suffix == ".skops":
         from shipyard.importers import sklearn as sk
 
@@ -126,6 +143,10 @@ def _convert_file(
         from shipyard.package.safe_pickle import load_pickle_file
 
         obj = load_pickle_file(path, trust_pickle=trust_pickle, extra_allowed=allow_globals)
+        from shipyard.importers import boosters
+
+        if boosters.is_native_booster(obj):
+            return boosters.convert_native(obj, sample=sample, opset=opset)
         if not sk.is_sklearn(obj):
             raise UnsupportedModelError(
                 f"{path}: holds a {type(obj).__name__}, not a scikit-learn estimator"
@@ -135,12 +156,16 @@ def _convert_file(
         from shipyard.importers import pytorch
 
         return pytorch.convert_file(
-            path, sample=sample, opset=opset, trust_pickle=trust_pickle, extra_allowed=allow_globals
+            path,
+            sample=_arrays_only(sample, path),
+            opset=opset,
+            trust_pickle=trust_pickle,
+            extra_allowed=allow_globals,
         )
     if suffix in KERAS_SUFFIXES:
         from shipyard.importers import keras
 
-        return keras.convert_file(path, sample=sample, opset=opset)
+        return keras.convert_file(path, sample=_arrays_only(sample, path), opset=opset)
     raise UnsupportedModelError(
         f"{path}: unknown model file type {suffix!r}; expected .onnx .pt2 .pt .keras .h5 .skops "
         ".joblib .pkl"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,14 @@ class Converted:
     sample: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
-    extra_files: dict[str, bytes] = field(default_factory=dict)
+    extra_files: Mapping[str, bytes | Path] = field(default_factory=dict)
+    sample_synthesized: bool = False
+    """True when `sample` was made up by Shipyard rather than given by the user."""
+    model_path: Path | None = None
+    """Where ONNX Runtime loads the model from when `model` alone cannot run it (its
+    tensors live in external data files); None: `model` holds everything."""
+    external_data: list[str] = field(default_factory=list)
+    """The external data files (in `extra_files`, relative to model.onnx) the graph reads."""
 
 
 class ConversionCheck(BaseModel):

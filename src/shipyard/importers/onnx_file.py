@@ -8,10 +8,21 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from shipyard.errors import ConversionError, UnsupportedModelError, UsageError
+from shipyard.errors import (
+    ConversionError,
+    InputError,
+    ShipyardError,
+    UnsupportedModelError,
+    UsageError,
+)
 from shipyard.importers.base import Converted
-from shipyard.importers.samples import synthesize
 from shipyard.package.signature import graph_signature
+from shipyard.package.tensorspec import TensorSpec
+from shipyard.runtime.onnxrt import OnnxRuntime
+from shipyard.runtime.synthesis import candidates, describe_inputs, first_that_runs, graph_hints
+
+# Names a version folder uses for its own files; external data must not take them.
+_RESERVED = frozenset({"manifest.json", "model.onnx", "model.sig", "model.onnx.enc"})
 
 
 def load_onnx_file(path: Path) -> onnx.ModelProto:
@@ -32,6 +43,11 @@ def convert(
     onnx.checker passes, shape inference succeeds, and ONNX Runtime runs the sample.
     """
     source = str(model) if isinstance(model, Path) else "<ModelProto>"
+    if isinstance(model, Path):
+        header = _load_header(model)
+        external = external_data_files(header, model.parent, source=source)
+        if external:
+            return _convert_external(model, header, external, sample=sample)
     proto = load_onnx_file(model) if isinstance(model, Path) else model
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -42,29 +58,150 @@ def convert(
     except Exception as exc:
         raise ConversionError(f"{source}: ONNX shape inference fails ({exc})") from exc
     inputs, _outputs = graph_signature(proto)
-    if sample is None:
-        feed = synthesize(inputs)
-    elif isinstance(sample, np.ndarray):
-        if len(inputs) != 1:
-            raise UsageError(
-                f"{source}: model takes {len(inputs)} inputs; give a .npz / dict keyed by name"
-            )
-        feed = {inputs[0].name: sample}
-    else:
-        feed = dict(sample)
-    from shipyard.runtime.onnxrt import OnnxRuntime
-
     runtime = OnnxRuntime(proto.SerializeToString(), inputs=inputs, outputs=_outputs, source=source)
-    runtime.infer(feed)
-    runtime.close()
-    producer = proto.producer_name or "unknown"
+    try:
+        feed = _trial(runtime, proto, inputs, sample, source=source)
+    finally:
+        runtime.close()
+    # The framework is whatever produced the file (pytorch, skl2onnx …); nothing converted it.
     return Converted(
         model=proto,
-        framework="onnx",
+        framework=proto.producer_name or "onnx",
         framework_version=proto.producer_version or "unknown",
-        converter=f"onnx ({producer})",
+        converter="onnx-file",
+        converter_version=onnx.__version__,
+        sample=feed,
+        expected={},
+        sample_synthesized=sample is None,
+        metadata={"onnxruntime_version": onnxruntime.__version__},
+    )
+
+
+def _sample_feed(
+    sample: dict[str, np.ndarray] | np.ndarray, inputs: list[TensorSpec], *, source: str
+) -> dict[str, np.ndarray]:
+    if not isinstance(sample, np.ndarray):
+        return dict(sample)
+    if len(inputs) != 1:
+        raise UsageError(
+            f"{source}: model takes {len(inputs)} inputs ({describe_inputs(inputs)}); give a "
+            ".npz / dict keyed by input name"
+        )
+    return {inputs[0].name: sample}
+
+
+def _trial_synthesized(
+    runtime: OnnxRuntime, proto: onnx.ModelProto, inputs: list[TensorSpec], *, source: str
+) -> dict[str, np.ndarray]:
+    """Run made-up inputs (several sizes); say plainly that they were made up if none runs."""
+    try:
+        feed, _ = first_that_runs(runtime.infer, candidates(inputs, graph_hints(proto)))
+    except ShipyardError as exc:
+        raise ConversionError(
+            f"{source}: a trial run on synthesized inputs failed ({exc}); pass --sample-input "
+            f"(a .npz keyed by input name, or sample_input= in Python) with real values for "
+            f"{describe_inputs(inputs)}"
+        ) from exc
+    return feed
+
+
+def _load_header(path: Path) -> onnx.ModelProto:
+    """The graph without external tensor data (small even for a model of many GB)."""
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UnsupportedModelError(f"{path}: not a readable ONNX model ({exc})") from exc
+
+
+def external_data_files(model: onnx.ModelProto, base: Path, *, source: str) -> list[str]:
+    """Relative paths of the external data files a model refers to, checked to stay inside."""
+    found: set[str] = set()
+    for tensor in _external_tensors(model):
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        rel = Path(location)
+        if not location or rel.is_absolute() or ".." in rel.parts:
+            raise UnsupportedModelError(
+                f"{source}: tensor {tensor.name!r} keeps its data at {location!r}; external data "
+                "must sit beside the model file (a relative path without '..')"
+            )
+        if rel.as_posix() in _RESERVED or rel.parts[0] == "samples":
+            raise UnsupportedModelError(
+                f"{source}: external data file {location!r} clashes with a name a package "
+                "uses; re-save the model with another location (onnx.save(..., location=...))"
+            )
+        if not (base / rel).is_file():
+            raise UnsupportedModelError(
+                f"{source}: tensor {tensor.name!r} needs external data file {base / rel}, "
+                "which is missing; keep the data file next to the model"
+            )
+        found.add(rel.as_posix())
+    return sorted(found)
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = [t for t in model.graph.initializer]
+    for node in model.graph.node:
+        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _convert_external(
+    path: Path,
+    header: onnx.ModelProto,
+    external: list[str],
+    *,
+    sample: dict[str, np.ndarray] | np.ndarray | None,
+) -> Converted:
+    """A model with external data (past protobuf's 2 GB): checked and run from its path.
+
+    The weights are never loaded into Python: the checker and ONNX Runtime read them from
+    the files, shape inference runs on the graph alone, and the package copies the files.
+    """
+    source = str(path)
+    try:
+        onnx.checker.check_model(source, full_check=True)
+    except Exception as exc:
+        raise ConversionError(f"{source}: onnx.checker rejects the model ({exc})") from exc
+    try:
+        proto = onnx.shape_inference.infer_shapes(header, check_type=True)
+    except Exception as exc:
+        raise ConversionError(f"{source}: ONNX shape inference fails ({exc})") from exc
+    inputs, outputs = graph_signature(proto)
+    runtime = OnnxRuntime(path, inputs=inputs, outputs=outputs, source=source)
+    try:
+        feed = _trial(runtime, proto, inputs, sample, source=source)
+    finally:
+        runtime.close()
+    return Converted(
+        model=proto,
+        framework=proto.producer_name or "onnx",
+        framework_version=proto.producer_version or "unknown",
+        converter="onnx-file",
         converter_version=onnx.__version__,
         sample=feed,
         expected={},
         metadata={"onnxruntime_version": onnxruntime.__version__},
+        extra_files={rel: path.parent / rel for rel in external},
+        sample_synthesized=sample is None,
+        model_path=path,
+        external_data=external,
     )
+
+
+def _trial(
+    runtime: OnnxRuntime,
+    proto: onnx.ModelProto,
+    inputs: list[TensorSpec],
+    sample: dict[str, np.ndarray] | np.ndarray | None,
+    *,
+    source: str,
+) -> dict[str, np.ndarray]:
+    if sample is None:
+        return _trial_synthesized(runtime, proto, inputs, source=source)
+    feed = _sample_feed(sample, inputs, source=source)
+    try:
+        runtime.infer(feed)
+    except InputError as exc:
+        raise UsageError(f"{source}: the sample input does not fit the model: {exc}") from exc
+    return feed

@@ -37,6 +37,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NOISE = ("will not be used, since it shares the same shape",)
 _QUIET_WARNINGS = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
 
+# Graph inputs and outputs are exported under these names and renamed to the caller's after:
+# the exporter names internal values after their ops ("cat", "add" ...), which may clash.
+_PLACEHOLDER = "__shipyard_{}_{}"
+
 DynamicAxes = Mapping[str, Mapping[int, str]]
 Axes = dict[str, dict[int, str]]  # input name -> {dim index: symbol}, for every input
 
@@ -176,13 +180,14 @@ def _export_dynamo(
         dynamic = _dynamic_shapes(model, args, [axes[name] for name in inputs])
     else:
         args = ()  # an ExportedProgram carries its own example inputs and dynamic shapes
+    safe_in, safe_out, restore = _placeholders(inputs, outputs)
     with quiet() as notes:
         program = torch.onnx.export(
             model,
             args,
             dynamo=True,
-            input_names=inputs,
-            output_names=outputs,
+            input_names=safe_in,
+            output_names=safe_out,
             dynamic_shapes=dynamic,
             opset_version=opset,
             external_data=False,
@@ -192,6 +197,7 @@ def _export_dynamo(
     if program is None:
         raise ConversionError("torch.onnx.export returned no program")
     proto = program.model_proto
+    restore_names(proto, restore)
     if opset_of(proto) != opset:
         raise ConversionError(f"produced opset {opset_of(proto)}, not the requested {opset}")
     static = [s.name for s in graph_signature(proto)[0] if s.shape and s.shape[0] != -1]
@@ -233,8 +239,10 @@ def _export_legacy(
     axes: Axes,
     opset: int,
 ) -> tuple[onnx.ModelProto, list[str]]:
-    dynamic = {name: dims for name, dims in axes.items() if dims}
-    dynamic.update({name: {0: BATCH} for name, value in expected.items() if value.ndim})
+    safe_in, safe_out, restore = _placeholders(list(inputs), list(expected))
+    safe = dict(zip(inputs, safe_in, strict=True)) | dict(zip(expected, safe_out, strict=True))
+    dynamic = {safe[name]: dims for name, dims in axes.items() if dims}
+    dynamic.update({safe[name]: {0: BATCH} for name, value in expected.items() if value.ndim})
     with tempfile.TemporaryDirectory() as tmp, quiet() as notes:
         target = Path(tmp) / "model.onnx"
         torch.onnx.export(
@@ -242,8 +250,8 @@ def _export_legacy(
             args,
             str(target),
             dynamo=False,
-            input_names=list(inputs),
-            output_names=list(expected),
+            input_names=safe_in,
+            output_names=safe_out,
             dynamic_axes=dynamic,
             opset_version=opset,
             export_params=True,
@@ -251,7 +259,74 @@ def _export_legacy(
             verbose=False,
         )
         proto = onnx.load(str(target))  # also pulls in external data, if any was written
+    restore_names(proto, restore)
     return proto, notes
+
+
+def _placeholders(
+    inputs: list[str], outputs: list[str]
+) -> tuple[list[str], list[str], dict[str, str]]:
+    safe_in = [_PLACEHOLDER.format("in", i) for i in range(len(inputs))]
+    safe_out = [_PLACEHOLDER.format("out", i) for i in range(len(outputs))]
+    restore = dict(zip(safe_in, inputs, strict=True)) | dict(zip(safe_out, outputs, strict=True))
+    return safe_in, safe_out, restore
+
+
+def restore_names(proto: onnx.ModelProto, names: Mapping[str, str]) -> None:
+    """Rename values `names` maps (placeholder -> wanted name) throughout the graph.
+
+    An internal value that already holds a wanted name is renamed first (to `NAME_1` …),
+    since ONNX value names must be unique; placeholders absent from the graph are ignored.
+    """
+    used = _value_names(proto.graph)
+    wanted = set(names.values())
+    mapping: dict[str, str] = {}
+    for clash in sorted(wanted & used - set(names)):
+        fresh = next(
+            f"{clash}_{k}" for k in range(1, len(used) + 2) if f"{clash}_{k}" not in used | wanted
+        )
+        used.add(fresh)
+        mapping[clash] = fresh
+    mapping.update({old: new for old, new in names.items() if old in used})
+    _rename_values(proto.graph, mapping)
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield attr.g
+            yield from attr.graphs
+
+
+def _value_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+    names.update(t.name for t in graph.initializer)
+    names.update(t.values.name for t in graph.sparse_initializer)
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    for sub in _subgraphs(graph):
+        names |= _value_names(sub)
+    names.discard("")  # an omitted optional input
+    return names
+
+
+def _rename_values(graph: onnx.GraphProto, mapping: Mapping[str, str]) -> None:
+    # Subgraphs may refer to outer-scope values by name, so they get the same mapping.
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = mapping.get(value.name, value.name)
+    for tensor in graph.initializer:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = mapping.get(sparse.values.name, sparse.values.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = mapping.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = mapping.get(name, name)
+    for sub in _subgraphs(graph):
+        _rename_values(sub, mapping)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shipyard.errors import FormatVersionError, ManifestError
 from shipyard.importers.base import ConversionCheck
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.package.warmup import WarmupSample
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -54,6 +55,19 @@ class Lineage(BaseModel):
     steps: list[Step] = Field(default_factory=list)
 
 
+class EncryptedFile(BaseModel):
+    """One external data file encrypted beside the model (see shipyard.security.encryption)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plain: str
+    """The location the graph names (the plaintext file, removed once encrypted)."""
+    file: str
+    chunk_count: int = Field(ge=1)
+    plaintext_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    plaintext_size: int = Field(ge=0)
+
+
 class Encryption(BaseModel):
     """How `model.onnx` was envelope-encrypted into `file` (see shipyard.security.encryption)."""
 
@@ -67,6 +81,8 @@ class Encryption(BaseModel):
     chunk_count: int = Field(ge=1)
     plaintext_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     plaintext_size: int = Field(ge=0)
+    data_files: list[EncryptedFile] = Field(default_factory=list, exclude_if=lambda v: not v)
+    """External data files, each under its own key derived from the data key."""
 
 
 class Manifest(BaseModel):
@@ -89,6 +105,11 @@ class Manifest(BaseModel):
     measured: dict[str, Any] = Field(default_factory=dict)
     # Omitted when absent so digests of unencrypted manifests stay as they were.
     encryption: Encryption | None = Field(default=None, exclude_if=lambda v: v is None)
+    warmup: WarmupSample | None = Field(default=None, exclude_if=lambda v: v is None)
+    external_data: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
+    """Files (relative to model.onnx) holding tensors the graph keeps outside itself, as ONNX
+    does past protobuf's 2 GB limit; such a model is loaded by ONNX Runtime from its path."""
+    """The stored sample the server warms up with (see shipyard.package.warmup)."""
     digest: str = ""
 
     def compute_digest(self) -> str:

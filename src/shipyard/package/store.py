@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -22,6 +23,27 @@ from shipyard.package.manifest import MANIFEST_NAME, MODEL_FILE, FileEntry, Mani
 SIGNATURE_FILE = "model.sig"
 # Files that may sit in a version folder without being listed in the manifest.
 UNLISTED_OK = frozenset({MANIFEST_NAME, SIGNATURE_FILE})
+# The same rule as Manifest.name: a name is one safe folder name.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class InvalidNameError(UsageError):
+    """A model name that cannot be a folder of the repository (and fails the manifest schema)."""
+
+    exit_code = 2  # the command line was wrong: the CLI's usage-error exit status
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "
+            "(up to 128, starting with a letter or digit)"
+        )
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a valid model name; raises InvalidNameError otherwise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidNameError(str(name))
+    return name
 
 
 def list_versions(model_dir: Path) -> list[int]:
@@ -79,10 +101,14 @@ def verify_files(version_dir: Path, manifest: Manifest) -> None:
                 raise IntegrityError(str(child), "not listed in the manifest (unexpected file)")
 
 
-def read_verified(version_dir: Path) -> Manifest:
-    """Manifest of a version after its schema, digest and every file hash were verified."""
+def read_verified(version_dir: Path, *, check_folder: bool = True) -> Manifest:
+    """Manifest of a version after its schema, digest and every file hash were verified.
+
+    `check_folder=False` skips only the check that the folder is named after the version
+    (for a copy being imported under another number).
+    """
     manifest = read_manifest(version_dir)
-    if str(manifest.version) != version_dir.name and version_dir.name.isdigit():
+    if check_folder and str(manifest.version) != version_dir.name and version_dir.name.isdigit():
         raise IntegrityError(
             str(version_dir / MANIFEST_NAME),
             f"says version {manifest.version} but sits in folder {version_dir.name}",
@@ -97,11 +123,14 @@ def write_version(
     files: Mapping[str, bytes | Path],
     *,
     version_given: bool,
+    expected: Mapping[str, FileEntry] | None = None,
 ) -> tuple[Path, Manifest]:
     """Write a new version atomically; returns its folder and the sealed manifest written.
 
     When `version_given` is False and another writer takes the same number first, the next
-    free number is used instead.
+    free number is used instead. With `expected` (a verified manifest's files), every file
+    written must hash to its entry, so a source changed while being copied is refused
+    before the version appears.
     """
     model_dir = Path(repo) / manifest.name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +147,14 @@ def write_version(
                 target.write_bytes(content)
             _fsync(target)
             entries[rel] = FileEntry(sha256=sha256_file(target), size=target.stat().st_size)
+            if expected is not None and entries[rel] != expected.get(rel):
+                raise IntegrityError(
+                    str(content) if isinstance(content, Path) else rel,
+                    "changed while being copied (it no longer matches its verified hash)",
+                )
+        if expected is not None and set(expected) != set(entries):
+            missing = sorted(set(expected) - set(entries))
+            raise IntegrityError(str(model_dir), f"files {missing} were not copied")
         version = manifest.version
         for _attempt in range(1000):
             sealed = manifest.model_copy(update={"version": version, "files": entries}).sealed()

@@ -84,6 +84,9 @@ def check_inputs(
     checked: dict[str, np.ndarray] = {}
     for name, spec in by_name.items():
         array = np.asarray(inputs[name])
+        if array.ndim == 1 and len(spec.shape) == 2 and spec.shape[1] == 1:
+            # One column of a table ([-1, 1], skl2onnx's convention) sent as a plain [N].
+            array = array.reshape(-1, 1)
         if not spec.shape_matches(array.shape):
             raise InputError(
                 f"input {name!r} has shape {list(array.shape)}, the model expects "
@@ -102,5 +105,7 @@ def check_inputs(
                     f"(e.g. x.astype('{spec.dtype}'))"
                 )
             array = array.astype(target)
-        checked[name] = np.ascontiguousarray(array) if array.dtype != object else array
+        # np.ascontiguousarray would turn a scalar (0-d) input into shape [1]
+        contiguous = array.dtype == object or array.flags.c_contiguous
+        checked[name] = array if contiguous else np.ascontiguousarray(array)
     return checked

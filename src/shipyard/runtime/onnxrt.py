@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,10 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+# ONNX Runtime prints failed runs in red on stderr on top of raising; the exception carries
+# the same text, which we turn into our own errors, so its logger only reports fatal ones.
+ort.set_default_logger_severity(4)
 
 # Preference order when the caller does not choose: accelerators first, CPU always last.
 _PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -53,7 +58,11 @@ class OnnxRuntime:
         outputs: Sequence[TensorSpec],
         options: RuntimeOptions | None = None,
         source: str = "model.onnx",
+        external_data: Mapping[str, bytes] | None = None,
     ) -> None:
+        """`model` as bytes or a path (a path lets ONNX Runtime read external data files
+        beside it); `external_data` gives those files' contents from memory instead
+        (decrypted packages), keyed by the location the graph names."""
         self.options = options or RuntimeOptions()
         self._inputs = list(inputs)
         self._outputs = list(outputs)
@@ -61,7 +70,13 @@ class OnnxRuntime:
         sess_options.intra_op_num_threads = self.options.intra_op_threads
         sess_options.inter_op_num_threads = self.options.inter_op_threads
         sess_options.graph_optimization_level = _LEVELS[self.options.graph_optimization]
-        sess_options.log_severity_level = 3
+        sess_options.log_severity_level = 4
+        if external_data:
+            names = list(external_data)
+            buffers = [external_data[n] for n in names]
+            sess_options.add_external_initializers_from_files_in_memory(
+                names, buffers, [len(b) for b in buffers]
+            )
         providers = choose_providers(self.options.providers)
         payload = model if isinstance(model, bytes) else str(model)
         try:
@@ -98,9 +113,47 @@ class OnnxRuntime:
         try:
             results = self._session.run(names, feed)
         except Exception as exc:
-            raise RuntimeBackendError(f"inference failed: {exc}") from exc
+            raise run_error(exc) from exc
         return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
 
     def close(self) -> None:
         self._closed = True
         del self._session
+
+
+_NODE_FAILURE = re.compile(
+    r"running (?P<op>\w+) node\. Name:'(?P<node>[^']*)' Status Message: (?P<message>.*)", re.S
+)
+_SOURCE_PREFIX = re.compile(r"^/\S+:\d+ .*? (?:was false\.|\)) ", re.S)
+_NOT_THE_REQUEST = ("allocat", "out of memory", "cuda", "cudnn", "provider")
+
+
+def run_error(exc: Exception) -> InputError | RuntimeBackendError:
+    """An ONNX Runtime run failure as our error: the request's fault (400) or the backend's.
+
+    A verified, loaded model that fails inside a node on some inputs fails because of those
+    inputs (lengths that do not agree, an index outside a vocabulary): that is an InputError
+    with the node and ONNX Runtime's reason, on one line. Memory and provider failures stay
+    backend errors.
+    """
+    text = str(exc)
+    kind = type(exc).__name__
+    match = _NODE_FAILURE.search(text)
+    if match is None:
+        if kind == "InvalidArgument":
+            reason = text.split("INVALID_ARGUMENT : ", 1)[-1]
+            return InputError(f"the model cannot run these inputs: {_one_line(reason)}")
+        return RuntimeBackendError(f"inference failed: {_one_line(text)}")
+    reason = _SOURCE_PREFIX.sub("", match["message"].strip())
+    if any(word in reason.lower() for word in _NOT_THE_REQUEST):
+        return RuntimeBackendError(f"inference failed: {_one_line(text)}")
+    node = f" {match['node']!r}" if match["node"] else ""
+    return InputError(
+        f"the model cannot run these inputs: {match['op']} node{node} failed: "
+        f"{_one_line(reason)} (check the input shapes and values against the model's metadata)"
+    )
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

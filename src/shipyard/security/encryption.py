@@ -13,27 +13,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shipyard.errors import IntegrityError, UsageError
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import (
     MANIFEST_NAME,
     MODEL_FILE,
+    EncryptedFile,
     Encryption,
     FileEntry,
     Manifest,
     read_manifest,
 )
 from shipyard.package.store import SIGNATURE_FILE, read_verified
+from shipyard.package.warmup import WARMUP_FILE
 from shipyard.security.errors import DecryptionError, KeyFileError
 from shipyard.security.fileio import copy_mode, fsync_dir
 from shipyard.security.keys import SECRET_BYTES, key_id
@@ -57,6 +63,9 @@ def encrypt_version(
 ) -> Manifest:
     """Replace model.onnx by model.onnx.enc, delete the plaintext, re-seal the manifest.
 
+    External data files (models past 2 GB) are encrypted the same way, each to `NAME.enc`
+    under its own key derived from the data key; the warm-up sample is removed.
+
     Streams chunk by chunk (memory stays O(chunk_size)). Re-running after a crash finishes
     the job: a stale ciphertext is rewritten, a leftover plaintext is removed.
     """
@@ -74,21 +83,118 @@ def encrypt_version(
         leftover = version_dir / MODEL_FILE
         if leftover.is_file() and sha256_file(leftover) == current.encryption.plaintext_sha256:
             leftover.unlink()  # the plaintext an interrupted run did not get to delete
+        for entry in current.encryption.data_files:
+            data = version_dir / entry.plain
+            if data.is_file() and sha256_file(data) == entry.plaintext_sha256:
+                data.unlink()
+        _remove_unlisted_sample(version_dir, current)
         read_verified(version_dir)
         return current
     if ENCRYPTED_FILE not in current.files:
         (version_dir / ENCRYPTED_FILE).unlink(missing_ok=True)  # stale from an interrupted run
+        for rel in current.external_data:
+            (version_dir / f"{rel}.enc").unlink(missing_ok=True)
     _check_signature_policy(version_dir, remove_signature)
     manifest = read_verified(version_dir)
     if MODEL_FILE not in manifest.files:
         raise IntegrityError(str(version_dir / MANIFEST_NAME), f"does not list {MODEL_FILE}")
     plain = version_dir / MODEL_FILE
+    data_key = AESGCM.generate_key(bit_length=256)
+    written: list[Path] = []
+    try:
+        model = _encrypt_file(
+            plain,
+            version_dir / ENCRYPTED_FILE,
+            AESGCM(data_key),
+            partial(_chunk_ad, manifest.name, manifest.version),
+            chunk_size=chunk_size,
+            expected_sha256=manifest.files[MODEL_FILE].sha256,
+        )
+        written.append(version_dir / ENCRYPTED_FILE)
+        data_files: list[EncryptedFile] = []
+        entries = {ENCRYPTED_FILE: model.entry}
+        for rel in manifest.external_data:
+            target = f"{rel}.enc"
+            done = _encrypt_file(
+                version_dir / rel,
+                version_dir / target,
+                AESGCM(_file_key(data_key, rel)),
+                partial(_data_ad, manifest.name, manifest.version, rel),
+                chunk_size=chunk_size,
+                expected_sha256=manifest.files[rel].sha256,
+            )
+            written.append(version_dir / target)
+            entries[target] = done.entry
+            data_files.append(
+                EncryptedFile(
+                    plain=rel,
+                    file=target,
+                    chunk_count=done.chunk_count,
+                    plaintext_sha256=done.plaintext_sha256,
+                    plaintext_size=done.plaintext_size,
+                )
+            )
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    info = Encryption(
+        scheme=SCHEME,
+        file=ENCRYPTED_FILE,
+        wrapped_key=_wrap(kek, data_key, manifest.name, manifest.version),
+        kek_id=key_id(kek),
+        chunk_size=chunk_size,
+        chunk_count=model.chunk_count,
+        plaintext_sha256=model.plaintext_sha256,
+        plaintext_size=model.plaintext_size,
+        data_files=data_files,
+    )
+    # The warm-up sample may be real data: it does not stay beside an encrypted model in
+    # plaintext (the server warms an encrypted version up on synthesized inputs).
+    dropped = {MODEL_FILE, *manifest.external_data}
+    if manifest.warmup:
+        dropped.add(manifest.warmup.file)
+    files = {k: v for k, v in manifest.files.items() if k not in dropped}
+    files.update(entries)
+    # Only now, with the work done, drop the signature that the new files would break.
+    (version_dir / SIGNATURE_FILE).unlink(missing_ok=True)
+    sealed = manifest.model_copy(
+        update={"files": files, "encryption": info, "warmup": None}
+    ).sealed()
+    replace_manifest(version_dir, sealed)
+    plain.unlink()
+    for rel in manifest.external_data:
+        (version_dir / rel).unlink()
+    _remove_unlisted_sample(version_dir, sealed)
+    return sealed
+
+
+class _Encrypted:
+    __slots__ = ("chunk_count", "entry", "plaintext_sha256", "plaintext_size")
+
+    def __init__(self, entry: FileEntry, count: int, sha: str, size: int) -> None:
+        self.entry, self.chunk_count, self.plaintext_sha256, self.plaintext_size = (
+            entry,
+            count,
+            sha,
+            size,
+        )
+
+
+def _encrypt_file(
+    plain: Path,
+    target: Path,
+    aead: AESGCM,
+    ad_for: Callable[[int, int], bytes],
+    *,
+    chunk_size: int,
+    expected_sha256: str,
+) -> _Encrypted:
+    """Stream `plain` chunk by chunk into `target` (temp file + rename); O(chunk) memory."""
     size = plain.stat().st_size
     count = max(1, -(-size // chunk_size))
-    data_key = AESGCM.generate_key(bit_length=256)
-    aead = AESGCM(data_key)
     digest, written = hashlib.sha256(), hashlib.sha256(MAGIC)
-    fd, tmp_name = tempfile.mkstemp(prefix=".enc-", dir=version_dir.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".enc-", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, plain.open("rb") as src:
@@ -96,38 +202,29 @@ def encrypt_version(
             for index in range(count):
                 chunk = src.read(chunk_size)
                 digest.update(chunk)
-                ad = _chunk_ad(manifest.name, manifest.version, index, count)
-                record = aead.encrypt(_nonce(index), chunk, ad)
+                record = aead.encrypt(_nonce(index), chunk, ad_for(index, count))
                 written.update(record)
                 out.write(record)
             if src.read(1):
                 raise IntegrityError(str(plain), "grew while being encrypted")
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != manifest.files[MODEL_FILE].sha256:
+        if digest.hexdigest() != expected_sha256:
             raise IntegrityError(str(plain), "changed while being encrypted (sha256 mismatch)")
-        info = Encryption(
-            scheme=SCHEME,
-            file=ENCRYPTED_FILE,
-            wrapped_key=_wrap(kek, data_key, manifest.name, manifest.version),
-            kek_id=key_id(kek),
-            chunk_size=chunk_size,
-            chunk_count=count,
-            plaintext_sha256=digest.hexdigest(),
-            plaintext_size=size,
-        )
-        files = {k: v for k, v in manifest.files.items() if k != MODEL_FILE}
-        files[ENCRYPTED_FILE] = FileEntry(sha256=written.hexdigest(), size=tmp.stat().st_size)
         copy_mode(plain, tmp)
-        # Only now, with the work done, drop the signature that the new files would break.
-        (version_dir / SIGNATURE_FILE).unlink(missing_ok=True)
-        os.replace(tmp, version_dir / ENCRYPTED_FILE)
+        entry = FileEntry(sha256=written.hexdigest(), size=tmp.stat().st_size)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    sealed = manifest.model_copy(update={"files": files, "encryption": info}).sealed()
-    replace_manifest(version_dir, sealed)
-    plain.unlink()
-    return sealed
+    return _Encrypted(entry, count, digest.hexdigest(), size)
+
+
+def _remove_unlisted_sample(version_dir: Path, manifest: Manifest) -> None:
+    sample = version_dir / WARMUP_FILE
+    if WARMUP_FILE not in manifest.files and sample.is_file():
+        sample.unlink()
+        with contextlib.suppress(OSError):
+            sample.parent.rmdir()
 
 
 def decrypt_model_bytes(version_dir: str | Path, manifest: Manifest, kek: bytes) -> bytes:
@@ -144,22 +241,70 @@ def decrypt_model_bytes(version_dir: str | Path, manifest: Manifest, kek: bytes)
         raise DecryptionError(
             f"{label}: {info.file} is {actual_size} bytes, expected {expected_size} ({problem})"
         )
+    return _decrypt_file(
+        path,
+        aead,
+        partial(_chunk_ad, manifest.name, manifest.version),
+        count=info.chunk_count,
+        chunk_size=info.chunk_size,
+        size=info.plaintext_size,
+        sha256=info.plaintext_sha256,
+        label=f"{label}: {info.file}",
+    )
+
+
+def decrypt_external_data(
+    version_dir: str | Path, manifest: Manifest, kek: bytes
+) -> dict[str, bytes]:
+    """Decrypt every external data file into memory, keyed by the location the graph names."""
+    version_dir = Path(version_dir)
+    info = _info(version_dir, manifest)
+    data_key = unwrap_data_key(version_dir, manifest, kek)
+    label = _label(version_dir, manifest)
+    out: dict[str, bytes] = {}
+    for entry in info.data_files:
+        expected = len(MAGIC) + entry.plaintext_size + TAG_BYTES * entry.chunk_count
+        path = version_dir / entry.file
+        if path.stat().st_size != expected:
+            raise DecryptionError(f"{label}: {entry.file} is not {expected} bytes (truncated?)")
+        out[entry.plain] = _decrypt_file(
+            path,
+            AESGCM(_file_key(data_key, entry.plain)),
+            partial(_data_ad, manifest.name, manifest.version, entry.plain),
+            count=entry.chunk_count,
+            chunk_size=info.chunk_size,
+            size=entry.plaintext_size,
+            sha256=entry.plaintext_sha256,
+            label=f"{label}: {entry.file}",
+        )
+    return out
+
+
+def _decrypt_file(
+    path: Path,
+    aead: AESGCM,
+    ad_for: Callable[[int, int], bytes],
+    *,
+    count: int,
+    chunk_size: int,
+    size: int,
+    sha256: str,
+    label: str,
+) -> bytes:
     parts: list[bytes] = []
     digest = hashlib.sha256()
-    for index, record in _records(path, info):
-        ad = _chunk_ad(manifest.name, manifest.version, index, info.chunk_count)
+    for index, record in _records(path, chunk_size=chunk_size, count=count, size=size):
         try:
-            chunk = aead.decrypt(_nonce(index), record, ad)
+            chunk = aead.decrypt(_nonce(index), record, ad_for(index, count))
         except InvalidTag as exc:
             raise DecryptionError(
-                f"{label}: chunk {index + 1} of {info.chunk_count} of {info.file} fails "
-                "authentication (the encrypted model was modified, reordered, truncated or "
-                "taken from another package)"
+                f"{label}: chunk {index + 1} of {count} fails authentication (the encrypted "
+                "file was modified, reordered, truncated or taken from another package)"
             ) from exc
         digest.update(chunk)
         parts.append(chunk)
-    if digest.hexdigest() != info.plaintext_sha256:
-        raise DecryptionError(f"{label}: decrypted model does not match its recorded sha256")
+    if digest.hexdigest() != sha256:
+        raise DecryptionError(f"{label}: decrypted content does not match its recorded sha256")
     return b"".join(parts)
 
 
@@ -222,13 +367,13 @@ def replace_manifest(version_dir: Path, manifest: Manifest) -> None:
     fsync_dir(version_dir)
 
 
-def _records(path: Path, info: Encryption) -> Iterator[tuple[int, bytes]]:
-    last = info.plaintext_size - (info.chunk_count - 1) * info.chunk_size
+def _records(path: Path, *, chunk_size: int, count: int, size: int) -> Iterator[tuple[int, bytes]]:
+    last = size - (count - 1) * chunk_size
     with path.open("rb") as fh:
         if fh.read(len(MAGIC)) != MAGIC:
-            raise DecryptionError(f"{path}: not a Shipyard encrypted model (bad header)")
-        for index in range(info.chunk_count):
-            length = (info.chunk_size if index < info.chunk_count - 1 else last) + TAG_BYTES
+            raise DecryptionError(f"{path}: not a Shipyard encrypted file (bad header)")
+        for index in range(count):
+            length = (chunk_size if index < count - 1 else last) + TAG_BYTES
             record = fh.read(length)
             if len(record) != length:
                 raise DecryptionError(f"{path}: truncated at chunk {index + 1}")
@@ -279,6 +424,18 @@ def _wrap_ad(name: str, version: int) -> bytes:
 
 def _chunk_ad(name: str, version: int, index: int, count: int) -> bytes:
     return _CHUNK_AD + name.encode() + b"\0" + struct.pack(">QQQ", version, index, count)
+
+
+def _data_ad(name: str, version: int, rel: str, index: int, count: int) -> bytes:
+    return _chunk_ad(name, version, index, count) + b"\0" + rel.encode()
+
+
+def _file_key(data_key: bytes, rel: str) -> bytes:
+    """A key per external data file: chunk nonces restart at 0 in every file, so files must
+    never share a key (AES-GCM must not reuse a nonce under one key)."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"shipyard-data-file\0" + rel.encode()
+    ).derive(data_key)
 
 
 def _nonce(index: int) -> bytes:

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shipyard.errors import RuntimeBackendError
-from shipyard.importers.samples import synthesize
 from shipyard.model import Model, load_model
 from shipyard.serving.batching import Batcher
 from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
@@ -32,6 +30,7 @@ from shipyard.serving.metrics import Metrics
 from shipyard.serving.repository import Fingerprint, ModelOnDisk, ModelRepository
 from shipyard.serving.served import IndexEntry, ModelState, ServedVersion, VersionStatus
 from shipyard.serving.settings import ModelConfig, ServerSettings
+from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
 
 __all__ = [
     "IndexEntry",
@@ -242,11 +241,17 @@ class ModelManager:
                 if version not in record.served:
                     record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, why)
             return
+        # a version that failed is retried when its files or the model's config change
+        # (e.g. `warmup = false` added to model.toml after a failed warm-up)
+        config_changed = record.config != config
         record.config = config
         broken = {
             v
             for v, s in record.statuses.items()
-            if s.failed and not force and s.fingerprint == disk.versions.get(v)
+            if s.failed
+            and not force
+            and not config_changed
+            and s.fingerprint == disk.versions.get(v)
         }
         while True:
             wanted = set(
@@ -299,7 +304,7 @@ class ModelManager:
             extra={"model": record.name, "version": version},
         )
         try:
-            model = await asyncio.to_thread(self._open, disk, version, config)
+            model, no_batching = await asyncio.to_thread(self._open, disk, version, config)
         except Exception as exc:
             reason = str(exc) or repr(exc)
             record.statuses[version] = VersionStatus(
@@ -317,11 +322,15 @@ class ModelManager:
             )
             return False
         served = ServedVersion(
-            model, config=config, batcher=self._batcher(model, config), fingerprint=fingerprint
+            model,
+            config=config,
+            batcher=self._batcher(model, config, no_batching),
+            fingerprint=fingerprint,
         )
         previous = record.served.get(version)
         record.served = {**record.served, version: served}
-        record.statuses[version] = VersionStatus(ModelState.READY, fingerprint=fingerprint)
+        note = f"batching off: {no_batching}" if no_batching else ""
+        record.statuses[version] = VersionStatus(ModelState.READY, note, fingerprint)
         self.metrics.stats_for(record.name, str(version))
         self.metrics.track_queue(record.name, str(version), lambda: served.batcher.depth)
         self._count_loaded()
@@ -330,7 +339,7 @@ class ModelManager:
             "serving %s version %d (batching %s, %d instance(s))",
             record.name,
             version,
-            "on" if served.batcher.enabled else "off",
+            "on" if served.batcher.enabled else f"off: {no_batching}" if no_batching else "off",
             served.batcher.workers,
             extra={"model": record.name, "version": version},
         )
@@ -338,8 +347,13 @@ class ModelManager:
             await previous.close()
         return True
 
-    def _open(self, disk: ModelOnDisk, version: int, config: ModelConfig) -> Model:
-        """Verify and open one version, then warm it up (runs on a worker thread)."""
+    def _open(
+        self, disk: ModelOnDisk, version: int, config: ModelConfig
+    ) -> tuple[Model, str | None]:
+        """Verify, open and warm up one version (on a worker thread).
+
+        Returns the model and, when requests must not be batched along dim 0, why.
+        """
         model = load_model(
             disk.path,
             version=version,
@@ -347,23 +361,46 @@ class ModelManager:
             public_key=self.settings.public_key,
             kek=self.kek,
         )
-        warmup = self.settings.warmup if config.warmup is None else config.warmup
-        if warmup:
-            try:
-                model.runtime.infer(synthesize(model.inputs, batch=1))
-            except Exception as exc:
-                model.close()
-                raise RuntimeBackendError(
-                    f"warm-up inference on synthesized inputs failed ({exc}); "
-                    "set warmup = false in model.toml if the model needs real inputs"
-                ) from exc
-        return model
+        mode = self.settings.warmup if config.warmup is None else config.warmup
+        feed = None
+        try:
+            if mode:
+                result = warm_up(model, strict=mode == "strict")
+                feed = result.feed
+                if result.warning:
+                    log.warning(
+                        "%s version %d: %s",
+                        model.name,
+                        version,
+                        result.warning,
+                        extra={"model": model.name, "version": version},
+                    )
+            wanted = config.batching_for(self.settings).enabled
+            problem = static_batching_problem(model.inputs, model.outputs)
+            found_by_running = False
+            if problem is None and wanted is not False:
+                problem = batching_problem(model, feed)
+                found_by_running = problem is not None
+        except Exception:
+            model.close()
+            raise
+        if problem is not None and (wanted or found_by_running):
+            log.warning(
+                "%s version %d: batching turned off%s: %s",
+                model.name,
+                version,
+                " though model.toml enables it" if wanted else "",
+                problem,
+                extra={"model": model.name, "version": version},
+            )
+        return model, problem
 
-    def _batcher(self, model: Model, config: ModelConfig) -> Batcher:
+    def _batcher(self, model: Model, config: ModelConfig, problem: str | None) -> Batcher:
         batching = config.batching_for(self.settings)
-        if batching.enabled is None:
-            batchable = all(s.batched for s in [*model.inputs, *model.outputs])
-            batching = batching.model_copy(update={"enabled": batchable})
+        if problem is not None:
+            batching = batching.model_copy(update={"enabled": False})
+        elif batching.enabled is None:
+            batching = batching.model_copy(update={"enabled": True})
         name, version = model.name, str(model.version)
 
         def on_batch(rows: int, requests: int, compute_ns: int) -> None:

@@ -20,7 +20,7 @@ from shipyard.errors import ShipyardError
 from shipyard.serving.app import build_app
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.security import check_exposure
-from shipyard.serving.settings import ServerSettings, load_settings
+from shipyard.serving.settings import ServerSettings, check_repository, load_settings
 
 _GRACE_S = 10
 """Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
@@ -126,6 +126,7 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
 
 def _uvicorn_config(settings: ServerSettings, *, freeze_gc: bool = False) -> uvicorn.Config:
     check_exposure(settings)
+    check_repository(settings)
     app = build_app(settings, freeze_gc=freeze_gc)
     if settings.grpc_port is not None:
         from shipyard.serving.protocols import v2_grpc

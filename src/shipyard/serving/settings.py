@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shipyard.errors import UsageError
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
 
@@ -112,7 +113,8 @@ class ServerSettings(BaseSettings):
     instances: int = Field(default=1, ge=1, le=64)
     """Default worker threads per model version (batches run concurrently)."""
     warmup: bool = True
-    """Run one inference on synthesized inputs before a version takes traffic."""
+    """Run a version's stored sample (else inputs synthesized from its graph) before it takes
+    traffic; a model's `warmup = "strict"` also refuses it when synthesized inputs fail."""
     runtime: RuntimeOptions = RuntimeOptions()
     """Default ONNX Runtime options (threads, graph optimization, providers)."""
     public_key: Path | None = None
@@ -194,6 +196,33 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         except ValidationError as exc:
             source = f"{path}: " if path else ""
             raise ModelConfigError(f"{source}invalid server settings ({_details(exc)})") from exc
+
+
+class RepositoryNotFoundError(UsageError):
+    """The repository folder to serve does not exist (an empty one is fine: models come later)."""
+
+    exit_code = 2  # the command line named the wrong folder: the CLI's usage-error status
+
+
+def check_repository(settings: ServerSettings) -> Path:
+    """The repository folder of `settings`; raises RepositoryNotFoundError unless it is a folder.
+
+    Serving a path that does not exist would report ready with zero models, which hides a
+    typo; an existing empty folder is served (versions copied in later are picked up).
+    """
+    path = settings.repository
+    shown = f"{path}/" if not str(path).endswith("/") else str(path)
+    if not path.exists():
+        raise RepositoryNotFoundError(
+            f"{shown}: no such model repository (create it or pass the folder that holds "
+            "NAME/VERSION/ folders)"
+        )
+    if not path.is_dir():
+        raise RepositoryNotFoundError(
+            f"{path}: not a folder; pass the model repository folder that holds NAME/VERSION/ "
+            "folders"
+        )
+    return path
 
 
 @contextmanager
@@ -281,7 +310,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     instances: int | None = Field(default=None, ge=1, le=64)
-    warmup: bool | None = None
+    warmup: bool | Literal["strict"] | None = None
+    """true: warm up (a failure on synthesized inputs only warns); "strict": any warm-up
+    failure refuses the version; false: no warm-up. Unset: the server's `warmup`."""
     batching: BatchingOverride = BatchingOverride()
     version_policy: VersionPolicy = VersionPolicy()
     runtime: RuntimeOptions | None = None
