@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ def convert(
         if external:
             return _convert_external(model, header, external, sample=sample)
     proto = load_onnx_file(model) if isinstance(model, Path) else model
+    proto, classes = unzip_maps(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
@@ -73,7 +75,7 @@ def convert(
         sample=feed,
         expected={},
         sample_synthesized=sample is None,
-        metadata={"onnxruntime_version": onnxruntime.__version__},
+        metadata={"onnxruntime_version": onnxruntime.__version__, **classes},
     )
 
 
@@ -205,3 +207,58 @@ def _trial(
     except InputError as exc:
         raise UsageError(f"{source}: the sample input does not fit the model: {exc}") from exc
     return feed
+
+
+def unzip_maps(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, object]]:
+    """Serve a ZipMap output (a sequence of {class: probability} maps, which no tensor
+    protocol carries) as the [N, classes] tensor ZipMap was given, under the same name.
+
+    The class order is ZipMap's own; it is returned as metadata `classes`, with a note.
+    """
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    zipped = [
+        (index, producers[o.name])
+        for index, o in enumerate(graph.output)
+        if o.name in producers and producers[o.name].op_type == "ZipMap"
+    ]
+    if not zipped:
+        return model, {}
+    model = copy.deepcopy(model)
+    graph = model.graph
+    metadata: dict[str, object] = {}
+    for index, node in zipped:
+        source, name = node.input[0], node.output[0]
+        labels: list[object] = []
+        for attr in node.attribute:
+            if attr.name == "classlabels_int64s":
+                labels = [int(v) for v in attr.ints]
+            elif attr.name == "classlabels_strings":
+                labels = [v.decode() for v in attr.strings]
+        graph.node.remove(next(n for n in graph.node if n.output == node.output))
+        for other in graph.node:
+            for i, value in enumerate(other.output):
+                if value == source:
+                    other.output[i] = name
+            for i, value in enumerate(other.input):
+                if value == source:
+                    other.input[i] = name
+        rows = _first_dim(graph.input[0]) if graph.input else -1
+        graph.output.remove(graph.output[index])
+        graph.output.insert(
+            index,
+            onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, [rows if rows > 0 else "N", len(labels) or None]
+            ),
+        )
+        metadata["classes"] = labels
+        metadata["zipmap_removed"] = (
+            f"output {name!r} is served as a [N, {len(labels)}] probability tensor, columns in "
+            "the order of 'classes' (the file's ZipMap gave a sequence of maps)"
+        )
+    return model, metadata
+
+
+def _first_dim(value: onnx.ValueInfoProto) -> int:
+    dims = value.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else -1

@@ -9,7 +9,8 @@ So the graph is read first:
   ops such as Cast/Unsqueeze/Reshape) stays below the row count of the gathered table;
 - an input compared (``Equal``) with a constant takes that constant;
 - inputs named like masks are ones, token types / segment ids zeros, position ids 0..n-1;
-- dims sharing a symbolic name share one size; the first dim of each input is the batch.
+- dims sharing a symbolic name share one size; the first dynamic dim of each input is the
+  batch (dim 0, or dim 1 of a recurrent state shaped [layers, batch, hidden]).
 
 `candidates` yields several feeds with different dynamic sizes, so a caller can retry when
 a size does not fit the model (a convolution stack needs at least 32 pixels, say).
@@ -136,12 +137,15 @@ def synthesize_feed(
     for spec in specs:
         hint = hints.get(spec.name, InputHints())
         shape = []
+        # the batch is dim 0, or for a recurrent state such as [layers, batch, hidden] the
+        # first dynamic dim after fixed ones
+        batch_axis = next((a for a, d in enumerate(spec.shape) if d == -1), None)
         for axis, dim in enumerate(spec.shape):
             if dim != -1:
                 shape.append(dim)
                 continue
             name = hint.dim_names[axis] if axis < len(hint.dim_names) else ""
-            default = batch if axis == 0 else other
+            default = batch if axis == batch_axis else other
             if name:
                 shape.append(sizes.setdefault(name, default))
             else:
