@@ -86,8 +86,7 @@ def write_model(folder: Path, gb: float) -> tuple[Path, int]:
                 :, None
             ].astype(np.float32)
             out.write(block.tobytes())
-    table = helper.make_tensor("table", TensorProto.FLOAT, [rows, WIDTH], vals=[])
-    table.ClearField("float_data")
+    table = TensorProto(name="table", data_type=TensorProto.FLOAT, dims=[rows, WIDTH])
     table.data_location = TensorProto.EXTERNAL
     for key, value in (("location", data.name), ("offset", "0"), ("length", str(rows * WIDTH * 4))):
         entry = table.external_data.add()

@@ -272,3 +272,36 @@ def test_validation_and_os_errors_are_one_line_unless_debugging(
     packed = shipyard.pack(fitted, name="iris", repo=tmp_path / "src").path
     assert main(["import", str(packed), "--repo", str(blocker)]) == 1
     _one_line_error(capsys)
+
+
+def test_inspect_example_is_a_request_predict_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stored sample becomes a ready-to-send V2 request (BERT-like: ids in the vocab)."""
+    import onnx
+
+    from tests.graphs import bert_like, vad_like
+
+    onnx.save(bert_like(), str(tmp_path / "bert.onnx"))
+    repo = tmp_path / "models"
+    assert main(["pack", str(tmp_path / "bert.onnx"), "--name", "bert", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(repo / "bert")]) == 0
+    shown = capsys.readouterr().out
+    assert "warm-up sample: samples/warmup.npz" in shown and "batching: on" in shown
+    assert main(["inspect", str(repo / "bert"), "--example"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in body["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body))
+    assert main(["predict", str(repo / "bert"), "--input", str(request)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["outputs"][0]["name"] == "last_hidden_state"
+
+    onnx.save(vad_like(), str(tmp_path / "vad.onnx"))
+    assert main(["pack", str(tmp_path / "vad.onnx"), "--name", "vad", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(repo / "vad")]) == 0
+    assert "batching: off: input state: float32[2, ?, 1] has a fixed first dim" in " ".join(
+        capsys.readouterr().out.split()
+    )

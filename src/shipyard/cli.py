@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, type=Path, help="repository folder")
     p.add_argument("--version", type=int, dest="model_version", help="version (default: next free)")
     p.add_argument("--sample-input", type=Path, help="sample inputs as .npy or .npz (no pickle)")
+    p.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="do not keep the sample in the version (samples/warmup.npz); the server then "
+        "warms up on synthesized inputs",
+    )
     p.add_argument("--opset", type=int, help="target ONNX opset (default: the importer's choice)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
@@ -89,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", type=Path, help="model folder (latest version) or version folder")
     i.add_argument("--version", type=int, dest="model_version")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument(
+        "--example",
+        action="store_true",
+        help="print a ready-to-send V2 inference request built from the stored sample "
+        "(e.g. shipyard inspect models/iris --example | curl -d @- .../v2/models/iris/infer)",
+    )
 
     r = _add(sub, "predict", "run local inference: V2 inference JSON in, V2 JSON out")
     r.add_argument("path", type=Path, help="model folder or version folder")

@@ -14,6 +14,7 @@ from shipyard.cli import dump_json
 
 if TYPE_CHECKING:
     from shipyard.importers.base import ConversionCheck
+    from shipyard.package.manifest import Manifest
 
 out = Console()
 err = Console(stderr=True)
@@ -40,6 +41,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             repo=args.repo,
             version=args.model_version,
             sample_input=args.sample_input,
+            keep_sample=not args.no_sample,
             opset=args.opset,
             tolerance=tolerance,
             trust_pickle=args.trust_pickle,
@@ -130,6 +132,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     version_dir = resolve_version_dir(args.path, args.model_version)
     manifest = read_verified(version_dir)
+    if args.example:
+        from shipyard.package.warmup import example_request
+
+        body, _origin = example_request(version_dir, manifest)
+        dump_json(body)
+        return 0
     if args.json:
         dump_json(manifest.model_dump(mode="json"))
         return 0
@@ -153,9 +161,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out.print(f"lineage: parent {m.lineage.parent or '—'}; steps: {lineage}")
     if m.conversion_check:
         out.print(f"conversion check: {describe_check(m.conversion_check)}")
+    out.print(f"warm-up sample: {_describe_warmup(m)}")
+    out.print(f"batching: {_describe_batching(m)}")
+    if m.external_data:
+        out.print(f"external data: {', '.join(m.external_data)} (loaded from the files)")
     if m.metadata:
         out.print("metadata: " + json.dumps(m.metadata, default=str)[:400])
     return 0
+
+
+def _describe_warmup(m: Manifest) -> str:
+    if m.warmup is None:
+        return "none; the server warms up on inputs synthesized from the graph"
+    rows = f"{m.warmup.rows} row(s)" if m.warmup.rows else "one call"
+    origin = "synthesized at pack time" if m.warmup.synthesized else "given at pack time"
+    return f"{m.warmup.file}, {rows}, {origin} (see it with --example)"
+
+
+def _describe_batching(m: Manifest) -> str:
+    from shipyard.serving.warmup import static_batching_problem
+
+    problem = static_batching_problem(m.inputs, m.outputs)
+    if problem is not None:
+        return f"off: {problem}"
+    return (
+        "on where the server confirms at load that rows answer alike alone and joined "
+        "(dim 0 is dynamic on every input and output)"
+    )
 
 
 def describe_check(c: ConversionCheck) -> str:

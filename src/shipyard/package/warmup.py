@@ -13,12 +13,18 @@ import io
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from shipyard.errors import IntegrityError
+from shipyard.errors import IntegrityError, UsageError
 from shipyard.package.tensorspec import TensorSpec
+
+if TYPE_CHECKING:  # the manifest imports this module for WarmupSample
+    from shipyard.package.manifest import Manifest
+
+MODEL_FILE = "model.onnx"
 
 WARMUP_FILE = "samples/warmup.npz"
 MAX_ROWS = 8
@@ -84,3 +90,46 @@ def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def example_request(
+    version_dir: Path, manifest: Manifest, *, rows: int = 1
+) -> tuple[dict[str, Any], str]:
+    """A ready-to-send V2 inference request (JSON body) and where its values came from.
+
+    From the stored sample (its first `rows` rows), else from inputs synthesized from the
+    graph (token ids inside the vocabulary, masks ones, ...).
+    """
+    import onnx
+
+    from shipyard.runtime.synthesis import graph_hints, synthesize_feed
+
+    if manifest.warmup is not None:
+        feed = read_sample(version_dir, manifest.warmup)
+        origin = "synthesized sample" if manifest.warmup.synthesized else "stored sample"
+    elif manifest.encryption is None:
+        graph = onnx.load(str(version_dir / MODEL_FILE), load_external_data=False)
+        feed = synthesize_feed(manifest.inputs, graph_hints(graph), batch=rows)
+        origin = "inputs synthesized from the graph"
+    else:
+        raise UsageError(
+            f"{version_dir}: encrypted and without a stored sample; no example can be built "
+            "without decrypting the model"
+        )
+    batched = {s.name for s in manifest.inputs if s.batched}
+    tensors = []
+    for spec in manifest.inputs:
+        array = feed[spec.name]
+        if spec.name in batched and array.ndim:
+            array = array[:rows]
+        flat = array.ravel()
+        values = [str(v) for v in flat] if spec.dtype == "str" else flat.tolist()
+        tensors.append(
+            {
+                "name": spec.name,
+                "shape": list(array.shape),
+                "datatype": spec.v2_datatype,
+                "data": values,
+            }
+        )
+    return {"inputs": tensors}, origin

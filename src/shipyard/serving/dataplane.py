@@ -25,11 +25,22 @@ from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
 from shipyard.serving.limits import check_output_size
 from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.settings import LimitsSettings
+from shipyard.serving.settings import LimitsSettings, VersionPolicy
 
 SERVER_NAME = "shipyard"
-EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 PLATFORM = "onnx_onnxv1"
+CONFIG_PLATFORM = "onnxruntime_onnx"
+"""Triton's platform name for ONNX Runtime models, as its model configuration spells it."""
+CONFIG_BACKEND = "onnxruntime"
+_GPU_PROVIDERS = frozenset(
+    {
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,39 @@ class DataPlane:
             "inputs": [_tensor_metadata(s) for s in signature.inputs],
             "outputs": [_tensor_metadata(s) for s in signature.outputs],
         }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration of the served version, in its JSON layout.
+
+        Only what holds for this server: when it batches the version along dim 0 (its
+        batcher is on now), `max_batch_size` is the batcher's limit, `dims` leave out the
+        batch dim and `dynamic_batching` is present; otherwise `max_batch_size` is 0 and
+        `dims` are the full shapes (-1: dynamic). A tensor that is nothing but the batch
+        dim gets `dims: []` (Triton would write [1] with a reshape, which tells clients to
+        send [B, 1]; Shipyard takes [B]).
+        """
+        served = self.manager.get(name, _version_number(name, version))
+        batcher, model = served.batcher, served.model
+        batched = batcher.enabled and all(s.batched for s in (*model.inputs, *model.outputs))
+        kind = "KIND_GPU" if _GPU_PROVIDERS & set(model.runtime.providers) else "KIND_CPU"
+        config: dict[str, Any] = {
+            "name": name,
+            "platform": CONFIG_PLATFORM,
+            "backend": CONFIG_BACKEND,
+            "version_policy": _version_policy(served.config.version_policy),
+            "max_batch_size": batcher.max_batch_size if batched else 0,
+            "input": [
+                {**_config_tensor(s, batched), "format": "FORMAT_NONE"} for s in model.inputs
+            ],
+            "output": [_config_tensor(s, batched) for s in model.outputs],
+        }
+        if batched:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batcher.max_delay_ns // 1000,
+                "default_queue_policy": {"max_queue_size": batcher.max_queue_size},
+            }
+        config["instance_group"] = [{"name": name, "kind": kind, "count": batcher.workers}]
+        return config
 
     # -- inference ------------------------------------------------------------------------
 
@@ -276,6 +320,20 @@ def _outcome(exc: BaseException) -> str:
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.v2_datatype, "shape": list(spec.shape)}
+
+
+def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    datatype = "STRING" if spec.v2_datatype == "BYTES" else spec.v2_datatype
+    dims = spec.shape[1:] if batched else spec.shape
+    return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(dims)}
+
+
+def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
+    if policy.all:
+        return {"all": {}}
+    if policy.specific is not None:
+        return {"specific": {"versions": list(policy.specific)}}
+    return {"latest": {"num_versions": policy.latest or 1}}
 
 
 def _index_json(entry: IndexEntry) -> dict[str, str]:

@@ -77,6 +77,8 @@ def _v2_model_endpoints() -> list[Endpoint]:
                      "InferenceResponse", _POST_MODEL, body="InferenceRequest", binary=True),
             Endpoint("get", f"{base}/stats", f"v2_model_stats{suffix}", "Model statistics",
                      "V2", "Statistics", (404,)),
+            Endpoint("get", f"{base}/config", f"v2_model_config{suffix}", "Model "
+                     "configuration (Triton's layout)", "V2", "ModelConfig", (404, 503)),
         ]  # fmt: skip
     return out
 

@@ -32,6 +32,7 @@ _INT: Schema = {"type": "integer"}
 _BOOL: Schema = {"type": "boolean"}
 _COUNT: Schema = {"type": "integer", "minimum": 0}
 _NUMBERS: Schema = {"type": "array", "items": {"type": "number"}}
+_DIMS: Schema = {"type": "array", "items": {"type": "integer", "minimum": -1}}
 _DURATION = closed_object({"count": _COUNT, "ns": _COUNT})
 _TF_STATES = ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
 _TF_DTYPES = ["DT_" + d for d in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8")] + [
@@ -62,6 +63,72 @@ SCHEMAS: dict[str, Schema] = {
             "inputs": {"type": "array", "items": ref("MetadataTensor")},
             "outputs": {"type": "array", "items": ref("MetadataTensor")},
         }
+    ),
+    "ConfigDataType": {
+        "type": "string",
+        "enum": sorted("TYPE_" + ("STRING" if d == "BYTES" else d) for d in NUMPY_TO_V2.values()),
+    },
+    "ConfigInput": closed_object(
+        {
+            "name": _STRING,
+            "data_type": ref("ConfigDataType"),
+            "format": {"const": "FORMAT_NONE"},
+            "dims": _DIMS,
+        }
+    ),
+    "ConfigOutput": closed_object(
+        {"name": _STRING, "data_type": ref("ConfigDataType"), "dims": _DIMS}
+    ),
+    "ModelConfig": closed_object(
+        {
+            "name": _STRING,
+            "platform": {"const": "onnxruntime_onnx"},
+            "backend": {"const": "onnxruntime"},
+            "version_policy": {
+                "oneOf": [
+                    closed_object(
+                        {
+                            "latest": closed_object(
+                                {"num_versions": {"type": "integer", "minimum": 1}}
+                            )
+                        }
+                    ),
+                    closed_object({"all": closed_object({})}),
+                    closed_object(
+                        {
+                            "specific": closed_object(
+                                {"versions": {"type": "array", "items": _COUNT}}
+                            )
+                        }
+                    ),
+                ]
+            },
+            "max_batch_size": {
+                **_COUNT,
+                "description": "0: the server does not batch this version and dims are the "
+                "full shapes; else the most rows per batch, and dims leave out the batch dim.",
+            },
+            "input": {"type": "array", "items": ref("ConfigInput")},
+            "output": {"type": "array", "items": ref("ConfigOutput")},
+            "instance_group": {
+                "type": "array",
+                "items": closed_object(
+                    {
+                        "name": _STRING,
+                        "kind": {"enum": ["KIND_CPU", "KIND_GPU"]},
+                        "count": {"type": "integer", "minimum": 1},
+                    }
+                ),
+            },
+        },
+        {
+            "dynamic_batching": closed_object(
+                {
+                    "max_queue_delay_microseconds": _COUNT,
+                    "default_queue_policy": closed_object({"max_queue_size": _COUNT}),
+                }
+            )
+        },
     ),
     "Parameters": {
         "type": "object",

@@ -8,7 +8,7 @@ route's action on its model:
     route                                               action    model
     /v2/health/live, /v2/health/ready                   open
     /v2, /openapi.json                                  metadata  any one
-    /v2/models/NAME[/versions/N][/ready|/stats]         metadata  NAME
+    /v2/models/NAME[/versions/N][/ready|/stats|/config] metadata  NAME
     /v2/models/NAME[/versions/N]/infer                  infer     NAME
     /v2/models/stats, /metrics                          metadata  every ('metadata:*')
     /v2/repository/models/NAME/load|unload              admin     NAME

@@ -153,6 +153,13 @@ def statistics_message(doc: dict[str, Any]) -> pb.ModelStatisticsResponse:
     return message
 
 
+def config_message(doc: dict[str, Any]) -> pb.ModelConfigResponse:
+    """Triton's JSON model configuration (`DataPlane.model_config`) as ModelConfigResponse."""
+    message = pb.ModelConfigResponse()
+    json_format.ParseDict(doc, message.config)
+    return message
+
+
 def _from_raw(
     data: bytes, datatype: str, shape: tuple[int, ...], position: int, what: str
 ) -> np.ndarray:

@@ -111,6 +111,10 @@ class V2GrpcServicer:
             **self.dataplane.model_metadata(request.name, request.version or None)
         )
 
+    async def model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        doc = self.dataplane.model_config(request.name, request.version or None)
+        return grpc_codec.config_message(doc)
+
     # -- inference ------------------------------------------------------------------------
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
@@ -216,6 +220,7 @@ class V2GrpcServicer:
             "ModelReady": _Rpc(self.model_ready, "health", _name),
             "ServerMetadata": _Rpc(self.server_metadata, "metadata", _no_model),
             "ModelMetadata": _Rpc(self.model_metadata, "metadata", _name),
+            "ModelConfig": _Rpc(self.model_config, "metadata", _name),
             "ModelInfer": _Rpc(self.model_infer, "infer", _model_name),
             "ModelStatistics": _Rpc(self.model_statistics, "statistics", _name),
             "RepositoryIndex": _Rpc(self.repository_index, "repository", _no_model),

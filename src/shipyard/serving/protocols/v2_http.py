@@ -59,6 +59,10 @@ class V2Handlers:
         name, version = _model(request)
         return json_response(self.dataplane.model_metadata(name, version))
 
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model(request)
+        return json_response(self.dataplane.model_config(name, version))
+
     async def model_ready(self, request: Request) -> Response:
         name, version = _model(request)
         ready = self.dataplane.model_ready(name, version)
@@ -152,6 +156,8 @@ def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
         Route(version, endpoint(h.model_metadata), methods=get),
         Route(f"{model}/ready", endpoint(h.model_ready), methods=get),
         Route(f"{version}/ready", endpoint(h.model_ready), methods=get),
+        Route(f"{model}/config", endpoint(h.model_config), methods=get),
+        Route(f"{version}/config", endpoint(h.model_config), methods=get),
         Route("/v2/repository/index", endpoint(h.repository_index), methods=post),
         Route("/v2/repository/models/{name}/load", endpoint(h.load), methods=post),
         Route("/v2/repository/models/{name}/unload", endpoint(h.unload), methods=post),
