@@ -181,6 +181,8 @@ TOUR: list[Step] = [
     step("get", "/v2/models/{name}/versions/{version}/ready"),
     step("get", "/v2/models/{name}/stats"),
     step("get", "/v2/models/{name}/versions/{version}/stats"),
+    step("get", "/v2/models/{name}/config"),
+    step("get", "/v2/models/{name}/versions/{version}/config"),
     step("post", "/v2/models/{name}/infer", X12),
     step(
         "post",
@@ -209,6 +211,7 @@ TOUR: list[Step] = [
     step("get", OPENAPI_PATH),
     # errors
     step("get", "/v2/models/{name}", status=404, name="nope"),
+    step("get", "/v2/models/{name}/config", status=404, name="nope"),
     step("get", "/v2/models/{name}/versions/{version}/ready", status=404, version="9"),
     step("post", "/v2/models/{name}/infer", {"inputs": []}, 400),
     step("post", "/v2/models/{name}/infer", {"inputs": [{"name": "X"}]}, 400),
@@ -223,6 +226,7 @@ TOUR: list[Step] = [
     step("post", "/v2/repository/models/{name}/unload"),
     step("get", "/v2/models/{name}/ready", status=400),
     step("get", "/v2/models/{name}", status=503),
+    step("get", "/v2/models/{name}/config", status=503),
     step("get", "/v1/models/{name}/metadata", status=503),
     step("post", "/v1/models/{name}:predict", {"instances": [[1, 2]]}, 503),
     step("post", "/v1/models/{name}:classify", {"examples": [[1, 2]]}, 503),

@@ -192,7 +192,7 @@ def test_errors_map_to_grpc_codes(client: triton.InferenceServerClient) -> None:
     right = _input("x", X, "FP32")
     _raises(grpc.StatusCode.NOT_FOUND, lambda: client.infer("nope", [right]))
     _raises(grpc.StatusCode.NOT_FOUND, lambda: client.infer("scale", [right], model_version="7"))
-    _raises(grpc.StatusCode.UNIMPLEMENTED, lambda: client.get_model_config("scale"))
+    _raises(grpc.StatusCode.UNIMPLEMENTED, lambda: client.get_log_settings())
 
 
 def test_stream_infer_answers_each_request(

@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from shipyard.errors import UnsafePickleError, UnsupportedModelError, UsageError
+from shipyard.errors import (
+    ConversionError,
+    UnsafePickleError,
+    UnsupportedModelError,
+    UsageError,
+)
 from shipyard.importers.base import Converted
 from shipyard.importers.pytorch import (
     DynamicAxes,
@@ -106,9 +111,22 @@ def convert(
     call = KerasCall(model, keys=keys, multi=len(inputs) > 1)
     with eval_mode(call):
         expected = run_torch(call, inputs, output_names=getattr(model, "output_names", None))
-        exported = export_module(
-            call, inputs, expected=expected, opset=opset, dynamic_axes=dynamic_axes
-        )
+        try:
+            exported = export_module(
+                call, inputs, expected=expected, opset=opset, dynamic_axes=dynamic_axes
+            )
+        except ConversionError as exc:
+            recurrent = _recurrent_layers(model, keras)
+            if not recurrent or not _beyond_batch(dynamic_axes, inputs):
+                raise
+            raise ConversionError(
+                f"Keras' torch backend runs {'/'.join(recurrent)} layers as a Python loop over "
+                "the time steps, which torch.export and the TorchScript exporter both unroll "
+                "to the sample's length, so dynamic_axes beyond the batch cannot stay dynamic "
+                "(an exporter limitation, not your model): pack a fixed-length sample without "
+                "dynamic_axes, or convert the model on the TensorFlow backend (tf2onnx) and "
+                f"pack the .onnx ({exc})"
+            ) from exc
     exported.metadata.update(keras_backend=BACKEND, model=type(model).__name__)
     return Converted(
         model=exported.model,
@@ -141,6 +159,21 @@ def convert_file(path: Path, *, sample: TorchSample, opset: int | None) -> Conve
     converted = convert(model, sample=sample, opset=opset)
     converted.metadata["keras_file_format"] = path.suffix.lower().lstrip(".")
     return converted
+
+
+def _recurrent_layers(model: Any, keras: Any) -> list[str]:
+    """The kinds of Keras recurrent layer (LSTM, GRU, SimpleRNN ...) in the model, sorted."""
+    flatten = getattr(model, "_flatten_layers", None)  # Keras' own recursive walk
+    layers = list(flatten(include_self=False, recursive=True)) if callable(flatten) else []
+    return sorted({type(layer).__name__ for layer in layers if isinstance(layer, keras.layers.RNN)})
+
+
+def _beyond_batch(dynamic_axes: DynamicAxes | None, inputs: Mapping[str, np.ndarray]) -> bool:
+    return any(
+        name in inputs and inputs[name].ndim and dim % inputs[name].ndim != 0
+        for name, dims in (dynamic_axes or {}).items()
+        for dim in dims
+    )
 
 
 def _dict_input_keys(model: Any) -> list[str] | None:

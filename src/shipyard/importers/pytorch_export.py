@@ -524,10 +524,14 @@ def check_dynamic_lengths(
             else np.array_equal(out, ref)
         )
         if not same:
+            how = (
+                f"shape {list(out.shape)} vs {list(ref.shape)}"
+                if out.shape != ref.shape
+                else f"max abs diff {float(np.max(np.abs(out.astype(np.float64) - ref))):.3g}"
+            )
             raise ConversionError(
-                f"output {name!r} at {label} differs from the original model's (shape "
-                f"{list(out.shape)} vs {list(ref.shape)}), although it matched at "
-                f"{at_sample_label}; {_pinned(recurrent)}"
+                f"output {name!r} at {label} differs from the original model's ({how}), "
+                f"although it matched at {at_sample_label}; {_pinned(recurrent)}"
             )
     marked = _mark_dynamic_outputs(proto, at_sample, got, sample_sizes, sizes)
     note = f"outputs at {label} match the original model (sample: {at_sample_label})"
