@@ -100,7 +100,7 @@ def test_pack_inspect_predict(
 
     assert main(["inspect", str(repo / "iris")]) == 0
     shown = capsys.readouterr().out
-    assert "verified" in shown and "probabilities" in shown and "sha256" in shown
+    assert "hashes verified" in shown and "probabilities" in shown and "sha256" in shown
     assert main(["inspect", str(repo / "iris"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "iris"
 
@@ -305,3 +305,86 @@ def test_inspect_example_is_a_request_predict_accepts(
     assert "batching: off: input state: float32[2, ?, 1] has a fixed first dim" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+def _iris_request(tmp_path: Path, iris: tuple[np.ndarray, np.ndarray]) -> Path:
+    rows = iris[0][:2].astype(np.float32)
+    request = {
+        "inputs": [
+            {"name": "X", "shape": [2, 4], "datatype": "FP32", "data": rows.ravel().tolist()}
+        ]
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    return path
+
+
+def test_inspect_says_what_it_checked_and_pub_catches_a_resealed_package(
+    tmp_path: Path,
+    fitted: LogisticRegression,
+    iris: tuple[np.ndarray, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tampered package with its manifest re-sealed passed `inspect` as plain "verified"."""
+    import shipyard
+    from shipyard.package.hashing import sha256_file
+    from shipyard.package.manifest import FileEntry
+    from shipyard.package.store import read_verified
+    from shipyard.security.encryption import replace_manifest
+    from shipyard.security.keys import init_keys
+    from shipyard.security.signing import sign_version
+
+    path = shipyard.pack(fitted, name="iris", repo=tmp_path / "models").path
+    assert main(["inspect", str(path)]) == 0
+    assert "hashes verified; unsigned" in capsys.readouterr().out
+    keys = init_keys(tmp_path / "keys")
+    sign_version(path, keys.signing_key)
+    assert main(["inspect", str(path)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "signature present but not checked (pass --pub KEY)" in shown
+    assert main(["inspect", str(path), "--pub", str(keys.public_key)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"signature verified (key {keys.public_key})" in shown
+
+    request = _iris_request(tmp_path, iris)
+    assert main(["predict", str(path), "--input", str(request), "--pub", str(keys.public_key)]) == 0
+    capsys.readouterr()
+
+    # Tamper: change a metadata-free byte of the model, then re-seal the manifest around it.
+    manifest = read_verified(path)
+    model = path / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    entry = FileEntry(sha256=sha256_file(model), size=model.stat().st_size)
+    files = {**manifest.files, "model.onnx": entry}
+    replace_manifest(path, manifest.model_copy(update={"files": files}).sealed())
+    assert main(["inspect", str(path)]) == 0  # the hashes match: only the signature can tell
+    assert "not checked" in " ".join(capsys.readouterr().out.split())
+    assert main(["inspect", str(path), "--pub", str(keys.public_key)]) == 1
+    err = _one_line_error(capsys)
+    assert "model.onnx" in err and "changed since signing" in err
+    assert main(["predict", str(path), "--input", str(request), "--pub", str(keys.public_key)]) == 1
+    assert "model.onnx" in _one_line_error(capsys)
+
+
+def test_predict_key_file_opens_an_encrypted_package(
+    tmp_path: Path,
+    fitted: LogisticRegression,
+    iris: tuple[np.ndarray, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error told users to `pass --key-file`, which predict did not have."""
+    import shipyard
+    from shipyard.security.encryption import encrypt_version
+    from shipyard.security.keys import init_keys, read_secret
+
+    monkeypatch.delenv("SHIPYARD_KEK", raising=False)
+    path = shipyard.pack(fitted, name="iris", repo=tmp_path / "models").path
+    keys = init_keys(tmp_path / "keys")
+    encrypt_version(path, read_secret(keys.data_key))
+    request = _iris_request(tmp_path, iris)
+    assert main(["predict", str(path), "--input", str(request)]) == 1
+    assert "pass --key-file or set SHIPYARD_KEK" in _one_line_error(capsys)
+    args = ["predict", str(path), "--input", str(request), "--key-file", str(keys.data_key)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["model_name"] == "iris"

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--version", type=int, dest="model_version")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument(
+        "--pub",
+        type=Path,
+        metavar="KEY",
+        help="also verify the signature (model.sig) with this public key; exit 1 if it fails",
+    )
+    i.add_argument(
         "--example",
         action="store_true",
         help="print a ready-to-send V2 inference request built from the stored sample "
@@ -108,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", required=True, type=Path, help="V2 inference request JSON ('-' = stdin)"
     )
     r.add_argument("--version", type=int, dest="model_version")
+    r.add_argument(
+        "--pub", type=Path, metavar="KEY", help="require a valid signature by this public key"
+    )
+    r.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="KEY",
+        help="key-encryption key for an encrypted package (default: $SHIPYARD_KEK)",
+    )
 
     m = _add(
         sub,

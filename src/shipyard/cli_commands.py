@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -132,6 +133,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     version_dir = resolve_version_dir(args.path, args.model_version)
     manifest = read_verified(version_dir)
+    checked = _check_signature(version_dir, args.pub)
     if args.example:
         from shipyard.package.warmup import example_request
 
@@ -142,7 +144,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         dump_json(manifest.model_dump(mode="json"))
         return 0
     m = manifest
-    out.print(f"[bold]{m.name}[/] version {m.version}  [dim]{version_dir}[/]  [green]verified[/]")
+    out.print(
+        f"[bold]{m.name}[/] version {m.version}  [dim]{version_dir}[/]  {checked}", soft_wrap=True
+    )
     out.print(
         f"source: {m.source.framework} {m.source.framework_version} via "
         f"{m.source.converter} {m.source.converter_version}; opset {m.opset}; "
@@ -168,6 +172,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if m.metadata:
         out.print("metadata: " + json.dumps(m.metadata, default=str)[:400])
     return 0
+
+
+def _check_signature(version_dir: Path, public_key: Path | None) -> str:
+    """What inspect checked, in words; SignatureError (exit 1) when `public_key` fails."""
+    from shipyard.package.store import SIGNATURE_FILE
+    from shipyard.security.signing import verify_version
+
+    if public_key is not None:
+        verify_version(version_dir, public_key)
+        return f"[green]hashes verified; signature verified (key {public_key})[/]"
+    if (version_dir / SIGNATURE_FILE).is_file():
+        return (
+            "[green]hashes verified[/]; [yellow]signature present but not checked "
+            "(pass --pub KEY)[/]"
+        )
+    return "[green]hashes verified[/]; [yellow]unsigned[/]"
 
 
 def _describe_warmup(m: Manifest) -> str:
@@ -209,7 +229,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from shipyard.predict import predict_json
 
     raw = sys.stdin.buffer.read() if str(args.input) == "-" else _read(args.input)
-    model = shipyard.load(args.path, version=args.model_version)
+    kek = None
+    if args.key_file is not None:
+        from shipyard.security.keys import load_kek
+
+        kek = load_kek(args.key_file)
+    model = shipyard.load(args.path, version=args.model_version, public_key=args.pub, kek=kek)
     try:
         response: dict[str, Any] = predict_json(model, raw)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,8 @@ def add_serve_commands(sub: Any, add: Callable[[Any, str, str], argparse.Argumen
     s.add_argument("repository", type=Path, nargs="?", help="repository folder (default: models)")
     _server_flags(s)
     _security_flags(s)
+    _http_flags(s)
+    _tls_flags(s)
 
     d = add(
         sub, "demo", "build the example repository (cached) and serve it with one call per model"
@@ -78,6 +81,84 @@ def _security_flags(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="audit log HMAC key (default: $SHIPYARD_AUDIT_KEY)",
     )
+    g.add_argument(
+        "--audit-new-chain",
+        action="store_true",
+        default=None,
+        help="when the audit chain does not verify at start, move the log aside and start anew",
+    )
+    g.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        default=None,
+        help="with --require-signature, serve a version older than one already served",
+    )
+    g.add_argument(
+        "--max-instances", type=int, metavar="N", help="most instances a model.toml may ask for"
+    )
+
+
+def _http_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("HTTP connection bounds (before auth)")
+    g.add_argument(
+        "--max-header-bytes", type=int, metavar="N", help="request line + headers (default 16384)"
+    )
+    g.add_argument("--max-header-fields", type=int, metavar="N", help="header fields (default 100)")
+    g.add_argument(
+        "--header-timeout", type=float, metavar="S", help="seconds to send all headers (default 10)"
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a request body may stall (default 30)",
+    )
+    g.add_argument(
+        "--keep-alive-timeout", type=float, metavar="S", help="idle keep-alive seconds (default 5)"
+    )
+    g.add_argument(
+        "--max-connections", type=int, metavar="N", help="open HTTP connections (default 1024)"
+    )
+
+
+_HTTP_SETTINGS = (
+    ("max_header_bytes", "max_header_bytes"),
+    ("max_header_fields", "max_header_fields"),
+    ("header_timeout", "header_timeout_s"),
+    ("body_timeout", "body_timeout_s"),
+    ("keep_alive_timeout", "keep_alive_timeout_s"),
+    ("max_connections", "max_connections"),
+)
+
+
+def _tls_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("TLS (with --tls-cert/--tls-key; HTTPS and gRPC)")
+    g.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: require a client certificate signed by this CA bundle",
+    )
+    g.add_argument(
+        "--tls-min-version", choices=["1.2", "1.3"], help="oldest TLS version (default 1.2)"
+    )
+    g.add_argument(
+        "--tls-ciphers", metavar="LIST", help="OpenSSL TLS 1.2 cipher list (default: OpenSSL's)"
+    )
+    g.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        metavar="S",
+        help="seconds between checks for new certificate files (default 5; 0 = never)",
+    )
+
+
+_TLS_SETTINGS = (
+    ("tls_client_ca", "client_ca"),
+    ("tls_min_version", "min_version"),
+    ("tls_ciphers", "ciphers"),
+    ("tls_reload_interval", "reload_interval_s"),
+)
 
 
 _SECURITY_SETTINGS = (
@@ -90,6 +171,9 @@ _SECURITY_SETTINGS = (
     ("key_file", "key_file"),
     ("audit_log", "audit_log"),
     ("audit_key_file", "audit_key_file"),
+    ("audit_new_chain", "audit_new_chain"),
+    ("allow_downgrade", "allow_downgrade"),
+    ("max_instances", "max_instances"),
 )
 
 
@@ -114,6 +198,9 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
             overrides[key] = value
     if repository is not None:
         overrides["repository"] = repository
+    tls = {k: getattr(args, f) for f, k in _TLS_SETTINGS if getattr(args, f, None) is not None}
+    if tls:
+        overrides["tls"] = tls
     settings = load_settings(config_file=args.config, **overrides)
     batching: dict[str, Any] = {}
     if args.max_batch_size is not None:
@@ -123,6 +210,14 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
     if batching:
         merged = settings.batching.model_copy(update=batching)
         settings = settings.model_copy(update={"batching": merged})
+    http = {
+        key: getattr(args, flag)
+        for flag, key in _HTTP_SETTINGS
+        if getattr(args, flag, None) is not None
+    }
+    if http:  # validated: model_copy alone would skip the field bounds
+        merged_http = type(settings.http).model_validate({**settings.http.model_dump(), **http})
+        settings = settings.model_copy(update={"http": merged_http})
     return settings
 
 
@@ -133,14 +228,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, args.repository)
     check_repository(settings)
-    check_exposure(settings)  # before announcing an address it will not serve
-    grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
-    err.print(
-        f"serving {settings.repository} on {'https' if settings.tls_cert else 'http'}://"
-        f"{settings.host}:{settings.port} "
-        f"(V2: /v2, metrics: /metrics{grpc}) — Ctrl-C to stop"
-    )
-    serve(settings=settings)
+    check_exposure(settings)  # before binding an address it will not serve
+    try:
+        serve(settings=settings)  # logs where it serves, as a log line (JSON with --log-format)
+    except Exception as exc:
+        from shipyard.cli import error_line, exit_code
+
+        code = exit_code(exc)
+        if settings.log_format != "json" or code is None:
+            raise
+        # JSON logs: the failure is a JSON line too, not the CLI's text line
+        logging.getLogger("shipyard.serving.server").error(error_line(exc))
+        return code
     return 0
 
 

@@ -141,3 +141,35 @@ def test_rejected_candidate_exits_1(
     assert code == 1
     captured = capsys.readouterr()
     assert "rejected" in captured.err and ".rejected" in captured.err
+
+
+def test_prune_without_max_drop_exits_1_under_the_default_budget(
+    mlp_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        "compress", str(mlp_repo / "mlp"), "--prune", "0.9", "--batch-size", "8", "--runs", "5"
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "budget: default (top-1 agreement >= 0.99" in captured.err
+    assert "rejected" in captured.err and "is below min top-1 agreement 0.99" in captured.err
+    assert not (mlp_repo / "mlp" / "2").exists()
+
+
+def test_no_budget_says_what_it_did(mlp_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        "compress",
+        str(mlp_repo / "mlp"),
+        "--prune",
+        "0.9",
+        "--no-budget",
+        "--batch-size",
+        "8",
+        "--runs",
+        "5",
+    )
+    captured = capsys.readouterr()
+    assert code == 0 and (mlp_repo / "mlp" / "2").is_dir()
+    assert "budget: none (--no-budget): published without" in captured.err
+    with pytest.raises(UsageError, match="--no-budget cannot be combined"):
+        main("compress", str(mlp_repo / "mlp"), "--prune", "0.9", "--no-budget", "--max-drop", "0")

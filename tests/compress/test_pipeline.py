@@ -11,6 +11,7 @@ import pytest
 
 import shipyard
 from shipyard.compress import (
+    NO_BUDGET,
     AutoConfig,
     Budget,
     CompressionConfigError,
@@ -135,7 +136,9 @@ def test_top1_budget_reports_value_limit_and_miss(mlp_repo: Path) -> None:
 
 def test_pipeline_prune_then_quantize_records_both_steps(mlp_repo: Path) -> None:
     config = PipelineConfig(steps=(OnnxPruneConfig(sparsity=0.3), DynamicInt8Config()))
-    result = compress(mlp_repo / "mlp", config=config, measure=FAST)
+    # 0.3 of this random MLP's weights is a real loss (top-1 agreement 0.5 on the 4 stored
+    # rows), over the default budget; this test is about the lineage, so it opts out.
+    result = compress(mlp_repo / "mlp", config=config, max_drop=NO_BUDGET, measure=FAST)
     assert result.accepted
     steps = read_verified(result.path).lineage.steps
     assert [s.op for s in steps] == ["pack", "prune", "quantize"]
@@ -236,3 +239,59 @@ def test_tampered_parent_is_refused(mlp_repo: Path) -> None:
     with pytest.raises(IntegrityError, match="model.onnx"):
         compress(mlp_repo / "mlp", config=DynamicInt8Config(), measure=FAST)
     assert list_versions(mlp_repo / "mlp") == [1]
+
+
+def test_destructive_prune_without_budget_is_not_published(mlp_repo: Path) -> None:
+    """No --max-drop used to mean no check: a 0.9 prune became the served version."""
+    result = compress(mlp_repo / "mlp", config=OnnxPruneConfig(sparsity=0.9), measure=FAST)
+    assert not result.accepted and result.default_budget
+    assert result.budget == Budget(min_top1_agreement=0.99)
+    assert list_versions(mlp_repo / "mlp") == [1]
+    assert result.path.parent == mlp_repo / "mlp" / REJECTED_DIR
+    agreement = result.report.fidelity.top1_agreement
+    assert agreement is not None and agreement < 0.99
+    assert result.reasons == [
+        f"top-1 agreement {agreement:.4g} is below min top-1 agreement 0.99 "
+        f"by {0.99 - agreement:.4g}"
+    ]
+
+
+def test_default_budget_with_labels_adds_accuracy(mlp_repo: Path) -> None:
+    result = compress(
+        mlp_repo / "mlp",
+        config=OnnxPruneConfig(sparsity=0.9),
+        eval_data=mlp_repo.parent / "eval.npz",
+        measure=FAST,
+    )
+    assert not result.accepted
+    assert result.budget == Budget(max_accuracy_drop=0.01, min_top1_agreement=0.99)
+    assert any(r.startswith("accuracy drop") for r in result.reasons)
+
+
+def test_no_budget_publishes_and_records_it(mlp_repo: Path) -> None:
+    result = compress(
+        mlp_repo / "mlp", config=OnnxPruneConfig(sparsity=0.9), max_drop=NO_BUDGET, measure=FAST
+    )
+    assert result.accepted and not result.default_budget
+    assert result.budget is not None and not result.budget.checked
+    assert read_verified(result.path).measured["budget"] == {
+        "max_accuracy_drop": None,
+        "min_mean_cosine": None,
+        "min_top1_agreement": None,
+    }
+
+
+def test_default_budget_for_float_outputs_is_mean_cosine() -> None:
+    from shipyard.compress.config import has_class_output, resolve_budget
+    from shipyard.package.tensorspec import TensorSpec
+
+    embedding = [TensorSpec(name="e", dtype="float32", shape=(-1, 1))]
+    classes = [TensorSpec(name="label", dtype="int64", shape=(-1,))]
+    assert not has_class_output(embedding) and has_class_output(classes)
+    budget, default = resolve_budget(None, labelled=False, classes=False)
+    assert default and budget == Budget(min_mean_cosine=0.99)
+    assert budget.describe() == "mean cosine >= 0.99"
+    assert resolve_budget(0.05, labelled=True, classes=True) == (
+        Budget(max_accuracy_drop=0.05),
+        False,
+    )

@@ -108,16 +108,17 @@ def served_repo(packed: dict[str, Packed], packed_without_sample: dict[str, Pack
     return next(iter(packed.values())).repo
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(served_repo: Path) -> Iterator[RunningServer]:
-    """One real server on a free port for every corpus model; stopped at the end."""
+    """One real server on a free port for every corpus model; stopped when the module ends
+    (not the session: later tests check that no server threads are left running)."""
     settings = load_settings(repository=served_repo, port=0, poll_interval_s=0)
     with start_in_thread(settings=settings, timeout_s=300) as running:
         yield running
     assert not running.running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def raw_sessions(corpus_paths: dict[str, Path]) -> dict[str, ort.InferenceSession]:
     """Plain ONNX Runtime sessions on the ORIGINAL files: the reference answers."""
     return {

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from shipyard.security.audit import AuditHead, AuditLog, verify_log
+from shipyard.security.audit import (
+    CONTINUED,
+    AuditHead,
+    AuditLog,
+    prepare_log,
+    rotate_log,
+    verify_files,
+    verify_log,
+)
 from shipyard.security.errors import AuditError
+from shipyard.serving.audit import AuditWriter
 
 KEY = b"k" * 32
 
@@ -145,3 +156,93 @@ def test_corrupt_tail_refuses_to_extend(log_path: Path) -> None:
     log_path.write_text("".join(lines))
     with pytest.raises(AuditError, match="last record is corrupt"):
         AuditLog(log_path, KEY)
+
+
+# -- repair, whole-chain check, rotation, failed writes -------------------------------------
+
+
+def test_a_torn_tail_is_set_aside_and_noted_on_start(log_path: Path) -> None:
+    with log_path.open("a") as fh:
+        fh.write('{"seq": 6, "ev')  # a crash half-way through a line
+    writer = AuditWriter(log_path, KEY)
+    writer.start()
+    writer.close()
+    torn = list(log_path.parent.glob("audit.jsonl.torn-*"))
+    assert len(torn) == 1 and torn[0].read_bytes() == b'{"seq": 6, "ev'
+    result = verify_log(log_path, KEY)
+    assert result.ok and result.records == 6
+    note = json.loads(_lines(log_path)[-1])
+    assert note["event"] == "audit.torn" and note["seq"] == 6
+    assert "partial last record of 14 bytes" in note["detail"] and torn[0].name in note["detail"]
+
+
+def test_an_edit_in_the_middle_stops_the_start_naming_the_record(log_path: Path) -> None:
+    lines = _lines(log_path)
+    lines[2] = lines[2].replace('"who":"ci-bot"', '"who":"mallory"')
+    log_path.write_text("".join(lines))
+    with pytest.raises(AuditError) as caught:
+        AuditWriter(log_path, KEY).start()
+    message = str(caught.value)
+    assert "chain is broken at line 3 (seq 3): hmac does not match" in message
+    assert "\n" not in message and "--audit-new-chain" in message
+    assert len(_lines(log_path)) == 5  # nothing appended to a log that does not verify
+
+
+def test_new_chain_moves_a_broken_log_aside_and_says_so(log_path: Path) -> None:
+    lines = _lines(log_path)
+    del lines[1]
+    log_path.write_text("".join(lines))
+    assert prepare_log(log_path, KEY, new_chain=True).notes[0][0] == "audit.new_chain"
+    (broken,) = log_path.parent.glob("audit.jsonl.broken-*")
+    assert len(_lines(broken)) == 4 and not log_path.exists()
+    writer = AuditWriter(log_path, KEY, new_chain=True)
+    writer.start()  # nothing left to repair: an empty new file
+    writer.submit("audit.new_chain", detail=f"previous log moved to {broken.name}")
+    writer.close()
+    assert verify_log(log_path, KEY).ok
+
+
+def test_rotation_continues_the_chain_across_files(log_path: Path) -> None:
+    with AuditLog(log_path, KEY) as writer:  # a writer that keeps its file open
+        writer.record("infer", request_id="before")
+        aside = rotate_log(log_path, KEY)
+        writer.record("infer", request_id="after")  # follows the path to the new file
+    first = json.loads(_lines(log_path)[0])
+    assert first["event"] == CONTINUED and first["seq"] == 7
+    assert json.loads(_lines(log_path)[1])["request_id"] == "after"
+    assert len(_lines(aside)) == 6
+    assert verify_log(log_path, KEY).ok  # on its own, from the continuation record
+    chain = verify_files([aside, log_path], KEY)
+    assert chain.ok and chain.records == 8 and chain.head.seq == 8
+    assert not verify_files([log_path, aside], KEY).ok  # out of order
+    mine = AuditLog(log_path, KEY)  # a restarted writer continues the new file
+    assert mine.record("infer")["seq"] == 9
+    mine.close()
+
+
+def test_a_replaced_empty_file_continues_the_chain(log_path: Path) -> None:
+    with AuditLog(log_path, KEY) as writer:
+        old = log_path.with_name("moved.jsonl")
+        os.rename(log_path, old)  # e.g. logrotate without shipyard audit rotate
+        log_path.touch()
+        writer.record("infer")
+    assert [json.loads(line)["event"] for line in _lines(log_path)] == [CONTINUED, "infer"]
+    assert verify_files([old, log_path], KEY).ok
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_failed_write_leaves_the_chain_whole_and_is_retried(tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(real)
+    with AuditLog(link, KEY) as writer:
+        writer.record("infer", request_id="1")
+        link.unlink()
+        link.symlink_to("/dev/full")
+        with pytest.raises(AuditError, match="No space left on device"):
+            writer.record("infer", request_id="2")
+        link.unlink()
+        link.symlink_to(real)
+        writer.record("infer", request_id="2")
+    assert [json.loads(line)["request_id"] for line in _lines(real)] == ["1", "2"]
+    assert verify_log(real, KEY).ok

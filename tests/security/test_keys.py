@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shipyard.security.errors import KeyFileError
+from shipyard.security.fileio import InsecurePermissionsError
 from shipyard.security.keys import (
     KeyPaths,
     init_keys,
@@ -50,9 +51,11 @@ def test_secrets_from_raw_files_env_and_errors(
 ) -> None:
     raw = tmp_path / "raw.key"
     raw.write_bytes(b"\x01" * 32)
+    raw.chmod(0o600)
     assert read_secret(raw) == b"\x01" * 32
     short = tmp_path / "short.key"
     short.write_text(base64.b64encode(b"x" * 16).decode())
+    short.chmod(0o600)
     with pytest.raises(KeyFileError, match="holds 16 bytes, expected 32"):
         read_secret(short)
     with pytest.raises(KeyFileError, match="not found"):
@@ -70,3 +73,16 @@ def test_key_id_is_stable_and_does_not_reveal_the_key() -> None:
     key = b"\x03" * 32
     assert key_id(key) == key_id(key) and len(key_id(key)) == 16
     assert key.hex()[:16] != key_id(key) and key_id(key) != key_id(b"\x04" * 32)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o666, 0o602])
+def test_key_files_open_to_group_or_others_are_refused(keys: KeyPaths, mode: int) -> None:
+    """A world-readable key-encryption key was read without a word."""
+    keys.data_key.chmod(mode)
+    with pytest.raises(InsecurePermissionsError, match=r"chmod 600") as caught:
+        read_secret(keys.data_key)
+    assert caught.value.exit_code == 2 and f"mode {mode:04o}" in str(caught.value)
+    with pytest.raises(InsecurePermissionsError):
+        load_kek(keys.data_key)
+    keys.data_key.chmod(0o400)
+    assert len(read_secret(keys.data_key)) == 32

@@ -128,3 +128,61 @@ def test_audit_commands(run: Run, tmp_path: Path) -> None:
     assert code == 1 and (report["first_bad_seq"], report["first_bad_line"]) == (3, 2)
     code, _, err = run("audit", "verify", log_path, "--key-file", keys.audit_key)
     assert code == 1 and "line 2 (seq 3)" in err
+
+
+def test_tokens_refuse_past_expiry_open_files_and_record_revocations(
+    run: Run, tmp_path: Path
+) -> None:
+    file = tmp_path / "tokens.json"
+    code, _, err = run(
+        "tokens",
+        "--file",
+        file,
+        "create",
+        "--name",
+        "a",
+        "--scope",
+        "infer:*",
+        "--expires",
+        "2000-01-01T00:00:00+00:00",
+    )
+    assert code == 1 and "in the past" in err and not file.exists()
+    assert run("tokens", "--file", file, "create", "--name", "a", "--scope", "infer:*")[0] == 0
+    code, out, _ = run("tokens", "--file", file, "revoke", "a")
+    assert code == 0 and "revoked_at" in out and "revoked_by" in out
+    code, out, _ = run("tokens", "--file", file, "list", "--json")
+    assert json.loads(out) == []
+    code, out, _ = run("tokens", "--file", file, "list", "--json", "--revoked")
+    (record,) = json.loads(out)
+    assert record["name"] == "a" and record["revoked_at"] and record["revoked_by"]
+    file.chmod(0o666)
+    code, _, err = run("tokens", "--file", file, "list")
+    assert code == 1 and "chmod 600" in err
+    assert main_cli.main(["tokens", "--file", str(file), "list"]) == 2  # exit code 2 there
+
+
+def test_cli_exit_code_for_open_secret_files_is_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "tokens.json"
+    assert (
+        main_cli.main(
+            ["tokens", "--file", str(file), "create", "--name", "a", "--scope", "infer:*"]
+        )
+        == 0
+    )
+    file.chmod(0o640)
+    capsys.readouterr()
+    assert main_cli.main(["tokens", "--file", str(file), "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "group" in err and err.count("\n") == 1
+
+
+def test_sign_refuses_a_readable_private_key(run: Run, version_dir: Path, tmp_path: Path) -> None:
+    from shipyard.security.keys import init_keys
+
+    keys = init_keys(tmp_path / "k")
+    keys.signing_key.chmod(0o644)
+    code, _, err = run("sign", version_dir, "--key", keys.signing_key)
+    assert code == 1 and "private key is readable" in err
+    assert not (version_dir / "model.sig").exists()

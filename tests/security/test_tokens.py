@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from shipyard.errors import NotFoundError, UsageError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
+from shipyard.security.fileio import InsecurePermissionsError
 from shipyard.security.tokens import Principal, Scope, TokenStore, authorize, bearer_token
 
 
@@ -39,8 +42,18 @@ def test_unknown_malformed_and_near_miss_tokens_are_rejected(store: TokenStore) 
     assert store.authenticate("") is None
 
 
+def expire(store: TokenStore, name: str) -> None:
+    """Move a token's expiry into the past (creating an expired token is refused)."""
+    doc = json.loads(store.path.read_text())
+    for record in doc["tokens"]:
+        if record["name"] == name:
+            record["expires"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    store.path.write_text(json.dumps(doc))
+
+
 def test_expiry(store: TokenStore) -> None:
-    past = store.create("old", ["infer:*"], expires=datetime.now(UTC) - timedelta(seconds=1))
+    past = store.create("old", ["infer:*"], expires=timedelta(hours=1))
+    expire(store, "old")
     soon = store.create("new", ["infer:*"], expires=timedelta(hours=1))
     assert store.authenticate(past) is None
     assert store.authenticate(soon) is not None
@@ -117,5 +130,50 @@ def test_authorize_maps_to_401_and_403(store: TokenStore) -> None:
 
 def test_corrupt_token_file_is_a_clear_error(store: TokenStore) -> None:
     store.path.write_text("{]")
+    store.path.chmod(0o600)  # a file open to others is refused before it is read
     with pytest.raises(UsageError, match="not a valid Shipyard token file"):
         store.authenticate("shp_x")
+
+
+def test_creating_an_expired_token_is_refused(store: TokenStore) -> None:
+    for when in (datetime.now(UTC) - timedelta(seconds=1), timedelta(seconds=-1)):
+        with pytest.raises(UsageError, match="in the past"):
+            store.create("old", ["infer:*"], expires=when)
+    assert not store.path.exists()
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o644, 0o620, 0o604])
+def test_token_file_open_to_group_or_others_is_refused(store: TokenStore, mode: int) -> None:
+    token = store.create("ci-bot", ["infer:*"])
+    store.path.chmod(mode)  # a chmod changes no mtime: the cached read must not hide it
+    with pytest.raises(InsecurePermissionsError, match="chmod 600") as caught:
+        store.authenticate(token)
+    assert caught.value.exit_code == 2 and f"mode {mode:04o}" in str(caught.value)
+    with pytest.raises(InsecurePermissionsError):
+        TokenStore(store.path).list()
+    store.path.chmod(0o600)
+    assert store.authenticate(token) is not None
+
+
+def test_revoke_keeps_a_record_and_reasons_tell_revoked_from_expired(store: TokenStore) -> None:
+    token = store.create("ci-bot", ["infer:*"])
+    old = store.create("old", ["infer:*"], expires=timedelta(hours=1))
+    expire(store, "old")
+    server_view = TokenStore(store.path)
+    heard: list[str] = []
+    server_view.on_revoke.append(lambda info: heard.append(f"{info.name} by {info.revoked_by}"))
+    assert server_view.verify(token).principal is not None  # first read: nothing to report
+    info = store.revoke("ci-bot", by="alice")
+    assert info.revoked_by == "alice" and info.revoked_at is not None
+    record = json.loads(store.path.read_text())["tokens"][0]
+    assert record["name"] == "ci-bot" and record["revoked_by"] == "alice"
+    assert record["revoked_at"] == info.revoked_at.isoformat()
+    assert server_view.verify(token).reason == "revoked"
+    assert heard == ["ci-bot by alice"]
+    assert server_view.verify(token).reason == "revoked" and len(heard) == 1  # reported once
+    assert server_view.verify(old).reason == "expired"
+    assert server_view.verify("shp_nope").reason == "invalid_token"
+    assert [i.name for i in store.list(revoked=True) if i.revoked_at] == ["ci-bot"]
+    again = store.create("ci-bot", ["infer:iris"])  # the name is free again
+    assert store.authenticate(again) is not None and store.authenticate(token) is None
+    assert os.stat(store.path).st_mode & 0o077 == 0

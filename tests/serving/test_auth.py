@@ -240,7 +240,8 @@ async def test_revoked_and_expired_tokens_are_refused(
     store = TokenStore(path)
     live = store.create("live", ["infer:scale"])
     doomed = store.create("doomed", ["infer:scale"])
-    expired = store.create("old", ["infer:scale"], expires=dt.timedelta(seconds=-1))
+    expired = store.create("old", ["infer:scale"], expires=dt.timedelta(hours=1))
+    _expire(path, "old")  # creating an already-expired token is refused
     async with app_client(settings_for(repo, auth=path)) as client:
         url = "/v2/models/scale/infer"
         assert (await client.post(url, content=INFER_BODY, headers=bearer(doomed))).is_success
@@ -314,6 +315,9 @@ def test_missing_token_file_is_refused_at_startup(
         build_app(settings_for(repo, auth=tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
+    with pytest.raises(UsageError, match="chmod 600"):  # open to others: refused unread
+        build_app(settings_for(repo, auth=broken))
+    broken.chmod(0o600)
     with pytest.raises(UsageError, match="not a valid Shipyard token file"):
         build_app(settings_for(repo, auth=broken))
 
@@ -453,11 +457,13 @@ async def test_require_signature_refuses_unsigned_and_tampered_versions(
         assert (await client.get("/v2/models/scale/versions/1/ready")).status_code == 200
         pack(version=2)  # unsigned
         response = await client.post("/v2/repository/models/scale/load")
-        assert response.status_code == 200  # version 1 still serves
+        # version 1 still serves, but the load of the newest version failed: say so (Triton)
+        assert response.status_code == 400 and "not signed" in response.json()["error"]
         tampered = pack(version=3)
         sign_version(tampered, keys.signing_key)
         _flip_byte(tampered / "model.onnx")
-        assert (await client.post("/v2/repository/models/scale/load")).status_code == 200
+        response = await client.post("/v2/repository/models/scale/load")
+        assert response.status_code == 400 and "version 3" in response.json()["error"]
         index = {r.get("version"): r for r in (await client.post("/v2/repository/index")).json()}
         assert index["1"]["state"] == "READY"
         assert index["2"]["state"] == "UNAVAILABLE" and "not signed" in index["2"]["reason"]
@@ -602,3 +608,84 @@ def test_serve_refuses_an_exposed_address_before_announcing_it(
     assert main(["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert "--insecure" in err and "serving" not in err
+
+
+def _expire(path: Path, name: str) -> None:
+    import json
+
+    doc = json.loads(path.read_text())
+    for record in doc["tokens"]:
+        if record["name"] == name:
+            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            record["expires"] = past.isoformat()
+    path.write_text(json.dumps(doc))
+
+
+async def test_broken_token_file_makes_ready_503_with_the_reason(
+    repo: Path,
+    pack: Callable[..., Path],
+    settings_for: Callable[..., ServerSettings],
+    app_client: Callable[..., Any],
+    tokens: tuple[Path, dict[str, str]],
+) -> None:
+    """Every call was a 503 while /v2/health/ready stayed 200."""
+    pack()
+    path, secrets = tokens
+    async with app_client(settings_for(repo, auth=path)) as client:
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        good = path.read_text()
+        path.write_text("{]")
+        response = await client.get("/v2/health/ready")
+        assert response.status_code == 503 and response.json()["ready"] is False
+        assert "not a valid Shipyard token file" in response.json()["error"]
+        infer = await client.post(
+            "/v2/models/scale/infer", content=INFER_BODY, headers=bearer(secrets["infer-scale"])
+        )
+        assert infer.status_code == 503
+        path.write_text(good)
+        path.chmod(0o644)
+        response = await client.get("/v2/health/ready")
+        assert response.status_code == 503 and "chmod 600" in response.json()["error"]
+        path.chmod(0o600)
+        assert (await client.get("/v2/health/ready")).status_code == 200
+
+
+def test_serve_refuses_open_token_and_key_files(
+    repo: Path, pack: Callable[..., Path], tokens: tuple[Path, dict[str, str]], keys: KeyPaths
+) -> None:
+    from shipyard.cli import main
+
+    pack()
+    path, _ = tokens
+    path.chmod(0o622)  # writable by group and others: anyone could add a token
+    args = ["serve", str(repo), "--port", "0", "--auth", str(path)]
+    assert main(args) == 2
+    path.chmod(0o600)
+    keys.data_key.chmod(0o644)
+    assert main([*args, "--key-file", str(keys.data_key)]) == 2
+
+
+async def test_offline_revocation_is_audited_when_the_server_rereads(
+    repo: Path,
+    pack: Callable[..., Path],
+    settings_for: Callable[..., ServerSettings],
+    app_client: Callable[..., Any],
+    tokens: tuple[Path, dict[str, str]],
+    keys: KeyPaths,
+    tmp_path: Path,
+) -> None:
+    import json
+
+    pack()
+    path, secrets = tokens
+    log = tmp_path / "audit.jsonl"
+    settings = settings_for(repo, auth=path, audit_log=log, audit_key_file=keys.audit_key)
+    async with app_client(settings) as client:
+        headers = bearer(secrets["infer-scale"])
+        url = "/v2/models/scale/infer"
+        assert (await client.post(url, content=INFER_BODY, headers=headers)).is_success
+        TokenStore(path).revoke("infer-scale", by="alice")  # offline, as the CLI does it
+        assert (await client.post(url, content=INFER_BODY, headers=headers)).status_code == 401
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    (revoke,) = [r for r in records if r["event"] == "token.revoke"]
+    assert revoke["who"] == "alice" and "'infer-scale'" in revoke["detail"]

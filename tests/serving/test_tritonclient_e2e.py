@@ -253,7 +253,7 @@ def test_servers_stop_and_a_busy_port_is_reported(
     pack()
     with start_in_thread(settings=settings_for(repo)) as first:
         busy = settings_for(repo, port=first.port)
-        with pytest.raises(ShipyardError, match="failed to start"):
+        with pytest.raises(ShipyardError, match=f"port {first.port} on 127.0.0.1 is in use"):
             start_in_thread(settings=busy, timeout_s=10)
     assert not first.running
     leftovers = [t.name for t in threading.enumerate() if t.name.startswith("shipyard-")]

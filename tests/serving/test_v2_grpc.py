@@ -410,9 +410,30 @@ def test_port_in_use_fails_the_start(repo: Path, pack: Callable[..., Path]) -> N
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        settings = _settings(repo, grpc_port=taken.getsockname()[1])
-        with pytest.raises(ShipyardError, match="failed to start"):
+        port = taken.getsockname()[1]
+        settings = _settings(repo, grpc_port=port)
+        with pytest.raises(ShipyardError, match=rf"gRPC on 127\.0\.0\.1:{port}: .*in use") as info:
             start_in_thread(settings=settings, timeout_s=20)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_second_grpc_server_cannot_share_the_port(
+    repo: Path, pack: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc binds with SO_REUSEPORT unless told not to: a second server would share the port."""
+    pack()
+    monkeypatch.setattr(v2_grpc, "check_port_free", lambda host, port: None)  # grpc's own bind
+    settings = _settings(repo)
+    app = build_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        v2_grpc.serve_grpc(app.state.dataplane, settings=settings) as port,
+    ):
+        again = settings.model_copy(update={"grpc_port": port})
+        with pytest.raises(ShipyardError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
+            async with v2_grpc.serve_grpc(app.state.dataplane, settings=again):
+                pass
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -592,3 +613,104 @@ def test_decode_applies_size_limits_before_building_arrays() -> None:
         message.raw_input_contents.append(b"\x00" * 400)
     with pytest.raises(RequestTooLarge, match="per request"):
         grpc_codec.decode_infer_request(message, limits=small)
+
+
+# -- the gate: auth before the message, peer in the audit log, access log -----------------
+
+
+def _secured(repo: Path, tmp_path: Path, **overrides: Any) -> tuple[ServerSettings, str, str]:
+    """Settings with auth and an audit log; (settings, infer token, metadata-only token)."""
+    from shipyard.security.keys import init_keys
+    from shipyard.security.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "tokens.json")
+    infer = store.create("app", ["infer:scale"])
+    viewer = store.create("viewer", ["metadata:scale"])
+    keys = init_keys(tmp_path / "keys")
+    settings = _settings(
+        repo,
+        auth=store.path,
+        audit_log=tmp_path / "audit.jsonl",
+        audit_key_file=keys.audit_key,
+        **overrides,
+    )
+    return settings, infer, viewer
+
+
+def _audit(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_grpc_refusals_and_calls_carry_the_peer_in_the_audit_log(
+    repo: Path, tmp_path: Path, pack: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("SHIPYARD_KEK", "SHIPYARD_AUDIT_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    pack()
+    settings, infer_token, viewer_token = _secured(repo, tmp_path)
+    with start_in_thread(settings=settings) as running:
+        client = triton.InferenceServerClient(f"{running.host}:{running.grpc_port}")
+        try:
+            inputs = [_input("x", X, "FP32")]
+            _raises(grpc.StatusCode.UNAUTHENTICATED, lambda: client.infer("scale", inputs))
+            viewer = {"authorization": f"Bearer {viewer_token}"}
+            _raises(
+                grpc.StatusCode.PERMISSION_DENIED,
+                lambda: client.infer("scale", inputs, headers=viewer),
+            )
+            ok = {"authorization": f"Bearer {infer_token}", "x-request-id": "grpc-rid-1"}
+            result = client.infer("scale", inputs, headers=ok)
+            np.testing.assert_array_equal(result.as_numpy("y"), X * 2)
+            assert client.is_server_live()  # open, no token needed
+        finally:
+            client.close()
+    records = _audit(settings.audit_log)  # type: ignore[arg-type]
+    denied = [r for r in records if r["event"] == "auth.denied"]
+    assert [r["outcome"] for r in denied] == ["unauthenticated", "forbidden"]
+    assert all("grpc ModelInfer from 127.0.0.1:" in r["detail"] for r in denied), denied
+    (call,) = [r for r in records if r["event"] == "infer"]
+    assert call["who"] == "app" and call["outcome"] == "ok"
+    assert call["request_id"] == "grpc-rid-1"
+    assert call["detail"].startswith("v2_grpc from 127.0.0.1:")
+
+
+@pytest.mark.anyio
+async def test_access_log_has_one_line_per_grpc_call(
+    repo: Path, pack: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    pack()
+    settings = _settings(repo, access_log=True)
+    app = build_app(settings)
+    v2_grpc.attach(app, app.state.dataplane, settings=settings)
+    caplog.set_level("INFO", logger="shipyard.serving.access")
+    async with app.router.lifespan_context(app):
+        port = app.state.grpc_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer = channel.unary_unary(
+                f"/{v2_grpc.SERVICE}/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+            request = pb.ModelInferRequest(model_name="scale", raw_input_contents=[X.tobytes()])
+            request.inputs.add(name="x", datatype="FP32", shape=X.shape)
+            await infer(request, metadata=(("x-request-id", "rid-ok"),))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await infer(pb.ModelInferRequest(model_name="nope"))
+    lines = [r for r in caplog.records if r.name == "shipyard.serving.access"]
+    assert len(lines) == 2
+    first, second = (vars(r) for r in lines)
+    assert (first["method"], first["model"], first["code"]) == ("ModelInfer", "scale", "OK")
+    assert first["request_id"] == "rid-ok" and len(second["request_id"]) == 16
+    assert first["peer"].startswith("127.0.0.1:") and first["duration_ms"] > 0
+    assert (second["model"], second["code"]) == ("nope", info.value.code().name)
+
+
+def test_peer_addresses_read_like_http_clients() -> None:
+    from shipyard.serving.protocols.grpc_gate import client_address
+
+    assert client_address("ipv4:127.0.0.1:5000") == "127.0.0.1:5000"
+    assert client_address("ipv6:[::1]:5000") == "[::1]:5000"
+    assert client_address("unix:/tmp/s") == "unix:/tmp/s"
+    assert client_address(None) is None

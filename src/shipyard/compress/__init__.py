@@ -7,6 +7,7 @@ training-time pruning lives in `shipyard.compress.prune` (imported on use: it ne
 """
 
 from shipyard.compress.config import (
+    NO_BUDGET,
     AutoConfig,
     Budget,
     CompressionConfig,
@@ -34,6 +35,7 @@ from shipyard.compress.quantize import quantize
 from shipyard.compress.report import ComparisonReport, Fidelity, ModelFigures
 
 __all__ = [
+    "NO_BUDGET",
     "AutoConfig",
     "Budget",
     "CandidateOutcome",

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shipyard.compress import html
 from shipyard.compress.config import (
+    NO_BUDGET,
     AnyConfig,
     AnyStep,
     AutoConfig,
@@ -67,6 +68,12 @@ def add_commands(sub: Any, add: Add) -> None:
         help="max accuracy drop (with labels) or mean-cosine drop (without); else rejected",
     )
     c.add_argument("--min-cosine", type=float, help="min mean cosine vs the parent's outputs")
+    c.add_argument(
+        "--no-budget",
+        action="store_true",
+        help="publish without any fidelity check (default: top-1 agreement >= 0.99 for class "
+        "outputs, else mean cosine >= 0.99, vs the parent)",
+    )
     c.add_argument("--repo", type=Path, help="write the new version here (default: same repo)")
     _measure_args(c)
     c = add(sub, "compare", "measure two versions side by side: size, speed, fidelity, accuracy")
@@ -105,6 +112,10 @@ def config_from_args(args: argparse.Namespace) -> AnyConfig:
 
 
 def budget_from_args(args: argparse.Namespace) -> float | Budget | None:
+    if getattr(args, "no_budget", False):
+        if args.max_drop is not None or args.min_cosine is not None:
+            raise UsageError("--no-budget cannot be combined with --max-drop/--min-cosine")
+        return NO_BUDGET
     if args.min_cosine is None:
         return args.max_drop  # type: ignore[no-any-return]
     return Budget(max_accuracy_drop=args.max_drop, min_mean_cosine=args.min_cosine)
@@ -136,6 +147,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.json:
         _dump(_result_json(result))
         return 0 if result.accepted else 1
+    err.print(f"budget: {describe_budget(result)}", soft_wrap=True)
     if len(result.candidates) > 1:
         _print_candidates(result)
     _print_report(result.report)
@@ -155,6 +167,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 1
+
+
+def describe_budget(result: CompressResult) -> str:
+    """The budget a run checked, saying where it came from (default, given, opted out)."""
+    budget = result.budget
+    if budget is None or not budget.checked:
+        return "none (--no-budget): published without a fidelity or accuracy check"
+    if result.default_budget:
+        return (
+            f"default ({budget.describe()} vs the parent; set one with --max-drop/--min-cosine, "
+            "skip it with --no-budget)"
+        )
+    return budget.describe()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -244,6 +269,9 @@ def _result_json(result: CompressResult) -> dict[str, Any]:
         "candidate": result.candidate,
         "version": result.manifest.version if result.manifest else None,
         "reasons": result.reasons,
+        "budget": result.budget.model_dump(mode="json") if result.budget else None,
+        "budget_default": result.default_budget,
+        "budget_description": describe_budget(result),
         "steps": [{"op": s.op, "config": s.lineage_config()} for s in result.steps],
         "report": result.report.model_dump(mode="json"),
         "candidates": [o.model_dump(mode="json") for o in result.candidates],

@@ -6,16 +6,20 @@ recorded in a version's lineage and parses back into the same class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.compress.errors import CompressionConfigError
+from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import GraphOptimization
 
 QuantType = Literal["int8", "uint8"]
 AUTO_DEFAULT_DROP = 0.01
-"""The accuracy budget `auto` gets when none is given (see resolve_budget)."""
+"""The accuracy drop the default budget allows with labelled eval data (see resolve_budget)."""
+DEFAULT_MIN_FIDELITY = 0.99
+"""The default budget's floor for top-1 agreement (class outputs) or mean cosine (others)."""
 
 
 class _Config(BaseModel):
@@ -166,6 +170,36 @@ class Budget(_Config):
     min_mean_cosine: float | None = Field(default=None, ge=-1.0, le=1.0)
     min_top1_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
 
+    @property
+    def checked(self) -> bool:
+        """False for the explicit opt-out `Budget()` (`--no-budget`): nothing is checked."""
+        return any(
+            limit is not None
+            for limit in (self.max_accuracy_drop, self.min_mean_cosine, self.min_top1_agreement)
+        )
+
+    def describe(self) -> str:
+        """The limits in words, e.g. "top-1 agreement >= 0.99"; "none" when nothing is set."""
+        parts = []
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop:g}")
+        if self.min_mean_cosine is not None:
+            parts.append(f"mean cosine >= {self.min_mean_cosine:g}")
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement:g}")
+        return ", ".join(parts) or "none"
+
+    @classmethod
+    def default(cls, *, labelled: bool, classes: bool) -> Budget:
+        """The budget a run without one gets, against the parent's outputs: an accuracy drop
+        of at most AUTO_DEFAULT_DROP with labels, and top-1 agreement (`classes`: the model
+        has a class or score output) or else mean cosine of at least DEFAULT_MIN_FIDELITY."""
+        return cls(
+            max_accuracy_drop=AUTO_DEFAULT_DROP if labelled and classes else None,
+            min_top1_agreement=DEFAULT_MIN_FIDELITY if classes else None,
+            min_mean_cosine=None if classes else DEFAULT_MIN_FIDELITY,
+        )
+
     @classmethod
     def from_drop(cls, max_drop: float, *, labelled: bool) -> Budget:
         """`max_drop` is an accuracy drop with labels, else a drop in mean cosine from 1.0."""
@@ -197,13 +231,35 @@ class MeasureConfig(_Config):
     providers: tuple[str, ...] | None = None
 
 
-def resolve_budget(max_drop: float | Budget | None, *, labelled: bool, auto: bool) -> Budget | None:
-    """The Budget a `max_drop` argument stands for; `auto` without one gets AUTO_DEFAULT_DROP."""
+NO_BUDGET = Budget()
+"""The explicit opt-out (`--no-budget`): the candidate is published without any check."""
+
+
+def resolve_budget(
+    max_drop: float | Budget | None, *, labelled: bool, classes: bool
+) -> tuple[Budget, bool]:
+    """The Budget a `max_drop` argument stands for, and whether it is the default one.
+
+    None gets `Budget.default` (never no budget: a destroyed model must not become the served
+    version because nobody set a limit); NO_BUDGET (`Budget()`) is the explicit opt-out.
+    """
     if isinstance(max_drop, Budget):
-        return max_drop
+        return max_drop, False
     if max_drop is None:
-        return Budget.from_drop(AUTO_DEFAULT_DROP, labelled=labelled) if auto else None
+        return Budget.default(labelled=labelled, classes=classes), True
     try:
-        return Budget.from_drop(max_drop, labelled=labelled)
+        return Budget.from_drop(max_drop, labelled=labelled), False
     except ValueError as exc:
         raise CompressionConfigError(str(exc)) from exc
+
+
+def has_class_output(outputs: Sequence[TensorSpec]) -> bool:
+    """Whether the fidelity check measures top-1 agreement on these outputs: a float
+    [N, classes > 1] score output or an integer [N] label output (as `report.fidelity`)."""
+    for spec in outputs:
+        kind = spec.dtype[:1]  # float16/32/64, int8…64, uint8…64, bool, string
+        if kind == "f" and len(spec.shape) == 2 and spec.shape[1] > 1:
+            return True
+        if kind in ("i", "u") and len(spec.shape) == 1:
+            return True
+    return False

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shipyard.compress.config import Budget, MeasureConfig, resolve_budget
+from shipyard.compress.config import Budget, MeasureConfig, has_class_output, resolve_budget
 from shipyard.compress.data import DataLike, load_dataset, synthetic_dataset
 from shipyard.compress.errors import CompressionConfigError
 from shipyard.compress.report import measure_pair
@@ -60,8 +60,10 @@ def pack_derived(
     base = read_verified(source_dir)
     evalset = None if eval_data is None else load_dataset(eval_data, base.inputs, what="eval")
     sample = evalset or synthetic_dataset(base.inputs)
-    budget = resolve_budget(
-        max_drop, labelled=evalset is not None and evalset.labels is not None, auto=False
+    budget, default_budget = resolve_budget(
+        max_drop,
+        labelled=evalset is not None and evalset.labels is not None,
+        classes=has_class_output(base.outputs),
     )
     target_repo = Path(repo) if repo is not None else source_dir.parent.parent
     with tempfile.TemporaryDirectory(prefix="shipyard-derived-") as tmp:
@@ -84,9 +86,9 @@ def pack_derived(
             labels=(f"v{base.version}", op),
         )
         records = [(op, dict(config))]
-        reasons = report.violations(budget) if budget else []
+        reasons = report.violations(budget)
         if reasons:
-            return reject_candidate(
+            rejected = reject_candidate(
                 child_model,
                 candidate=op,
                 records=records,
@@ -97,6 +99,8 @@ def pack_derived(
                 budget=budget,
                 outcomes=[],
             )
+            rejected.default_budget = default_budget
+            return rejected
         extra: dict[str, bytes | Path] = {
             rel: packed.path / rel for rel in packed.manifest.files if rel != MODEL_FILE
         }
@@ -114,7 +118,15 @@ def pack_derived(
             },
             extra_files=extra,
         )
-    return CompressResult(accepted=True, path=path, candidate=op, report=report, manifest=sealed)
+    return CompressResult(
+        accepted=True,
+        path=path,
+        candidate=op,
+        report=report,
+        manifest=sealed,
+        budget=budget,
+        default_budget=default_budget,
+    )
 
 
 def _same_signature(parent: Manifest, child: Manifest) -> None:

@@ -16,10 +16,11 @@ import onnx
 
 from shipyard.compress.config import (
     AUTO_DEFAULT_DROP,
+    NO_BUDGET,
     AnyConfig,
-    AutoConfig,
     Budget,
     MeasureConfig,
+    has_class_output,
     resolve_budget,
 )
 from shipyard.compress.data import DataLike, Dataset, load_dataset, synthetic_dataset
@@ -49,6 +50,7 @@ from shipyard.package.warmup import read_sample
 
 __all__ = [
     "AUTO_DEFAULT_DROP",
+    "NO_BUDGET",
     "REJECTED_DIR",
     "CandidateOutcome",
     "CompressResult",
@@ -91,8 +93,11 @@ def compress(
     """Compress a model version (latest unless `version`) and write the result as a new one.
 
     `max_drop` is an absolute accuracy drop when `eval_data` has labels (key `y`), else a
-    drop in mean cosine similarity from 1.0; pass a Budget for explicit limits. `auto`
-    defaults to a budget of 0.01. The new version goes to `repo` (default: the parent's).
+    drop in mean cosine similarity from 1.0; pass a Budget for explicit limits. Without one
+    the default budget applies (`Budget.default`: top-1 agreement >= 0.99 for class outputs,
+    else mean cosine >= 0.99, plus accuracy drop <= 0.01 with labels); `NO_BUDGET` opts out.
+    A candidate over budget is kept under `.rejected/`, never written as a version. The new
+    version goes to `repo` (default: the parent's).
     """
     settings = measure or MeasureConfig()
     source_dir = resolve_version_dir(Path(model_dir), version)
@@ -108,10 +113,10 @@ def compress(
     sample = (
         evalset or calib or _stored_sample(source_dir, parent) or synthetic_dataset(parent.inputs)
     )
-    budget = resolve_budget(
+    budget, default_budget = resolve_budget(
         max_drop,
         labelled=evalset is not None and evalset.labels is not None,
-        auto=isinstance(config, AutoConfig),
+        classes=has_class_output(parent.outputs),
     )
     target_repo = Path(repo) if repo is not None else source_dir.parent.parent
     outcomes: list[CandidateOutcome] = []
@@ -142,7 +147,7 @@ def compress(
                 settings=settings,
                 labels=(f"v{parent.version}", candidate.name),
             )
-            reasons = report.violations(budget) if budget else []
+            reasons = report.violations(budget)
             trials.append(_Trial(candidate, out, applied, report, reasons))
             outcomes.append(_outcome(trials[-1]))
         if not trials:
@@ -153,9 +158,12 @@ def compress(
         if within:
             best = max(within, key=_speed)
             searched = len(candidates) > 1
-            return _accept(best, parent, source_dir, target_repo, budget, outcomes, searched)
-        worst_first = sorted(trials, key=lambda t: t.report.fidelity.mean_cosine)
-        return _reject(worst_first[-1], parent, target_repo, budget, outcomes)
+            result = _accept(best, parent, source_dir, target_repo, budget, outcomes, searched)
+        else:
+            worst_first = sorted(trials, key=lambda t: t.report.fidelity.mean_cosine)
+            result = _reject(worst_first[-1], parent, target_repo, budget, outcomes)
+        result.budget, result.default_budget = budget, default_budget
+        return result
 
 
 def compare(
@@ -195,7 +203,7 @@ def _accept(
     parent: Manifest,
     source_dir: Path,
     repo: Path,
-    budget: Budget | None,
+    budget: Budget,
     outcomes: list[CandidateOutcome],
     searched: bool,
 ) -> CompressResult:
@@ -220,7 +228,7 @@ def _reject(
     trial: _Trial,
     parent: Manifest,
     repo: Path,
-    budget: Budget | None,
+    budget: Budget,
     outcomes: list[CandidateOutcome],
 ) -> CompressResult:
     result = reject_candidate(

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from shipyard.compress.config import Budget
 from shipyard.compress.report import ComparisonReport
 from shipyard.compress.steps import AppliedStep
 from shipyard.package.manifest import Manifest
@@ -57,3 +58,7 @@ class CompressResult:
     reasons: list[str] = field(default_factory=list)
     steps: list[AppliedStep] = field(default_factory=list)
     candidates: list[CandidateOutcome] = field(default_factory=list)
+    budget: Budget | None = None
+    """The budget checked; `Budget()` (nothing checked) after an explicit opt-out."""
+    default_budget: bool = False
+    """True when no budget was given and `Budget.default` was applied."""

@@ -132,4 +132,5 @@ def reject_candidate(
         report=report,
         reasons=reasons,
         candidates=outcomes,
+        budget=budget,
     )

@@ -111,12 +111,17 @@ def convert(
     call = KerasCall(model, keys=keys, multi=len(inputs) > 1)
     with eval_mode(call):
         expected = run_torch(call, inputs, output_names=getattr(model, "output_names", None))
+        recurrent = _recurrent_layers(model, keras)
         try:
             exported = export_module(
-                call, inputs, expected=expected, opset=opset, dynamic_axes=dynamic_axes
+                call,
+                inputs,
+                expected=expected,
+                opset=opset,
+                dynamic_axes=dynamic_axes,
+                recurrent=recurrent,
             )
         except ConversionError as exc:
-            recurrent = _recurrent_layers(model, keras)
             if not recurrent or not _beyond_batch(dynamic_axes, inputs):
                 raise
             raise ConversionError(
@@ -125,7 +130,7 @@ def convert(
                 "to the sample's length, so dynamic_axes beyond the batch cannot stay dynamic "
                 "(an exporter limitation, not your model): pack a fixed-length sample without "
                 "dynamic_axes, or convert the model on the TensorFlow backend (tf2onnx) and "
-                f"pack the .onnx ({exc})"
+                f"pack the .onnx. Details: {exc}"
             ) from exc
     exported.metadata.update(keras_backend=BACKEND, model=type(model).__name__)
     return Converted(

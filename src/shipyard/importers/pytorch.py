@@ -18,17 +18,15 @@ import torch
 
 from shipyard.errors import UnsupportedModelError, UsageError
 from shipyard.importers.base import Converted
+from shipyard.importers.pytorch_checks import BATCH, check_batch_independence, summary
 from shipyard.importers.pytorch_export import (
-    BATCH,
     DEFAULT_OPSET,
     LEGACY_MAX_OPSET,
     DynamicAxes,
     Exported,
-    check_batch_independence,
     export_module,
     module_device,
     quiet,
-    summary,
 )
 from shipyard.importers.pytorch_files import load_checked
 

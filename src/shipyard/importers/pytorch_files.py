@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from shipyard.errors import UnsafePickleError, UnsupportedModelError
-from shipyard.importers.pytorch_export import quiet, summary
+from shipyard.importers.pytorch_checks import summary
+from shipyard.importers.pytorch_export import quiet
 
 
 def load_checked(

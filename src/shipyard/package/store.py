@@ -104,17 +104,36 @@ def verify_files(version_dir: Path, manifest: Manifest) -> None:
 def read_verified(version_dir: Path, *, check_folder: bool = True) -> Manifest:
     """Manifest of a version after its schema, digest and every file hash were verified.
 
-    `check_folder=False` skips only the check that the folder is named after the version
-    (for a copy being imported under another number).
+    A version in a repository (a numbered folder) must sit where its manifest says: in the
+    folder named after its version, inside the folder named after its model. Hashes and a
+    signature cover the bytes, not the place, so without this a signed `iris` copied to
+    `fraud/1` would be served as `fraud`. `check_folder=False` skips both checks (for a
+    source being imported under another name or number: `shipyard import`).
     """
+    version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
-    if check_folder and str(manifest.version) != version_dir.name and version_dir.name.isdigit():
+    if check_folder:
+        check_placement(version_dir, manifest)
+    verify_files(version_dir, manifest)
+    return manifest
+
+
+def check_placement(version_dir: Path, manifest: Manifest) -> None:
+    """IntegrityError unless a numbered version folder matches the manifest's name and version."""
+    if not version_dir.name.isdigit():
+        return  # not in a repository layout (e.g. a staging folder): nothing to compare
+    if str(manifest.version) != version_dir.name:
         raise IntegrityError(
             str(version_dir / MANIFEST_NAME),
             f"says version {manifest.version} but sits in folder {version_dir.name}",
         )
-    verify_files(version_dir, manifest)
-    return manifest
+    folder = version_dir.absolute().parent.name
+    if folder and manifest.name != folder:
+        raise IntegrityError(
+            str(version_dir / MANIFEST_NAME),
+            f"manifest says {manifest.name!r} but sits in folder {folder!r}; "
+            "use `shipyard import` to rename a package",
+        )
 
 
 def write_version(

@@ -6,10 +6,18 @@ Each line is one record: `seq`, `at`, `event`, `who`, `model`, `version`, `outco
 fields). Editing, removing, inserting or reordering a record breaks the chain at that record;
 cutting records off the end is caught by verifying against a head saved earlier
 (`export_head()`). The audit key must differ from the key-encryption key.
+
+A chain may span files: `rotate_log` moves the log aside and starts a new file whose first
+record, `audit.continued`, carries the previous file's head (its `seq` follows on, its `prev`
+is the old head's hmac); `verify_files` checks such a set, oldest first, as one chain. A
+writer that finds its file replaced by an empty one continues the chain the same way, so a
+log moved aside under a running writer stays verifiable. `prepare_log` readies a log for a
+writer at start: it sets a torn last line aside and checks the whole chain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -25,6 +33,8 @@ from typing import Any
 from shipyard.security.errors import AuditError
 
 GENESIS = "0" * 64
+CONTINUED = "audit.continued"
+"""The first record of a file that continues the chain of an earlier file."""
 _REQUIRED = ("seq", "at", "event", "outcome", "prev", "hmac")
 _DETAIL_MAX = 200
 
@@ -70,10 +80,14 @@ class AuditLog:
         self._fsync = fsync
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = -1
+        self._ino: tuple[int, int] = (0, 0)
         self._size = -1
         self._head = AuditHead(0, GENESIS)
+        self._link_needed = False
+        """The file is empty but the chain has a head: write `audit.continued` first."""
         with self._lock:
+            self._open()
             self._sync_tail()
 
     def record(
@@ -106,26 +120,47 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise AuditError(f"{self.path}: audit log is closed")
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                self._reopen_if_replaced()
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot append ({exc.strerror})") from exc
             try:
                 self._sync_tail()
-                body = {k: v for k, v in fields.items() if v is not None}
-                body.update(
-                    seq=self._head.seq + 1,
-                    at=datetime.now(UTC).isoformat(timespec="microseconds"),
-                    prev=self._head.hash,
-                )
-                body["hmac"] = record_hmac(self._key, body)
-                line = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
-                _write_all(self._fd, line)
-                if self._fsync:
-                    os.fsync(self._fd)
-                self._size += len(line)
-                self._head = AuditHead(body["seq"], body["hmac"])
+                if self._link_needed:
+                    detail = f"continues the chain at seq {self._head.seq + 1}"
+                    self._append({"event": CONTINUED, "outcome": "ok", "detail": detail})
+                    self._link_needed = False
+                body = self._append({k: v for k, v in fields.items() if v is not None})
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot append ({exc.strerror})") from exc
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return body
+
+    def _append(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Write one record (under the lock and flock); a failed write leaves no partial line."""
+        body.update(
+            seq=self._head.seq + 1,
+            at=datetime.now(UTC).isoformat(timespec="microseconds"),
+            prev=self._head.hash,
+        )
+        body["hmac"] = record_hmac(self._key, body)
+        line = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        before = os.fstat(self._fd).st_size
+        try:
+            _write_all(self._fd, line)
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError:
+            # e.g. ENOSPC half-way through the line: cut it off so the chain stays whole
+            with contextlib.suppress(OSError):
+                if os.fstat(self._fd).st_size > before:
+                    os.ftruncate(self._fd, before)
+            self._size = -1
+            raise
+        self._size = before + len(line)
+        self._head = AuditHead(body["seq"], body["hmac"])
         return body
 
     def export_head(self) -> AuditHead:
@@ -149,14 +184,34 @@ class AuditLog:
     ) -> None:
         self.close()
 
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        stat = os.fstat(self._fd)
+        self._ino = (stat.st_dev, stat.st_ino)
+        self._size = -1
+
+    def _reopen_if_replaced(self) -> None:
+        """Follow the path when the file under it was moved aside or replaced (rotation)."""
+        try:
+            stat = os.stat(self.path)
+            same = (stat.st_dev, stat.st_ino) == self._ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            old = self._fd
+            self._open()
+            os.close(old)
+
     def _sync_tail(self) -> None:
         """Re-read the chain's head when the file changed since our last write (restart, others)."""
         size = os.fstat(self._fd).st_size
         if size == self._size:
             return
+        self._link_needed = False
         line = _last_line(self.path, size)
         if line is None:
-            self._head = AuditHead(0, GENESIS)
+            # an empty file: a new chain, or (when we know a head) the next file of ours
+            self._link_needed = self._head.seq > 0
         else:
             record = _parse(line)
             if record is None or not hmac.compare_digest(
@@ -179,11 +234,21 @@ def record_hmac(key: bytes, record: dict[str, Any]) -> str:
     return hmac.new(key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def verify_log(path: str | Path, key: bytes, *, head: AuditHead | None = None) -> AuditVerification:
-    """Walk the chain; report the first record that was edited, removed, inserted or reordered."""
+def verify_log(
+    path: str | Path,
+    key: bytes,
+    *,
+    head: AuditHead | None = None,
+    after: AuditHead | None = None,
+) -> AuditVerification:
+    """Walk the chain; report the first record that was edited, removed, inserted or reordered.
+
+    `after` is the head of the file before this one (see `verify_files`). Without it, a file
+    whose first record is `audit.continued` is checked from that record on.
+    """
     path = Path(path)
-    expected_seq, prev = 1, GENESIS
-    last = AuditHead(0, GENESIS)
+    start = after
+    last = after or AuditHead(0, GENESIS)
     count = 0
     try:
         fh = path.open("rb")
@@ -193,7 +258,12 @@ def verify_log(path: str | Path, key: bytes, *, head: AuditHead | None = None) -
         for number, raw in enumerate(fh, start=1):
             record = _parse(raw.rstrip(b"\n")) if raw.endswith(b"\n") else None
             seq = _seq_of(record)
-            problem = _check(key, record, expected_seq, prev)
+            if number == 1 and start is None:
+                start = AuditHead(0, GENESIS)
+                if record is not None and record.get("event") == CONTINUED and seq is not None:
+                    start = AuditHead(seq - 1, str(record.get("prev")))
+                last = start
+            problem = _check(key, record, last.seq + 1, last.hash)
             if (
                 problem is None
                 and head is not None
@@ -205,9 +275,7 @@ def verify_log(path: str | Path, key: bytes, *, head: AuditHead | None = None) -
                 return AuditVerification(False, count, last, seq, number, problem)
             assert record is not None
             count += 1
-            prev = str(record["hmac"])
-            last = AuditHead(expected_seq, prev)
-            expected_seq += 1
+            last = AuditHead(last.seq + 1, str(record["hmac"]))
     if head is not None and last.seq < head.seq:
         return AuditVerification(
             False,
@@ -219,6 +287,166 @@ def verify_log(path: str | Path, key: bytes, *, head: AuditHead | None = None) -
             "records were cut off the end",
         )
     return AuditVerification(True, count, last)
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    """Outcome of `verify_files`: `bad_file` names the file of the first bad record."""
+
+    ok: bool
+    records: int
+    head: AuditHead
+    bad_file: Path | None = None
+    first_bad: AuditVerification | None = None
+
+
+def verify_files(
+    paths: list[Path], key: bytes, *, head: AuditHead | None = None
+) -> ChainVerification:
+    """Verify several files, oldest first, as one chain (rotated logs, then the current one).
+
+    The first file may start the chain or continue an earlier one; each later file must
+    continue exactly where the one before it ends.
+    """
+    if not paths:
+        raise AuditError("no audit log files given")
+    after: AuditHead | None = None
+    records = 0
+    for index, path in enumerate(paths):
+        last_file = index == len(paths) - 1
+        result = verify_log(path, key, head=head if last_file else None, after=after)
+        if not result.ok:
+            return ChainVerification(False, records + result.records, result.head, path, result)
+        records += result.records
+        after = result.head
+    assert after is not None
+    return ChainVerification(True, records, after)
+
+
+def rotate_log(path: str | Path, key: bytes) -> Path:
+    """Move the log aside (to `NAME.<UTC time>`) and continue its chain in a new file at `path`.
+
+    The old file's last record must verify. The new file's first record is
+    `audit.continued` (seq and prev follow the old head), and a writer holding the old file
+    follows the path on its next record. Returns where the old file went.
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # writers wait until the new file is in place
+        size = os.fstat(fd).st_size
+        line = _last_line(path, size)
+        if line is None:
+            raise AuditError(f"{path}: empty audit log; nothing to rotate")
+        record = _parse(line)
+        if record is None or not hmac.compare_digest(
+            record_hmac(key, record), str(record.get("hmac"))
+        ):
+            raise AuditError(
+                f"{path}: last record is corrupt or was written with another key; "
+                f"run `shipyard audit verify {path}`"
+            )
+        aside = path.with_name(f"{path.name}.{_stamp()}")
+        tmp = path.with_name(f".{path.name}.rotating")
+        body: dict[str, Any] = {
+            "event": CONTINUED,
+            "outcome": "ok",
+            "detail": f"continues {aside.name} after seq {record['seq']}",
+            "seq": int(record["seq"]) + 1,
+            "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "prev": str(record["hmac"]),
+        }
+        body["hmac"] = record_hmac(key, body)
+        tmp_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(
+                tmp_fd, (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+            )
+            os.fsync(tmp_fd)
+        finally:
+            os.close(tmp_fd)
+        os.rename(path, aside)
+        os.rename(tmp, path)
+        return aside
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot rotate ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What `prepare_log` did; each note becomes a record once the writer is open."""
+
+    notes: tuple[tuple[str, str], ...] = ()
+    """(event, detail) pairs: `audit.torn` (bytes set aside), `audit.new_chain`."""
+
+
+def prepare_log(path: str | Path, key: bytes, *, new_chain: bool = False) -> Preparation:
+    """Ready a log for a writer: set a torn tail aside, then check the whole chain.
+
+    A last line without its newline (a crash mid-write) is moved to `NAME.torn-<UTC time>`
+    and cut off. A chain that does not verify raises AuditError naming the first bad
+    record, unless `new_chain`: the file is then moved to `NAME.broken-<UTC time>` and a new
+    chain starts, its first record naming the problem.
+    """
+    path = Path(path)
+    notes: list[tuple[str, str]] = []
+    if not path.is_file() or path.stat().st_size == 0:
+        return Preparation()
+    torn = _set_aside_torn_tail(path)
+    if torn is not None:
+        notes.append(
+            ("audit.torn", f"set aside a partial last record of {torn[1]} bytes in {torn[0].name}")
+        )
+    result = verify_log(path, key)
+    if not result.ok:
+        where = f"line {result.first_bad_line} (seq {result.first_bad_seq}): {result.problem}"
+        if not new_chain:
+            raise AuditError(
+                f"{path}: the audit chain is broken at {where}; investigate with "
+                f"`shipyard audit verify {path}`, or start a new chain (--audit-new-chain)"
+            )
+        aside = path.with_name(f"{path.name}.broken-{_stamp()}")
+        os.rename(path, aside)
+        notes.append(("audit.new_chain", f"previous log moved to {aside.name}, broken at {where}"))
+    return Preparation(tuple(notes))
+
+
+def _set_aside_torn_tail(path: Path) -> tuple[Path, int] | None:
+    with path.open("r+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return None
+        end, block, cut = size, 4096, 0
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            found = chunk.rfind(b"\n")
+            if found >= 0:
+                cut = start + found + 1
+                break
+            end = start
+        fh.seek(cut)
+        partial = fh.read()
+        aside = path.with_name(f"{path.name}.torn-{_stamp()}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, partial)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return aside, len(partial)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def _check(key: bytes, record: dict[str, Any] | None, expected_seq: int, prev: str) -> str | None:

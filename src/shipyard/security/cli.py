@@ -84,19 +84,33 @@ def add_commands(sub: Any, add: AddParser) -> None:
     tc.add_argument("--json", action="store_true", help="machine-readable output")
     tl = ts.add_parser("list", help="list tokens (names, scopes, expiry; never secrets)")
     tl.add_argument("--json", action="store_true", help="machine-readable output")
+    tl.add_argument("--revoked", action="store_true", help="also list revoked tokens")
     tr = ts.add_parser("revoke", help="revoke a token by name")
     tr.add_argument("name")
     for action in (tc, tl, tr):  # --file also after the action; SUPPRESS keeps the parent's value
         action.add_argument("--file", type=Path, default=argparse.SUPPRESS, help="token file")
 
-    a = add(sub, "audit", "verify the audit log's HMAC chain, or print its head")
+    a = add(sub, "audit", "verify the audit log's HMAC chain, print its head, or rotate it")
     as_ = a.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    # -- audit rotate (issue #9, audit log hardening) --
+    ar = as_.add_parser(
+        "rotate",
+        help="move the log aside (LOG.<UTC time>) and continue its chain in a new LOG",
+        description="example: shipyard audit rotate audit.jsonl --key-file keys/audit.key; "
+        "then: shipyard audit verify audit.jsonl.2* audit.jsonl",
+    )
+    ar.add_argument("log", type=Path)
+    ar.add_argument("--key-file", type=Path, help="audit key file (default: $SHIPYARD_AUDIT_KEY)")
+    ar.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (
         ("verify", "exit 0 if intact, 1 with the first bad record"),
         ("head", "print {seq, hash} of the last record, to save for later"),
     ):
         ap = as_.add_parser(name, help=text)
-        ap.add_argument("log", type=Path)
+        if name == "verify":  # rotated files, oldest first, then the current one: one chain
+            ap.add_argument("log", type=Path, nargs="+", help="log files, oldest first")
+        else:
+            ap.add_argument("log", type=Path)
         ap.add_argument(
             "--key-file", type=Path, help="audit key file (default: $SHIPYARD_AUDIT_KEY)"
         )
@@ -151,8 +165,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from shipyard.security.fileio import check_private
     from shipyard.security.signing import sign_version
 
+    check_private(args.key, what="private key")  # a key others can read is already leaked
     sig = sign_version(_version_dir(args), args.key)
     if args.json:
         _json({"signature": str(sig)})
@@ -218,10 +234,15 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             err.print("this token is shown only once; store it now")
         return 0
     if args.tokens_command == "revoke":
-        store.revoke(args.name)
-        out.print(f"[green]revoked[/] {args.name}")
+        info = store.revoke(args.name)
+        when = info.revoked_at.isoformat(timespec="seconds") if info.revoked_at else "?"
+        out.print(
+            f"[green]revoked[/] {args.name} (recorded in {store.path}: revoked_at {when}, "
+            f"revoked_by {info.revoked_by}; a server with an audit log records it on its next "
+            "read of the file)"
+        )
         return 0
-    infos = store.list()
+    infos = store.list(revoked=args.revoked)
     if args.json:
         _json(
             [
@@ -231,6 +252,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                     "created": i.created.isoformat(),
                     "expires": i.expires.isoformat() if i.expires else None,
                     "expired": i.expired(),
+                    "revoked_at": i.revoked_at.isoformat() if i.revoked_at else None,
+                    "revoked_by": i.revoked_by,
                 }
                 for i in infos
             ]
@@ -243,20 +266,57 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             i.name,
             " ".join(str(s) for s in i.scopes),
             i.created.isoformat(timespec="seconds"),
-            expires + (" (expired)" if i.expired() else ""),
+            expires
+            + (" (expired)" if i.expired() else "")
+            + (f" (revoked by {i.revoked_by})" if i.revoked_at else ""),
         )
     out.print(table)
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from shipyard.security.audit import AuditHead, verify_log
+    from shipyard.security.audit import AuditHead, rotate_log, verify_files, verify_log
     from shipyard.security.keys import load_audit_key
 
     key = load_audit_key(args.key_file)
+    if args.audit_command == "rotate":
+        aside = rotate_log(args.log, key)
+        if args.json:
+            _json({"rotated": str(aside), "log": str(args.log)})
+        else:
+            out.print(f"moved {args.log} to {aside}; the chain continues in {args.log}")
+        return 0
     head = None
     if args.audit_command == "verify" and args.head is not None:
         head = AuditHead.from_dict(json.loads(args.head.read_text(encoding="utf-8")))
+    if args.audit_command == "verify" and len(args.log) > 1:
+        chain = verify_files(args.log, key, head=head)
+        bad = chain.first_bad
+        if args.json:
+            _json(
+                {
+                    "ok": chain.ok,
+                    "records": chain.records,
+                    "head": chain.head.to_dict(),
+                    "file": str(chain.bad_file) if chain.bad_file else None,
+                    "first_bad_seq": bad.first_bad_seq if bad else None,
+                    "first_bad_line": bad.first_bad_line if bad else None,
+                    "problem": bad.problem if bad else None,
+                }
+            )
+        elif chain.ok:
+            out.print(
+                f"[green]intact[/] {len(args.log)} files: {chain.records} records, "
+                f"head seq {chain.head.seq}"
+            )
+        elif bad is not None:
+            err.print(
+                f"[red]tampered[/] {chain.bad_file} line {bad.first_bad_line} "
+                f"(seq {bad.first_bad_seq}): {bad.problem}"
+            )
+        return 0 if chain.ok else 1
+    if args.audit_command == "verify":
+        args.log = args.log[0]
     result = verify_log(args.log, key, head=head)
     if args.audit_command == "head":
         if not result.ok:

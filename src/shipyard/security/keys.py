@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shipyard.security.errors import KeyFileError
+from shipyard.security.fileio import check_private
 
 SECRET_BYTES = 32
 KEK_ENV = "SHIPYARD_KEK"
@@ -106,8 +107,12 @@ def decode_secret(text: str | bytes, *, source: str) -> bytes:
 
 
 def read_secret(path: str | Path) -> bytes:
-    """Read a 256-bit secret from a key file: base64 text, or exactly 32 raw bytes."""
+    """Read a 256-bit secret from a key file: base64 text, or exactly 32 raw bytes.
+
+    A key file that group or others may read or write is refused (InsecurePermissionsError).
+    """
     path = Path(path)
+    check_private(path, what="key file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:

@@ -3,11 +3,15 @@
 A scope is `action:model-pattern`: action `infer`, `metadata` or `admin` (admin implies the
 other two), pattern an fnmatch glob over model names (`iris`, `fraud-*`, `*`). Anything not
 granted by a scope is denied. The token file is JSON, written atomically with mode 0600, and
-re-read when it changes on disk, so `shipyard tokens revoke` reaches a running server.
+re-read when it changes on disk, so `shipyard tokens revoke` reaches a running server. A file
+that group or others may read or write is refused. Revoking keeps the record with
+`revoked_at` and `revoked_by`, so the file itself says who revoked what and when, and a
+server that re-reads the file hears of each new revocation (`TokenStore.on_revoke`).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
@@ -16,6 +20,7 @@ import re
 import secrets
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -24,6 +29,7 @@ from typing import Any, Literal, cast
 
 from shipyard.errors import NotFoundError, UsageError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
+from shipyard.security.fileio import check_private
 
 Action = Literal["infer", "metadata", "admin"]
 ACTIONS: tuple[Action, ...] = ("infer", "metadata", "admin")
@@ -32,6 +38,8 @@ TOKEN_FILE_ENV = "SHIPYARD_TOKEN_FILE"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _FORMAT = 1
 _Records = list[dict[str, Any]]  # an alias, since TokenStore.list shadows the builtin in the class
+Refusal = Literal["missing_token", "invalid_token", "expired", "revoked", "insufficient_scope"]
+"""Why a call was refused, as `shipyard_auth_failures_total{reason}` counts it."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,19 @@ class TokenInfo:
     scopes: tuple[Scope, ...]
     created: datetime
     expires: datetime | None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires is not None and (now or _now()) >= self.expires
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `TokenStore.verify` found: the principal, or why there is none."""
+
+    principal: Principal | None
+    reason: Refusal | None = None
 
 
 class TokenStore:
@@ -92,6 +110,11 @@ class TokenStore:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._records: _Records = []
+        self._revoked_seen: set[tuple[str, str]] | None = None
+        """(sha256, revoked_at) of revocations already reported; None before the first read."""
+        self.on_revoke: list[Callable[[TokenInfo], None]] = []
+        """Called (under the store's lock) for each revocation found when the file is re-read
+        after the first read, e.g. one `shipyard tokens revoke` made while a server runs."""
 
     def create(
         self,
@@ -108,10 +131,15 @@ class TokenStore:
         when = _now() + expires if isinstance(expires, timedelta) else expires
         if when is not None and when.tzinfo is None:
             raise UsageError("expiry must be timezone-aware (e.g. 2030-01-01T00:00:00+00:00)")
+        if when is not None and when <= _now():
+            raise UsageError(
+                f"expiry {when.isoformat(timespec='seconds')} is in the past: the token would "
+                "never work; give a future time or a lifetime (e.g. --expires 30d)"
+            )
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             records = self._load()
-            if any(r["name"] == name for r in records):
+            if any(r["name"] == name and not r.get("revoked_at") for r in records):
                 raise UsageError(
                     f"a token named {name!r} exists; revoke it first or pick a new name"
                 )
@@ -127,22 +155,38 @@ class TokenStore:
             self._save(records)
         return token
 
-    def list(self) -> list[TokenInfo]:
+    def list(self, *, revoked: bool = False) -> list[TokenInfo]:
+        """The tokens not revoked; with `revoked`, the revocation records too."""
         with self._lock:
-            return [_info(r) for r in self._load()]
+            infos = [_info(r) for r in self._load()]
+        return [i for i in infos if revoked or i.revoked_at is None]
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, *, by: str | None = None) -> TokenInfo:
+        """Revoke the live token `name`; its record stays, with `revoked_at` and `revoked_by`
+        (default: the local user name), as the record of who revoked it."""
+        who = by or _local_user()
         with self._lock:
             records = self._load()
-            kept = [r for r in records if r["name"] != name]
-            if len(kept) == len(records):
-                raise NotFoundError(f"no token named {name!r} in {self.path}")
-            self._save(kept)
+            live = [r for r in records if r["name"] == name and not r.get("revoked_at")]
+            if not live:
+                gone = [r for r in records if r["name"] == name]
+                when = f" (revoked {gone[-1]['revoked_at']})" if gone else ""
+                raise NotFoundError(f"no token named {name!r} in {self.path}{when}")
+            updated = [
+                {**r, "revoked_at": _now().isoformat(), "revoked_by": who} if r is live[0] else r
+                for r in records
+            ]
+            self._save(updated)
+            return _info(next(r for r in updated if r["sha256"] == live[0]["sha256"]))
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a live token, or None (unknown, revoked, expired or malformed)."""
+        return self.verify(token).principal
+
+    def verify(self, token: str) -> Verdict:
+        """The principal of a live token, or why not: invalid_token, expired or revoked."""
         if not token.startswith(TOKEN_PREFIX):
-            return None
+            return Verdict(None, "invalid_token")
         digest = _hash(token)
         with self._lock:
             records = self._load()
@@ -152,11 +196,13 @@ class TokenStore:
             if hmac.compare_digest(record["sha256"], digest):
                 match = record
         if match is None:
-            return None
+            return Verdict(None, "invalid_token")
         info = _info(match)
+        if info.revoked_at is not None:
+            return Verdict(None, "revoked")
         if info.expired():
-            return None
-        return Principal(info.name, info.scopes, info.expires)
+            return Verdict(None, "expired")
+        return Verdict(Principal(info.name, info.scopes, info.expires))
 
     def _load(self) -> _Records:
         try:
@@ -164,11 +210,25 @@ class TokenStore:
         except FileNotFoundError:
             self._stamp, self._records = None, []
             return []
+        check_private(self.path, what="token file", st=st)  # every time: chmod keeps mtime
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._records = _read(self.path)
             self._stamp = stamp
+            self._note_revocations(self._records)
         return list(self._records)
+
+    def _note_revocations(self, records: _Records) -> None:
+        revoked = {
+            (str(r["sha256"]), str(r["revoked_at"])): r for r in records if r.get("revoked_at")
+        }
+        seen, self._revoked_seen = self._revoked_seen, set(revoked)
+        if seen is None:
+            return  # the first read: these predate this store
+        for key in sorted(set(revoked) - seen, key=lambda k: k[1]):
+            info = _info(revoked[key])
+            for listener in self.on_revoke:
+                listener(info)
 
     def _save(self, records: _Records) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +245,10 @@ class TokenStore:
             Path(tmp_name).unlink(missing_ok=True)
         self._stamp = None
         self._records = records
+        if self._revoked_seen is not None:  # this store's own revocations are not news to it
+            self._revoked_seen = {
+                (str(r["sha256"]), str(r["revoked_at"])) for r in records if r.get("revoked_at")
+            }
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -225,12 +289,23 @@ def _read(path: Path) -> _Records:
 
 def _info(record: dict[str, Any]) -> TokenInfo:
     expires = record.get("expires")
+    revoked = record.get("revoked_at")
+    by = record.get("revoked_by")
     return TokenInfo(
         name=str(record["name"]),
         scopes=tuple(Scope.parse(s) for s in record["scopes"]),
         created=datetime.fromisoformat(record["created"]),
         expires=datetime.fromisoformat(expires) if expires else None,
+        revoked_at=datetime.fromisoformat(revoked) if revoked else None,
+        revoked_by=str(by) if by is not None else None,
     )
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers) and no $USER
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def _hash(token: str) -> str:

@@ -15,6 +15,12 @@ One record per event, never a payload (`shipyard.security.audit` describes the c
 writer thread; `close()` drains the queue before closing the file, so a clean shutdown loses
 nothing, and the chain continues across restarts. A full queue (the disk stalled) makes
 callers wait up to `put_timeout_s`, then the record is dropped and logged as an error.
+
+The log fails closed: when a write fails (ENOSPC, EIO, ...) the writer keeps that record and
+retries it every `retry_s`, the records behind it wait in order, and `problem` says why;
+meanwhile audited HTTP calls (infer, admin) answer 503 without being served, and readiness is
+false with the reason. The first write that succeeds clears it. At start the torn tail of a
+crash is set aside and the whole chain checked (`shipyard.security.audit.prepare_log`).
 """
 
 from __future__ import annotations
@@ -29,14 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.security.audit import AuditLog
-from shipyard.security.errors import KeyFileError
+from shipyard.security.audit import AuditLog, Preparation, prepare_log
+from shipyard.security.errors import AuditError, KeyFileError
 from shipyard.security.keys import kek_from_env, load_audit_key, read_secret
-from shipyard.serving.dataplane import InferenceEvent
+from shipyard.serving.dataplane import DataPlane, InferenceEvent
 from shipyard.serving.logs import request_id
 from shipyard.serving.manager import ModelEvent
+from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import ServerSettings
 
 log = logging.getLogger("shipyard.serving.audit")
@@ -66,6 +74,8 @@ class CallInfo:
     """True when an HTTP middleware writes this call's record itself (with byte counts)."""
     denied: bool = False
     """True once the call was refused (401/403) and that was audited."""
+    client: str | None = None
+    """The caller's address, `host:port`, where the transport knows it (set by gRPC's gate)."""
 
 
 current_call: ContextVar[CallInfo | None] = ContextVar("shipyard_call", default=None)
@@ -90,17 +100,30 @@ class AuditWriter:
         *,
         queue_size: int = 10_000,
         put_timeout_s: float = 5.0,
+        new_chain: bool = False,
+        retry_s: float = 0.5,
+        close_timeout_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self._key = key
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(queue_size)
         self._put_timeout_s = put_timeout_s
+        self._new_chain = new_chain
+        self._retry_s = retry_s
+        self._close_timeout_s = close_timeout_s
         self._log: AuditLog | None = None
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._gave_up = False
+        self._problem: str | None = None
+        self._metrics: Metrics | None = None
+        self._prepared: Preparation | None = None
         self.dropped = 0
         """Records given up on because the queue stayed full."""
         self.failed = 0
-        """Records the log refused to append (see the server log for why)."""
+        """Records not written: a bug, or still failing when the server stopped."""
+        self.write_failures = 0
+        """Failed attempts to append (each retry of a pending record counts)."""
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> AuditWriter | None:
@@ -122,7 +145,29 @@ class AuditWriter:
                 "the audit key is the key-encryption key; use a separate audit key "
                 "(`shipyard keys init` writes audit.key)"
             )
-        return cls(settings.audit_log, key)
+        writer = cls(settings.audit_log, key, new_chain=settings.audit_new_chain)
+        writer.prepare()  # a broken chain stops the server here, before it serves anything
+        return writer
+
+    def prepare(self) -> None:
+        """Set a torn tail aside and check the whole chain (once; `start` does it otherwise)."""
+        if self._prepared is None:
+            self._prepared = prepare_log(self.path, self._key, new_chain=self._new_chain)
+
+    @property
+    def problem(self) -> str | None:
+        """Why audited calls are refused now (the log cannot be written); None when healthy."""
+        return self._problem
+
+    def attach(self, dataplane: DataPlane) -> None:
+        """Report health to the server: readiness false with `problem`, and the metrics
+        shipyard_audit_healthy, shipyard_audit_write_failures_total, ..._pending_records."""
+        if self._metrics is dataplane.metrics:
+            return
+        self._metrics = dataplane.metrics
+        dataplane.readiness_checks.append(lambda: self._problem)
+        dataplane.metrics.audit_healthy.set_function(lambda: 0.0 if self._problem else 1.0)
+        dataplane.metrics.audit_pending.set_function(lambda: float(self._queue.qsize()))
 
     @property
     def running(self) -> bool:
@@ -132,7 +177,15 @@ class AuditWriter:
         """Open the log (continuing its chain) and start the writer thread."""
         if self._thread is not None:
             return
+        # a torn tail is set aside and the whole chain checked; a broken one stops the start
+        self.prepare()
+        assert self._prepared is not None
+        notes, self._prepared = self._prepared.notes, Preparation()
         self._log = AuditLog(self.path, self._key)
+        for event, detail in notes:
+            log.warning("audit log %s: %s", self.path, detail)
+            self.submit(event, who=SERVER, outcome="repaired", detail=detail)
+        self._closing.clear()
         self._thread = threading.Thread(target=self._run, name="shipyard-audit", daemon=True)
         self._thread.start()
 
@@ -142,6 +195,10 @@ class AuditWriter:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            if self._problem is not None:  # the writer is stuck: waiting would only stall
+                self.dropped += 1
+                log.error("audit queue full while the log cannot be written: dropped %s", event)
+                return
             try:
                 self._queue.put(item, timeout=self._put_timeout_s)
             except queue.Full:
@@ -160,6 +217,7 @@ class AuditWriter:
         thread = self._thread
         if thread is None:
             return
+        self._closing.set()  # a writer retrying a failed write gives up after close_timeout_s
         self._queue.put(None)
         thread.join()
         self._thread = None
@@ -196,7 +254,7 @@ class AuditWriter:
             outcome=_PLANE_OUTCOMES.get(event.outcome, event.outcome),
             request_id=request_id.get(),
             latency_ms=event.latency_ms,
-            detail=event.protocol,
+            detail=_with_client(event.protocol, call),
         )
 
     def denied(
@@ -220,19 +278,55 @@ class AuditWriter:
         )
 
     def _run(self) -> None:
-        assert self._log is not None
         while True:
             item = self._queue.get()
             try:
                 if item is None:
                     return
-                event = item.pop("event")
-                self._log.record(event, **item)
-            except Exception:  # keep writing the records that can be written
-                self.failed += 1
-                log.exception("could not append to the audit log %s", self.path)
+                self._write(item)
             finally:
                 self._queue.task_done()
+
+    def _write(self, item: dict[str, Any]) -> None:
+        """Append one record, retrying while the log cannot be written (order is kept)."""
+        assert self._log is not None
+        event = item.pop("event")
+        deadline: float | None = None
+        while True:
+            try:
+                self._log.record(event, **item)
+            except AuditError as exc:
+                self._failing(exc)
+                if self._closing.is_set():
+                    deadline = deadline or time.monotonic() + self._close_timeout_s
+                    if self._gave_up or time.monotonic() >= deadline:
+                        self._gave_up = True
+                        self.failed += 1
+                        log.error("stopping with the audit log unwritable: lost a %s record", event)
+                        return
+                    time.sleep(self._retry_s)
+                else:
+                    self._closing.wait(self._retry_s)
+                continue
+            except Exception:  # a bad record (a bug): keep writing the others
+                self.failed += 1
+                log.exception("could not append to the audit log %s", self.path)
+                return
+            if self._problem is not None:
+                log.warning("audit log %s can be written again; audited calls resume", self.path)
+                self._problem = None
+            return
+
+    def _failing(self, exc: AuditError) -> None:
+        self.write_failures += 1
+        if self._metrics is not None:
+            self._metrics.audit_write_failures.inc()
+        problem = (
+            f"audit log cannot be written: {exc}; the server refuses audited calls until it can"
+        )
+        if problem != self._problem:
+            log.error("%s", problem)
+        self._problem = problem
 
 
 def outcome_of(status: int) -> str:
@@ -262,6 +356,17 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         action, model = self.describe(scope["path"])
+        problem = self.writer.problem
+        if problem is not None and (
+            action in ("infer", "admin") or scope["path"] == "/v2/health/ready"
+        ):
+            # fail closed: an audited call the log cannot record is not served at all
+            body: dict[str, Any] = {"error": problem}
+            if scope["path"] == "/v2/health/ready":
+                body = {"ready": False, "error": problem}
+            refusal = JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+            await refusal(scope, receive, send)
+            return
         call = CallInfo(tracked=action in ("infer", "admin"))
         token = current_call.set(call)
         if not call.tracked:
@@ -305,3 +410,9 @@ class AuditMiddleware:
                     latency_ms=(time.perf_counter() - started) * 1000,
                     detail=f"{scope['method']} {scope['path']}",
                 )
+
+
+def _with_client(detail: str, call: CallInfo | None) -> str:
+    """`v2_grpc from 127.0.0.1:5000`: a gRPC record's detail names the caller like HTTP's."""
+    client = call.client if call is not None else None
+    return f"{detail} from {client}" if client else detail

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
-from shipyard.errors import InputError, ShipyardError
+from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import check_inputs
 from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
@@ -30,6 +30,8 @@ from shipyard.serving.settings import LimitsSettings, VersionPolicy
 SERVER_NAME = "shipyard"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 PLATFORM = "onnx_onnxv1"
+MAX_MODEL_NAME = 128
+"""The longest model name a manifest allows; longer names are refused on every route."""
 CONFIG_PLATFORM = "onnxruntime_onnx"
 """Triton's platform name for ONNX Runtime models, as its model configuration spells it."""
 CONFIG_BACKEND = "onnxruntime"
@@ -73,6 +75,9 @@ class DataPlane:
         self.metrics = metrics
         self.listeners: list[Callable[[InferenceEvent], None]] = []
         """Called on the event loop after every `infer`, successful or not."""
+        self.readiness_checks: list[Callable[[], str | None]] = []
+        """Each returns why the server must not take traffic now (e.g. the audit log cannot
+        be written), or None; any reason makes `ready()` false."""
         self._limits_cache: dict[int, tuple[object, object, LimitsSettings]] = {}
         """id(config) -> (config, server settings, merged limits): merging costs a pydantic
         dump and copy, asked for three times per request otherwise."""
@@ -84,8 +89,17 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Startup loading is done and (strict readiness) every model can serve."""
-        return self.manager.ready()
+        """Startup loading is done, (strict readiness) every model can serve, and no
+        readiness check objects."""
+        return self.manager.ready() and self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """The first readiness check's objection, or None."""
+        for check in self.readiness_checks:
+            reason = check()
+            if reason is not None:
+                return reason
+        return None
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether that model (version) can take requests now; ModelNotFound if unknown."""
@@ -264,23 +278,27 @@ class DataPlane:
 
     async def model_status(self, name: str) -> list[IndexEntry]:
         """The index rows of one model (all its versions); ModelNotFound if unknown."""
+        check_model_name(name)
         entries = [e for e in await self.manager.index() if e.name == name]
         if not entries:
             raise ModelNotFound(name)
         return entries
 
     async def load_model(self, name: str) -> None:
-        """Load or reload a model from the repository; ModelLoadError if no version serves."""
-        await self.manager.load(name)
+        """Load or reload a model from the repository; ModelLoadError (400) if no version
+        serves or the newest version the policy wants failed to load."""
+        await self.manager.load(check_model_name(name))
 
     async def unload_model(self, name: str) -> None:
         """Unload every version after its in-flight requests finish."""
-        await self.manager.unload(name)
+        await self.manager.unload(check_model_name(name))
 
     # -- statistics -----------------------------------------------------------------------
 
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: {"model_stats": [...]} for all, a model, a version."""
+        if name is not None:
+            check_model_name(name)
         stats = self.metrics.model_stats(name, version)
         if name is not None and not stats:
             raise ModelNotFound(name, version)
@@ -291,7 +309,19 @@ class DataPlane:
         return self.metrics.exposition()
 
 
+def check_model_name(name: str) -> str:
+    """`name`, or a 400 when it is longer than any model name can be (MAX_MODEL_NAME, the
+    manifest's own limit): a 5,000-character name reached the file system (a 500)."""
+    if len(name) > MAX_MODEL_NAME:
+        raise UsageError(
+            f"model name of {len(name)} characters: model names are at most "
+            f"{MAX_MODEL_NAME} (letters, digits, '_', '.', '-')"
+        )
+    return name
+
+
 def _version_number(name: str, version: str | None) -> int | None:
+    check_model_name(name)
     if version is None or version == "":
         return None
     if not version.isdigit() or version.startswith("0"):

@@ -100,3 +100,9 @@ class ModelLoadError(ShipyardError):
         super().__init__(f"failed to load model {name!r}: {detail}")
         self.name = name
         self.reasons = reasons
+
+
+class AuditUnavailable(ShipyardError):
+    """The audit log cannot be written: audited calls are refused until it can (fail closed)."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE

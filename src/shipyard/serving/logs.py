@@ -3,6 +3,12 @@
 The request id lives in a context variable set by the HTTP middleware, so every log line
 written while handling a request (on the event loop) names it; `extra={"model": ...,
 "version": ...}` fields are kept as JSON keys.
+
+With the JSON format every line the server writes to stderr is JSON from the first one:
+uvicorn's loggers and Python warnings go through the same handler (uvicorn's own logging
+config, with its banner and colours, is off: `log_config=None`). Access lines
+(`shipyard.serving.access`) carry method, path, status, duration_ms, client and request_id
+as keys.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ request_id: ContextVar[str | None] = ContextVar("shipyard_request_id", default=N
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
+
+
+ACCESS_LOGGER = "shipyard.serving.access"
+ACCESS_FIELDS = frozenset({"method", "path", "status", "duration_ms"})
+"""Access-line fields a text line already shows in its message (JSON keeps them as keys)."""
 
 
 class RequestIdFilter(logging.Filter):
@@ -60,6 +72,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
+        if record.name == ACCESS_LOGGER:
+            extras = {k: v for k, v in extras.items() if k not in ACCESS_FIELDS}
         rid = extras.pop("request_id", None)
         if rid:
             line = line.replace(f" {record.name} ", f" {record.name} [{rid}] ", 1)
@@ -69,11 +83,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(*, fmt: str = "text", level: str = "info") -> None:
-    """Send `shipyard` and `uvicorn` logs to stderr in the chosen format (used by `serve`)."""
+    """Send `shipyard`, `uvicorn` and warnings logs to stderr in the chosen format (`serve`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
-    for name in ("shipyard", "uvicorn"):
+    logging.captureWarnings(True)  # a warnings.warn() is a log line too, not free text
+    for name in ("shipyard", "uvicorn", "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level.upper())

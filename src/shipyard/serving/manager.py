@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.repository import Fingerprint, ModelOnDisk, ModelRepository
 from shipyard.serving.served import IndexEntry, ModelState, ServedVersion, VersionStatus
-from shipyard.serving.settings import ModelConfig, ServerSettings
+from shipyard.serving.settings import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
 
 __all__ = [
@@ -66,6 +67,8 @@ class _Record:
     failed_reloads: dict[int, tuple[Fingerprint, ModelConfig]] = field(default_factory=dict)
     """(files, config) a served version failed to reload with; not retried until changed."""
     unloaded_by_request: bool = False
+    high_water: int = 0
+    """The highest version this server has served for the model (downgrade guard)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -134,6 +137,22 @@ class ModelManager:
                 f"version {v}: {s.reason}" for v, s in sorted(record.statuses.items()) if s.failed
             ]
             raise ModelLoadError(name, [record.config_error] if record.config_error else reasons)
+        # Something serves, but an explicit load that did not get the newest version (or a
+        # new model.toml, or a reload) is still a failed load: answering {} hid it (Triton: 400).
+        newest = max(record.served)
+        missed = [
+            f"version {v}: {s.reason}"
+            for v, s in sorted(record.statuses.items())
+            if s.failed and v > newest
+        ]
+        missed += [
+            f"version {v}: {record.statuses[v].reason}" for v in sorted(record.failed_reloads)
+        ]
+        if record.config_error:
+            missed.append(record.config_error)
+        if missed:
+            serving = ", ".join(str(v) for v in sorted(record.served))
+            raise ModelLoadError(name, [*missed, f"still serving version(s) {serving}"])
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model until it is loaded again."""
@@ -227,16 +246,21 @@ class ModelManager:
             await self._reconcile_locked(record, disk, force=force)
 
     async def _reconcile_locked(self, record: _Record, disk: ModelOnDisk, *, force: bool) -> None:
-        if disk.config_error != record.config_error and disk.config_error:
-            log.error("%s", disk.config_error, extra={"model": record.name})
-        record.config_error = disk.config_error
+        config = disk.config
+        config_error = disk.config_error
+        if config is not None:
+            config_error = ceiling_problem(config, self.settings, disk.path)
+            if config_error is not None:
+                config = None  # over a server ceiling: like an invalid file, keep the old one
+        if config_error != record.config_error and config_error:
+            log.error("%s", config_error, extra={"model": record.name})
+        record.config_error = config_error
         # a served version whose folder is gone keeps serving until the versions the policy
         # falls back to are loaded, so removing the newest version leaves no gap
         gone = set(record.statuses) - set(disk.versions)
-        config = disk.config
         if config is None or (record.unloaded_by_request and not force):
             await self._retire_removed(record, gone)
-            why = disk.config_error or "unloaded by request; load it to serve again"
+            why = config_error or "unloaded by request; load it to serve again"
             for version in disk.versions:
                 if version not in record.served:
                     record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, why)
@@ -253,10 +277,14 @@ class ModelManager:
             and not config_changed
             and s.fingerprint == disk.versions.get(v)
         }
+        guard = self.settings.require_signature and not self.settings.allow_downgrade
         while True:
             wanted = set(
                 config.version_policy.select([v for v in disk.versions if v not in broken])
             )
+            if guard and not force and wanted and max(wanted) < record.high_water:
+                self._refuse_downgrade(record, disk, wanted)
+                return
             failed = False
             for version in sorted(wanted, reverse=True):
                 current = record.served.get(version)
@@ -291,6 +319,32 @@ class ModelManager:
             status = record.statuses.get(version)
             if version not in wanted and (status is None or not status.failed):
                 record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, not_selected)
+        if record.served:
+            # an explicit load (force) is the operator's word: what it serves is the new mark
+            top = max(record.served)
+            record.high_water = top if force else max(record.high_water, top)
+
+    def _refuse_downgrade(self, record: _Record, disk: ModelOnDisk, wanted: set[int]) -> None:
+        """Keep serving what is served (even a removed folder) rather than roll back silently."""
+        reason = (
+            f"refused downgrade: version {max(wanted)} is older than version "
+            f"{record.high_water}, which this server has served; load the model explicitly "
+            "(POST /v2/repository/models/NAME/load) or serve with --allow-downgrade"
+        )
+        for version in sorted(wanted - set(record.served)):
+            status = record.statuses.get(version)
+            record.statuses[version] = VersionStatus(
+                ModelState.UNAVAILABLE, reason, disk.versions.get(version)
+            )
+            if status is None or status.reason != reason:  # say it once, not at every scan
+                self._emit(ModelEvent("load", record.name, version, "failed", reason))
+                log.error(
+                    "refused %s version %d: %s",
+                    record.name,
+                    version,
+                    reason,
+                    extra={"model": record.name, "version": version},
+                )
 
     async def _load_version(
         self, record: _Record, disk: ModelOnDisk, version: int, config: ModelConfig
@@ -470,3 +524,35 @@ class ModelManager:
             if s.reason
         ]
         return "; ".join(reasons) or "no version is loaded"
+
+
+def ceiling_problem(config: ModelConfig, settings: ServerSettings, model_dir: Path) -> str | None:
+    """Why `config` (a model.toml) asks for more than the server allows; None when it fits.
+
+    `max_instances` always bounds `instances`. With `require_signature`, model.toml is not
+    covered by any signature, so it may only tighten the server's limits and queue size,
+    never raise them: the server's values are then ceilings.
+    """
+    where = model_dir / MODEL_CONFIG_FILE
+    if config.instances is not None and config.instances > settings.max_instances:
+        return (
+            f"{where}: instances = {config.instances} is above the server's max_instances = "
+            f"{settings.max_instances}"
+        )
+    if not settings.require_signature:
+        return None
+    ceilings = settings.limits.model_dump()
+    for key, value in sorted(config.limits.model_dump(exclude_none=True).items()):
+        if value > ceilings[key]:
+            return (
+                f"{where}: limits.{key} = {value} is above the server's {ceilings[key]} "
+                "(with --require-signature a model.toml may only lower limits)"
+            )
+    queue = config.batching.max_queue_size
+    if queue is not None and queue > settings.batching.max_queue_size:
+        return (
+            f"{where}: batching.max_queue_size = {queue} is above the server's "
+            f"{settings.batching.max_queue_size} (with --require-signature a model.toml may "
+            "only lower it)"
+        )
+    return None

@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -36,6 +44,14 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 OUTCOMES = ("success", "invalid", "overloaded", "not_ready", "error")
+AUTH_FAILURE_REASONS = (
+    "missing_token",
+    "invalid_token",
+    "expired",
+    "revoked",
+    "insufficient_scope",
+)
+NOT_FOUND_KINDS = ("model", "version", "route")
 
 
 @dataclass
@@ -151,6 +167,41 @@ class Metrics:
             ("model",),
             registry=self.registry,
         )
+        # -- refusals and the process (security hardening): 401/403/404 were in no series --
+        self.auth_failures = Counter(
+            "shipyard_auth_failures",
+            "Calls refused by authentication (401) or scope (403), by reason.",
+            ("reason", "protocol"),
+            registry=self.registry,
+        )
+        self.not_found = Counter(
+            "shipyard_not_found",
+            "404 answers: an unknown model, an unknown version, or no such route.",
+            ("kind",),
+            registry=self.registry,
+        )
+        for kind in NOT_FOUND_KINDS:  # present from the start, so rate() has a zero to start at
+            self.not_found.labels(kind)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory…
+        PlatformCollector(registry=self.registry)  # python_info
+        # -- audit log health (fed by serving.audit.AuditWriter.track) --
+        self.audit_healthy = Gauge(
+            "shipyard_audit_healthy",
+            "1 while the audit log can be written (or there is none), 0 while audited calls "
+            "are refused because it cannot.",
+            registry=self.registry,
+        )
+        self.audit_healthy.set(1)
+        self.audit_write_failures = Counter(
+            "shipyard_audit_write_failures",
+            "Failed attempts to append to the audit log (each retry counts).",
+            registry=self.registry,
+        )
+        self.audit_pending = Gauge(
+            "shipyard_audit_pending_records",
+            "Audit records queued and not yet written.",
+            registry=self.registry,
+        )
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         """The labelled series one request outcome updates; `.labels(...)` looks them up
@@ -197,6 +248,14 @@ class Metrics:
         stats.last_inference_ms = time.time_ns() // 1_000_000
         queue_seconds.observe(queue_ns / 1e9)
         compute_seconds.observe(compute_ns / 1e9)
+
+    def observe_auth_failure(self, *, reason: str, protocol: str) -> None:
+        """One call refused with 401/403; `reason` is one of AUTH_FAILURE_REASONS."""
+        self.auth_failures.labels(reason, protocol).inc()
+
+    def observe_not_found(self, kind: str) -> None:
+        """One 404 answer; `kind` is one of NOT_FOUND_KINDS."""
+        self.not_found.labels(kind).inc()
 
     def observe_batch(self, *, model: str, version: str, rows: int, compute_ns: int) -> None:
         """One executed batch (`rows` = sum of the requests' dim 0)."""

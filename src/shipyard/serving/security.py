@@ -21,7 +21,8 @@ No token, or an unknown, revoked or expired one: 401 with `WWW-Authenticate: Bea
 valid token without the scope: 403. Routes are classified here from the raw path, so the
 rule holds whichever router serves them. gRPC calls `ServerSecurity.authorize(metadata,
 action, model)` (the servicer's hook), which raises the same errors (UNAUTHENTICATED,
-PERMISSION_DENIED). Every refusal is written to the audit log when there is one.
+PERMISSION_DENIED); `ServerSecurity.authenticate` runs first, on the metadata alone, before
+the call's message is read (`grpc_gate`). Every refusal is written to the audit log when there is one.
 
 `check_exposure` refuses to bind a non-loopback address without auth unless `insecure`.
 """
@@ -40,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
-from shipyard.security.tokens import Principal, TokenStore, bearer_token
+from shipyard.security.tokens import Principal, Refusal, TokenInfo, TokenStore, bearer_token
 from shipyard.serving.audit import (
     ANONYMOUS,
     SERVER,
@@ -51,7 +52,9 @@ from shipyard.serving.audit import (
     current_call,
 )
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.errors import AuditUnavailable
 from shipyard.serving.limits import BodyLimitMiddleware
+from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols.http import error_response
 from shipyard.serving.settings import ServerSettings
 
@@ -147,13 +150,48 @@ class TokenStoreUnavailable(ShipyardError):
 class Guard:
     """Checks bearer tokens against a `TokenStore`, auditing every refusal."""
 
-    def __init__(self, tokens: TokenStore, *, audit: AuditWriter | None = None) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        *,
+        audit: AuditWriter | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.tokens = tokens
         self.audit = audit
+        self.metrics = metrics
+        if audit is not None:
+            tokens.on_revoke.append(self._audit_revocation)
+
+    def problem(self) -> str | None:
+        """Why auth cannot work now (the token file is unreadable, malformed or too open),
+        else None; readiness reports it, since every call would be refused with a 503."""
+        try:
+            self.tokens.list()
+        except UsageError as exc:
+            return f"authentication unavailable: {exc}"
+        return None
+
+    def _audit_revocation(self, info: TokenInfo) -> None:
+        """A revocation made in the token file (`shipyard tokens revoke`) while serving."""
+        assert self.audit is not None
+        when = info.revoked_at.isoformat() if info.revoked_at else "?"
+        self.audit.submit(
+            "token.revoke",
+            who=info.revoked_by or "unknown",
+            detail=f"token {info.name!r} revoked at {when} (seen in {self.tokens.path})",
+        )
 
     @classmethod
-    def from_settings(cls, settings: ServerSettings, *, audit: AuditWriter | None) -> Guard | None:
-        """The guard for settings.auth (None when unset); the token file must be readable."""
+    def from_settings(
+        cls,
+        settings: ServerSettings,
+        *,
+        audit: AuditWriter | None,
+        metrics: Metrics | None = None,
+    ) -> Guard | None:
+        """The guard for settings.auth (None when unset); the token file must be readable
+        and private (mode 0600: InsecurePermissionsError, exit 2, otherwise)."""
         if settings.auth is None:
             return None
         if not settings.auth.is_file():
@@ -162,14 +200,21 @@ class Guard:
                 f"`shipyard tokens create --name NAME --scope infer:MODEL --file {settings.auth}`"
             )
         tokens = TokenStore(settings.auth)
-        tokens.list()  # a malformed file fails here, at startup
-        return cls(tokens, audit=audit)
+        tokens.list()  # a malformed or group/other-accessible file fails here, at startup
+        return cls(tokens, audit=audit, metrics=metrics)
 
     def check(
-        self, authorization: str | None, access: Access, *, route: str, client: str | None
+        self,
+        authorization: str | None,
+        access: Access,
+        *,
+        route: str,
+        client: str | None,
+        protocol: str = "http",
     ) -> Principal:
         """The caller's principal; AuthenticationError (401) or PermissionDeniedError (403)."""
         who = ANONYMOUS
+        reason: Refusal = "missing_token"
         try:
             token = bearer_token(authorization)
             if token is None:
@@ -177,18 +222,23 @@ class Guard:
                     "missing credentials: send 'Authorization: Bearer <token>'"
                 )
             try:
-                principal = self.tokens.authenticate(token)
+                verdict = self.tokens.verify(token)
             except UsageError as exc:
                 log.error("cannot read the token file: %s", exc)
                 raise TokenStoreUnavailable(
                     "the server cannot read its token file; ask its operator"
                 ) from None
+            principal = verdict.principal
             if principal is None:
+                reason = verdict.reason or "invalid_token"
                 raise AuthenticationError("invalid, revoked or expired token")
             who = principal.name
             if not access.granted_to(principal):
+                reason = "insufficient_scope"
                 raise PermissionDeniedError(f"token {principal.name!r} may not {access.describe()}")
         except (AuthenticationError, PermissionDeniedError) as exc:
+            if self.metrics is not None:
+                self.metrics.observe_auth_failure(reason=reason, protocol=protocol)
             caller().denied = True
             if self.audit is not None:
                 self.audit.denied(
@@ -286,7 +336,10 @@ class ServerSecurity:
 
     def start(self) -> None:
         """Open the audit log (its chain continues) and note the start."""
+        if self.guard is not None:
+            self.dataplane.readiness_checks.append(self.guard.problem)
         if self.audit is not None:
+            self.audit.attach(self.dataplane)  # readiness and metrics follow the log's health
             self.dataplane.manager.listeners.append(self.audit.model_event)
             self.dataplane.listeners.append(self.audit.inference_event)
             self.audit.start()
@@ -294,6 +347,8 @@ class ServerSecurity:
 
     def stop(self) -> None:
         """Note the stop and write every queued audit record (blocks; run off the loop)."""
+        if self.guard is not None and self.guard.problem in self.dataplane.readiness_checks:
+            self.dataplane.readiness_checks.remove(self.guard.problem)
         if self.audit is not None:
             self.dataplane.manager.listeners.remove(self.audit.model_event)
             self.dataplane.listeners.remove(self.audit.inference_event)
@@ -303,10 +358,38 @@ class ServerSecurity:
     async def authorize(self, metadata: Mapping[str, str], action: str, model: str | None) -> None:
         """The gRPC servicer's hook: returns when allowed, else raises a 401/403 error."""
         caller()  # this RPC's call info, so its infer record names the token
+        if (
+            self.audit is not None
+            and self.audit.problem is not None
+            and action in ("infer", "repository", "admin")
+        ):
+            raise AuditUnavailable(self.audit.problem)  # fail closed, as over HTTP
         access = grpc_access(action, model)
         if self.guard is None or access is None:
             return
-        self.guard.check(metadata.get("authorization"), access, route=f"grpc {action}", client=None)
+        self.guard.check(
+            metadata.get("authorization"),
+            access,
+            route=f"grpc {action}",
+            client=caller().client,
+            protocol="grpc",
+        )
+
+    async def authenticate(
+        self, metadata: Mapping[str, str], *, method: str, action: str, client: str | None
+    ) -> None:
+        """gRPC's check before the message is read (`grpc_gate`): a valid token that may do
+        the action on some model; `authorize` checks the model the message names after."""
+        access = grpc_access(action, None)
+        if self.guard is None or access is None:
+            return
+        self.guard.check(
+            metadata.get("authorization"),
+            Access(access.action, ANY_MODEL),
+            route=f"grpc {method}",
+            client=client,
+            protocol="grpc",
+        )
 
     def _describe(self, path: str) -> tuple[str | None, str | None]:
         described = self._described.get(path)
@@ -338,7 +421,8 @@ class ServerSecurity:
 def build_security(settings: ServerSettings, dataplane: DataPlane) -> ServerSecurity:
     """Guard and audit writer for `settings`; key and token files are checked here."""
     audit = AuditWriter.from_settings(settings)
-    return ServerSecurity(settings, dataplane, Guard.from_settings(settings, audit=audit), audit)
+    guard = Guard.from_settings(settings, audit=audit, metrics=dataplane.metrics)
+    return ServerSecurity(settings, dataplane, guard, audit)
 
 
 def check_exposure(settings: ServerSettings) -> None:

@@ -1,36 +1,74 @@
 """Run the server: `serve()` blocks (the CLI's `shipyard serve`); `start_in_thread()` for tests.
 
-Both run uvicorn with uvloop and httptools when installed. `start_in_thread` binds the
-configured port (0 = a free one), waits until models are loaded and the socket listens,
-and returns a handle with the real port; use it as a context manager so it always stops.
+Both run uvicorn with uvloop and httptools when installed, behind the connection bounds of
+`http_guard` (header size, header and body timeouts, connection cap). Start-up checks what it
+can before any model loads, in this order: the repository, exposure, TLS files, the audit
+folder, token and key files (building the app), the HTTP port (bound here), then the gRPC
+port (bound first thing in the lifespan); only then do models load. Each failure is one
+`StartupError` line naming the file or port.
+
+`serve()` also turns SIGHUP into a reload: the repository is rescanned and the token file
+re-read; the process keeps serving (uvicorn itself handles SIGINT and SIGTERM).
+
+`start_in_thread` binds the configured port (0 = a free one), waits until models are loaded
+and the socket listens, and returns a handle with the real port; use it as a context manager
+so it always stops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import importlib.util
+import logging
+import signal
+import socket
+import ssl
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from shipyard.errors import ShipyardError
 from shipyard.serving.app import build_app
 from shipyard.serving.logs import configure_logging
-from shipyard.serving.security import check_exposure
+from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
+from shipyard.serving.tls import http_ssl_factory
+
+log = logging.getLogger("shipyard.serving.server")
 
 _GRACE_S = 10
 """Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
+
+
+class StartupError(ShipyardError):
+    """The server cannot start: a port is taken, a file is missing or unreadable."""
 
 
 def serve(repository: str | Path | None = None, *, settings: ServerSettings | None = None) -> None:
     """Serve `repository` (or settings.repository) until interrupted; logs go to stderr."""
     settings = _with_repository(settings or load_settings(), repository)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    uvicorn.Server(_uvicorn_config(settings, freeze_gc=True)).run()
+    prepared = _prepare(settings, freeze_gc=True)
+    grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
+    log.info(
+        "serving %s on %s (V2: /v2, metrics: /metrics%s); Ctrl-C to stop",
+        settings.repository,
+        prepared.url,
+        grpc,
+    )
+    with _sighup_reloads(prepared.lifecycle):
+        prepared.server.run(sockets=[prepared.sock])
+    if prepared.lifecycle.error is not None:
+        raise prepared.lifecycle.error
 
 
 class RunningServer:
@@ -97,25 +135,25 @@ def start_in_thread(
 ) -> RunningServer:
     """Start serving on a daemon thread; returns once listening (models loaded)."""
     settings = _with_repository(settings or load_settings(port=0), repository)
-    server = uvicorn.Server(_uvicorn_config(settings))
-    thread = threading.Thread(target=server.run, name="shipyard-server", daemon=True)
+    prepared = _prepare(settings)
+    server, lifecycle = prepared.server, prepared.lifecycle
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [prepared.sock]}, name="shipyard-server", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive():
-            raise ShipyardError(
-                f"server failed to start on {settings.host}:{settings.port} (port in use? "
-                "see the log for the cause)"
+    while not server.started or lifecycle.error is not None:
+        if lifecycle.error is not None or not thread.is_alive():
+            thread.join(timeout_s)
+            raise lifecycle.error or StartupError(
+                f"server failed to start on {prepared.url}; see the log for the cause"
             )
         if time.monotonic() > deadline:
             server.should_exit = True
             thread.join(5)
-            raise ShipyardError(f"server did not start within {timeout_s:.0f} s")
+            raise StartupError(f"server did not start within {timeout_s:.0f} s")
         time.sleep(0.01)
-    sockets = [s for srv in server.servers for s in srv.sockets]
-    port = sockets[0].getsockname()[1] if sockets else settings.port
-    scheme = "https" if settings.tls_cert else "http"
-    return RunningServer(server, thread, settings.host, port, scheme=scheme)
+    return RunningServer(server, thread, settings.host, prepared.port, scheme=prepared.scheme)
 
 
 def _with_repository(settings: ServerSettings, repository: str | Path | None) -> ServerSettings:
@@ -124,31 +162,273 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
     return settings.model_copy(update={"repository": Path(repository)})
 
 
-def _uvicorn_config(settings: ServerSettings, *, freeze_gc: bool = False) -> uvicorn.Config:
-    check_exposure(settings)
-    check_repository(settings)
-    app = build_app(settings, freeze_gc=freeze_gc)
-    if settings.grpc_port is not None:
-        from shipyard.serving.protocols import v2_grpc
+@dataclass
+class _Lifecycle:
+    """What the signal handler and the caller need to know about a running server."""
 
-        v2_grpc.attach(
-            app,
-            app.state.dataplane,
-            settings=settings,
-            authorize=app.state.security.authorize,
-            grace_s=_GRACE_S,
-        )
+    server: uvicorn.Server | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    app: Starlette | None = None
+    running: bool = False
+    """True between start-up (models loaded) and shutdown."""
+    error: ShipyardError | None = None
+    """Why start-up failed (the lifespan stops uvicorn and leaves the error here)."""
+    reloading: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Prepared:
+    server: uvicorn.Server
+    sock: socket.socket
+    lifecycle: _Lifecycle
+    scheme: str
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
+    """Every start-up check that needs no event loop, then the bound (not yet listening) socket."""
+    check_repository(settings)
+    check_exposure(settings)
+    warning = exposure_warning(settings)
+    if warning is not None:
+        log.warning(warning)
+    _check_tls_files(settings)
+    _check_audit_log(settings)
+    app = build_app(settings, freeze_gc=freeze_gc)
+    lifecycle = _Lifecycle(app=app)
+    _run_lifespan_checked(app, settings, lifecycle)
+    config = _uvicorn_config(app, settings)
+    _load_config(config, settings)
+    sock = _bind(settings)
+    server = uvicorn.Server(config)
+    lifecycle.server = server
+    scheme = "https" if settings.tls_cert else "http"
+    return _Prepared(server, sock, lifecycle, scheme, settings.host)
+
+
+def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
+    limits = settings.http
+    http: Any
+    if importlib.util.find_spec("httptools"):
+        from shipyard.serving.http_guard import guarded_protocol
+
+        http = guarded_protocol(limits)
+    else:  # h11 bounds header size itself; it has no header or body timeout
+        http = "h11"
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=http,
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=_GRACE_S,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_keep_alive=int(max(1, round(limits.keep_alive_timeout_s))),
+        backlog=limits.backlog,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        # TLS: the one place the server's certificate and key are handed to uvicorn.
+        ssl_context_factory=http_ssl_factory(settings),
     )
+
+
+# -- start-up checks -----------------------------------------------------------------------
+
+
+def exposure_warning(settings: ServerSettings) -> str | None:
+    """The warning for tokens sent in clear text: a non-loopback bind with auth but no TLS."""
+    if settings.auth is None or settings.tls_cert is not None or is_loopback(settings.host):
+        return None
+    return (
+        f"serving {settings.host or 'all interfaces'}:{settings.port} with --auth but without "
+        "TLS: tokens travel in clear text; put TLS on (--tls-cert/--tls-key) or a TLS proxy "
+        "in front"
+    )
+
+
+def _check_tls_files(settings: ServerSettings) -> None:
+    for path, what, flag in (
+        (settings.tls_cert, "TLS certificate", "--tls-cert"),
+        (settings.tls_key, "TLS private key", "--tls-key"),
+    ):
+        if path is not None and not path.is_file():
+            raise StartupError(
+                f"{path}: {what} file not found; pass an existing PEM file to {flag}"
+            )
+
+
+def _load_config(config: uvicorn.Config, settings: ServerSettings) -> None:
+    """uvicorn's own set-up (the TLS context among it), with its errors as one line."""
+    try:
+        config.load()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        if settings.tls_cert is None:
+            raise
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(
+            f"{settings.tls_cert}, {settings.tls_key}: cannot load the TLS certificate and key "
+            f"({reason}); pass a PEM certificate and its matching unencrypted private key"
+        ) from None
+
+
+def _check_audit_log(settings: ServerSettings) -> None:
+    path = settings.audit_log
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):  # creates it as the audit log would; appends nothing
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"{path}: cannot write the audit log ({exc.strerror or exc}); make the folder "
+            "writable or pass another --audit-log"
+        ) from None
+
+
+def _bind(settings: ServerSettings) -> socket.socket:
+    """The HTTP socket, bound before any model loads so a taken port fails at once."""
+    host, port = settings.host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart past TIME_WAIT
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is in use; stop the other server or pass --port"
+            ) from None
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --host or --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+# -- lifespan: gRPC port first, start-up failures as one line, SIGHUP reloads ---------------
+
+
+def _run_lifespan_checked(app: Starlette, settings: ServerSettings, lifecycle: _Lifecycle) -> None:
+    """Wrap the app's lifespan: bind gRPC before models load; a failure stops uvicorn cleanly.
+
+    A start-up exception would otherwise reach uvicorn, which logs its traceback; here it is
+    kept in `lifecycle.error` (raised by serve() / start_in_thread) and uvicorn is told to exit.
+    """
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        lifecycle.loop = asyncio.get_running_loop()
+        stack = AsyncExitStack()
+        try:
+            if settings.grpc_port is not None:
+                from shipyard.serving.protocols import v2_grpc
+
+                app.state.grpc_port = await stack.enter_async_context(
+                    v2_grpc.serve_grpc(
+                        app.state.dataplane,
+                        settings=settings,
+                        authorize=app.state.security.authorize,
+                        authenticate=app.state.security.authenticate,
+                        grace_s=_GRACE_S,
+                    )
+                )
+            state = await stack.enter_async_context(inner(app))
+        except Exception as exc:
+            lifecycle.error = _startup_error(exc)
+            try:
+                await stack.aclose()
+            except Exception:  # already failing: the first cause is the one reported
+                log.debug("cleanup after a failed start-up failed", exc_info=True)
+            if lifecycle.server is not None:
+                lifecycle.server.should_exit = True
+            yield None
+            return
+        lifecycle.running = True
+        try:
+            yield state
+        finally:
+            lifecycle.running = False
+            app.state.grpc_port = None
+            await stack.aclose()
+
+    app.router.lifespan_context = lifespan
+
+
+def _startup_error(exc: Exception) -> ShipyardError:
+    if isinstance(exc, ShipyardError):
+        return exc
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return StartupError(f"{where}cannot start the server ({exc.strerror or exc})")
+    log.error("unexpected error while starting", exc_info=exc)
+    return StartupError(f"cannot start the server ({type(exc).__name__}: {exc}); see the log")
+
+
+@contextmanager
+def _sighup_reloads(lifecycle: _Lifecycle) -> Iterator[None]:
+    """While serving, SIGHUP rescans the repository and re-reads the token file (main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+
+    def on_sighup(signum: int, frame: FrameType | None) -> None:
+        loop = lifecycle.loop
+        if loop is None or not lifecycle.running or loop.is_closed():
+            log.info("SIGHUP received while starting or stopping: ignored")
+            return
+        loop.call_soon_threadsafe(_start_reload, lifecycle)
+
+    previous = signal.signal(signal.SIGHUP, on_sighup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _start_reload(lifecycle: _Lifecycle) -> None:
+    if lifecycle.reloading is not None and not lifecycle.reloading.done():
+        log.info("SIGHUP received during a reload: the running reload covers it")
+        return
+    assert lifecycle.loop is not None
+    lifecycle.reloading = lifecycle.loop.create_task(reload(lifecycle.app), name="sighup-reload")
+
+
+async def reload(app: Starlette | None) -> None:
+    """What SIGHUP does: rescan the repository, re-read the token file, log and audit it."""
+    if app is None:
+        return
+    log.info("SIGHUP received: rescanning the repository and re-reading the token file")
+    started = time.perf_counter()
+    plane, security = app.state.dataplane, app.state.security
+    await plane.manager.refresh()
+    tokens = "no token file"
+    if security.guard is not None:
+        try:
+            count = len(await asyncio.to_thread(security.guard.tokens.list))
+            tokens = f"{count} tokens"
+        except ShipyardError as exc:
+            tokens = "token file unreadable"
+            log.error("SIGHUP: cannot re-read the token file: %s", exc)
+    models = len(await plane.manager.index())
+    ms = (time.perf_counter() - started) * 1000
+    log.info("reloaded on SIGHUP in %.0f ms: %d models, %s", ms, models, tokens)
+    if security.audit is not None:
+        from shipyard.serving.audit import SERVER
+
+        security.audit.submit(
+            "server.reload", who=SERVER, detail=f"SIGHUP: {models} models, {tokens}"
+        )

@@ -90,6 +90,71 @@ class LimitsSettings(BaseModel):
     """Largest total size of a response's output tensors, in bytes (413 above it)."""
 
 
+class HttpSettings(BaseModel):
+    """Bounds on every HTTP connection, enforced before the app or auth sees a request.
+
+    Defaults follow Triton and common proxies; see "What is bounded before authentication
+    (HTTP)" in docs/security.md.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1 << 20)
+    """Largest request line plus headers, in bytes (431 and the connection closed above it)."""
+    max_header_fields: int = Field(default=100, ge=8, le=10_000)
+    """Most header fields in one request (431 and the connection closed above it)."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Seconds a connection may take from opening (or from a request's first byte) to the
+    end of its headers; a slower one is closed (408 if it sent anything)."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds a request body may go without a byte arriving while the server waits for it;
+    the connection is then closed (408 if no response started)."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    """Most HTTP connections open at once; more are answered 503 and closed (keep the
+    process's open-file limit, `ulimit -n`, above it)."""
+    backlog: int = Field(default=2048, ge=1, le=65535)
+    """Connections the kernel queues before the server accepts them (listen backlog)."""
+
+
+class TlsSettings(BaseModel):
+    """TLS beyond the certificate (`tls_cert`/`tls_key`): client certificates, versions, reload.
+
+    One configuration for HTTPS and gRPC; see "TLS" in docs/security.md.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_ca: Path | None = None
+    """PEM CA bundle: require a client certificate signed by it (mutual TLS) on HTTP and gRPC."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version HTTPS accepts; older clients fail the handshake. grpcio has no such
+    option: gRPC accepts 1.2 and 1.3 whatever this says (logged at start when it is "1.3")."""
+    ciphers: str | None = None
+    """OpenSSL cipher list for HTTPS over TLS 1.2 (e.g. "ECDHE+AESGCM"); None = OpenSSL's
+    defaults. TLS 1.3 suites are always OpenSSL's; gRPC reads $GRPC_SSL_CIPHER_SUITES."""
+    reload_interval_s: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds between checks of the certificate, key and client-CA files; a changed set is
+    loaded for new connections without a restart (0 = never reload)."""
+
+
+class GrpcSettings(BaseModel):
+    """Bounds on the V2 gRPC server (on when `grpc_port` is set)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
+    """Most gRPC calls handled at once over all connections; more are refused at once with
+    RESOURCE_EXHAUSTED (each may hold up to `limits.max_body_bytes` once authenticated)."""
+    max_concurrent_streams: int = Field(default=100, ge=1, le=10_000)
+    """Most calls open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    bdp_probe: bool = False
+    """Let grpc grow HTTP/2 flow-control windows to the measured bandwidth-delay product:
+    faster big messages over high-latency links, but each call refused before its message
+    is read may then buffer a few MiB first (off: 64 KiB windows; see docs/security.md)."""
+
+
 class ServerSettings(BaseSettings):
     """Everything `shipyard serve` can be told; see the module docstring for sources."""
 
@@ -112,6 +177,9 @@ class ServerSettings(BaseSettings):
     """Default batching for every model; a model's model.toml overrides single knobs."""
     instances: int = Field(default=1, ge=1, le=64)
     """Default worker threads per model version (batches run concurrently)."""
+    max_instances: int = Field(default=16, ge=1, le=64)
+    """Most worker threads a model.toml may ask for (`instances`); a config above it is
+    refused with the reason in the repository index, and the previous config keeps serving."""
     warmup: bool = True
     """Run a version's stored sample (else inputs synthesized from its graph) before it takes
     traffic; a model's `warmup = "strict"` also refuses it when synthesized inputs fail."""
@@ -136,6 +204,8 @@ class ServerSettings(BaseSettings):
     """Log one line per HTTP request (method, path, status, duration, request id)."""
     limits: LimitsSettings = LimitsSettings()
     """Request size limits and overload behaviour."""
+    http: HttpSettings = HttpSettings()
+    """Header size, header and body timeouts, keep-alive and connection cap (HTTP)."""
     auth: Path | None = None
     """Token file (`shipyard tokens create`): every route but /v2/health/* then needs a token."""
     metrics_require_auth: bool = True
@@ -146,6 +216,10 @@ class ServerSettings(BaseSettings):
     """PEM certificate (chain) to serve HTTPS with; needs `tls_key`."""
     tls_key: Path | None = None
     """PEM private key of `tls_cert`."""
+    tls: TlsSettings = TlsSettings()
+    """Mutual TLS, minimum version, ciphers and certificate reload (needs `tls_cert`)."""
+    grpc: GrpcSettings = GrpcSettings()
+    """Concurrency bounds of the V2 gRPC server."""
     require_signature: bool = False
     """Refuse every version without a valid signature; needs `public_key`."""
     key_file: Path | None = None
@@ -154,12 +228,32 @@ class ServerSettings(BaseSettings):
     """Append a chained, HMAC-signed JSON-lines audit record per security-relevant event."""
     audit_key_file: Path | None = None
     """The audit log's HMAC key, else $SHIPYARD_AUDIT_KEY; must differ from the KEK."""
+    audit_new_chain: bool = False
+    """At start, when the audit log's chain does not verify, move the file aside and start a
+    new chain whose first record names the problem (default: refuse to start)."""
+    allow_downgrade: bool = False
+    """With `require_signature`: serve a version older than the highest one this server has
+    served for that model (after a model.toml policy change or a removed folder); refused
+    otherwise, unless an operator loads the model explicitly."""
+
+    @model_validator(mode="after")
+    def _tls_options_need_a_certificate(self) -> ServerSettings:
+        if self.tls_cert is None and self.tls != TlsSettings():
+            raise ValueError(
+                "TLS options (tls.client_ca, tls.min_version, tls.ciphers, tls.reload_interval_s)"
+                " need a certificate: pass --tls-cert and --tls-key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _security_options_fit(self) -> ServerSettings:
         if self.require_signature and self.public_key is None:
             raise ValueError(
                 "require_signature needs public_key: pass --pub KEY (the signer's public key)"
+            )
+        if self.instances > self.max_instances:
+            raise ValueError(
+                f"instances = {self.instances} is above max_instances = {self.max_instances}"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")

@@ -166,11 +166,20 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log:
+                ms = (time.perf_counter() - started) * 1000
+                client = scope.get("client")
                 access_log.info(
                     "%s %s %d %.2fms",
                     scope["method"],
                     scope["path"],
                     status,
-                    (time.perf_counter() - started) * 1000,
+                    ms,
+                    extra={  # structured: JSON logs get each as a key (logs.ACCESS_FIELDS)
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(ms, 3),
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                    },
                 )
             request_id.reset(token)

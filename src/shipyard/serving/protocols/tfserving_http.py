@@ -31,11 +31,12 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, RequestedOutput
 from shipyard.errors import NotFoundError
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.serving.dataplane import DataPlane, ModelSignature
+from shipyard.serving.dataplane import DataPlane, ModelSignature, check_model_name
 from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.limits import decode_limits
 from shipyard.serving.manager import IndexEntry, ModelState
 from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
+from shipyard.serving.protocols.v2_http import counted
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "tfserving_http"
@@ -91,6 +92,7 @@ def parse_target(path: str) -> Target:
             f"version labels ({PREFIX}{name}/labels/{version}) are not supported; name a "
             "version with /versions/N or omit it for the highest ready one"
         )
+    check_model_name(name)  # a 400 past the longest name a model can have, as on V2
     if not _NAME.fullmatch(name):
         raise ModelNotFound(name)
     if version is not None and not _VERSION.fullmatch(version):
@@ -223,7 +225,8 @@ class TFServingHandlers:
 def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
     """The one catch-all route under /v1/models/ (paths contain `name:verb`)."""
     handlers = TFServingHandlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
-    return [Route(PREFIX + "{rest:path}", endpoint(handlers.dispatch), methods=["GET", "POST"])]
+    handler = endpoint(counted(dataplane.metrics, handlers.dispatch))
+    return [Route(PREFIX + "{rest:path}", handler, methods=["GET", "POST"])]
 
 
 def version_status(entry: IndexEntry) -> dict[str, Any]:

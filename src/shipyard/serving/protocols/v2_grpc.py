@@ -10,6 +10,10 @@ its message; anything else is logged and answered INTERNAL. `ModelStreamInfer` a
 each request on the stream as it completes (several run at once, up to `STREAM_WINDOW`),
 a failed one as `error_message`, like Triton.
 
+Authentication: `serve_grpc(authenticate=...)` runs in `grpc_gate.CallGate`, an interceptor,
+before a call's message is read (so anonymous calls cannot make the server hold big messages);
+it also logs each call and puts its peer address in the audit records.
+
 Authorization: pass `authorize`, an async callable `(metadata, action, model)` that
 raises a `ShipyardError` (401/403) to refuse; `metadata` holds the call's text metadata
 (lower-case keys), `action` is one of `ACTIONS`, `model` the model named in the request
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -37,8 +42,10 @@ from shipyard.serving.errors import ModelNotFound, Overloaded
 from shipyard.serving.limits import decode_limits
 from shipyard.serving.logs import request_id
 from shipyard.serving.protocols import grpc_codec
+from shipyard.serving.protocols.grpc_gate import Authenticate, CallGate
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.settings import ServerSettings
+from shipyard.serving.tls import ServerTls
 
 SERVICE = "inference.GRPCInferenceService"
 """The wire name every V2 gRPC client calls (KServe's and Triton's proto package)."""
@@ -212,9 +219,14 @@ class V2GrpcServicer:
 
     # -- registration ---------------------------------------------------------------------
 
-    def method_handlers(self) -> dict[str, Any]:
-        """One grpc method handler per RPC of the proto's service, keyed by method name."""
-        unary = {
+    def actions(self) -> dict[str, str]:
+        """Method name -> the action `authorize` is asked about (what `CallGate` checks)."""
+        return {name: rpc.action for name, rpc in self._rpcs().items()} | {
+            "ModelStreamInfer": "infer"
+        }
+
+    def _rpcs(self) -> dict[str, _Rpc]:
+        return {
             "ServerLive": _Rpc(self.server_live, "health", _no_model),
             "ServerReady": _Rpc(self.server_ready, "health", _no_model),
             "ModelReady": _Rpc(self.model_ready, "health", _name),
@@ -227,6 +239,10 @@ class V2GrpcServicer:
             "RepositoryModelLoad": _Rpc(self.repository_model_load, "repository", _model_name),
             "RepositoryModelUnload": _Rpc(self.repository_model_unload, "repository", _model_name),
         }
+
+    def method_handlers(self) -> dict[str, Any]:
+        """One grpc method handler per RPC of the proto's service, keyed by method name."""
+        unary = self._rpcs()
         handlers: dict[str, Any] = {}
         handler: Any
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
@@ -278,31 +294,48 @@ async def serve_grpc(
     *,
     settings: ServerSettings,
     authorize: Authorize | None = None,
+    authenticate: Authenticate | None = None,
     grace_s: float = 10.0,
 ) -> AsyncIterator[int]:
     """Serve V2 gRPC on settings.host:settings.grpc_port (0 = a free port); yields the port.
 
-    With settings.tls_cert/tls_key it serves TLS with the same certificate as HTTPS.
+    `authenticate` runs before a call's message is read (`grpc_gate.CallGate`), `authorize`
+    once the model it names is known. With settings.tls_cert/tls_key it serves TLS from the
+    same files as HTTPS (`ServerTls`: client certificates, reload).
     """
     port = settings.grpc_port or 0
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    check_port_free(settings.host, port)  # before grpc's core logs its own bind failure
+    tls = ServerTls.from_settings(settings)
+    servicer = V2GrpcServicer(dataplane, authorize=authorize)
+    gate = CallGate(
+        actions=servicer.actions(),
+        abort=_abort,
+        authenticate=authenticate,
+        access_log=settings.access_log,
+    )
     server = grpc.aio.server(
+        interceptors=(gate,),
         options=[
+            # messages beyond the body limit are refused by grpc as they arrive; a call that
+            # needs a token is refused before its message is read at all (CallGate)
             ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared
-        ]
+            ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
+            ("grpc.http2.max_ping_strikes", 2),  # then GOAWAY: no ping floods
+            # fixed 64 KiB windows: what a refused call buffers stays small (settings.grpc)
+            ("grpc.http2.bdp_probe", int(settings.grpc.bdp_probe)),
+        ],
+        maximum_concurrent_rpcs=settings.grpc.max_concurrent_rpcs,
     )
-    handlers = V2GrpcServicer(dataplane, authorize=authorize).method_handlers()
+    handlers = servicer.method_handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
     address = f"{host}:{port}"
     try:
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-            )
-            bound = server.add_secure_port(address, credentials)
+        if tls is not None:
+            bound = server.add_secure_port(address, tls.grpc_credentials())
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError:  # grpcio >= 1.60 raises; older ones return 0
@@ -314,8 +347,10 @@ async def serve_grpc(
             "pick another with --grpc-port or SHIPYARD_GRPC_PORT"
         )
     await server.start()
-    tls = " (TLS)" if settings.tls_cert is not None else ""
-    log.info("V2 gRPC%s listening on %s:%d", tls, settings.host, bound)
+    mode = "" if tls is None else " (mutual TLS)" if tls.client_ca else " (TLS)"
+    log.info("V2 gRPC%s listening on %s:%d", mode, settings.host, bound)
+    if tls is not None and tls.min_version != "1.2":
+        log.warning("gRPC accepts TLS 1.2 too: grpcio has no minimum-version option")
     try:
         yield bound
     finally:
@@ -328,22 +363,31 @@ def attach(
     *,
     settings: ServerSettings,
     authorize: Authorize | None = None,
+    authenticate: Authenticate | None = None,
     grace_s: float = 10.0,
 ) -> None:
     """Run V2 gRPC inside `app`'s lifespan when settings.grpc_port is set.
 
     It starts after the app's startup (models loaded) and stops before its shutdown;
-    `app.state.grpc_port` holds the bound port while it runs.
+    `app.state.grpc_port` holds the bound port while it runs. A port already taken fails
+    here, before anything starts, with a one-line ShipyardError naming it.
     """
     if settings.grpc_port is None:
         return
+    check_port_free(settings.host, settings.grpc_port)
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with (
             inner(app) as state,
-            serve_grpc(dataplane, settings=settings, authorize=authorize, grace_s=grace_s) as port,
+            serve_grpc(
+                dataplane,
+                settings=settings,
+                authorize=authorize,
+                authenticate=authenticate,
+                grace_s=grace_s,
+            ) as port,
         ):
             app.state.grpc_port = port
             try:
@@ -357,6 +401,33 @@ def attach(
 _INTERNAL = "internal server error; see the server log"
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ShipyardError naming host:port when it cannot be bound now (taken, or not local).
+
+    grpc's own bind failure only surfaces inside the app's startup, as a traceback after
+    the models loaded; this check says it in one line first (a race only brings that back).
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ShipyardError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror}") from None
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                errors.append(exc)
+    if errors and len(errors) == len(infos):  # grpc serves when any one address binds
+        raise ShipyardError(
+            f"cannot listen for gRPC on {host}:{port}: {errors[0].strerror or errors[0]}; "
+            "pick another port with --grpc-port or SHIPYARD_GRPC_PORT"
+        )
+
+
 async def _abort(context: Any, exc: ShipyardError) -> NoReturn:
     trailing = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else ()
     await context.abort(grpc_status(int(exc.status)), exc.message, trailing)
@@ -368,6 +439,9 @@ def _metadata(context: Any) -> dict[str, str]:
 
 
 def _request_id(context: Any) -> str:
+    current = request_id.get()  # CallGate set it for this call
+    if current:
+        return current
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and value:
             return value[:64]

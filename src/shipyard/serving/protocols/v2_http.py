@@ -16,12 +16,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
+from shipyard.errors import NotFoundError
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.errors import ProtocolError
+from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.limits import decode_limits
+from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols.http import (
     Handler,
     compress_for,
@@ -49,6 +51,9 @@ class V2Handlers:
         return json_response({"live": live}, 200 if live else 400)
 
     async def ready(self, request: Request) -> Response:
+        problem = self.dataplane.not_ready_reason()
+        if problem is not None:  # e.g. no call can authenticate: say so, and why
+            return json_response({"ready": False, "error": problem}, 503)
         ready = self.dataplane.ready()
         return json_response({"ready": ready}, 200 if ready else 400)
 
@@ -138,29 +143,34 @@ def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
     h = V2Handlers(
         dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
     )
+    metrics = dataplane.metrics
+
+    def c(handler: Handler) -> Handler:
+        return counted(metrics, handler)
+
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
     get, post = ["GET"], ["POST"]
     # Inference first: Starlette tries routes in order, and infer is nearly all the traffic
     # (no two of these patterns match the same path, so the order changes nothing else).
     return [
-        Route(f"{model}/infer", endpoint(h.infer), methods=post),
-        Route(f"{version}/infer", endpoint(h.infer), methods=post),
-        Route("/v2/health/live", endpoint(h.live), methods=get),
-        Route("/v2/health/ready", endpoint(h.ready), methods=get),
-        Route("/v2", endpoint(h.server_metadata), methods=get),
-        Route("/v2/models/stats", endpoint(h.statistics), methods=get),
-        Route(f"{model}/stats", endpoint(h.statistics), methods=get),
-        Route(f"{version}/stats", endpoint(h.statistics), methods=get),
-        Route(model, endpoint(h.model_metadata), methods=get),
-        Route(version, endpoint(h.model_metadata), methods=get),
-        Route(f"{model}/ready", endpoint(h.model_ready), methods=get),
-        Route(f"{version}/ready", endpoint(h.model_ready), methods=get),
-        Route(f"{model}/config", endpoint(h.model_config), methods=get),
-        Route(f"{version}/config", endpoint(h.model_config), methods=get),
-        Route("/v2/repository/index", endpoint(h.repository_index), methods=post),
-        Route("/v2/repository/models/{name}/load", endpoint(h.load), methods=post),
-        Route("/v2/repository/models/{name}/unload", endpoint(h.unload), methods=post),
+        Route(f"{model}/infer", endpoint(c(h.infer)), methods=post),
+        Route(f"{version}/infer", endpoint(c(h.infer)), methods=post),
+        Route("/v2/health/live", endpoint(c(h.live)), methods=get),
+        Route("/v2/health/ready", endpoint(c(h.ready)), methods=get),
+        Route("/v2", endpoint(c(h.server_metadata)), methods=get),
+        Route("/v2/models/stats", endpoint(c(h.statistics)), methods=get),
+        Route(f"{model}/stats", endpoint(c(h.statistics)), methods=get),
+        Route(f"{version}/stats", endpoint(c(h.statistics)), methods=get),
+        Route(model, endpoint(c(h.model_metadata)), methods=get),
+        Route(version, endpoint(c(h.model_metadata)), methods=get),
+        Route(f"{model}/ready", endpoint(c(h.model_ready)), methods=get),
+        Route(f"{version}/ready", endpoint(c(h.model_ready)), methods=get),
+        Route(f"{model}/config", endpoint(c(h.model_config)), methods=get),
+        Route(f"{version}/config", endpoint(c(h.model_config)), methods=get),
+        Route("/v2/repository/index", endpoint(c(h.repository_index)), methods=post),
+        Route("/v2/repository/models/{name}/load", endpoint(c(h.load)), methods=post),
+        Route("/v2/repository/models/{name}/unload", endpoint(c(h.unload)), methods=post),
     ]
 
 
@@ -179,9 +189,10 @@ class InferFastPath:
     other request, or one with a root_path, goes through the router as before.
     """
 
-    def __init__(self, app: ASGIApp, *, handler: Handler) -> None:
+    def __init__(self, app: ASGIApp, *, handler: Handler, metrics: Metrics | None = None) -> None:
         self.app = app
         self.handler = handler
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
@@ -191,7 +202,41 @@ class InferFastPath:
                 response = await self.handler(Request(scope, receive, send))
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        if self.metrics is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+
+        async def send_counting(message: Message) -> None:
+            # a 404 no handler counted (see `counted`) is the router's: no such route
+            start = message["type"] == "http.response.start"
+            if start and message["status"] == 404 and not scope.get(_COUNTED_404):
+                metrics.observe_not_found("route")
+            await send(message)
+
+        await self.app(scope, receive, send_counting)
+
+
+_COUNTED_404 = "shipyard.not_found_counted"
+
+
+def counted(metrics: Metrics, handler: Handler) -> Handler:
+    """`handler`, counting each ModelNotFound as `shipyard_not_found_total{kind=model|version}`
+    and any other NotFoundError (a path no route means) as kind=route; wrap it in `endpoint`."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except NotFoundError as exc:
+            if isinstance(exc, ModelNotFound):
+                kind = "model" if exc.version is None else "version"
+            else:
+                kind = "route"
+            metrics.observe_not_found(kind)
+            request.scope[_COUNTED_404] = True
+            raise
+
+    return wrapped
 
 
 def _infer_params(path: str) -> dict[str, str] | None:
@@ -211,7 +256,8 @@ def fast_path(dataplane: DataPlane, *, settings: ServerSettings) -> Middleware:
     h = V2Handlers(
         dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
     )
-    return Middleware(InferFastPath, handler=endpoint(h.infer))
+    handler = endpoint(counted(dataplane.metrics, h.infer))
+    return Middleware(InferFastPath, handler=handler, metrics=dataplane.metrics)
 
 
 def _model(request: Request) -> tuple[str, str | None]:

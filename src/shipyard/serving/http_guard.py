@@ -1,0 +1,226 @@
+"""Bounds on every HTTP connection before the app (and auth) sees it: uvicorn's httptools protocol
+with header size and count limits, header and body read timeouts and a connection cap.
+
+uvicorn's httptools protocol has none of these: httptools buffers a header line however long it
+is, and a client that never finishes its headers holds its connection (and memory) for ever.
+`guarded_protocol(settings)` returns a `HttpToolsProtocol` subclass that, per connection:
+
+- counts the bytes received while the request line and headers are incomplete, and the header
+  fields once parsed: past `max_header_bytes` or `max_header_fields` it answers 431 and closes;
+- closes a connection whose request line and headers are not complete `header_timeout_s`
+  after it opened or after its request began (408 when some bytes came, silence otherwise);
+- closes a connection whose request body stalls: no body bytes for `body_timeout_s` while the
+  app waits for them (408 if no response has started);
+- refuses connections past `max_connections` open at once with 503 and closes them.
+
+Keep-alive idle connections are closed by uvicorn's own `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shipyard.serving.settings import HttpSettings
+
+log = logging.getLogger("shipyard.serving.http_guard")
+
+
+def _reply(status: bytes, message: str) -> bytes:
+    body = message.encode("ascii")
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\nconnection: close\r\n\r\n"
+    ) + body
+
+
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop parsing; data_received answers 431."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with the bounds of `limits` (set by `guarded_protocol`)."""
+
+    limits: HttpSettings = HttpSettings()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        """True while the current request's line and headers are incomplete."""
+        self._head_bytes = 0
+        """Bytes received while the current request's head is incomplete (raw)."""
+        self._too_large = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_at = 0.0
+        """Loop time body bytes last arrived."""
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            log.warning(
+                "refused a connection from %s: %d open, the limit is %d (--max-connections)",
+                _peer(self.client),
+                len(self.connections) - 1,
+                self.limits.max_connections,
+            )
+            self._close_with(b"503 Service Unavailable", _TOO_MANY)
+            return
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        else:
+            self._body_at = self.loop.time()
+        try:
+            super().data_received(data)
+        except _HeadersTooLarge:
+            self._refuse_head()
+            return
+        # Timers are armed only when a read leaves a request incomplete, so the common case
+        # (a whole request in one read) costs no timer at all.
+        if self._in_head:
+            if self._head_bytes:
+                if self._head_bytes > self.limits.max_header_bytes:
+                    self._refuse_head()
+                elif self._head_timer is None:
+                    self._head_timer = self.loop.call_later(
+                        self.limits.header_timeout_s, self._head_timeout
+                    )
+        elif self._body_timer is None and not self.transport.is_closing():
+            self._body_at = self.loop.time()
+            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout)
+
+    def send_400_response(self, msg: str) -> None:
+        # httptools turns an exception raised in a callback into HttpParserCallbackError,
+        # which uvicorn answers with 400; ours is a 431.
+        if self._too_large:
+            raise _HeadersTooLarge
+        self._cancel_timers()
+        super().send_400_response(msg)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_header_fields or (
+            # the raw count includes any body bytes of the same read: measure exactly then
+            self._head_bytes > limits.max_header_bytes
+            and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            > limits.max_header_bytes
+        ):
+            self._too_large = True
+            raise _HeadersTooLarge
+        self._in_head = False
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_bytes:
+            log.info(
+                "closed a connection from %s: headers incomplete after %g s",
+                _peer(self.client),
+                self.limits.header_timeout_s,
+            )
+            self._close_with(b"408 Request Timeout", self._head_timeout_message())
+        else:
+            self.transport.close()  # opened, never spoke: nothing to answer
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self._in_head:
+            return
+        timeout = self.limits.body_timeout_s
+        cycle = self.cycle
+        waited = self.loop.time() - self._body_at
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            waited = 0.0  # the app is slow to read, not the client to send
+            self._body_at = self.loop.time()
+        if waited < timeout:
+            self._body_timer = self.loop.call_later(timeout - waited, self._body_timeout)
+            return
+        log.info(
+            "closed a connection from %s: request body stalled for %g s",
+            _peer(self.client),
+            timeout,
+        )
+        if cycle is not None and not cycle.response_started:
+            self._close_with(
+                b"408 Request Timeout", f'{{"error": "request body stalled for {timeout:g} s"}}'
+            )
+        else:
+            self._close_with(b"", "")
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _refuse_head(self) -> None:
+        log.info(
+            "refused a request from %s: headers over %d bytes or %d fields",
+            _peer(self.client),
+            self.limits.max_header_bytes,
+            self.limits.max_header_fields,
+        )
+        self._close_with(b"431 Request Header Fields Too Large", self._too_large_message())
+
+    def _close_with(self, status: bytes, message: str) -> None:
+        self._cancel_timers()
+        if not self.transport.is_closing():
+            if status:
+                self.transport.write(_reply(status, message))
+            self.transport.close()
+
+    def _too_large_message(self) -> str:
+        limits = self.limits
+        return (
+            f'{{"error": "request headers larger than {limits.max_header_bytes} bytes or more '
+            f'than {limits.max_header_fields} fields"}}'
+        )
+
+    def _head_timeout_message(self) -> str:
+        return (
+            f'{{"error": "request headers not complete within {self.limits.header_timeout_s:g} s"}}'
+        )
+
+
+_TOO_MANY = '{"error": "too many open connections; retry later"}'
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def guarded_protocol(limits: HttpSettings) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` enforcing `limits`."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
