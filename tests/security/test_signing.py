@@ -16,6 +16,7 @@ from shipyard.model import load_model
 from shipyard.package.manifest import read_manifest
 from shipyard.package.store import read_verified
 from shipyard.security.errors import SignatureError
+from shipyard.security.fileio import InsecurePermissionsError
 from shipyard.security.keys import KeyPaths, init_keys
 from shipyard.security.signing import sign_version, verify_version
 
@@ -136,3 +137,13 @@ def test_tampered_package_is_not_signed(version_dir: Path, keys: KeyPaths) -> No
     with pytest.raises(IntegrityError, match=r"model\.onnx"):
         sign_version(version_dir, keys.signing_key)
     assert not (version_dir / "model.sig").exists()
+
+
+def test_public_key_others_can_replace_is_refused(version_dir: Path, keys: KeyPaths) -> None:
+    """Whoever can swap the public key can make their own signatures pass."""
+    sign_version(version_dir, keys.signing_key)
+    keys.public_key.chmod(0o666)
+    with pytest.raises(InsecurePermissionsError, match="writable by group or others"):
+        verify_version(version_dir, keys.public_key)
+    keys.public_key.chmod(0o644)  # world-readable is fine: it is public
+    assert verify_version(version_dir, keys.public_key).files

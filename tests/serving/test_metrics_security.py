@@ -82,6 +82,13 @@ def test_refusals_and_not_found_are_counted_with_process_metrics(
         assert client.get("/v2/models/scale/versions/9", headers=meta).status_code == 404
         assert client.get("/v1/models/nope", headers=meta).status_code == 404
         assert client.get("/v2/no/such/route", headers=admin).status_code == 404
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        triton = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            triton.get_model_metadata("nope", headers={"authorization": meta["Authorization"]})
+        triton.close()
         response = client.get("/metrics", headers=meta)
     assert response.status_code == 200
     samples = _samples(response.text)
@@ -96,7 +103,7 @@ def test_refusals_and_not_found_are_counted_with_process_metrics(
         kind: samples[("shipyard_not_found_total", (("kind", kind),))]
         for kind in ("model", "version", "route")
     }
-    assert not_found == {"model": 2, "version": 1, "route": 1}
+    assert not_found == {"model": 3, "version": 1, "route": 1}  # one model 404 over gRPC
     for name in (
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

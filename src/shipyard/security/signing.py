@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MANIFEST_NAME
 from shipyard.package.store import SIGNATURE_FILE, read_verified
 from shipyard.security.errors import KeyFileError, SignatureError
-from shipyard.security.fileio import copy_mode
+from shipyard.security.fileio import InsecurePermissionsError, copy_mode
 
 # model_signing ignores these by default; mirror it when naming unexpected files.
 _GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
@@ -97,6 +98,7 @@ def verify_version(version_dir: str | Path, public_key: str | Path) -> VerifiedS
         )
     if not public_key.is_file():
         raise KeyFileError(f"{public_key}: public key not found")
+    _check_not_writable_by_others(public_key)
     try:
         verifier = model_signing.verifying.Config()  # type: ignore[no-untyped-call]
         config = verifier.use_elliptic_key_verifier(public_key=public_key)
@@ -178,3 +180,15 @@ def _signed_digests(sig: Path) -> dict[str, str]:
         return {str(r["name"]): str(r["digest"]) for r in resources}
     except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise SignatureError(f"{sig}: malformed signature bundle ({exc})") from exc
+
+
+def _check_not_writable_by_others(path: Path) -> None:
+    """A public key may be world-readable, but one that others can replace lets them sign."""
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o022:
+        raise InsecurePermissionsError(
+            f"{path}: public key is writable by group or others (mode {mode:04o}), so anyone "
+            f"could swap in their own key; restrict it with `chmod 644 {path}`"
+        )

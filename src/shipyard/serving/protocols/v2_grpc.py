@@ -267,6 +267,9 @@ class V2GrpcServicer:
                 await self._check(_metadata(context), rpc.action, rpc.model(request))
                 return await rpc.call(request)
             except ShipyardError as exc:
+                if isinstance(exc, ModelNotFound):  # counted like HTTP's 404s
+                    kind = "model" if exc.version is None else "version"
+                    self.dataplane.metrics.observe_not_found(kind)
                 await _abort(context, exc)
             except Exception:
                 log.exception("unexpected error in %s/%s", SERVICE, name)
