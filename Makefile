@@ -8,7 +8,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint typecheck pytest install clean bench
+.PHONY: demo test lint typecheck pytest install clean bench promtool chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+# promtool (Debian's prometheus package) runs the alert-rule tests in tests/monitoring.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends prometheus) || \
+		echo "warning: could not install promtool; the promtool tests will say they were skipped"
+
+# chromium (Debian's package) renders the analysis report in tests/analysis.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends chromium) || \
+		echo "warning: could not install chromium; the report-rendering tests will say they were skipped"
+
+pytest: $(STAMP) promtool chromium
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -13,11 +13,23 @@ from shipyard.importers.base import ConversionCheck, Converted, Tolerance, compa
 from shipyard.importers.samples import SampleLike, read_sample
 from shipyard.model import Model, load_model
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
+from shipyard.package.profile import (
+    PROFILE_FILE,
+    ProfileRef,
+    as_model_inputs,
+    build_profile,
+    encode_profile,
+    profile_outputs,
+    read_data,
+)
 from shipyard.package.signature import default_opset, graph_signature
 from shipyard.package.store import check_name, next_version, write_version
+from shipyard.package.tensorspec import TensorSpec
 from shipyard.package.transfer import ImportResult as ImportResult  # re-exported
 from shipyard.package.transfer import import_version as import_version  # re-exported
 from shipyard.package.warmup import WARMUP_FILE, encode_sample
+from shipyard.processing.build import ProcessingPlan, finalize
+from shipyard.processing.spec import Processing
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
 
@@ -43,6 +55,8 @@ def pack(
     extra_files: Mapping[str, bytes | Path] | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     keep_sample: bool = True,
+    reference_data: str | Path | Mapping[str, Any] | None = None,
+    processing: ProcessingPlan | Processing | None = None,
 ) -> PackResult:
     """Convert `model` (object or file) to ONNX, check it against the original, write a version.
 
@@ -53,6 +67,12 @@ def pack(
     With `keep_sample` (default) the first rows of the sample the conversion was checked
     with are stored in the version (`samples/warmup.npz`, size-capped): the server warms up
     with them and `shipyard inspect --example` builds a request from them.
+    `reference_data` (input name -> array, or a .npz/.npy/.csv/.parquet file) is profiled,
+    with the converted model's outputs on it, into `profile/reference.json`: the server
+    measures drift against it (see shipyard.package.profile).
+    `processing` (`shipyard.processing.build.text_plan(...)`, `image_plan(...)`) declares
+    text/image inputs and label outputs; pooling it asks for is appended to the graph after
+    the conversion check (see docs/processing.md).
     """
     check_name(name)  # before converting anything: a bad name would fail only at the end
     tolerance = tolerance or Tolerance()
@@ -65,16 +85,30 @@ def pack(
         dynamic_axes=dynamic_axes,
     )
     check = check_converted(converted, tolerance=tolerance)
+    processing_spec: Processing | None = None
+    processing_files: dict[str, bytes | Path] = {}
+    if processing is not None:
+        if converted.model_path is not None:
+            raise UsageError("processing is not supported for models with external data")
+        processing_spec, converted.model, processing_files = finalize(
+            processing, converted.model, metadata={**converted.metadata, **(metadata or {})}
+        )
     data = converted.model.SerializeToString()
     inputs, outputs = graph_signature(converted.model)
     files: dict[str, bytes | Path] = {MODEL_FILE: data}
     files.update(converted.extra_files)
     files.update(extra_files or {})
+    files.update(processing_files)
     warmup = None
     if keep_sample:
         stored = encode_sample(converted.sample, inputs, synthesized=converted.sample_synthesized)
         if stored is not None:
             files[WARMUP_FILE], warmup = stored
+    profile = None
+    if reference_data is not None:
+        files[PROFILE_FILE], profile = _reference_profile(
+            converted, inputs, outputs, reference_data
+        )
     step_config: dict[str, Any] = {
         "source": str(model) if isinstance(model, str | Path) else type(model).__name__
     }
@@ -96,6 +130,8 @@ def pack(
         conversion_check=check,
         metadata={**converted.metadata, **(metadata or {})},
         warmup=warmup,
+        profile=profile,
+        processing=processing_spec,
         external_data=converted.external_data,
     )
     path, sealed = write_version(Path(repo), manifest, files, version_given=version is not None)
@@ -122,6 +158,33 @@ def check_converted(converted: Converted, *, tolerance: Tolerance) -> Conversion
     finally:
         runtime.close()
     return compare_outputs(converted.expected, actual, samples=samples, tolerance=tolerance)
+
+
+def _reference_profile(
+    converted: Converted,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    data: str | Path | Mapping[str, Any],
+) -> tuple[bytes, ProfileRef]:
+    """The profile of the reference data and of the converted model's outputs on it."""
+    arrays = (
+        as_model_inputs(inputs, data)
+        if isinstance(data, Mapping)
+        else read_data(Path(data), inputs)
+    )
+    runtime = OnnxRuntime(
+        converted.model_path or converted.model.SerializeToString(),
+        inputs=inputs,
+        outputs=outputs,
+        options=RuntimeOptions(graph_optimization="basic"),
+        source="converted model",
+    )
+    try:
+        predicted = profile_outputs(runtime.infer, inputs, arrays)
+    finally:
+        runtime.close()
+    profile = build_profile(inputs, arrays, outputs=outputs, output_data=predicted)
+    return encode_profile(profile)
 
 
 def load(

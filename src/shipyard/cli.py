@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ShipyardError
+from shipyard.processing.cli import add_pack_arguments as add_processing_arguments
 
 EXAMPLES = {
     "pack": "shipyard pack clf.skops --name iris --repo models/",
@@ -35,10 +36,16 @@ def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shipyard.analysis import cli as analysis_cli
     from shipyard.compress import cli as compress_cli
+    from shipyard.monitoring import cli as monitoring_cli
     from shipyard.security import cli as security_cli
+    from shipyard.serving import drift_cli
 
+    EXAMPLES.update(analysis_cli.EXAMPLES)
     EXAMPLES.update(compress_cli.EXAMPLES)
+    EXAMPLES.update(drift_cli.EXAMPLES)
+    EXAMPLES.update(monitoring_cli.EXAMPLES)
     EXAMPLES.update(security_cli.EXAMPLES)
     parser = argparse.ArgumentParser(
         prog="shipyard",
@@ -66,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not keep the sample in the version (samples/warmup.npz); the server then "
         "warms up on synthesized inputs",
     )
+    p.add_argument(
+        "--reference-data",
+        type=Path,
+        metavar="FILE",
+        help="profile these inputs (.npz/.npy/.csv/.parquet) for drift: profile/reference.json",
+    )
+    add_processing_arguments(p)
     p.add_argument("--opset", type=int, help="target ONNX opset (default: the importer's choice)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
@@ -157,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_commands(sub, _add)
     compress_cli.add_commands(sub, _add)
     security_cli.add_commands(sub, _add)
+    monitoring_cli.add_commands(sub, _add)
+    drift_cli.add_commands(sub, _add)
+    analysis_cli.add_commands(sub, _add)
     return parser
 
 
@@ -226,12 +243,18 @@ def error_line(exc: BaseException) -> str:
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from shipyard import cli_commands as c
+    from shipyard.analysis import cli as analysis_cli
     from shipyard.cli_serve import serve_handlers
     from shipyard.compress import cli as compress_cli
+    from shipyard.monitoring import cli as monitoring_cli
     from shipyard.security import cli as security_cli
+    from shipyard.serving import drift_cli
 
     return {
+        **analysis_cli.handlers(),
         **compress_cli.handlers(),
+        **drift_cli.handlers(),
+        **monitoring_cli.handlers(),
         **security_cli.handlers(),
         "pack": c.cmd_pack,
         "scan": c.cmd_scan,

@@ -33,6 +33,7 @@ def _human(size: int) -> str:
 def cmd_pack(args: argparse.Namespace) -> int:
     import shipyard
     from shipyard.importers.base import Tolerance
+    from shipyard.processing.cli import plan_from_args
 
     tolerance = Tolerance(atol=args.atol, rtol=args.rtol, max_mismatch=args.max_mismatch)
     with err.status(f"converting {args.model} and checking it against the original…"):
@@ -43,6 +44,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             version=args.model_version,
             sample_input=args.sample_input,
             keep_sample=not args.no_sample,
+            reference_data=args.reference_data,
+            processing=plan_from_args(args),
             opset=args.opset,
             tolerance=tolerance,
             trust_pickle=args.trust_pickle,
@@ -167,6 +170,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out.print(f"conversion check: {describe_check(m.conversion_check)}")
     out.print(f"warm-up sample: {_describe_warmup(m)}")
     out.print(f"batching: {_describe_batching(m)}")
+    from shipyard.analysis.bless import describe_blessing
+
+    out.print(f"blessing: {describe_blessing(m.blessing)}", soft_wrap=True)
     if m.external_data:
         out.print(f"external data: {', '.join(m.external_data)} (loaded from the files)")
     if m.metadata:

@@ -49,6 +49,12 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, help="default dynamic batching limit")
     parser.add_argument("--max-queue-delay-us", type=int, help="default batching delay (µs)")
     parser.add_argument("--poll-interval", type=float, help="seconds between hot-reload scans")
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        default=None,
+        help="measure drift against each version's reference profile (shipyard_drift_*)",
+    )
 
 
 def _security_flags(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +208,10 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
     if tls:
         overrides["tls"] = tls
     settings = load_settings(config_file=args.config, **overrides)
+    if getattr(args, "drift", None):
+        settings = settings.model_copy(
+            update={"drift": settings.drift.model_copy(update={"enabled": True})}
+        )
     batching: dict[str, Any] = {}
     if args.max_batch_size is not None:
         batching["max_batch_size"] = args.max_batch_size

@@ -14,6 +14,7 @@ from shipyard.package.manifest import MODEL_FILE, Manifest
 from shipyard.package.signature import graph_signature
 from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.runtime import Processor, verified_reader
 from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
 from shipyard.runtime.synthesis import InputHints, graph_hints
@@ -35,6 +36,21 @@ class Model:
         self.runtime = runtime
         self.graph_hints: dict[str, InputHints] = dict(graph_hints or {})
         """What the graph says about valid input values (for synthesized warm-up inputs)."""
+        self.processor: Processor | None = None
+        """The declared text/image/label processing (manifest `processing`), loaded now so
+        a bad tokenizer refuses the version at load."""
+        if manifest.processing is not None:
+            try:
+                self.processor = Processor.load(
+                    manifest.processing,
+                    read_file=verified_reader(
+                        {p: f.sha256 for p, f in manifest.files.items()}, str(path)
+                    ),
+                    where=str(path),
+                )
+            except BaseException:
+                runtime.close()
+                raise
 
     @property
     def name(self) -> str:

@@ -179,7 +179,9 @@ def test_auto_keeps_fastest_within_budget_and_reports_progress(cnn_repo: Path) -
     within = [c for c in result.candidates if c.within_budget]
     assert result.accepted and result.candidate in {c.name for c in within}
     best = max(within, key=lambda c: c.throughput_ratio or 0.0)
-    assert result.candidate == best.name
+    # the fastest wins only when its speed-up clears the measured spread; otherwise
+    # fidelity decides (compress/choice.py), and the decision says which
+    assert result.candidate == best.name or "fidelity" in result.decision, result.decision
     pruned = next(c for c in result.candidates if c.name.startswith("prune"))
     assert not pruned.within_budget and pruned.reasons
     manifest = read_verified(result.path)
@@ -211,7 +213,9 @@ def test_new_version_can_go_to_another_repo_and_carries_assets(tmp_path: Path) -
 def test_compare_two_versions(mlp_repo: Path) -> None:
     compress(mlp_repo / "mlp", config=DynamicInt8Config(), measure=FAST)
     report = compare(mlp_repo / "mlp", 1, 2, eval_data=mlp_repo.parent / "eval.npz", measure=FAST)
-    assert report.baseline.label == "v1" and report.candidate.label == "v2"
+    # The candidate's label names the method its lineage adds to v1's.
+    assert report.baseline.label == "v1"
+    assert report.candidate.label == "v2 (int8-dynamic per-channel)"
     assert report.size_ratio > 2.5
     assert report.accuracy_drop is not None and report.accuracy_drop <= 0.05
     assert report.fidelity.rows == 64
@@ -288,9 +292,14 @@ def test_default_budget_for_float_outputs_is_mean_cosine() -> None:
     embedding = [TensorSpec(name="e", dtype="float32", shape=(-1, 1))]
     classes = [TensorSpec(name="label", dtype="int64", shape=(-1,))]
     assert not has_class_output(embedding) and has_class_output(classes)
+    # a sentence embedding [N, 384] is not class scores: its argmax means nothing
+    sentence = [TensorSpec(name="sentence_embedding", dtype="float32", shape=(-1, 384))]
+    logits = [TensorSpec(name="output", dtype="float32", shape=(-1, 10))]
+    assert not has_class_output(sentence) and has_class_output(logits)
+    assert has_class_output(sentence, {"classes": [0, 1]})
     budget, default = resolve_budget(None, labelled=False, classes=False)
-    assert default and budget == Budget(min_mean_cosine=0.99)
-    assert budget.describe() == "mean cosine >= 0.99"
+    assert default and budget == Budget(min_mean_cosine=0.98)
+    assert budget.describe() == "mean cosine >= 0.98"
     assert resolve_budget(0.05, labelled=True, classes=True) == (
         Budget(max_accuracy_drop=0.05),
         False,

@@ -49,6 +49,15 @@ def models(repo: Path, pack: Callable[..., Path]) -> Path:
     metadata = {"classes": [0, 1], "class_names": ["no", "yes"], "feature_names": ["a", "b"]}
     shipyard.pack(classifier_graph(), name="clf", repo=repo, metadata=metadata)
     shipyard.pack(regressor_graph(), name="reg", repo=repo, metadata={"task": "regression"})
+    from tests.processing.tiny import tiny_encoder, tiny_sample, write_tiny_tokenizer
+
+    from shipyard.processing.build import text_plan
+
+    tokenizer = write_tiny_tokenizer(repo.parent / "tokenizer" / "tokenizer.json")
+    plan = text_plan(tokenizer, max_length=8, pooling="mean", normalize=True)
+    shipyard.pack(
+        tiny_encoder(), name="tiny", repo=repo, sample_input=tiny_sample(), processing=plan
+    )
     return repo
 
 
@@ -207,6 +216,8 @@ TOUR: list[Step] = [
         {"examples": [{"x": [1, 2]}]},
         name="reg",
     ),
+    step("post", "/v1/embeddings", {"model": "tiny", "input": ["hello world", "a"]}),
+    step("post", "/v1/embeddings", {"model": "tiny", "input": "a", "encoding_format": "base64"}),
     step("get", "/metrics"),
     step("get", OPENAPI_PATH),
     # errors
@@ -216,6 +227,8 @@ TOUR: list[Step] = [
     step("post", "/v2/models/{name}/infer", {"inputs": []}, 400),
     step("post", "/v2/models/{name}/infer", {"inputs": [{"name": "X"}]}, 400),
     step("post", "/v2/repository/index", {"ready": 1}, 400),
+    step("post", "/v1/embeddings", {"model": "clf", "input": "a"}, 400),
+    step("post", "/v1/embeddings", {"model": "nope", "input": "a"}, 404),
     step("post", "/v2/repository/models/{name}/load", status=404, name="nope"),
     step("get", "/v1/models/{name}", status=404, name="nope"),
     step("get", "/v1/models/{name}/versions/{version}/metadata", status=404, version="9"),

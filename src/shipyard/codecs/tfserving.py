@@ -74,9 +74,18 @@ class PredictRequest:
 
 
 def decode_predict(
-    body: bytes, *, inputs: Sequence[TensorSpec], limits: DecodeLimits = DEFAULT_LIMITS
+    body: bytes,
+    *,
+    inputs: Sequence[TensorSpec],
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    processed: Sequence[TensorSpec] = (),
 ) -> PredictRequest:
-    """A predict body as tensors typed by the model's `inputs`, within `limits`."""
+    """A predict body as tensors typed by the model's `inputs`, within `limits`.
+
+    `processed` are inputs the server processes (a `text` BYTES input): a body addressing
+    them (plain strings for a single one, or objects naming them) is typed by them instead,
+    so `{"instances": ["hello", "world"]}` reaches a text model.
+    """
     doc = load_request(
         body,
         what="predict request",
@@ -90,6 +99,10 @@ def decode_predict(
             "(columnar format)"
         )
     by_name = {spec.name: spec for spec in inputs}
+    if processed:
+        payload = doc.get("instances", doc.get("inputs"))
+        if _addresses(payload, {spec.name for spec in processed}, rows="instances" in doc):
+            by_name = {spec.name: spec for spec in processed}
     if "instances" in doc:
         tensors, rows = _decode_rows(doc["instances"], by_name, limits)
         return PredictRequest(InferenceRequest(inputs=tensors), "row", rows)
@@ -167,6 +180,20 @@ def _arrays(
         total += tensors[name].size
         check_request_elements(total, limits)
     return tensors
+
+
+def _addresses(payload: Any, names: set[str], *, rows: bool) -> bool:
+    """Whether a predict payload is meant for the processed inputs `names`."""
+    first = payload[0] if rows and isinstance(payload, list) and payload else payload
+    if isinstance(first, dict) and not is_b64(first):
+        return bool(first) and set(first) <= names
+    if len(names) != 1:
+        return False
+    if rows:
+        return isinstance(first, str) or is_b64(first)
+    return (
+        isinstance(first, list) and bool(first) and (isinstance(first[0], str) or is_b64(first[0]))
+    )
 
 
 def _is_named(value: Any, by_name: Mapping[str, TensorSpec]) -> bool:

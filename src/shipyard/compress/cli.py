@@ -143,13 +143,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
         )
     if args.report:
         title = f"{args.model.name}: {result.candidate}"
-        html.write(args.report, result.report, title=title, candidates=result.candidates)
+        html.write(
+            args.report,
+            result.report,
+            title=title,
+            candidates=result.candidates,
+            decision=result.decision,
+        )
     if args.json:
         _dump(_result_json(result))
         return 0 if result.accepted else 1
     err.print(f"budget: {describe_budget(result)}", soft_wrap=True)
     if len(result.candidates) > 1:
         _print_candidates(result)
+    if result.decision:
+        out.print(result.decision, soft_wrap=True)
     _print_report(result.report)
     for step in result.steps:
         for note in step.notes:
@@ -237,9 +245,12 @@ def _done(event: ProgressEvent) -> int:
 
 def _print_report(report: ComparisonReport) -> None:
     table = Table("metric", report.baseline.label, report.candidate.label, "ratio")
+    worse = html.worse_rows(report)
     for row in html.rows(report):
-        table.add_row(*row)
+        table.add_row(*row, style="bold red" if row[0] in worse else None)
     out.print(table)
+    if report.worse:
+        out.print(f"[bold red]worse than {report.baseline.label}:[/] {', '.join(report.worse)}")
     m = report.machine
     out.print(
         f"[dim]{m.cpu}, {m.logical_cpus} CPUs, flags {' '.join(m.cpu_flags) or 'none'}; "
@@ -249,14 +260,17 @@ def _print_report(report: ComparisonReport) -> None:
 
 
 def _print_candidates(result: CompressResult) -> None:
-    table = Table("candidate", "in budget", "×smaller", "throughput ×", "mean cosine", "why not")
+    table = Table(
+        "candidate", "in budget", "×smaller", "throughput ×", "mean cosine", "worse", "why not"
+    )
     for o in result.candidates:
         table.add_row(
             ("→ " if o.name == result.candidate else "") + o.name,
             "yes" if o.within_budget else "no",
             _fmt(o.size_ratio),
-            _fmt(o.throughput_ratio),
+            html.throughput_cell(o),
             _fmt(o.mean_cosine),
+            ", ".join(o.worse),
             o.error or "; ".join(o.reasons),
         )
     out.print(table)

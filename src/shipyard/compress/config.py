@@ -6,8 +6,8 @@ recorded in a version's lineage and parses back into the same class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,7 +19,10 @@ QuantType = Literal["int8", "uint8"]
 AUTO_DEFAULT_DROP = 0.01
 """The accuracy drop the default budget allows with labelled eval data (see resolve_budget)."""
 DEFAULT_MIN_FIDELITY = 0.99
-"""The default budget's floor for top-1 agreement (class outputs) or mean cosine (others)."""
+"""The default budget's floor for top-1 agreement (class outputs)."""
+DEFAULT_MIN_COSINE = 0.98
+"""The default budget's floor for mean cosine (embeddings, regressions): int8 MiniLM measures
+0.993 on real sentences, so 0.98 keeps a usual quantization and refuses a broken one."""
 
 
 class _Config(BaseModel):
@@ -193,11 +196,12 @@ class Budget(_Config):
     def default(cls, *, labelled: bool, classes: bool) -> Budget:
         """The budget a run without one gets, against the parent's outputs: an accuracy drop
         of at most AUTO_DEFAULT_DROP with labels, and top-1 agreement (`classes`: the model
-        has a class or score output) or else mean cosine of at least DEFAULT_MIN_FIDELITY."""
+        has a class or score output) of at least DEFAULT_MIN_FIDELITY, or else mean cosine of at
+        least DEFAULT_MIN_COSINE."""
         return cls(
             max_accuracy_drop=AUTO_DEFAULT_DROP if labelled and classes else None,
             min_top1_agreement=DEFAULT_MIN_FIDELITY if classes else None,
-            min_mean_cosine=None if classes else DEFAULT_MIN_FIDELITY,
+            min_mean_cosine=None if classes else DEFAULT_MIN_COSINE,
         )
 
     @classmethod
@@ -253,13 +257,23 @@ def resolve_budget(
         raise CompressionConfigError(str(exc)) from exc
 
 
-def has_class_output(outputs: Sequence[TensorSpec]) -> bool:
-    """Whether the fidelity check measures top-1 agreement on these outputs: a float
-    [N, classes > 1] score output or an integer [N] label output (as `report.fidelity`)."""
+def has_class_output(
+    outputs: Sequence[TensorSpec], metadata: Mapping[str, Any] | None = None
+) -> bool:
+    """Whether the fidelity check measures top-1 agreement on these outputs: the importer
+    recorded classes, or an integer [N] label output, or a float [N, classes > 1] score
+    output not named like an embedding (a sentence embedding's argmax means nothing, so
+    embeddings are judged by mean cosine)."""
+    if metadata and (metadata.get("classes") or metadata.get("task") == "classification"):
+        return True
     for spec in outputs:
         kind = spec.dtype[:1]  # float16/32/64, int8…64, uint8…64, bool, string
-        if kind == "f" and len(spec.shape) == 2 and spec.shape[1] > 1:
-            return True
         if kind in ("i", "u") and len(spec.shape) == 1:
             return True
+        named_like_embedding = any(word in spec.name.lower() for word in _EMBEDDING_WORDS)
+        if kind == "f" and len(spec.shape) == 2 and spec.shape[1] > 1 and not named_like_embedding:
+            return True
     return False
+
+
+_EMBEDDING_WORDS = ("embed", "hidden", "pool", "feature", "vector", "encod")

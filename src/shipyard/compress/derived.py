@@ -63,7 +63,7 @@ def pack_derived(
     budget, default_budget = resolve_budget(
         max_drop,
         labelled=evalset is not None and evalset.labels is not None,
-        classes=has_class_output(base.outputs),
+        classes=has_class_output(base.outputs, base.metadata),
     )
     target_repo = Path(repo) if repo is not None else source_dir.parent.parent
     with tempfile.TemporaryDirectory(prefix="shipyard-derived-") as tmp:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from shipyard.compress.choice import choose
 from shipyard.compress.config import (
     AUTO_DEFAULT_DROP,
     NO_BUDGET,
@@ -116,7 +117,7 @@ def compress(
     budget, default_budget = resolve_budget(
         max_drop,
         labelled=evalset is not None and evalset.labels is not None,
-        classes=has_class_output(parent.outputs),
+        classes=has_class_output(parent.outputs, parent.metadata),
     )
     target_repo = Path(repo) if repo is not None else source_dir.parent.parent
     outcomes: list[CandidateOutcome] = []
@@ -156,9 +157,12 @@ def compress(
         _emit(progress, "write", "", len(candidates), len(candidates))
         within = [t for t in trials if not t.reasons]
         if within:
-            best = max(within, key=_speed)
+            pick, decision = choose([t.report for t in within], [t.candidate.name for t in within])
             searched = len(candidates) > 1
-            result = _accept(best, parent, source_dir, target_repo, budget, outcomes, searched)
+            result = _accept(
+                within[pick], parent, source_dir, target_repo, budget, outcomes, searched
+            )
+            result.decision = decision if searched else ""
         else:
             worst_first = sorted(trials, key=lambda t: t.report.fidelity.mean_cosine)
             result = _reject(worst_first[-1], parent, target_repo, budget, outcomes)
@@ -188,14 +192,27 @@ def compare(
             specs=first.inputs,
             data=data,
             settings=measure or MeasureConfig(),
-            labels=(f"v{v1}", f"v{v2}"),
+            labels=(f"v{v1}", _version_label(v2, first, second)),
         )
 
 
-def _speed(trial: _Trial) -> tuple[float, float]:
-    """Throughput against the parent measured in the same run, so drift between trials
-    (other work on the machine) does not pick the winner."""
-    return trial.report.throughput_ratio, trial.report.latency_speedup
+def _version_label(number: int, base: Manifest, other: Manifest) -> str:
+    """`v2 (int8-dynamic per-channel)`: the version and the methods its lineage adds to the
+    baseline's, so a report says what was compared, not only two numbers."""
+    before, after = base.lineage.steps, other.lineage.steps
+    same = len(before) <= len(after) and all(
+        a.op == b.op and a.config == b.config for a, b in zip(before, after, strict=False)
+    )
+    added = after[len(before) :] if same else after[-1:]
+    methods = []
+    for step in added:
+        if step.op in ("pack", "import", "export"):
+            continue
+        method = str(step.config.get("method", step.op))
+        if "per_channel" in step.config:
+            method += " per-channel" if step.config["per_channel"] else " per-tensor"
+        methods.append(method)
+    return f"v{number} ({' + '.join(methods)})" if methods else f"v{number}"
 
 
 def _accept(
@@ -248,6 +265,7 @@ def _reject(
 
 def _outcome(trial: _Trial) -> CandidateOutcome:
     report = trial.report
+    spread = report.throughput_spread
     return CandidateOutcome(
         name=trial.candidate.name,
         within_budget=not trial.reasons,
@@ -257,6 +275,10 @@ def _outcome(trial: _Trial) -> CandidateOutcome:
         latency_speedup=report.latency_speedup,
         mean_cosine=report.fidelity.mean_cosine,
         accuracy_drop=report.accuracy_drop,
+        throughput_low=None if spread is None else spread.low,
+        throughput_high=None if spread is None else spread.high,
+        speed_significant=None if spread is None else spread.significant,
+        worse=report.worse,
     )
 
 

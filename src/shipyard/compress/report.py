@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +26,15 @@ from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.onnxrt import choose_providers
 
 MAX_ROUNDS = 100_000
+SPREAD_BLOCKS = 8
+"""Interleaved rounds are cut into this many consecutive blocks; each block gives one
+baseline/candidate ratio, and the ratios' min–max is the spread a speed-up must clear."""
+WORSE_SPEED = 0.03
+"""p50, p99 or throughput this much worse than the baseline's is flagged (3 %)."""
+WORSE_MEMORY = 0.10
+WORSE_MEMORY_MIB = 1.0
+"""Session memory is flagged when it grew by 10 % and at least 1 MiB (RSS is noisy)."""
+WORSE_COSINE = 1e-4
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -50,6 +60,54 @@ class ModelFigures(_Frozen):
     session_rss_mb: float | None
     """Growth of the process's resident memory while creating the session and running it."""
     accuracy: float | None
+    accuracy_rows: int | None = None
+    """Labelled rows the accuracy was computed on: all of the eval data's (None in older
+    reports, which used at most `max_rows`)."""
+
+
+class RatioSpread(_Frozen):
+    """Candidate-vs-baseline speed ratios (above 1 = candidate faster), one per block of
+    interleaved rounds: the median is the figure, min–max how far it moved while measuring."""
+
+    ratios: list[float]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def median(self) -> float:
+        return round(float(np.median(self.ratios)), 4) if self.ratios else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def low(self) -> float:
+        return round(min(self.ratios), 4) if self.ratios else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def high(self) -> float:
+        return round(max(self.ratios), 4) if self.ratios else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def significant(self) -> bool:
+        """True when every block agrees on the direction: the spread does not cover 1.0."""
+        return bool(self.ratios) and (self.low > 1.0 or self.high < 1.0)
+
+    def describe(self) -> str:
+        verdict = "" if self.significant else ", not significant"
+        return f"{self.median:.2f}× ({self.low:.2f}–{self.high:.2f}{verdict})"
+
+    @classmethod
+    def from_times(
+        cls, baseline: Sequence[float], candidate: Sequence[float], blocks: int = SPREAD_BLOCKS
+    ) -> RatioSpread:
+        """Ratios of the blocks' median times (baseline / candidate) of interleaved runs."""
+        count = min(len(baseline), len(candidate))
+        edges = np.linspace(0, count, min(blocks, count) + 1).astype(int)
+        ratios = []
+        for start, stop in itertools.pairwise(edges):
+            cand = float(np.median(candidate[start:stop]))
+            ratios.append(round(float(np.median(baseline[start:stop])) / cand, 4) if cand else 0.0)
+        return cls(ratios=ratios)
 
 
 class Fidelity(_Frozen):
@@ -70,6 +128,10 @@ class ComparisonReport(_Frozen):
     """Where the inputs came from: an eval/calibration file, or 'synthetic'."""
     machine: MachineFacts
     settings: MeasureConfig
+    latency_spread: RatioSpread | None = None
+    """p50 speed-up at batch 1 per block of interleaved rounds (None in older reports)."""
+    throughput_spread: RatioSpread | None = None
+    """Throughput ratio per block of interleaved rounds (None in older reports)."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -99,6 +161,39 @@ class ComparisonReport(_Frozen):
         if self.baseline.accuracy is None or self.candidate.accuracy is None:
             return None
         return round(self.baseline.accuracy - self.candidate.accuracy, 6)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def worse(self) -> list[str]:
+        """The figures in which the candidate is worse than the baseline, beyond noise:
+        p50, p99, throughput, session memory, size, fidelity (see the WORSE_* limits)."""
+        b, c, f = self.baseline, self.candidate, self.fidelity
+        found = []
+        if c.latency_p50_ms > b.latency_p50_ms * (1 + WORSE_SPEED):
+            found.append("latency p50")
+        if c.latency_p99_ms > b.latency_p99_ms * (1 + WORSE_SPEED):
+            found.append("latency p99")
+        if c.throughput_rows_per_s < b.throughput_rows_per_s * (1 - WORSE_SPEED):
+            found.append("throughput")
+        if (
+            b.session_rss_mb is not None
+            and c.session_rss_mb is not None
+            and c.session_rss_mb > b.session_rss_mb * (1 + WORSE_MEMORY)
+            and c.session_rss_mb - b.session_rss_mb >= WORSE_MEMORY_MIB
+        ):
+            found.append("session memory")
+        if c.file_bytes > b.file_bytes:
+            found.append("size")
+        if c.gzip_bytes > b.gzip_bytes:
+            found.append("gzip size")
+        if f.mean_cosine < 1 - WORSE_COSINE:
+            found.append("mean cosine")
+        if f.top1_agreement is not None and f.top1_agreement < 1.0:
+            found.append("top-1 agreement")
+        drop = self.accuracy_drop
+        if drop is not None and drop > 0:
+            found.append("accuracy")
+        return found
 
     def violations(self, budget: Budget) -> list[str]:
         """Why the candidate is over `budget`, each reason with the measured value, the limit
@@ -151,15 +246,20 @@ def measure_pair(
     """Measure both model files in one run; `data` gives fidelity/accuracy rows and inputs."""
     batch = _batch_size(specs, settings.batch_size)
     single = _batch_size(specs, 1)
+    labelled = data if data.labels is not None else None  # accuracy: every labelled row
     data = data.head(settings.max_rows)
     if batch != settings.batch_size and data.rows % batch:  # fixed batch dim: whole batches
         data = Dataset(data.tiled(max(batch, data.rows - data.rows % batch)), None, data.source)
     providers = choose_providers(settings.providers)
     sessions, rss, outputs = [], [], []
+    scored: list[list[np.ndarray]] = []
+    fixed = _batch_size(specs, 0) != 0
     for path in (baseline, candidate):
         before = _rss_bytes()
         session = _session(path, providers, settings)
         outputs.append(_run_all(session, data, batch))
+        if labelled is not None:
+            scored.append(_run_labelled(session, labelled, batch if fixed else settings.batch_size))
         after = _rss_bytes()
         sessions.append(session)
         rss.append(None if before is None or after is None else max(after - before, 0) / 2**20)
@@ -180,7 +280,8 @@ def measure_pair(
                 throughput_batch=batch,
                 throughput_rows_per_s=round(batch / float(np.median(bulk[index])), 2),
                 session_rss_mb=None if rss[index] is None else round(rss[index] or 0.0, 2),
-                accuracy=_accuracy(outputs[index], data.labels),
+                accuracy=_accuracy(scored[index], labelled.labels) if labelled else None,
+                accuracy_rows=labelled.rows if labelled else None,
             )
         )
     return ComparisonReport(
@@ -190,6 +291,8 @@ def measure_pair(
         data=data.source,
         machine=machine_facts(tuple(sessions[1].get_providers())),
         settings=settings,
+        latency_spread=RatioSpread.from_times(latency[0], latency[1]),
+        throughput_spread=RatioSpread.from_times(bulk[0], bulk[1]),
     )
 
 
@@ -233,15 +336,22 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
-    if labels is None:
+    """Top-1 accuracy by shipyard.analysis.metrics, the one code path `shipyard analyze` uses."""
+    from shipyard.analysis.metrics import accuracy, class_predictions
+
+    predicted = None if labels is None else class_predictions(outputs)
+    if labels is None or predicted is None:
         return None
-    for out in outputs:
-        if out.dtype.kind in "iu" and out.ndim == 1:
-            return round(float(np.mean(out == labels)), 6)
-    for out in outputs:
-        if out.dtype.kind == "f" and out.ndim == 2 and out.shape[1] > 1:
-            return round(float(np.mean(out.argmax(axis=1) == labels)), 6)
-    return None
+    return round(accuracy(labels, predicted), 6)
+
+
+def _run_labelled(session: ort.InferenceSession, data: Dataset, batch: int) -> list[np.ndarray]:
+    """Outputs for every labelled row; a fixed batch dimension gets its last batch filled
+    with repeated rows, whose outputs are dropped."""
+    rows = data.rows
+    padded = -(-rows // batch) * batch if batch != 0 else rows
+    full = data if padded == rows else Dataset(data.tiled(padded), None, data.source)
+    return [out[:rows] if out.ndim else out for out in _run_all(session, full, batch)]
 
 
 def _rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -279,7 +389,8 @@ def _alternating(
     warmup: int,
     min_seconds: float,
 ) -> list[list[float]]:
-    """Time each session in alternating rounds: at least `runs` rounds and `min_seconds`."""
+    """Time each session in alternating rounds (A B, B A, …): at least `runs` rounds and
+    `min_seconds`; round i of one session ran next to round i of the other."""
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(warmup):
         for session in sessions:
@@ -288,7 +399,8 @@ def _alternating(
     rounds = 0
     while rounds < runs or (time.perf_counter() < deadline and rounds < MAX_ROUNDS):
         rounds += 1
-        for index, session in enumerate(sessions):
+        order = list(enumerate(sessions))
+        for index, session in order if rounds % 2 else reversed(order):  # ABBA: no order bias
             start = time.perf_counter()
             session.run(None, feed)
             times[index].append(time.perf_counter() - start)

@@ -44,6 +44,13 @@ class CandidateOutcome(BaseModel):
     mean_cosine: float | None = None
     accuracy_drop: float | None = None
     error: str | None = None
+    throughput_low: float | None = None
+    throughput_high: float | None = None
+    """Min–max of the throughput ratio over blocks of interleaved rounds."""
+    speed_significant: bool | None = None
+    """False when the throughput spread covers 1.0: no measurable speed difference."""
+    worse: list[str] = []
+    """Figures worse than the parent's (ComparisonReport.worse)."""
 
 
 @dataclass
@@ -62,3 +69,5 @@ class CompressResult:
     """The budget checked; `Budget()` (nothing checked) after an explicit opt-out."""
     default_budget: bool = False
     """True when no budget was given and `Budget.default` was applied."""
+    decision: str = ""
+    """Why this candidate was kept, when several were tried (`auto`)."""

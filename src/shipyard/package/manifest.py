@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shipyard.errors import FormatVersionError, ManifestError
 from shipyard.importers.base import ConversionCheck
+from shipyard.package.profile import ProfileRef
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.package.warmup import WarmupSample
+from shipyard.processing.spec import Processing
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -85,6 +87,23 @@ class Encryption(BaseModel):
     """External data files, each under its own key derived from the data key."""
 
 
+class Blessing(BaseModel):
+    """The analysis verdict recorded by `shipyard bless` (see shipyard.analysis.bless)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool
+    evaluated_at: datetime
+    data_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    data_rows: int = Field(ge=1)
+    data_source: str
+    config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    baseline_version: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Overall metrics of this version on that data."""
+    failures: list[str] = Field(default_factory=list)
+
+
 class Manifest(BaseModel):
     """Everything a loader needs to trust and run one version of a model."""
 
@@ -106,10 +125,16 @@ class Manifest(BaseModel):
     # Omitted when absent so digests of unencrypted manifests stay as they were.
     encryption: Encryption | None = Field(default=None, exclude_if=lambda v: v is None)
     warmup: WarmupSample | None = Field(default=None, exclude_if=lambda v: v is None)
+    processing: Processing | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Declared text/image input and label output handling (see shipyard.processing)."""
     external_data: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
     """Files (relative to model.onnx) holding tensors the graph keeps outside itself, as ONNX
     does past protobuf's 2 GB limit; such a model is loaded by ONNX Runtime from its path."""
     """The stored sample the server warms up with (see shipyard.package.warmup)."""
+    profile: ProfileRef | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The reference profile drift is measured against (see shipyard.package.profile)."""
+    blessing: Blessing | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The analysis verdict (`shipyard bless`), covered by the digest like every field."""
     digest: str = ""
 
     def compute_digest(self) -> str:

@@ -23,7 +23,7 @@ from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.protocols import tfserving_http, v2_http
+from shipyard.serving.protocols import embeddings_http, tfserving_http, v2_http
 from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import build_security
@@ -82,6 +82,7 @@ def build_app(
     routes = [
         *v2_http.routes(plane, settings=settings),
         *tfserving_http.routes(plane, settings=settings),
+        *embeddings_http.routes(plane, settings=settings),
         Route("/metrics", metrics, methods=["GET"]),
         openapi.route(),
     ]

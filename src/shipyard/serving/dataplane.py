@@ -12,14 +12,16 @@ version); a version that is not a positive integer is simply not found.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
 from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
 from shipyard.serving.limits import check_output_size
@@ -53,6 +55,8 @@ class ModelSignature:
     version: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    processed_inputs: list[TensorSpec] = field(default_factory=list)
+    """Inputs the server processes into `inputs` (a `text` BYTES input; shipyard.processing)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,16 @@ class DataPlane:
 
     def model_signature(self, name: str, version: str | None = None) -> ModelSignature:
         served = self.manager.get(name, _version_number(name, version))
-        return ModelSignature(name, served.version, served.model.inputs, served.model.outputs)
+        model, processor = served.model, served.model.processor
+        if processor is None:
+            return ModelSignature(name, served.version, model.inputs, model.outputs)
+        return ModelSignature(
+            name,
+            served.version,
+            model.inputs,
+            [*model.outputs, *processor.output_specs(model.outputs)],
+            processed_inputs=processor.input_specs,
+        )
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """V2 model metadata: name, versions served, platform, inputs and outputs."""
@@ -132,7 +145,9 @@ class DataPlane:
             "name": name,
             "versions": [str(v) for v in self.manager.served_versions(name)],
             "platform": PLATFORM,
-            "inputs": [_tensor_metadata(s) for s in signature.inputs],
+            "inputs": [
+                _tensor_metadata(s) for s in (*signature.processed_inputs, *signature.inputs)
+            ],
             "outputs": [_tensor_metadata(s) for s in signature.outputs],
         }
 
@@ -179,22 +194,24 @@ class DataPlane:
         version: str | None = None,
         protocol: str,
         received_ns: int | None = None,
+        usage: dict[str, int] | None = None,
     ) -> InferenceResponse:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
         `protocol` labels the metrics ("v2_http", "tfserving_http", "v2_grpc");
         `received_ns` (time.perf_counter_ns() when the transport got the request) makes the
-        reported latency include decoding.
+        reported latency include decoding. `usage`, when given, receives `prompt_tokens`
+        (the real tokens of processed text inputs).
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
         if not self.listeners:
             return await self._infer(
-                name, request, version=version, protocol=protocol, started=started
+                name, request, version=version, protocol=protocol, started=started, usage=usage
             )
         served_version, outcome = version, "error"
         try:
             response = await self._infer(
-                name, request, version=version, protocol=protocol, started=started
+                name, request, version=version, protocol=protocol, started=started, usage=usage
             )
             served_version, outcome = response.model_version, "success"
             return response
@@ -216,15 +233,26 @@ class DataPlane:
         version: str | None,
         protocol: str,
         started: int,
+        usage: dict[str, int] | None = None,
     ) -> InferenceResponse:
         with self.manager.lease(name, _version_number(name, version)) as served:
             model_version = str(served.version)
             try:
-                inputs = _validated(served, request)
-                result = await served.batcher.submit(inputs, request.output_names)
-                check_output_size(
-                    result.outputs, limit=self._limits(served).max_output_bytes, model=name
-                )
+                processor = served.model.processor
+                if processor is None:
+                    inputs = _validated(served, request.inputs, request.output_names)
+                    result = await served.batcher.submit(inputs, request.output_names)
+                    outputs = result.outputs
+                else:
+                    prepared = await _prepare(processor, request.inputs)
+                    if usage is not None:
+                        usage["prompt_tokens"] = prepared.tokens
+                    wanted = processor.graph_outputs(request.output_names)
+                    inputs = _validated(served, prepared.inputs, wanted, request.output_names)
+                    result = await served.batcher.submit(inputs, wanted)
+                    outputs = processor.postprocess(result.outputs, request.output_names)
+                check_output_size(outputs, limit=self._limits(served).max_output_bytes, model=name)
+                self.manager.drift.observe(name, served.version, inputs, result.outputs)
             except Exception as exc:
                 self.metrics.observe_request(
                     model=name,
@@ -246,7 +274,7 @@ class DataPlane:
         return InferenceResponse(
             model_name=name,
             model_version=model_version,
-            outputs=result.outputs,
+            outputs=outputs,
             id=request.id,
         )
 
@@ -329,13 +357,37 @@ def _version_number(name: str, version: str | None) -> int | None:
     return int(version)
 
 
-def _validated(served: ServedVersion, request: InferenceRequest) -> dict[str, Any]:
+def _validated(
+    served: ServedVersion,
+    inputs: dict[str, Any],
+    output_names: list[str],
+    asked: list[str] | None = None,
+) -> dict[str, Any]:
     """Check one request on its own before it can join a batch."""
     known = [o.name for o in served.model.outputs]
-    unknown = [n for n in request.output_names if n not in known]
+    unknown = [n for n in output_names if n not in known]
     if unknown:
+        processor = served.model.processor
+        if processor is not None:
+            known += [s.name for s in processor.output_specs(served.model.outputs)]
+        unknown = [n for n in (asked or output_names) if n not in known]
         raise InputError(f"unknown output(s) {unknown}; model {served.name!r} has {known}")
-    return check_inputs(served.model.inputs, dict(request.inputs))
+    return check_inputs(served.model.inputs, dict(inputs))
+
+
+async def _prepare(processor: Processor, inputs: dict[str, Any]) -> Prepared:
+    """Processed inputs; big batches and images are tokenized/decoded off the event loop
+    (the tokenizers library and Pillow release the GIL)."""
+    raw = [inputs[s.name] for s in processor.input_specs if s.name in inputs]
+    if not raw:
+        return Prepared(inputs)
+    if processor.spec.image is None and raw[0].size <= _INLINE_TEXTS:
+        return processor.preprocess(inputs)
+    return await asyncio.to_thread(processor.preprocess, inputs)
+
+
+_INLINE_TEXTS = 16
+"""Up to this many texts are tokenized on the event loop (tens of microseconds each)."""
 
 
 def _outcome(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from shipyard.model import Model, load_model
 from shipyard.serving.batching import Batcher
+from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.repository import Fingerprint, ModelOnDisk, ModelRepository
@@ -89,6 +90,8 @@ class ModelManager:
         self.kek = kek
         """Key-encryption key for encrypted packages (None: $SHIPYARD_KEK when needed)."""
         self.listeners: list[Callable[[ModelEvent], None]] = []
+        self.drift = DriftMonitor(metrics.registry)
+        """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, _Record] = {}
         self._poller: asyncio.Task[None] | None = None
         self.started = False
@@ -435,6 +438,7 @@ class ModelManager:
             if problem is None and wanted is not False:
                 problem = batching_problem(model, feed)
                 found_by_running = problem is not None
+            self.drift.attach(model, config.drift_for(self.settings))
         except Exception:
             model.close()
             raise
@@ -492,6 +496,7 @@ class ModelManager:
             self._count_loaded()
             await served.close()
             self.metrics.forget_queue(record.name, str(version))
+            self.drift.detach(record.name, version)
             record.statuses[version] = VersionStatus(
                 ModelState.UNAVAILABLE, reason, served.fingerprint
             )

@@ -122,6 +122,9 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("post", "/v2/repository/models/{name}/unload", "v2_unload", "Unload a model", "V2",
              "Empty", (400, 404, 413), body="LoadRequest", body_required=False),
     *_tf_endpoints(),
+    Endpoint("post", "/v1/embeddings", "openai_embeddings", "Sentence embeddings (OpenAI-"
+             "compatible; models whose processing embeds text)", "OpenAI", "EmbeddingsResponse",
+             (400, 404, 413, 503), body="EmbeddingsRequest"),
     Endpoint("get", "/metrics", "metrics", "Prometheus metrics", "Operations", None,
              ok_content={"text/plain": {"schema": {"type": "string"}}}),
     Endpoint("get", OPENAPI_PATH, "openapi", "This OpenAPI document", "Operations", None,
@@ -147,7 +150,7 @@ def build_document(version: str) -> dict[str, Any]:
             '{"error": "..."}.',
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "tags": [{"name": t} for t in ("V2", "TF Serving", "Operations")],
+        "tags": [{"name": t} for t in ("V2", "TF Serving", "OpenAI", "Operations")],
         "security": [{BEARER: []}],
         "paths": paths,
         "components": {

@@ -387,6 +387,35 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "TfRegressResponse": closed_object({"result": {"type": "array", "items": {"type": "number"}}}),
+    "EmbeddingsRequest": closed_object(
+        {
+            "model": _STRING,
+            "input": {"oneOf": [_STRING, {"type": "array", "items": _STRING, "minItems": 1}]},
+        },
+        {
+            "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+            "dimensions": _INT,
+            "user": _STRING,
+        },
+    ),
+    "Embedding": closed_object(
+        {
+            "object": {"const": "embedding"},
+            "index": _COUNT,
+            "embedding": {
+                "oneOf": [_NUMBERS, {"type": "string", "contentEncoding": "base64"}],
+                "description": "Floats, or base64 of little-endian float32 values.",
+            },
+        }
+    ),
+    "EmbeddingsResponse": closed_object(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("Embedding")},
+            "model": _STRING,
+            "usage": closed_object({"prompt_tokens": _COUNT, "total_tokens": _COUNT}),
+        }
+    ),
 }
 
 

@@ -15,6 +15,8 @@ route's action on its model:
     /v2/repository/index                                admin     every ('admin:*')
     /v1/models/NAME[/versions/N][/metadata]             metadata  NAME
     /v1/models/NAME[/versions/N]:predict|classify|regress infer   NAME
+    /v1/embeddings                                      infer     any one, then the body's
+                                                                  model (authorize_http)
     anything else                                       admin     every
 
 No token, or an unknown, revoked or expired one: 401 with `WWW-Authenticate: Bearer`; a
@@ -66,6 +68,7 @@ ALL_MODELS = "*"
 """Access target: only a scope for the action on every model ('ACTION:*') will do."""
 
 _V1_MODELS = "/v1/models/"
+_EMBEDDINGS = "/v1/embeddings"
 _INFER_TAILS = frozenset({"infer", "generate", "generate_stream"})
 
 
@@ -105,6 +108,8 @@ def route_access(path: str, *, metrics_require_auth: bool = True) -> Access | No
         if not name:
             return EVERYTHING
         return Access("infer" if ":" in rest else "metadata", name)
+    if path == _EMBEDDINGS:
+        return Access("infer", ANY_MODEL)  # the body names the model: checked by the route
     parts = path.split("/")
     if path == "/metrics":
         return Access("metadata", ALL_MODELS) if metrics_require_auth else None
@@ -373,6 +378,23 @@ class ServerSecurity:
             route=f"grpc {action}",
             client=caller().client,
             protocol="grpc",
+        )
+
+    async def authorize_http(self, scope: Scope, action: str, model: str) -> None:
+        """For an HTTP route whose body names the model (/v1/embeddings): the caller's token
+        must grant `action` on `model`; refusals are audited like the middleware's."""
+        if self.guard is None:
+            return
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = bytes(value).decode("latin-1")
+                break
+        self.guard.check(
+            authorization,
+            Access(action, model),
+            route=f"{scope['method']} {scope['path']}",
+            client=_client(scope),
         )
 
     async def authenticate(

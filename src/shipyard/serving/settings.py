@@ -20,6 +20,10 @@ A model may carry a `model.toml` next to its version folders::
     [limits]                      # any LimitsSettings field but retry_after_s
     max_body_bytes = 8_388_608
     max_tensor_elements = 1_000_000
+    [drift]                       # against the version's reference profile
+    enabled = true
+    sample_rate = 0.1
+    window = 1000
 """
 
 from __future__ import annotations
@@ -155,6 +159,30 @@ class GrpcSettings(BaseModel):
     is read may then buffer a few MiB first (off: 64 KiB windows; see docs/security.md)."""
 
 
+class DriftSettings(BaseModel):
+    """Drift measured against each version's reference profile (see docs/monitoring.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    """Sample decoded inputs and outputs and export `shipyard_drift_*` gauges; versions
+    without a reference profile are skipped (logged)."""
+    sample_rate: float = Field(default=0.1, gt=0, le=1)
+    """Fraction of successful requests whose rows join the window."""
+    window: int = Field(default=1000, ge=10, le=10_000_000)
+    """Rows (of sampled requests) the drift values are computed on: the most recent ones."""
+
+
+class DriftOverride(BaseModel):
+    """Drift knobs a model.toml may set under [drift]; unset ones fall back to the server's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    sample_rate: float | None = Field(default=None, gt=0, le=1)
+    window: int | None = Field(default=None, ge=10, le=10_000_000)
+
+
 class ServerSettings(BaseSettings):
     """Everything `shipyard serve` can be told; see the module docstring for sources."""
 
@@ -220,6 +248,8 @@ class ServerSettings(BaseSettings):
     """Mutual TLS, minimum version, ciphers and certificate reload (needs `tls_cert`)."""
     grpc: GrpcSettings = GrpcSettings()
     """Concurrency bounds of the V2 gRPC server."""
+    drift: DriftSettings = DriftSettings()
+    """Drift against reference profiles (off by default; a model.toml [drift] overrides)."""
     require_signature: bool = False
     """Refuse every version without a valid signature; needs `public_key`."""
     key_file: Path | None = None
@@ -411,6 +441,11 @@ class ModelConfig(BaseModel):
     version_policy: VersionPolicy = VersionPolicy()
     runtime: RuntimeOptions | None = None
     limits: LimitsOverride = LimitsOverride()
+    drift: DriftOverride = DriftOverride()
+
+    def drift_for(self, server: ServerSettings) -> DriftSettings:
+        update = self.drift.model_dump(exclude_none=True)
+        return server.drift.model_copy(update=update) if update else server.drift
 
     def batching_for(self, server: ServerSettings) -> BatchingSettings:
         update = self.batching.model_dump(exclude_none=True)

@@ -162,7 +162,9 @@ class TFServingHandlers:
     async def predict(
         self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
     ) -> bytes:
-        decoded = tfserving.decode_predict(body, inputs=signature.inputs, limits=limits)
+        decoded = tfserving.decode_predict(
+            body, inputs=signature.inputs, limits=limits, processed=signature.processed_inputs
+        )
         response = await self._infer(signature, decoded.request, received_ns=received_ns)
         return tfserving.encode_predict(response, decoded=decoded)
 

@@ -1,0 +1,130 @@
+"""The MiniLM package with declared processing, on a real server, equals SentenceTransformer."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shipyard.serving.server import RunningServer, start_in_thread
+from shipyard.serving.settings import load_settings
+
+from .conftest import SENTENCES, cosine, needs_text
+
+pytestmark = [needs_text, pytest.mark.timeout(300)]
+MIN_COSINE = 0.9999
+LONG = " ".join(["shipyard packs models and serves them over many protocols"] * 60)
+
+
+@pytest.fixture(scope="module")
+def server(minilm_repo: Path) -> Iterator[RunningServer]:
+    settings = load_settings(repository=minilm_repo, poll_interval_s=0, port=0, grpc_port=None)
+    with start_in_thread(settings=settings) as running:
+        yield running
+    assert not running.running
+
+
+@pytest.fixture(scope="module")
+def expected(sentence_model: Any) -> np.ndarray:
+    return np.asarray(sentence_model.encode([*SENTENCES, LONG], convert_to_numpy=True))
+
+
+def url(server: RunningServer, path: str) -> str:
+    return f"http://{server.host}:{server.port}{path}"
+
+
+def test_v2_json_text_equals_sentence_transformers(
+    server: RunningServer, expected: np.ndarray
+) -> None:
+    texts = [*SENTENCES, LONG]  # the long one is over 256 tokens: truncated as declared
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    reply = httpx.post(url(server, "/v2/models/minilm/infer"), json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    (out,) = reply.json()["outputs"]
+    got = np.reshape(out["data"], out["shape"])
+    assert got.shape == (len(texts), 384)
+    assert cosine(got, expected).min() >= MIN_COSINE
+
+
+def test_v2_binary_with_tritonclient(server: RunningServer, expected: np.ndarray) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"{server.host}:{server.port}", network_timeout=60)
+    try:
+        meta = client.get_model_metadata("minilm")
+        assert [i["name"] for i in meta["inputs"]] == ["text", "input_ids", "attention_mask"]
+        texts = np.array([s.encode() for s in SENTENCES], dtype=object)
+        item = triton.InferInput("text", [len(SENTENCES)], "BYTES")
+        item.set_data_from_numpy(texts, binary_data=True)
+        result = client.infer(
+            "minilm",
+            [item],
+            outputs=[triton.InferRequestedOutput("sentence_embedding", binary_data=True)],
+        )
+        got = result.as_numpy("sentence_embedding")
+    finally:
+        client.close()
+    assert got is not None
+    assert cosine(got, expected[: len(SENTENCES)]).min() >= MIN_COSINE
+
+
+def test_tf_serving_instances_and_raw_tokens(server: RunningServer, expected: np.ndarray) -> None:
+    from shipyard.demo.text import model_dir, tokenize
+
+    reply = httpx.post(
+        url(server, "/v1/models/minilm:predict"), json={"instances": SENTENCES}, timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    assert (
+        cosine(np.array(reply.json()["predictions"]), expected[: len(SENTENCES)]).min()
+        >= MIN_COSINE
+    )
+    # Token ids computed by the client still work on the same package.
+    tokens = tokenize(SENTENCES, model_dir() / "tokenizer.json")
+    raw = {"inputs": [
+        {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+        for n, a in tokens.items()
+    ]}  # fmt: skip
+    reply = httpx.post(url(server, "/v2/models/minilm/infer"), json=raw, timeout=60)
+    out = reply.json()["outputs"][0]
+    assert (
+        cosine(np.reshape(out["data"], out["shape"]), expected[: len(SENTENCES)]).min()
+        >= MIN_COSINE
+    )
+
+
+def test_embeddings_with_httpx_and_concurrent_requests(
+    server: RunningServer, expected: np.ndarray
+) -> None:
+    texts = [*SENTENCES, LONG]
+
+    def one(i: int) -> np.ndarray:
+        body = {"model": "minilm", "input": texts[i % len(texts)]}
+        reply = httpx.post(url(server, "/v1/embeddings"), json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        doc = reply.json()
+        assert doc["usage"]["prompt_tokens"] > 0
+        return np.array(doc["data"][0]["embedding"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(20)))
+    for i, vector in enumerate(results):
+        assert cosine(vector[None], expected[i % len(texts)][None])[0] >= MIN_COSINE
+
+
+def test_openai_client(server: RunningServer, expected: np.ndarray) -> None:
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    client = openai.OpenAI(base_url=url(server, "/v1"), api_key="unused", timeout=60, max_retries=0)
+    response = client.embeddings.create(model="minilm", input=SENTENCES)  # base64 by default
+    got = np.array([d.embedding for d in response.data])
+    assert response.model == "minilm" and response.usage.prompt_tokens > 0
+    assert cosine(got, expected[: len(SENTENCES)]).min() >= MIN_COSINE
+    floats = client.embeddings.create(model="minilm", input="short", encoding_format="float")
+    assert cosine(np.array([floats.data[0].embedding]), expected[2:3])[0] >= MIN_COSINE
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
