@@ -10,6 +10,7 @@ sample given) is kept too, marked as synthesized: it is known to run.
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,11 +66,17 @@ def encode_sample(
         rows //= 2
 
 
+# numpy parses .npy headers with ast.literal_eval, and CPython 3.11 before 3.11.8 can fail
+# concurrent AST construction ("AST constructor recursion depth mismatch", gh-106905): the
+# server loads versions on several threads at once, so sample reads take turns.
+_NPY_LOCK = threading.Lock()
+
+
 def read_sample(version_dir: Path, entry: WarmupSample) -> dict[str, np.ndarray]:
     """The stored sample (its hash was verified with the rest of the version)."""
     path = version_dir / entry.file
     try:
-        with np.load(path, allow_pickle=False) as loaded:
+        with _NPY_LOCK, np.load(path, allow_pickle=False) as loaded:
             return {key: loaded[key] for key in loaded.files}
     except (OSError, ValueError) as exc:
         raise IntegrityError(str(path), f"not a readable warm-up sample ({exc})") from exc
