@@ -475,7 +475,9 @@ async def test_limits_gzip_not_ready_and_metrics(client: Callable[..., Any]) -> 
             content=body,
             headers={"Content-Encoding": "gzip", "Accept-Encoding": "gzip"},
         )
-        assert response.status_code == 200 and response.headers["content-encoding"] == "gzip", response.text
+        assert response.status_code == 200 and response.headers["content-encoding"] == "gzip", (
+            response.text
+        )
         assert response.json()["predictions"][0]["label"] == 0
         await http.post("/v1/models/iris:predict", json={"instances": [[1, 2, 3]]})
         metrics = (await http.get("/metrics")).text
