@@ -10,6 +10,12 @@ knobs and instance count, so only the server differs. Requests are batch 1, iden
 every server; the load generator (`_load.py`) runs in its own process with N keep-alive
 connections in a closed loop. MLServer and Triton are installed into `benchmarks/.venvs/` on
 first use; a competitor that can't be installed or started becomes a row saying why.
+
+A text model whose package declares text processing (the demo `minilm`) also gets text-in
+rows (Shipyard tokenizes the same sentence the token-id rows send) and, as their limit,
+in-process `SentenceTransformer.encode` (`_encode.py`) at the same batch sizes:
+
+    python benchmarks/serving.py --models minilm --quick --skip-mlserver --skip-triton
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving.md"
 RAW, SHIPYARD, MLSERVER, TRITON = "ONNX Runtime", "Shipyard", "MLServer", "Triton"
 JSON_, BINARY = "JSON", "binary"
+TEXT_JSON, TEXT_BINARY = "JSON text", "binary text"
+"""Text in: the BYTES input `text`, tokenized by the server (JSON or binary tensors)."""
+ENCODE = "SentenceTransformer"
+TOKEN_OF_TEXT = {TEXT_JSON: JSON_, TEXT_BINARY: BINARY}
 LOAD_SLACK_S = 90.0
 
 
@@ -79,6 +89,8 @@ class Row:
     def label(self) -> str:
         if self.server == RAW:
             return f"{self.server} in-process ({self.config})"
+        if self.server == ENCODE:
+            return f"{self.server}.encode in-process ({self.config})"
         return f"{self.server} · {self.encoding} · {self.config}"
 
 
@@ -91,6 +103,8 @@ class Bodies:
     inputs: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]
     npz: Path
+    text: str | None = None
+    """The sentence the text-in rows send (tokenizes to the token-id rows' ids), if any."""
 
 
 @dataclass
@@ -105,8 +119,8 @@ class Run:
 # -- measuring -----------------------------------------------------------------------------
 
 
-def _measure(argv: list[str], args: argparse.Namespace) -> Cell:
-    timeout = args.warmup + args.duration + LOAD_SLACK_S
+def _measure(argv: list[str], args: argparse.Namespace, *, cells: int = 1) -> Cell:
+    timeout = cells * (args.warmup + args.duration) + LOAD_SLACK_S
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -179,6 +193,30 @@ def _measure_raw(model: ModelFiles, bodies: Bodies, c: int, run: Run, batch: int
     return _measure(argv, args)
 
 
+def measure_encode(model: ModelFiles, bodies: Bodies, c: int, run: Run) -> Cell:
+    """In-process SentenceTransformer.encode: the best of every `--raw-batch-sizes` size."""
+    args = run.args
+    assert bodies.text is not None
+    sizes = raw_batch_sizes(args, model.name)
+    argv = [
+        sys.executable,
+        str(HERE / "_encode.py"),
+        "--text",
+        bodies.text,
+        "--batch-sizes",
+        ",".join(map(str, sizes)),
+        "--concurrency",
+        str(c),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.intra_op_threads),
+    ]
+    return _measure(argv, args, cells=len(sizes))
+
+
 def probe(port: int, path: str, bodies: Bodies, encoding: str) -> str:
     """'' when one request answers 200 with the reference outputs, else what went wrong."""
     headers = {"Content-Type": "application/json"}
@@ -243,11 +281,11 @@ def start_server(
     bodies: Bodies,
     run: Run,
     stack: contextlib.ExitStack,
+    *,
+    encodings: Sequence[str] = (JSON_, BINARY),
 ) -> list[tuple[Row, int]]:
     """Start one server (kept running by `stack`); its rows that answered the probe, by port."""
-    rows = [
-        Row(model.name, server, enc, config.describe(), config.batching) for enc in (JSON_, BINARY)
-    ]
+    rows = [Row(model.name, server, enc, config.describe(), config.batching) for enc in encodings]
     run.rows += rows
     _say(f"{model.name}: starting {server} ({config.describe()})")
     try:
@@ -276,28 +314,41 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
     Each cell keeps its best round (highest req/s, with that round's latencies).
     """
     args = run.args
-    bodies = make_bodies(model, sample, run.work / f"bodies-{model.name}")
+    text = None if args.skip_text else text_for(model, sample)
+    bodies = make_bodies(model, sample, run.work / f"bodies-{model.name}", text=text)
     raw_config = f"{args.intra_op_threads} intra-op thread(s)"
     if raw_batch_sizes(args, model.name) != [1]:
         raw_config += ", best batch of " + "/".join(map(str, raw_batch_sizes(args, model.name)))
     raw = Row(model.name, RAW, "—", raw_config, None)
     run.rows.append(raw)
+    targets: list[tuple[Row, int | None]] = [(raw, None)]
+    if text is not None:
+        encode_config = raw_config.replace("intra-op", "torch")
+        encode = Row(model.name, ENCODE, "text", encode_config, None)
+        run.rows.append(encode)
+        targets.append((encode, None))
     starters: list[tuple[str, Starter]] = [(SHIPYARD, _shipyard)]
     if not args.skip_mlserver:
         starters.append((MLSERVER, _mlserver))
     if not args.skip_triton:
         starters.append((TRITON, _triton))
     with contextlib.ExitStack() as stack:
-        targets: list[tuple[Row, int | None]] = [(raw, None)]
         for server, starter in starters:
+            encodings = [JSON_, BINARY]
+            if server == SHIPYARD and text is not None:
+                encodings += [TEXT_JSON, TEXT_BINARY]
             for config in configs(args):
-                targets += start_server(server, starter, config, model, bodies, run, stack)
+                targets += start_server(
+                    server, starter, config, model, bodies, run, stack, encodings=encodings
+                )
         for round_ in range(args.rounds):
             order = targets if round_ % 2 == 0 else targets[::-1]
             for c in args.concurrency:
                 _say(f"{model.name}: round {round_ + 1}/{args.rounds}, {c} connection(s)")
                 for row, port in order:
-                    if port is None:
+                    if port is None and row.server == ENCODE:
+                        cell = measure_encode(model, bodies, c, run)
+                    elif port is None:
                         cell = measure_raw(model, bodies, c, run)
                     else:
                         infer = f"/v2/models/{model.name}/infer"
@@ -378,12 +429,18 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def make_bodies(model: ModelFiles, sample: dict[str, np.ndarray], folder: Path) -> Bodies:
+def make_bodies(
+    model: ModelFiles, sample: dict[str, np.ndarray], folder: Path, *, text: str | None = None
+) -> Bodies:
     folder.mkdir(parents=True)
     files, lengths = {}, {}
-    for encoding, binary in ((JSON_, False), (BINARY, True)):
-        body, header_length = encode_request(sample, binary_inputs=binary, binary_outputs=binary)
-        files[encoding] = folder / f"{encoding}.body"
+    requests = [(JSON_, False, sample), (BINARY, True, sample)]
+    if text is not None:
+        texts = {"text": np.array([text.encode()], dtype=object)}
+        requests += [(TEXT_JSON, False, texts), (TEXT_BINARY, True, texts)]
+    for encoding, binary, inputs in requests:
+        body, header_length = encode_request(inputs, binary_inputs=binary, binary_outputs=binary)
+        files[encoding] = folder / f"{encoding.replace(' ', '-')}.body"
         files[encoding].write_bytes(body)
         lengths[encoding] = header_length
     npz = folder / "inputs.npz"
@@ -393,7 +450,32 @@ def make_bodies(model: ModelFiles, sample: dict[str, np.ndarray], folder: Path) 
     session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     expected = dict(zip(names, session.run(names, sample), strict=True))
-    return Bodies(files, lengths, sample, expected, npz)
+    return Bodies(files, lengths, sample, expected, npz, text=text)
+
+
+def text_for(model: ModelFiles, sample: dict[str, np.ndarray]) -> str | None:
+    """The sentence whose tokens are the sample's `input_ids`, when the package takes text.
+
+    Decoded with the package's own tokenizer and checked by encoding it again the way the
+    server does (padding included), so text-in and token-ids-in rows run the same tensors.
+    """
+    spec = read_verified(model.version_dir).processing
+    if spec is None or spec.text is None or spec.text.input_ids not in sample:
+        return None
+    from shipyard.processing.text import encode, load_tokenizer
+
+    data = (model.version_dir / spec.text.tokenizer).read_bytes()
+    tokenizer = load_tokenizer(data, spec=spec.text, where=str(model.version_dir))
+    ids = sample[spec.text.input_ids]
+    text = tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+    tensors, _ = encode(tokenizer, [text], spec=spec.text)
+    if tensors[spec.text.input_ids].tolist() != ids.tolist():
+        _say(
+            f"{model.name}: the text-in sentence tokenizes to {tensors[spec.text.input_ids].shape}"
+            f" tokens, not {ids.shape} as the token-id rows send (use --tokens as a multiple "
+            f"of pad_to_multiple={spec.text.pad_to_multiple}); text rows are not like for like"
+        )
+    return text
 
 
 def load_model(
@@ -629,6 +711,15 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
         if raw_batch_sizes(args, model) != [1]:
             lines += [f"- Raw ONNX Runtime's best batch size: {raw_batches(run.rows, model)}."]
             lines += ["- " + best_raw_line(run.rows, model)]
+        if any(r.model == model and r.encoding in TOKEN_OF_TEXT for r in run.rows):
+            lines += [
+                "- Text-in rows (`JSON text`, `binary text`) send the token-id rows' sentence as "
+                "the BYTES input `text`; Shipyard tokenizes it (same ids, same padded shape). "
+                "`SentenceTransformer.encode in-process`: N threads calling `encode` on B copies "
+                "of that sentence (torch threads = the intra-op threads), best of the raw batch "
+                "sizes.",
+                *("- " + line for line in text_lines(run.rows, model)),
+            ]
         lines += [""]
         lines += render_markdown(summary_table(run.rows, model, args.concurrency))
         for c in args.concurrency:
@@ -671,6 +762,74 @@ def best_raw_line(rows: Sequence[Row], model: str) -> str:
         f"Best raw cell at any concurrency: {_num(best.rps)} req/s ({c_raw} thread(s), batch "
         f"{best.batch_size}); Shipyard with batching against it: {', '.join(parts)}."
     )
+
+
+TEXT_COST_TARGET = 0.90
+"""Issue #14: text in costs at most 10 % of token-ids-in throughput."""
+ENCODE_TARGET = 0.80
+"""Issue #14: serving text in reaches 80 % of in-process encode's best cell."""
+
+
+def text_lines(rows: Sequence[Row], model: str) -> list[str]:
+    """Text in against token ids in (same server and config), and against in-process encode."""
+    lines = []
+    for row in rows:
+        token_encoding = TOKEN_OF_TEXT.get(row.encoding)
+        if row.model != model or row.server != SHIPYARD or token_encoding is None:
+            continue
+        tokens = next(
+            (
+                r
+                for r in rows
+                if r.model == model
+                and r.server == SHIPYARD
+                and r.encoding == token_encoding
+                and r.config == row.config
+            ),
+            None,
+        )
+        if tokens is None or not row.cells:
+            continue
+        ratios = [
+            f"{_ratio(cell.rps, tokens.cells[c].rps)} @{c}"
+            for c, cell in sorted(row.cells.items())
+            if c in tokens.cells
+        ]
+        worst = min(
+            (cell.rps / tokens.cells[c].rps for c, cell in row.cells.items() if c in tokens.cells
+             and tokens.cells[c].rps), default=math.nan,
+        )  # fmt: skip
+        met = "met" if worst >= TEXT_COST_TARGET else "not met"
+        lines.append(
+            f"Text in ÷ token ids in, {row.encoding.split()[0]} · {row.config}: "
+            f"{', '.join(ratios)} (target ≥ {TEXT_COST_TARGET:.2f}×: {met})."
+        )
+    encode = [
+        (c, cell)
+        for r in rows
+        if r.model == model and r.server == ENCODE
+        for c, cell in r.cells.items()
+        if not cell.errors
+    ]
+    served = [
+        (r, c, cell)
+        for r in rows
+        if r.model == model and r.server == SHIPYARD and r.encoding in TOKEN_OF_TEXT
+        for c, cell in r.cells.items()
+        if not cell.errors
+    ]
+    if encode and served:
+        c_enc, best = max(encode, key=lambda item: item[1].rps)
+        row, c, cell = max(served, key=lambda item: item[2].rps)
+        ratio = cell.rps / best.rps if best.rps else math.nan
+        met = "met" if ratio >= ENCODE_TARGET else "not met"
+        lines.append(
+            f"Best text-in cell ({row.label} @{c}: {_num(cell.rps)} req/s) ÷ in-process "
+            f"SentenceTransformer.encode's best cell ({c_enc} thread(s), batch "
+            f"{best.batch_size}: {_num(best.rps)} req/s) = {ratio:.2f}× "
+            f"(target ≥ {ENCODE_TARGET:.2f}×: {met})."
+        )
+    return lines
 
 
 def _threads(args: argparse.Namespace) -> str:
@@ -728,6 +887,7 @@ def _command(args: argparse.Namespace) -> str:
         for flag, on in (
             ("--skip-mlserver", args.skip_mlserver),
             ("--skip-triton", args.skip_triton),
+            ("--skip-text", args.skip_text),
         )
         if on
     ]
@@ -801,6 +961,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--skip-triton", action="store_true")
+    parser.add_argument(
+        "--skip-text",
+        action="store_true",
+        help="no text-in rows and no SentenceTransformer.encode row for text packages",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument(
         "--batch-delay-us",
@@ -916,6 +1081,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in args.concurrency:
             print(f"\n-- {model}, {c} connection(s) --")
             print(render_text(concurrency_table(run.rows, model, c)))
+        for line in text_lines(run.rows, model):
+            print(line)
         for line in notes(run.rows, model):
             print(line)
     print(

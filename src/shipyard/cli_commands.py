@@ -173,6 +173,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from shipyard.analysis.bless import describe_blessing
 
     out.print(f"blessing: {describe_blessing(m.blessing)}", soft_wrap=True)
+    out.print(f"reference profile: {_describe_profile(m)}", soft_wrap=True)
+    if isinstance(m.measured.get("decision"), str) and m.measured["decision"]:
+        out.print(f"compress --auto: {m.measured['decision']}", soft_wrap=True)
     if m.external_data:
         out.print(f"external data: {', '.join(m.external_data)} (loaded from the files)")
     if m.metadata:
@@ -202,6 +205,17 @@ def _describe_warmup(m: Manifest) -> str:
     rows = f"{m.warmup.rows} row(s)" if m.warmup.rows else "one call"
     origin = "synthesized at pack time" if m.warmup.synthesized else "given at pack time"
     return f"{m.warmup.file}, {rows}, {origin} (see it with --example)"
+
+
+def _describe_profile(m: Manifest) -> str:
+    if m.profile is None:
+        return (
+            "none; drift is off for this version (add one: shipyard profile VERSION_DIR --data ...)"
+        )
+    return (
+        f"{m.profile.file}, {m.profile.rows} rows, {m.profile.features} features "
+        "(the server measures drift against it with --drift)"
+    )
 
 
 def _describe_batching(m: Manifest) -> str:

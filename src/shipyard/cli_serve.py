@@ -287,7 +287,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.print(f"serving on [bold]{server.url}[/] — one V2 request per model:")
         failures = 0
         for r in results:
-            failures += _demo_request(server.url, r.manifest.name, r.request)
+            name = r.manifest.name
+            failures += _demo_request(server.url, name, r.request.read_bytes())
+            text = r.manifest.processing.text if r.manifest.processing is not None else None
+            if text is not None:
+                from shipyard.demo.text import text_request
+
+                body = json.dumps(text_request()).encode()
+                failures += _demo_request(server.url, name, body, what=f"{name} ({text.input})")
         out.print(
             f"metrics: curl {server.url}/metrics   repository: curl -X POST {server.url}/v2/repository/index"
         )
@@ -303,8 +310,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         server.stop()
 
 
-def _demo_request(url: str, name: str, request_file: Path) -> int:
-    body = request_file.read_bytes()
+def _demo_request(url: str, name: str, body: bytes, *, what: str | None = None) -> int:
+    what = what or name
     req = urllib.request.Request(f"{url}/v2/models/{name}/infer", data=body, method="POST")
     req.add_header("Content-Type", "application/json")
     started = time.perf_counter()
@@ -312,7 +319,7 @@ def _demo_request(url: str, name: str, request_file: Path) -> int:
         with urllib.request.urlopen(req, timeout=30) as resp:
             doc = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        out.print(f"  [red]{name}: HTTP {exc.code}[/] {exc.read().decode(errors='replace')}")
+        out.print(f"  [red]{what}: HTTP {exc.code}[/] {exc.read().decode(errors='replace')}")
         return 1
     ms = (time.perf_counter() - started) * 1000
     parts = []
@@ -321,5 +328,5 @@ def _demo_request(url: str, name: str, request_file: Path) -> int:
         preview = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data[:4])
         more = " …" if len(data) > 4 else ""
         parts.append(f"{output['name']}{output['shape']} = [{preview}{more}]")
-    out.print(f"  [green]{name}[/] v{doc.get('model_version')} in {ms:.1f} ms: " + "; ".join(parts))
+    out.print(f"  [green]{what}[/] v{doc.get('model_version')} in {ms:.1f} ms: " + "; ".join(parts))
     return 0

@@ -173,3 +173,49 @@ def test_no_budget_says_what_it_did(mlp_repo: Path, capsys: pytest.CaptureFixtur
     assert "budget: none (--no-budget): published without" in captured.err
     with pytest.raises(UsageError, match="--no-budget cannot be combined"):
         main("compress", str(mlp_repo / "mlp"), "--prune", "0.9", "--no-budget", "--max-drop", "0")
+
+
+def test_table_says_how_many_labelled_rows_accuracy_used(
+    mlp_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        "compress",
+        str(mlp_repo / "mlp"),
+        "--optimize",
+        "basic",
+        "--eval",
+        str(tmp_path / "eval.npz"),
+        "--batch-size",
+        "8",
+        "--runs",
+        "5",
+    )
+    assert code == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "accuracy" in ln)
+    assert "drop +0.0000 on 64 rows" in row
+
+
+def test_auto_decision_is_recorded_in_the_manifest_and_inspect_shows_it(
+    mlp_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shipyard.cli import main as shipyard_main
+    from shipyard.package.store import read_verified
+
+    code = main("compress", str(mlp_repo / "mlp"), "--auto", "--batch-size", "8", "--runs", "5")
+    assert code == 0
+    printed = capsys.readouterr().out
+    measured = read_verified(mlp_repo / "mlp" / "2").measured
+    decision = measured["decision"]
+    assert decision.startswith("kept ") and len(measured["candidates"]) >= 2
+    assert decision.split(":")[0] in " ".join(printed.split())
+    assert shipyard_main(["inspect", str(mlp_repo / "mlp" / "2")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"compress --auto: {' '.join(decision.split())}" in shown
+
+
+def test_a_single_method_records_no_decision(mlp_repo: Path) -> None:
+    from shipyard.package.store import read_verified
+
+    assert main("compress", str(mlp_repo / "mlp"), "--optimize", "basic", "--runs", "5") == 0
+    measured = read_verified(mlp_repo / "mlp" / "2").measured
+    assert "decision" not in measured and "candidates" not in measured

@@ -299,6 +299,29 @@ def test_minilm_manifest_records_tokenizer_assets_and_hashes(demo: dict[str, Dem
 
 
 @pytest.mark.slow
+def test_minilm_takes_text_as_well_as_token_ids(demo: dict[str, DemoResult]) -> None:
+    pytest.importorskip("tokenizers", reason="text processing needs the tokenizers library")
+    from shipyard.demo.text import cosine, text_request
+
+    result = demo["minilm"]
+    assert result.manifest.processing is not None
+    text = result.manifest.processing.text
+    assert text is not None and text.tokenizer == "assets/tokenizer.json"
+    assert text.pooling is None and not text.normalize  # the graph pools and normalises
+    assert text.max_length == 256 and text.embedding_output == "sentence_embedding"
+    model = shipyard.load(result.path.parent)
+    assert model.processor is not None
+    (sent,) = text_request()["inputs"]
+    texts = np.array(sent["data"], dtype=object)
+    via_text = model.infer(model.processor.preprocess({sent["name"]: texts}).inputs)
+    via_ids = model.infer(decode_request(result.request))  # the same two sentences as token ids
+    got, want = via_text["sentence_embedding"], via_ids["sentence_embedding"]
+    assert got.shape == want.shape == (2, 384)
+    assert float(cosine(got, want).min()) >= 0.9999
+    model.close()
+
+
+@pytest.mark.slow
 def test_second_build_reuses_the_cache(demo: dict[str, DemoResult], tmp_path: Path) -> None:
     start = time.perf_counter()
     again = build_demo_repository(tmp_path / "models", only=list(demo))

@@ -23,7 +23,7 @@ LONG = " ".join(["shipyard packs models and serves them over many protocols"] * 
 
 @pytest.fixture(scope="module")
 def server(minilm_repo: Path) -> Iterator[RunningServer]:
-    settings = load_settings(repository=minilm_repo, poll_interval_s=0, port=0, grpc_port=None)
+    settings = load_settings(repository=minilm_repo, poll_interval_s=0, port=0, grpc_port=0)
     with start_in_thread(settings=settings) as running:
         yield running
     assert not running.running
@@ -71,6 +71,33 @@ def test_v2_binary_with_tritonclient(server: RunningServer, expected: np.ndarray
         client.close()
     assert got is not None
     assert cosine(got, expected[: len(SENTENCES)]).min() >= MIN_COSINE
+
+
+def test_v2_grpc_text_equals_http(server: RunningServer, expected: np.ndarray) -> None:
+    import tritonclient.grpc as triton_grpc
+
+    texts = [*SENTENCES, LONG]
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    reply = httpx.post(url(server, "/v2/models/minilm/infer"), json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    (out,) = reply.json()["outputs"]
+    over_http = np.reshape(out["data"], out["shape"])
+
+    assert server.grpc_port
+    client = triton_grpc.InferenceServerClient(f"{server.host}:{server.grpc_port}")
+    try:
+        item = triton_grpc.InferInput("text", [len(texts)], "BYTES")
+        item.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+        result = client.infer(
+            "minilm", [item], outputs=[triton_grpc.InferRequestedOutput("sentence_embedding")]
+        )
+        over_grpc = result.as_numpy("sentence_embedding")
+    finally:
+        client.close()
+    assert over_grpc is not None and over_grpc.shape == (len(texts), 384)
+    # The same tokens and the same graph: equal up to JSON's float printing.
+    np.testing.assert_allclose(over_grpc, over_http, rtol=1e-5, atol=1e-6)
+    assert cosine(over_grpc, expected).min() >= MIN_COSINE
 
 
 def test_tf_serving_instances_and_raw_tokens(server: RunningServer, expected: np.ndarray) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sklearn import metrics as skm
 
 from shipyard.analysis import metrics as m
-from shipyard.analysis.compare import Comparison, compare
+from shipyard.analysis.compare import Comparison, compare, in_threads
 from shipyard.analysis.data import DataSource, EvalData, read_eval_data
 from shipyard.analysis.errors import AnalysisConfigError, AnalysisDataError
 from shipyard.analysis.evaluate import (
@@ -24,7 +24,7 @@ from shipyard.analysis.evaluate import (
     read_predictions,
     run_batches,
 )
-from shipyard.analysis.slices import slice_rows
+from shipyard.analysis.slices import Slice, slice_rows
 from shipyard.analysis.validate import OVERALL, EvalConfig, ValidationResult, validate
 from shipyard.errors import ShipyardError
 from shipyard.package.manifest import MODEL_FILE, read_manifest
@@ -167,18 +167,9 @@ def analyze(
         bins=settings.bins,
     )
     labels = evaluated.labels
-    overall = m.metrics_for(cand, labels, base)
+    overall, base_overall, per_slice = _score(cand, base, labels, slicing.slices)
     slice_results = [
-        SliceResult(
-            key=s.key,
-            spec=s.spec,
-            rows=s.size,
-            metrics=m.metrics_for(
-                cand.take(s.rows),
-                None if labels is None else labels[s.rows],
-                None if base is None else base.take(s.rows),
-            ),
-        )
+        SliceResult(key=s.key, spec=s.spec, rows=s.size, metrics=per_slice[s.key][0])
         for s in slicing.slices
     ]
     comparison = None
@@ -191,6 +182,7 @@ def analyze(
             baseline_version=baseline,
             config=config.bootstrap,
             extra_metrics=[t.metric for t in config.thresholds],
+            scored={OVERALL: (overall, base_overall), **per_slice},
         )
         overall = _with_flips(overall, comparison.overall.flip_rate)
         slice_results = [
@@ -212,7 +204,7 @@ def analyze(
         slices=slice_results,
         skipped=slicing.skipped,
         baseline_version=baseline,
-        baseline_overall={} if base is None else m.metrics_for(base, labels, base),
+        baseline_overall=base_overall,
         comparison=comparison,
         details=_details(cand, labels),
     )
@@ -274,6 +266,29 @@ def version_table(version_dir: Path, result: AnalysisResult | None = None) -> li
             )
         )
     return rows
+
+
+def _score(
+    cand: Predictions,
+    base: Predictions | None,
+    labels: np.ndarray | None,
+    slices: Sequence[Slice],
+) -> tuple[
+    dict[str, float], dict[str, float], dict[str, tuple[dict[str, float], dict[str, float]]]
+]:
+    """(candidate overall, baseline overall, per slice key (candidate, baseline)), each
+    computed once and shared by the result and the comparison; slices on a thread pool."""
+
+    def both(rows: np.ndarray | None) -> tuple[dict[str, float], dict[str, float]]:
+        c = cand if rows is None else cand.take(rows)
+        b = None if base is None else (base if rows is None else base.take(rows))
+        y = labels if labels is None or rows is None else labels[rows]
+        return m.metrics_for(c, y, b), {} if b is None else m.metrics_for(b, y, b)
+
+    work: list[np.ndarray | None] = [None, *(s.rows for s in slices)]
+    done = in_threads(both, work)
+    (overall, base_overall), rest = done[0], done[1:]
+    return overall, base_overall, {s.key: r for s, r in zip(slices, rest, strict=True)}
 
 
 def _predict(model: Any, data: EvalData, task: Task, batch_size: int) -> Predictions:

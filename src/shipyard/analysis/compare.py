@@ -4,21 +4,27 @@ confidence intervals, and the flip rate of predicted labels.
 The bootstrap draws one [resamples, rows] index matrix per slice from a numpy Generator
 seeded by (seed, slice key), so a rerun gives the same intervals to the last digit and a
 slice's interval does not depend on which other slices were asked for. Both models are
-scored on the same resampled rows (a paired bootstrap). Metrics that are means over rows
-(accuracy, MAE, RMSE, flip rate) are computed for all resamples at once from the index
-matrix (shipyard.analysis.resample, checked against scikit-learn); the others are computed
-per resample by scikit-learn.
+scored on the same resampled rows (a paired bootstrap). Classification's accuracy, macro
+precision/recall/F1, ROC-AUC and flip rate come from each resample's row multiplicities
+(shipyard.analysis.bootstrap); MAE and RMSE from the index matrix (shipyard.analysis.resample),
+both checked against scikit-learn resample by resample; the others are computed per resample
+by scikit-learn. Slices are bootstrapped on a small thread pool (numpy releases the GIL).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from shipyard.analysis.bootstrap import FLIP, weighted_samples
 from shipyard.analysis.evaluate import Predictions, Task
 from shipyard.analysis.metrics import metrics_for, single_metric
 from shipyard.analysis.resample import per_resample
@@ -28,6 +34,23 @@ PRIMARY: dict[Task, tuple[str, ...]] = {
     "regression": ("mae", "rmse", "r2"),
     "embedding": (),
 }
+THREADS = min(4, os.cpu_count() or 1)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def in_threads(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """`[fn(i) for i in items]` on up to THREADS threads (in order).
+
+    Warnings are ignored while the threads run: the metrics silence scikit-learn's with
+    `warnings.catch_warnings`, which swaps process-wide state and is not thread-safe, so
+    without a process-wide "ignore" one thread's exit would unsilence another's."""
+    if THREADS <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ThreadPoolExecutor(max_workers=min(THREADS, len(items))) as pool:
+            return list(pool.map(fn, items))
 
 
 class BootstrapConfig(BaseModel):
@@ -84,21 +107,29 @@ def compare(
     baseline_version: int,
     config: BootstrapConfig,
     extra_metrics: Sequence[str] = (),
+    scored: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]] | None = None,
 ) -> Comparison:
-    """Deltas overall and for each `(key, rows)` slice; see the module docstring."""
+    """Deltas overall and for each `(key, rows)` slice; see the module docstring.
+
+    `scored`: (candidate, baseline) metrics per slice key ("overall" for all rows) already
+    computed by the caller with `metrics_for`, so they are not computed twice.
+    """
     wanted = tuple(dict.fromkeys((*(config.metrics or PRIMARY[candidate.task]), *extra_metrics)))
-    rows_all = np.arange(_rows(candidate))
+    work = [("overall", np.arange(_rows(candidate))), *slices]
+    known = scored or {}
 
-    def one(key: str, rows: np.ndarray) -> SliceComparison:
-        return _compare_rows(candidate, baseline, labels, key, rows, wanted, config)
+    def one(item: tuple[str, np.ndarray]) -> SliceComparison:
+        key, rows = item
+        return _compare_rows(candidate, baseline, labels, key, rows, wanted, config, known.get(key))
 
+    done = in_threads(one, work)
     return Comparison(
         baseline_version=baseline_version,
         resamples=config.resamples,
         seed=config.seed,
         confidence=config.confidence,
-        overall=one("overall", rows_all),
-        slices=[one(key, rows) for key, rows in slices],
+        overall=done[0],
+        slices=done[1:],
     )
 
 
@@ -118,18 +149,31 @@ def _compare_rows(
     rows: np.ndarray,
     wanted: Sequence[str],
     config: BootstrapConfig,
+    scored: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> SliceComparison:
     y = None if labels is None else labels[rows]
-    c_metrics = metrics_for(cand.take(rows), y, base.take(rows))
-    b_metrics = metrics_for(base.take(rows), y, base.take(rows))
-    index = bootstrap_indices(rows, key, config)
+    if scored is None:
+        scored = (
+            metrics_for(cand.take(rows), y, base.take(rows)),
+            metrics_for(base.take(rows), y, base.take(rows)),
+        )
+    c_metrics, b_metrics = scored
+    names = [n for n in c_metrics if n in b_metrics and n in wanted]
+    fast = weighted_samples(
+        cand, base, labels, rows, key, names, seed=config.seed, resamples=config.resamples
+    )
+    index: np.ndarray | None = None
     deltas: dict[str, MetricDelta] = {}
     for name in c_metrics:
         if name not in b_metrics:
             continue
         low = high = None
         if name in wanted:
-            samples = _delta_samples(name, cand, base, labels, index)
+            samples = fast.get(name)
+            if samples is None:
+                if index is None:
+                    index = bootstrap_indices(rows, key, config)
+                samples = _delta_samples(name, cand, base, labels, index)
             low, high = _interval(samples, config.confidence)
         deltas[name] = MetricDelta(
             candidate=c_metrics[name],
@@ -141,7 +185,11 @@ def _compare_rows(
     flip = None
     if cand.task == "classification" and cand.predicted is not None and base.predicted is not None:
         flipped = (cand.predicted != base.predicted).astype(np.float64)
-        low, high = _interval(flipped[index].mean(axis=1), config.confidence)
+        flips = fast.get(FLIP)
+        if flips is None:
+            index = bootstrap_indices(rows, key, config) if index is None else index
+            flips = flipped[index].mean(axis=1)
+        low, high = _interval(flips, config.confidence)
         rate = float(flipped[rows].mean())
         flip = MetricDelta(candidate=rate, baseline=0.0, delta=rate, low=low, high=high)
     return SliceComparison(key=key, rows=len(rows), deltas=deltas, flip_rate=flip)

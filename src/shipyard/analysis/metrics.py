@@ -91,12 +91,12 @@ def classification_metrics(
         result[f"precision[{cls}]"] = float(precision[index])
         result[f"recall[{cls}]"] = float(recall[index])
         result[f"f1[{cls}]"] = float(f1[index])
-    for name, fn in (
-        ("precision_macro", skm.precision_score),
-        ("recall_macro", skm.recall_score),
-        ("f1_macro", skm.f1_score),
-    ):
-        result[name] = float(fn(labels, predicted, labels=known, average="macro", zero_division=0))
+    # What precision_score/recall_score/f1_score(average="macro") each compute, in one pass.
+    macro = skm.precision_recall_fscore_support(
+        labels, predicted, labels=known, average="macro", zero_division=0
+    )
+    for name, value in zip(("precision_macro", "recall_macro", "f1_macro"), macro, strict=False):
+        result[name] = float(value)
     if scores is not None:
         result.update(score_metrics(labels, scores, known))
     return result

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shipyard.analysis.evaluate import Predictions
 
@@ -59,10 +60,19 @@ def _weights(index: np.ndarray, rows: int) -> np.ndarray:
     return np.bincount(offsets, minlength=len(index) * rows).reshape(len(index), rows)
 
 
-def _codes(values: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
-    """Class index of each value; values outside `classes` get len(classes) (ignored)."""
+def class_codes(values: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
+    """Class index of each value; values outside `classes` get len(classes) (ignored).
+    Looked up once per distinct value (pandas' hash factorisation), not once per row."""
     lookup = {c: i for i, c in enumerate(classes)}
-    return np.array([lookup.get(v, len(classes)) for v in values.tolist()], dtype=np.int64)
+    try:
+        codes, uniques = pd.factorize(np.asarray(values), use_na_sentinel=False)
+    except TypeError:
+        return np.array([lookup.get(v, len(classes)) for v in values.tolist()], dtype=np.int64)
+    mapped = np.array(
+        [lookup.get(v, len(classes)) for v in np.asarray(uniques).tolist()], dtype=np.int64
+    )
+    result: np.ndarray = mapped[codes]
+    return result
 
 
 def _macro(
@@ -70,23 +80,29 @@ def _macro(
 ) -> np.ndarray:
     k = len(classes)
     size = k + 1  # one extra code for values outside `classes`
-    pair = _codes(labels, classes) * size + _codes(predicted, classes)
+    pair = class_codes(labels, classes) * size + class_codes(predicted, classes)
 
     def block(i: np.ndarray) -> np.ndarray:
         counts = _weights(np.asarray(pair)[i], size * size).reshape(len(i), size, size)
-        tp = counts[:, np.arange(k), np.arange(k)].astype(np.float64)
-        pred_sum = counts[:, :, :k].sum(axis=1).astype(np.float64)
-        true_sum = counts[:, :k, :].sum(axis=2).astype(np.float64)
-        if name == "precision_macro":
-            value = _ratio(tp, pred_sum)
-        elif name == "recall_macro":
-            value = _ratio(tp, true_sum)
-        else:
-            value = _ratio(2 * tp, pred_sum + true_sum)
-        result: np.ndarray = value.mean(axis=1)
-        return result
+        return macro_from_counts(name, counts, k)
 
     return _blocks(index, block)
+
+
+def macro_from_counts(name: str, counts: np.ndarray, k: int) -> np.ndarray:
+    """Macro precision/recall/F1 per resample from [resamples, k+1, k+1] confusion counts
+    (label code × predicted code; code k = outside the classes), zero_division=0."""
+    tp = counts[:, np.arange(k), np.arange(k)].astype(np.float64)
+    pred_sum = counts[:, :, :k].sum(axis=1).astype(np.float64)
+    true_sum = counts[:, :k, :].sum(axis=2).astype(np.float64)
+    if name == "precision_macro":
+        value = _ratio(tp, pred_sum)
+    elif name == "recall_macro":
+        value = _ratio(tp, true_sum)
+    else:
+        value = _ratio(2 * tp, pred_sum + true_sum)
+    result: np.ndarray = value.mean(axis=1)
+    return result
 
 
 def _roc_auc(

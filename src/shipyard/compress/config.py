@@ -226,7 +226,8 @@ class MeasureConfig(_Config):
     """Keep timing (past the run counts) until each phase took this long: tiny models need
     thousands of runs for a stable median."""
     max_rows: int = Field(default=512, ge=1)
-    """Rows of the eval/sample data used for fidelity and accuracy."""
+    """Rows of the eval/sample data used for fidelity (the first `max_rows`); accuracy uses
+    every labelled row (`ModelFigures.accuracy_rows` says how many)."""
     intra_op_threads: int = Field(default=0, ge=0)
     graph_optimization: GraphOptimization = "all"
     """ONNX Runtime's session optimization level while measuring; "all" is what serving uses.

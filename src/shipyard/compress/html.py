@@ -80,10 +80,19 @@ def rows(report: ComparisonReport) -> list[tuple[str, str, str, str]]:
             "—" if f.top1_agreement is None else f"{f.top1_agreement:.4f}",
             "",
         ),
-        ("accuracy", acc(b), acc(c), "" if drop is None else f"drop {drop:+.4f}"),
+        ("accuracy", acc(b), acc(c), _accuracy_note(drop, c.accuracy_rows)),
     ]
     flagged = worse_rows(report)
     return [(m, x, y, f"{WORSE_MARK} {r}".strip() if m in flagged else r) for m, x, y, r in table]
+
+
+def _accuracy_note(drop: float | None, labelled: int | None) -> str:
+    """`drop +0.0012 on 569 rows`: how much, and on how many labelled rows."""
+    if labelled is None:
+        return "" if drop is None else f"drop {drop:+.4f}"
+    return (
+        f"{labelled:,} labelled rows" if drop is None else f"drop {drop:+.4f} on {labelled:,} rows"
+    )
 
 
 def worse_rows(report: ComparisonReport) -> set[str]:

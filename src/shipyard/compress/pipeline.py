@@ -160,9 +160,14 @@ def compress(
             pick, decision = choose([t.report for t in within], [t.candidate.name for t in within])
             searched = len(candidates) > 1
             result = _accept(
-                within[pick], parent, source_dir, target_repo, budget, outcomes, searched
+                within[pick],
+                parent,
+                source_dir,
+                target_repo,
+                budget,
+                outcomes,
+                decision=decision if searched else "",
             )
-            result.decision = decision if searched else ""
         else:
             worst_first = sorted(trials, key=lambda t: t.report.fidelity.mean_cosine)
             result = _reject(worst_first[-1], parent, target_repo, budget, outcomes)
@@ -222,11 +227,15 @@ def _accept(
     repo: Path,
     budget: Budget,
     outcomes: list[CandidateOutcome],
-    searched: bool,
+    *,
+    decision: str,
 ) -> CompressResult:
+    """Write the kept candidate; after a search (`decision` says why this one) the manifest's
+    measured figures record every candidate tried and the decision."""
     measured = measured_figures(parent, trial.report, budget)
-    if searched:
+    if decision:
         measured["candidates"] = [o.model_dump(mode="json") for o in outcomes]
+        measured["decision"] = decision
     path, sealed = write_child(
         trial.model, parent, source_dir, repo, records=trial.records(), measured=measured
     )
@@ -238,6 +247,7 @@ def _accept(
         manifest=sealed,
         steps=trial.steps,
         candidates=outcomes,
+        decision=decision,
     )
 
 

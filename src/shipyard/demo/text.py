@@ -1,4 +1,8 @@
-"""Demo text model: all-MiniLM-L6-v2 sentence embeddings, packed as `minilm` with its tokenizer."""
+"""Demo text model: all-MiniLM-L6-v2 sentence embeddings, packed as `minilm` with its tokenizer.
+
+The graph pools and normalises itself; the package also declares text processing (the
+tokenizer only), so the server takes texts (BYTES `text`) as well as token ids.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import numpy as np
 
 from shipyard.api import PackResult, pack
 from shipyard.errors import ConversionError, UsageError
+from shipyard.processing.build import text_plan
+from shipyard.processing.spec import TEXT_INPUT
 
 if TYPE_CHECKING:
     import torch
@@ -182,5 +188,16 @@ def build_minilm(repo: Path, data_dir: Path) -> tuple[PackResult, dict[str, np.n
             },
         },
         extra_files={f"assets/{name}": folder / name for name in TOKENIZER_FILES},
+        # Tokenizer only: the wrapper already pools and normalises inside the graph.
+        processing=text_plan(tokenizer_json, max_length=MAX_LENGTH, embedding_output=OUTPUT),
     )
     return result, tokenize(CHECK_SENTENCES[:2], tokenizer_json)
+
+
+def text_request(texts: Sequence[str] = CHECK_SENTENCES[:2]) -> dict[str, Any]:
+    """A V2 JSON request body sending `texts` as the BYTES input `text` (tokenized by the server)."""
+    return {
+        "inputs": [
+            {"name": TEXT_INPUT, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}
+        ]
+    }
