@@ -111,43 +111,37 @@ def load_model(
         signed = verify_version(version_dir, public_key).digests
     manifest = read_verified(version_dir)
     model_path = version_dir / MODEL_FILE
+    external: dict[str, bytes] = {}
+    payload: bytes | Path
     if manifest.external_data and manifest.encryption is None:
         # Weights past 2 GB stay in their files: ONNX Runtime reads them from the paths whose
         # hashes were verified just now; only the graph is read here.
+        payload = model_path
         try:
             proto = onnx.load(str(model_path), load_external_data=False)
         except Exception as exc:
             raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
-        _check_graph(model_path, manifest, proto)
-        runtime = OnnxRuntime(
-            model_path,
-            inputs=manifest.inputs,
-            outputs=manifest.outputs,
-            options=options,
-            source=str(model_path),
-        )
-        return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto))
-    external: dict[str, bytes] = {}
-    if manifest.encryption is not None:
-        model_path = version_dir / manifest.encryption.file
-        data, external = _decrypt(version_dir, manifest, kek)
     else:
-        data = model_path.read_bytes()
-        # Re-hash the exact bytes handed to the runtime, so a swap after verification is caught.
-        digest = sha256_bytes(data)
-        if digest != manifest.files[MODEL_FILE].sha256:
-            raise IntegrityError(str(model_path), "changed while loading (sha256 mismatch)")
-        if signed is not None and signed.get(MODEL_FILE) != digest:
-            raise IntegrityError(
-                str(model_path), "differs from the signed file (changed while loading)"
-            )
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as exc:
-        raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
+        if manifest.encryption is not None:
+            model_path = version_dir / manifest.encryption.file
+            payload, external = _decrypt(version_dir, manifest, kek)
+        else:
+            payload = model_path.read_bytes()
+            # Re-hash the exact bytes handed to the runtime: a swap after verification is caught.
+            digest = sha256_bytes(payload)
+            if digest != manifest.files[MODEL_FILE].sha256:
+                raise IntegrityError(str(model_path), "changed while loading (sha256 mismatch)")
+            if signed is not None and signed.get(MODEL_FILE) != digest:
+                raise IntegrityError(
+                    str(model_path), "differs from the signed file (changed while loading)"
+                )
+        try:
+            proto = onnx.load_from_string(payload)
+        except Exception as exc:
+            raise IntegrityError(str(model_path), f"not a readable ONNX model ({exc})") from exc
     _check_graph(model_path, manifest, proto)
     runtime = OnnxRuntime(
-        data,
+        payload,
         inputs=manifest.inputs,
         outputs=manifest.outputs,
         options=options,

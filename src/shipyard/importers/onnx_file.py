@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,13 +28,6 @@ from shipyard.runtime.synthesis import candidates, describe_inputs, first_that_r
 _RESERVED = frozenset({"manifest.json", "model.onnx", "model.sig", "model.onnx.enc"})
 
 
-def load_onnx_file(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:
-        raise UnsupportedModelError(f"{path}: not a readable ONNX model ({exc})") from exc
-
-
 def convert(
     model: onnx.ModelProto | Path,
     *,
@@ -45,26 +40,52 @@ def convert(
     """
     source = str(model) if isinstance(model, Path) else "<ModelProto>"
     if isinstance(model, Path):
-        header = _load_header(model)
-        external = external_data_files(header, model.parent, source=source)
+        # the graph without external tensor data: for most files that is the whole model
+        proto = _load_header(model)
+        external = external_data_files(proto, model.parent, source=source)
         if external:
-            return _convert_external(model, header, external, sample=sample)
-    proto = load_onnx_file(model) if isinstance(model, Path) else model
+            return _convert_external(model, proto, external, sample=sample)
+    else:
+        proto = model
     proto, classes = unzip_maps(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ConversionError(f"{source}: onnx.checker rejects the model ({exc})") from exc
+    proto, feed = _infer_and_trial(proto, None, sample, source=source)
+    return _converted(proto, feed, sample=sample, metadata=classes)
+
+
+def _infer_and_trial(
+    proto: onnx.ModelProto,
+    path: Path | None,
+    sample: dict[str, np.ndarray] | np.ndarray | None,
+    *,
+    source: str,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Shape inference on the graph, then a trial run (from `path` when its tensors live in
+    files beside it, else from the graph's bytes); the inferred graph and the feed that ran."""
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
     except Exception as exc:
         raise ConversionError(f"{source}: ONNX shape inference fails ({exc})") from exc
-    inputs, _outputs = graph_signature(proto)
-    runtime = OnnxRuntime(proto.SerializeToString(), inputs=inputs, outputs=_outputs, source=source)
+    inputs, outputs = graph_signature(proto)
+    payload = path if path is not None else proto.SerializeToString()
+    runtime = OnnxRuntime(payload, inputs=inputs, outputs=outputs, source=source)
     try:
-        feed = _trial(runtime, proto, inputs, sample, source=source)
+        return proto, _trial(runtime, proto, inputs, sample, source=source)
     finally:
         runtime.close()
+
+
+def _converted(
+    proto: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    *,
+    sample: dict[str, np.ndarray] | np.ndarray | None,
+    metadata: Mapping[str, object],
+    **extra: Any,
+) -> Converted:
     # The framework is whatever produced the file (pytorch, skl2onnx …); nothing converted it.
     return Converted(
         model=proto,
@@ -75,7 +96,8 @@ def convert(
         sample=feed,
         expected={},
         sample_synthesized=sample is None,
-        metadata={"onnxruntime_version": onnxruntime.__version__, **classes},
+        metadata={"onnxruntime_version": onnxruntime.__version__, **metadata},
+        **extra,
     )
 
 
@@ -165,27 +187,13 @@ def _convert_external(
         onnx.checker.check_model(source, full_check=True)
     except Exception as exc:
         raise ConversionError(f"{source}: onnx.checker rejects the model ({exc})") from exc
-    try:
-        proto = onnx.shape_inference.infer_shapes(header, check_type=True)
-    except Exception as exc:
-        raise ConversionError(f"{source}: ONNX shape inference fails ({exc})") from exc
-    inputs, outputs = graph_signature(proto)
-    runtime = OnnxRuntime(path, inputs=inputs, outputs=outputs, source=source)
-    try:
-        feed = _trial(runtime, proto, inputs, sample, source=source)
-    finally:
-        runtime.close()
-    return Converted(
-        model=proto,
-        framework=proto.producer_name or "onnx",
-        framework_version=proto.producer_version or "unknown",
-        converter="onnx-file",
-        converter_version=onnx.__version__,
-        sample=feed,
-        expected={},
-        metadata={"onnxruntime_version": onnxruntime.__version__},
+    proto, feed = _infer_and_trial(header, path, sample, source=source)
+    return _converted(
+        proto,
+        feed,
+        sample=sample,
+        metadata={},
         extra_files={rel: path.parent / rel for rel in external},
-        sample_synthesized=sample is None,
         model_path=path,
         external_data=external,
     )

@@ -11,6 +11,7 @@ import pandas as pd
 
 from shipyard.errors import UsageError
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.runtime.synthesis import synthesize_feed
 
 SampleLike: TypeAlias = np.ndarray | pd.DataFrame | Mapping[str, np.ndarray] | str | Path | None
 Sample: TypeAlias = dict[str, np.ndarray] | np.ndarray | pd.DataFrame | None
@@ -62,19 +63,6 @@ def load_arrays(
 def synthesize(
     specs: Sequence[TensorSpec], *, batch: int = 4, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Deterministic random inputs for a signature (dynamic dims become `batch` / 8)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = tuple((batch if i == 0 else 8) if d == -1 else d for i, d in enumerate(spec.shape))
-        if spec.dtype == "str":
-            out[spec.name] = np.array(
-                [f"s{i}" for i in range(int(np.prod(shape)))], dtype=object
-            ).reshape(shape)
-        elif spec.dtype == "bool":
-            out[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        elif spec.dtype.startswith(("int", "uint")):
-            out[spec.name] = rng.integers(0, 8, size=shape).astype(spec.dtype)
-        else:
-            out[spec.name] = rng.standard_normal(size=shape).astype(spec.dtype)
-    return out
+    """Deterministic inputs for a signature alone (dynamic dims become `batch` / 8); with the
+    graph at hand, `shipyard.runtime.synthesis.candidates` knows more (vocabulary sizes …)."""
+    return synthesize_feed(specs, {}, batch=batch, other=8, seed=seed)
