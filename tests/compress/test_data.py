@@ -31,16 +31,37 @@ def test_named_inputs_and_labels(tmp_path: Path) -> None:
 
 
 def test_single_unnamed_array_for_one_input_model() -> None:
-    data = load_dataset(np.zeros((4, 1, 8, 8), np.float64), IMAGE, what="eval")
+    data = load_dataset(np.zeros((4, 1, 8, 8), np.float32), IMAGE, what="eval")
     assert data.inputs["x"].dtype == np.float32 and data.labels is None
     assert data.tiled(10)["x"].shape == (10, 1, 8, 8)
+
+
+def test_dtypes_follow_the_runtime_rule(tmp_path: Path) -> None:
+    """Cast where the served model would (no value changes), refuse where it would refuse."""
+    small = load_dataset(np.arange(256, dtype=np.uint8).reshape(4, 1, 8, 8), IMAGE, what="eval")
+    assert small.inputs["x"].dtype == np.float32 and small.inputs["x"].max() == 255
+    np.save(tmp_path / "e.npy", np.zeros((4, 1, 8, 8), np.float64))
+    with pytest.raises(CompressionConfigError) as info:
+        load_dataset(tmp_path / "e.npy", IMAGE, what="eval")
+    assert str(info.value).startswith(
+        f"{tmp_path / 'e.npy'}: array 'x' has dtype float64, the model expects float32; "
+        "converting would change values, so cast it yourself"
+    )
+    with pytest.raises(CompressionConfigError, match="has dtype int64, the model expects int8"):
+        load_dataset(
+            {"x": np.array([[300]])},
+            [TensorSpec(name="x", dtype="int8", shape=(-1, 1))],
+            what="eval",
+        )
 
 
 def test_mismatches_are_explained() -> None:
     with pytest.raises(CompressionConfigError, match="lacks input"):
         load_dataset({"input_ids": np.ones((2, 3))}, TEXT, what="eval")
     with pytest.raises(CompressionConfigError, match="labels for"):
-        load_dataset({"x": np.zeros((4, 1, 8, 8)), "y": np.zeros(3)}, IMAGE, what="eval")
+        load_dataset(
+            {"x": np.zeros((4, 1, 8, 8), np.float32), "y": np.zeros(3)}, IMAGE, what="eval"
+        )
     with pytest.raises(CompressionConfigError, match="dtype"):
         load_dataset({"x": np.array([["a"]])}, IMAGE, what="eval")
 

@@ -18,7 +18,7 @@ import shipyard
 from shipyard.demo import DEMO_NAMES, DemoResult, build_demo_repository
 from shipyard.demo.build import default_cache, v2_request
 from shipyard.errors import UsageError
-from shipyard.package.tensorspec import V2_TO_NUMPY
+from shipyard.package.dtypes import BY_V2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,7 +33,7 @@ HAS_TEXT = HAS_TORCH and all(
 def decode_request(path: Path) -> dict[str, np.ndarray]:
     body = json.loads(path.read_text(encoding="utf-8"))
     return {
-        item["name"]: np.asarray(item["data"], dtype=V2_TO_NUMPY[item["datatype"]]).reshape(
+        item["name"]: np.asarray(item["data"], dtype=BY_V2[item["datatype"]].numpy).reshape(
             item["shape"]
         )
         for item in body["inputs"]

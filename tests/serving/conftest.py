@@ -15,25 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import shipyard
+from shipyard.package.dtypes import BY_V2, DTYPES
 from shipyard.serving.app import build_app
 from shipyard.serving.settings import ServerSettings, load_settings
-
-# V2 datatype -> ONNX element type, for the identity model that echoes every datatype.
-ONNX_TYPES = {
-    "BOOL": TensorProto.BOOL,
-    "UINT8": TensorProto.UINT8,
-    "UINT16": TensorProto.UINT16,
-    "UINT32": TensorProto.UINT32,
-    "UINT64": TensorProto.UINT64,
-    "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16,
-    "INT32": TensorProto.INT32,
-    "INT64": TensorProto.INT64,
-    "FP16": TensorProto.FLOAT16,
-    "FP32": TensorProto.FLOAT,
-    "FP64": TensorProto.DOUBLE,
-    "BYTES": TensorProto.STRING,
-}
 
 
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -57,10 +41,10 @@ def scale_graph(factor: float = 2.0) -> onnx.ModelProto:
 def identity_graph() -> onnx.ModelProto:
     """One input `in_<DT>` of shape [?, 2] per V2 datatype, echoed to `out_<DT>`."""
     inputs, outputs, nodes = [], [], []
-    for datatype, elem in ONNX_TYPES.items():
-        inputs.append(helper.make_tensor_value_info(f"in_{datatype}", elem, [None, 2]))
-        outputs.append(helper.make_tensor_value_info(f"out_{datatype}", elem, [None, 2]))
-        nodes.append(helper.make_node("Identity", [f"in_{datatype}"], [f"out_{datatype}"]))
+    for row in DTYPES:
+        inputs.append(helper.make_tensor_value_info(f"in_{row.v2}", row.onnx, [None, 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{row.v2}", row.onnx, [None, 2]))
+        nodes.append(helper.make_node("Identity", [f"in_{row.v2}"], [f"out_{row.v2}"]))
     return _model(helper.make_graph(nodes, "identity", inputs, outputs))
 
 
@@ -89,9 +73,7 @@ def _sample_for(datatype: str, rows: int = 3) -> np.ndarray:
         )
     if datatype == "BOOL":
         return np.arange(rows * 2).reshape(rows, 2) % 3 == 0
-    dtype = np.dtype(
-        {"FP16": "float16", "FP32": "float32", "FP64": "float64"}.get(datatype, datatype.lower())
-    )
+    dtype = BY_V2[datatype].numpy
     if dtype.kind == "f":
         return (np.arange(rows * 2).reshape(rows, 2) * 0.5 - 1).astype(dtype)
     info = np.iinfo(dtype)

@@ -13,11 +13,11 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from shipyard.errors import ShipyardError
-from shipyard.package.tensorspec import NUMPY_TO_V2
+from shipyard.package.dtypes import DTYPES
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings
 
-IDENTITY_TYPES = list(NUMPY_TO_V2.values())  # every V2 datatype ONNX has
+IDENTITY_TYPES = [d.v2 for d in DTYPES]  # every V2 datatype ONNX has
 
 
 @pytest.fixture

@@ -20,17 +20,18 @@ from tests.serving.conftest import GRAPHS
 from tritonclient.utils import InferenceServerException
 
 import shipyard
+from shipyard.codecs import grpc as grpc_codec
 from shipyard.codecs.errors import ProtocolError
 from shipyard.errors import ShipyardError
-from shipyard.package.tensorspec import NUMPY_TO_V2
+from shipyard.package.dtypes import BY_V2, DTYPES
 from shipyard.serving.app import build_app
 from shipyard.serving.errors import Overloaded
-from shipyard.serving.protocols import grpc_codec, v2_grpc
+from shipyard.serving.protocols import v2_grpc
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings
 
-DATATYPES = list(NUMPY_TO_V2.values())  # every V2 datatype ONNX has
+DATATYPES = [d.v2 for d in DTYPES]  # every V2 datatype ONNX has
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
 
 
@@ -244,20 +245,8 @@ def test_statistics(client: triton.InferenceServerClient) -> None:
 
 def _contents(datatype: str, value: np.ndarray) -> pb.InferTensorContents:
     flat = value.reshape(-1).tolist()
-    field = {
-        "BOOL": "bool_contents",
-        "INT8": "int_contents",
-        "INT16": "int_contents",
-        "INT32": "int_contents",
-        "INT64": "int64_contents",
-        "UINT8": "uint_contents",
-        "UINT16": "uint_contents",
-        "UINT32": "uint_contents",
-        "UINT64": "uint64_contents",
-        "FP32": "fp32_contents",
-        "FP64": "fp64_contents",
-        "BYTES": "bytes_contents",
-    }[datatype]
+    field = BY_V2[datatype].contents
+    assert field is not None
     if datatype == "BYTES":
         flat = [v.encode() for v in flat]
     return pb.InferTensorContents(**{field: flat})
@@ -598,7 +587,6 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
 def test_decode_applies_size_limits_before_building_arrays() -> None:
     from shipyard.codecs.errors import RequestTooLarge
     from shipyard.codecs.limits import DecodeLimits
-    from shipyard.serving.protocols import grpc_codec
     from shipyard.serving.protocols.proto import grpc_service_pb2 as pb_messages
 
     message = pb_messages.ModelInferRequest(model_name="m")

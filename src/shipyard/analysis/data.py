@@ -14,8 +14,9 @@ import pandas as pd
 
 from shipyard.analysis.errors import AnalysisDataError
 from shipyard.importers.samples import load_arrays
+from shipyard.package.dtypes import numpy_dtype
 from shipyard.package.hashing import sha256_file
-from shipyard.package.tensorspec import TensorSpec, numpy_dtype
+from shipyard.package.tensorspec import TensorSpec
 
 DEFAULT_LABELS = ("y", "label", "labels")
 DataSource: TypeAlias = str | Path | pd.DataFrame | Mapping[str, np.ndarray]

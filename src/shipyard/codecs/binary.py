@@ -15,21 +15,10 @@ import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.limits import DecodeLimits, check_bytes_element
+from shipyard.package.dtypes import DTYPES
 
-WIRE_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("u1"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {d.v2: d.wire for d in DTYPES if d.wire is not None}
+"""Each numeric V2 datatype's element in the binary layout (BYTES is length-prefixed)."""
 _LENGTH = struct.Struct("<I")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.limits import MAX_RANK, DecodeLimits, check_bytes_element
-from shipyard.package.tensorspec import NUMPY_TO_V2, V2_TO_NUMPY
+from shipyard.package.dtypes import BY_NAME, BY_V2
 
-DATATYPES: frozenset[str] = frozenset(V2_TO_NUMPY)
+DATATYPES: frozenset[str] = frozenset(BY_V2)
 """V2 datatypes Shipyard serves: every one ONNX has (BF16 is not an ONNX Runtime input here)."""
 
 # Which numpy kinds JSON values may arrive as for each target kind.
@@ -46,8 +46,7 @@ def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
     """The numpy dtype holding a V2 datatype in memory (BYTES -> object)."""
-    name = V2_TO_NUMPY[datatype]
-    return np.dtype(object) if name == "str" else np.dtype(name)
+    return BY_V2[datatype].numpy
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -55,7 +54,7 @@ def datatype_of(array: np.ndarray) -> str:
     if array.dtype.kind in "OUS":
         return "BYTES"
     try:
-        return NUMPY_TO_V2[array.dtype.name]
+        return BY_NAME[array.dtype.name].v2
     except KeyError:
         raise ProtocolError(f"numpy dtype {array.dtype} has no V2 datatype") from None
 

@@ -34,7 +34,6 @@ from shipyard.codecs.tfserving_examples import decode_examples, encode_classify,
 from shipyard.codecs.tfserving_signature import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
-    TF_DTYPES,
     check_signature_name,
     load_request,
     signature_def,
@@ -47,7 +46,6 @@ from shipyard.package.tensorspec import TensorSpec
 __all__ = [
     "DEFAULT_SIGNATURE",
     "PREDICT_METHOD",
-    "TF_DTYPES",
     "PredictRequest",
     "array_to_value",
     "check_signature_name",

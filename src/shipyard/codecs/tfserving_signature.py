@@ -8,33 +8,17 @@ from typing import Any
 from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.jsonbody import load_object
 from shipyard.codecs.limits import DecodeLimits, check_json_depth
+from shipyard.package.dtypes import BY_NAME
 from shipyard.package.tensorspec import TensorSpec
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
-TF_DTYPES: dict[str, str] = {
-    "bool": "DT_BOOL",
-    "uint8": "DT_UINT8",
-    "uint16": "DT_UINT16",
-    "uint32": "DT_UINT32",
-    "uint64": "DT_UINT64",
-    "int8": "DT_INT8",
-    "int16": "DT_INT16",
-    "int32": "DT_INT32",
-    "int64": "DT_INT64",
-    "float16": "DT_HALF",
-    "float32": "DT_FLOAT",
-    "float64": "DT_DOUBLE",
-    "str": "DT_STRING",
-}
-"""Shipyard tensor dtype -> TensorFlow DataType enum name."""
-
 
 def tensor_info(spec: TensorSpec) -> dict[str, Any]:
     """TF Serving's TensorInfo JSON: dtype enum name and shape (-1 = any size)."""
     return {
-        "dtype": TF_DTYPES[spec.dtype],
+        "dtype": BY_NAME[spec.dtype].tf,
         "tensor_shape": {
             "dim": [{"size": str(d), "name": ""} for d in spec.shape],
             "unknown_rank": False,

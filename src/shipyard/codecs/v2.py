@@ -215,11 +215,6 @@ def decode_response(
     )
 
 
-def encode_error(message: str) -> bytes:
-    """The V2 error body: {"error": message}."""
-    return orjson.dumps({"error": message})
-
-
 def predict(model: Model, request: InferenceRequest) -> InferenceResponse:
     """Run a decoded request on a loaded model in this process (no server, no batching)."""
     outputs = model.infer(dict(request.inputs), request.output_names or None)

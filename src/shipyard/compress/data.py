@@ -10,7 +10,8 @@ import numpy as np
 
 from shipyard.compress.errors import CompressionConfigError
 from shipyard.importers.samples import load_arrays
-from shipyard.package.tensorspec import TensorSpec, numpy_dtype
+from shipyard.package.dtypes import coerce, numpy_dtype
+from shipyard.package.tensorspec import TensorSpec
 
 LABEL_KEYS = ("y", "label", "labels")
 
@@ -127,14 +128,8 @@ def _read(data: DataLike, what: str) -> dict[str, np.ndarray]:
 
 
 def _cast(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
-    array = np.asarray(array)
-    target = numpy_dtype(spec.dtype)
-    if array.dtype == target:
-        return np.ascontiguousarray(array)
-    if target.kind == "f" and array.dtype.kind in "fiu":
-        return np.ascontiguousarray(array.astype(target))
-    if target.kind in "iu" and array.dtype.kind in "iu":
-        return np.ascontiguousarray(array.astype(target))
-    raise CompressionConfigError(
-        f"{source}: array {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
+    """The runtime's own rule (`coerce`): data the served model would refuse is refused here."""
+    what = f"{source}: array {spec.name!r}"
+    return np.ascontiguousarray(
+        coerce(np.asarray(array), spec.dtype, what=what, error=CompressionConfigError)
     )

@@ -33,9 +33,9 @@ import numpy as np
 
 from shipyard.api import PackResult
 from shipyard.errors import ShipyardError, UsageError
+from shipyard.package.dtypes import BY_NAME, dtype_name
 from shipyard.package.manifest import FORMAT_VERSION, Manifest
 from shipyard.package.store import list_versions, read_verified
-from shipyard.package.tensorspec import NUMPY_TO_V2, dtype_name
 
 Builder = Callable[[Path, Path], tuple[PackResult, dict[str, np.ndarray]]]
 Progress = Callable[[str], None]
@@ -170,7 +170,7 @@ def v2_request(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             {
                 "name": name,
                 "shape": [int(d) for d in array.shape],
-                "datatype": NUMPY_TO_V2[dtype_name(array)],
+                "datatype": BY_NAME[dtype_name(array)].v2,
                 "data": _plain_values(np.asarray(array)),
             }
             for name, array in inputs.items()

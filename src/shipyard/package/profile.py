@@ -365,7 +365,7 @@ def as_model_inputs(
 ) -> dict[str, np.ndarray]:
     """Reference arrays cast to the inputs' dtypes (training data is often float64 where
     the model takes float32: profiled as the model will see it); other keys are dropped."""
-    from shipyard.package.tensorspec import numpy_dtype
+    from shipyard.package.dtypes import numpy_dtype
 
     cast: dict[str, np.ndarray] = {}
     for spec in specs:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import onnx
 
 from shipyard.errors import UnsupportedModelError
-from shipyard.package.tensorspec import ONNX_TO_NUMPY, TensorSpec
+from shipyard.package.dtypes import BY_ONNX
+from shipyard.package.tensorspec import TensorSpec
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -16,8 +17,8 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
             "inputs/outputs only (for scikit-learn classifiers, convert with zipmap=False)"
         )
     tensor = value.type.tensor_type
-    dtype = ONNX_TO_NUMPY.get(tensor.elem_type)
-    if dtype is None:
+    row = BY_ONNX.get(tensor.elem_type)
+    if row is None:
         raise UnsupportedModelError(
             f"graph value {value.name!r} has ONNX element type {tensor.elem_type}, "
             "which Shipyard does not serve"
@@ -26,7 +27,7 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     if tensor.HasField("shape"):
         for dim in tensor.shape.dim:
             dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1)
-    return TensorSpec(name=value.name, dtype=dtype, shape=tuple(dims))
+    return TensorSpec(name=value.name, dtype=row.name, shape=tuple(dims))
 
 
 def graph_signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:

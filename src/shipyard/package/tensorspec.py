@@ -1,59 +1,12 @@
-"""Tensor signatures: name, dtype and shape (-1 for a dynamic dimension), and dtype tables."""
+"""Tensor signatures: name, dtype (a `dtypes` row name) and shape (-1 for a dynamic dimension)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
-# ONNX TensorProto element type -> numpy dtype name
-ONNX_TO_NUMPY: dict[int, str] = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    4: "uint16",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    8: "str",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-    12: "uint32",
-    13: "uint64",
-}
-
-NUMPY_TO_V2: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-    "str": "BYTES",
-}
-V2_TO_NUMPY: dict[str, str] = {v: k for k, v in NUMPY_TO_V2.items()}
-
-DTYPES: frozenset[str] = frozenset(NUMPY_TO_V2)
-
-
-def numpy_dtype(dtype: str) -> np.dtype[np.generic]:
-    """The numpy dtype used to hold a tensor of this spec dtype (strings are objects)."""
-    return np.dtype(object) if dtype == "str" else np.dtype(dtype)
-
-
-def dtype_name(array: np.ndarray) -> str:
-    """The spec dtype name for a numpy array (unicode, bytes and object arrays are 'str')."""
-    if array.dtype.kind in "OUS":
-        return "str"
-    return str(array.dtype)
+from shipyard.package.dtypes import BY_NAME
 
 
 class TensorSpec(BaseModel):
@@ -68,8 +21,8 @@ class TensorSpec(BaseModel):
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str) -> str:
-        if value not in DTYPES:
-            raise ValueError(f"unknown dtype {value!r}; expected one of {sorted(DTYPES)}")
+        if value not in BY_NAME:
+            raise ValueError(f"unknown dtype {value!r}; expected one of {sorted(BY_NAME)}")
         return value
 
     @field_validator("shape")
@@ -81,7 +34,7 @@ class TensorSpec(BaseModel):
 
     @property
     def v2_datatype(self) -> str:
-        return NUMPY_TO_V2[self.dtype]
+        return BY_NAME[self.dtype].v2
 
     @property
     def batched(self) -> bool:

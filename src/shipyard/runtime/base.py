@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.errors import InputError
-from shipyard.package.tensorspec import TensorSpec, dtype_name, numpy_dtype
+from shipyard.package.dtypes import coerce
+from shipyard.package.tensorspec import TensorSpec
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
@@ -46,30 +47,10 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def _lossless(array: np.ndarray, target: np.dtype[np.generic]) -> bool:
-    if np.can_cast(array.dtype, target, casting="safe"):
-        return True
-    if array.dtype.kind in "biu" and target.kind in "biuf":
-        with np.errstate(all="ignore"):
-            converted = array.astype(target)
-            return bool(np.array_equal(converted.astype(array.dtype), array))
-    return False
-
-
-def _as_text(name: str, array: np.ndarray) -> np.ndarray:
-    """ONNX strings are UTF-8 text: bytes elements are decoded, not stringified as "b'..'"."""
-    flat = array.astype(object).ravel()
-    try:
-        flat[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in flat]
-    except UnicodeDecodeError as exc:
-        raise InputError(f"input {name!r}: an element is not valid UTF-8 ({exc})") from None
-    return flat.reshape(array.shape)
-
-
 def check_inputs(
     specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Validate names, ranks, fixed dims and dtypes; cast only where no value changes."""
+    """Validate names, ranks, fixed dims and dtypes (cast by `dtypes.coerce`'s one rule)."""
     by_name = {spec.name: spec for spec in specs}
     missing = [name for name in by_name if name not in inputs]
     if missing:
@@ -92,19 +73,7 @@ def check_inputs(
                 f"input {name!r} has shape {list(array.shape)}, the model expects "
                 f"{list(spec.shape)} (-1 = any size)"
             )
-        target = numpy_dtype(spec.dtype)
-        if spec.dtype == "str":
-            if array.dtype.kind not in "OUS":
-                raise InputError(f"input {name!r} must hold strings, got {array.dtype}")
-            array = _as_text(name, array)
-        elif array.dtype != target:
-            if not _lossless(array, target):
-                raise InputError(
-                    f"input {name!r} has dtype {dtype_name(array)}, the model expects "
-                    f"{spec.dtype}; converting would change values, so cast it yourself "
-                    f"(e.g. x.astype('{spec.dtype}'))"
-                )
-            array = array.astype(target)
+        array = coerce(array, spec.dtype, what=f"input {name!r}")
         # np.ascontiguousarray would turn a scalar (0-d) input into shape [1]
         contiguous = array.dtype == object or array.flags.c_contiguous
         checked[name] = array if contiguous else np.ascontiguousarray(array)

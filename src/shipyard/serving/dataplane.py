@@ -20,6 +20,7 @@ from typing import Any
 
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import InputError, ShipyardError, UsageError
+from shipyard.package.dtypes import BY_NAME
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
@@ -405,9 +406,8 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
-    datatype = "STRING" if spec.v2_datatype == "BYTES" else spec.v2_datatype
     dims = spec.shape[1:] if batched else spec.shape
-    return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(dims)}
+    return {"name": spec.name, "data_type": BY_NAME[spec.dtype].triton, "dims": list(dims)}
 
 
 def _version_policy(policy: VersionPolicy) -> dict[str, Any]:

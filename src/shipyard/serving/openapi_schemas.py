@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipyard.package.tensorspec import NUMPY_TO_V2
+from shipyard.package.dtypes import DTYPES
 
 Schema = dict[str, Any]
 
@@ -35,9 +35,6 @@ _NUMBERS: Schema = {"type": "array", "items": {"type": "number"}}
 _DIMS: Schema = {"type": "array", "items": {"type": "integer", "minimum": -1}}
 _DURATION = closed_object({"count": _COUNT, "ns": _COUNT})
 _TF_STATES = ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
-_TF_DTYPES = ["DT_" + d for d in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8")] + [
-    "DT_" + d for d in ("INT16", "INT32", "INT64", "HALF", "FLOAT", "DOUBLE", "STRING")
-]
 
 SCHEMAS: dict[str, Schema] = {
     "Error": closed_object({"error": {**_STRING, "description": "What went wrong, what to do."}}),
@@ -47,7 +44,7 @@ SCHEMAS: dict[str, Schema] = {
     "ServerMetadata": closed_object(
         {"name": _STRING, "version": _STRING, "extensions": {"type": "array", "items": _STRING}}
     ),
-    "Datatype": {"type": "string", "enum": sorted(NUMPY_TO_V2.values())},
+    "Datatype": {"type": "string", "enum": sorted(d.v2 for d in DTYPES)},
     "MetadataTensor": closed_object(
         {
             "name": _STRING,
@@ -64,10 +61,7 @@ SCHEMAS: dict[str, Schema] = {
             "outputs": {"type": "array", "items": ref("MetadataTensor")},
         }
     ),
-    "ConfigDataType": {
-        "type": "string",
-        "enum": sorted("TYPE_" + ("STRING" if d == "BYTES" else d) for d in NUMPY_TO_V2.values()),
-    },
+    "ConfigDataType": {"type": "string", "enum": sorted(d.triton for d in DTYPES)},
     "ConfigInput": closed_object(
         {
             "name": _STRING,
@@ -244,7 +238,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "TfTensorInfo": closed_object(
         {
-            "dtype": {"type": "string", "enum": _TF_DTYPES},
+            "dtype": {"type": "string", "enum": [d.tf for d in DTYPES]},
             "tensor_shape": closed_object(
                 {
                     "dim": {

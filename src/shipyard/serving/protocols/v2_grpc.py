@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on grpc.aio.
 
-A thin transport like `v2_http`: each RPC decodes its message (`grpc_codec`), calls the
+A thin transport like `v2_http`: each RPC decodes its message (`codecs.grpc`), calls the
 shared `DataPlane` and encodes the answer. It runs on the same event loop as uvicorn:
 `attach` wraps the Starlette lifespan so the gRPC server starts once the models are
 loaded and stops (in-flight RPCs finish within the grace period) before they unload.
@@ -36,12 +36,12 @@ from typing import Any, NoReturn
 import grpc
 from starlette.applications import Starlette
 
+from shipyard.codecs import grpc as grpc_codec
 from shipyard.errors import ShipyardError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, Overloaded
 from shipyard.serving.limits import decode_limits
 from shipyard.serving.logs import request_id
-from shipyard.serving.protocols import grpc_codec
 from shipyard.serving.protocols.grpc_gate import Authenticate, CallGate
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.settings import ServerSettings

@@ -24,25 +24,11 @@ from shipyard.codecs.limits import (
     check_elements,
     check_request_elements,
 )
-from shipyard.codecs.tensors import check_datatype, check_shape, datatype_of, numpy_dtype
+from shipyard.codecs.tensors import check_datatype, check_shape, datatype_of
 from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
+from shipyard.package.dtypes import BY_V2
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
-# The typed-contents field of each datatype, and the numpy dtype of that field's values.
-_CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
-    "BOOL": ("bool_contents", np.dtype(np.bool_)),
-    "INT8": ("int_contents", np.dtype(np.int32)),
-    "INT16": ("int_contents", np.dtype(np.int32)),
-    "INT32": ("int_contents", np.dtype(np.int32)),
-    "INT64": ("int64_contents", np.dtype(np.int64)),
-    "UINT8": ("uint_contents", np.dtype(np.uint32)),
-    "UINT16": ("uint_contents", np.dtype(np.uint32)),
-    "UINT32": ("uint_contents", np.dtype(np.uint32)),
-    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
-    "FP32": ("fp32_contents", np.dtype(np.float32)),
-    "FP64": ("fp64_contents", np.dtype(np.float64)),
-    "BYTES": ("bytes_contents", np.dtype(object)),
-}
 _INT64_MAX = 2**63 - 1
 
 
@@ -176,11 +162,12 @@ def _from_raw(
 def _from_contents(
     contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], what: str
 ) -> np.ndarray:
-    if datatype not in _CONTENTS:
+    row = BY_V2[datatype]
+    field, wire = row.contents, row.contents_numpy
+    if field is None or wire is None:
         raise ProtocolError(
             f"{what}: {datatype} has no typed contents field; send it in raw_input_contents"
         )
-    field, wire = _CONTENTS[datatype]
     others = sorted(f.name for f, _ in contents.ListFields() if f.name != field)
     if others:
         raise ProtocolError(f"{what}: {datatype} data goes in contents.{field}, not in {others}")
@@ -191,7 +178,7 @@ def _from_contents(
             f"{what}: contents.{field} has {len(values)} elements but shape {list(shape)} "
             f"needs {count}"
         )
-    target = numpy_dtype(datatype)
+    target = row.numpy
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
