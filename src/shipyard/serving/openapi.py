@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.serving.openapi_schemas import PARAMETERS, SCHEMAS, ref
+from shipyard.serving.json_schema import ref
+from shipyard.serving.openapi_schemas import PARAMETERS, SCHEMAS
 from shipyard.serving.security import ALL_MODELS, ANY_MODEL, route_access
 
 OPENAPI_PATH = "/openapi.json"
