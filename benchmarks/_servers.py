@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from shipyard.package.dtypes import BY_V2
+
 HERE = Path(__file__).resolve().parent
 VENVS = HERE / ".venvs"
 MARKER = ".benchmark-requirements.json"
@@ -339,13 +341,6 @@ def triton_install(python: Path) -> TritonInstall:
     return TritonInstall(binary=binary, backends=backends, env=env)
 
 
-_TRITON_TYPES = {
-    "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "FP16": "TYPE_FP16", "INT64": "TYPE_INT64",
-    "INT32": "TYPE_INT32", "INT16": "TYPE_INT16", "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8",
-    "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING",
-}  # fmt: skip
-
-
 def triton_repo(model: ModelFiles, config: ServingConfig, *, work: Path) -> Path:
     """A Triton model repository: NAME/config.pbtxt + NAME/1/{model.py, model.onnx}."""
     repo = work / "triton"
@@ -376,13 +371,13 @@ def _triton_tensors(kind: str, tensors: Sequence[tuple[str, str, tuple[int, ...]
     """Config entries without the batch dim; a rank-1 [batch] tensor is dims [1] reshaped []."""
     entries = []
     for name, datatype, shape in tensors:
-        if datatype not in _TRITON_TYPES:
+        if datatype not in BY_V2:
             raise SetupError(f"Triton: no config type for {kind} {name!r} ({datatype})")
         dims = list(shape[1:])
         reshape = "" if dims else " reshape: { shape: [ ] }"
         dims_text = ", ".join(str(d) for d in dims or [1])
         entries.append(
-            f'  {{ name: "{name}" data_type: {_TRITON_TYPES[datatype]} dims: [ {dims_text} ]'
+            f'  {{ name: "{name}" data_type: {BY_V2[datatype].triton} dims: [ {dims_text} ]'
             f"{reshape} }}"
         )
     return f"{kind} [\n" + ",\n".join(entries) + "\n]"

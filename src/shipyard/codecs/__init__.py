@@ -2,7 +2,9 @@
 
 `types` holds the transport-neutral request/response every codec produces and the serving
 data plane consumes; `v2` is the Open Inference Protocol (KServe V2) JSON + binary tensor
-extension; `tensors` and `binary` convert single tensors.
+extension, `grpc` the same protocol's protobuf messages, `tfserving` TF Serving's REST
+bodies; `tensors` and `binary` convert single tensors. Dtype names come from one table,
+`shipyard.package.dtypes`.
 """
 
 from shipyard.codecs.types import InferenceRequest, InferenceResponse, RequestedOutput
