@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from tests.codecs.samples import sample
 
 from shipyard.codecs import (
     InferenceRequest,
@@ -20,22 +21,7 @@ from shipyard.codecs import (
 )
 from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.tensors import DATATYPES, datatype_of
-from shipyard.package.dtypes import BY_V2
 from shipyard.package.tensorspec import TensorSpec
-
-
-def sample(datatype: str) -> np.ndarray:
-    """A [2, 3] tensor including each type's extremes."""
-    if datatype == "BYTES":
-        return np.array([["a", "", "héllo"], ["\u2603", "x" * 50, "z"]], dtype=object)
-    dtype = BY_V2[datatype].numpy
-    if dtype.kind == "b":
-        return np.array([[True, False, True], [False, False, True]])
-    if dtype.kind == "f":
-        info = np.finfo(dtype)
-        return np.array([[0.5, -1.25, info.max], [info.min, info.tiny, 3.0]], dtype=dtype)
-    info_i = np.iinfo(dtype)
-    return np.array([[info_i.min, info_i.max, 0], [1, info_i.max - 1, 7]], dtype=dtype)
 
 
 def request_doc(**tensor: Any) -> bytes:

@@ -20,10 +20,8 @@ from tests.serving.conftest import GRAPHS
 from tritonclient.utils import InferenceServerException
 
 import shipyard
-from shipyard.codecs import grpc as grpc_codec
-from shipyard.codecs.errors import ProtocolError
 from shipyard.errors import ShipyardError
-from shipyard.package.dtypes import BY_V2, DTYPES
+from shipyard.package.dtypes import DTYPES
 from shipyard.serving.app import build_app
 from shipyard.serving.errors import Overloaded
 from shipyard.serving.protocols import v2_grpc
@@ -243,15 +241,6 @@ def test_statistics(client: triton.InferenceServerClient) -> None:
 # -- typed contents (no tritonclient API sends them): our own messages on a plain channel ----
 
 
-def _contents(datatype: str, value: np.ndarray) -> pb.InferTensorContents:
-    flat = value.reshape(-1).tolist()
-    field = BY_V2[datatype].contents
-    assert field is not None
-    if datatype == "BYTES":
-        flat = [v.encode() for v in flat]
-    return pb.InferTensorContents(**{field: flat})
-
-
 @pytest.fixture
 def model_infer(server: RunningServer) -> Iterator[Callable[[pb.ModelInferRequest], Any]]:
     with grpc.insecure_channel(f"{server.host}:{server.grpc_port}") as channel:
@@ -264,7 +253,10 @@ def model_infer(server: RunningServer) -> Iterator[Callable[[pb.ModelInferReques
 
 def test_typed_contents_over_the_wire(model_infer: Callable[[pb.ModelInferRequest], Any]) -> None:
     tensor = pb.ModelInferRequest.InferInputTensor(
-        name="x", datatype="FP32", shape=[3, 4], contents=_contents("FP32", X)
+        name="x",
+        datatype="FP32",
+        shape=[3, 4],
+        contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist()),
     )
     reply = model_infer(pb.ModelInferRequest(model_name="scale", id="typed", inputs=[tensor]))
     assert reply.id == "typed" and [o.name for o in reply.outputs] == ["y", "s"]
@@ -276,75 +268,6 @@ def test_typed_contents_over_the_wire(model_infer: Callable[[pb.ModelInferReques
         model_infer(pb.ModelInferRequest(model_name="scale", inputs=[tensor]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "raw_input_contents" in info.value.details()
-
-
-@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "FP16"])
-def test_decode_typed_contents(datatype: str, sample_for: Callable[..., np.ndarray]) -> None:
-    value = sample_for(datatype)
-    request = pb.ModelInferRequest(
-        model_name="m", id="r", parameters={"p": pb.InferParameter(int64_param=3)}
-    )
-    request.inputs.add(
-        name="t", datatype=datatype, shape=value.shape, contents=_contents(datatype, value)
-    )
-    request.outputs.add(name="o", parameters={"flag": pb.InferParameter(bool_param=True)})
-    decoded = grpc_codec.decode_infer_request(request)
-    got = decoded.inputs["t"]
-    assert (decoded.id, decoded.parameters, decoded.output_names) == ("r", {"p": 3}, ["o"])
-    assert decoded.outputs[0].parameters == {"flag": True}
-    if datatype == "BYTES":
-        assert got.dtype == object and got.tolist() == [
-            [v.encode() for v in row] for row in value.tolist()
-        ]
-    else:
-        assert got.dtype == value.dtype
-        np.testing.assert_array_equal(got, value)
-
-
-def _request(
-    *tensors: tuple[str, list[int], pb.InferTensorContents | None], raw: list[bytes] | None = None
-) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="m", raw_input_contents=raw or [])
-    for i, (datatype, shape, contents) in enumerate(tensors):
-        tensor = request.inputs.add(name=f"t{i}", datatype=datatype, shape=shape)
-        if contents is not None:
-            tensor.contents.CopyFrom(contents)
-    return request
-
-
-@pytest.mark.parametrize(
-    ("request_", "fragment"),
-    [
-        (
-            _request(("FP16", [1], pb.InferTensorContents(fp32_contents=[1.0]))),
-            "raw_input_contents",
-        ),
-        (_request(("INT8", [1], pb.InferTensorContents(int_contents=[300]))), "range of INT8"),
-        (
-            _request(("UINT16", [1], pb.InferTensorContents(uint_contents=[70000]))),
-            "range of UINT16",
-        ),
-        (_request(("FP32", [2], pb.InferTensorContents(fp32_contents=[1.0]))), "needs 2"),
-        (_request(("FP32", [1], pb.InferTensorContents(fp64_contents=[1.0]))), "fp32_contents"),
-        (_request(("FP32", [2], None), raw=[b"\0" * 4]), "needs exactly 8"),
-        (
-            _request(("FP32", [1], None), ("FP32", [1], None), raw=[b"\0" * 4]),
-            "one entry per input",
-        ),
-        (
-            _request(("FP32", [1], pb.InferTensorContents(fp32_contents=[1.0])), raw=[b"\0" * 4]),
-            "send every input one way",
-        ),
-        (_request(("FP32", [-1], None)), "non-negative"),
-        (_request(("STRING", [1], None)), "not supported"),
-        (_request(), "at least one"),
-        (_request(("BOOL", [1], None), raw=[b"\x02"]), "0 or 1"),
-    ],
-)
-def test_decode_rejects(request_: pb.ModelInferRequest, fragment: str) -> None:
-    with pytest.raises(ProtocolError) as info:
-        grpc_codec.decode_infer_request(request_)
-    assert fragment in str(info.value)
 
 
 # -- repository, lifecycle, limits, authorization -------------------------------------------
@@ -582,25 +505,6 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(request, timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def test_decode_applies_size_limits_before_building_arrays() -> None:
-    from shipyard.codecs.errors import RequestTooLarge
-    from shipyard.codecs.limits import DecodeLimits
-    from shipyard.serving.protocols.proto import grpc_service_pb2 as pb_messages
-
-    message = pb_messages.ModelInferRequest(model_name="m")
-    message.inputs.add(name="x", datatype="FP32", shape=[10**12])
-    message.raw_input_contents.append(b"\x00" * 4)
-    with pytest.raises(RequestTooLarge, match="max_tensor_elements"):
-        grpc_codec.decode_infer_request(message, limits=DecodeLimits())
-    small = DecodeLimits(max_tensor_elements=100, max_request_elements=150)
-    message = pb_messages.ModelInferRequest(model_name="m")
-    for name in ("a", "b"):
-        message.inputs.add(name=name, datatype="FP32", shape=[100])
-        message.raw_input_contents.append(b"\x00" * 400)
-    with pytest.raises(RequestTooLarge, match="per request"):
-        grpc_codec.decode_infer_request(message, limits=small)
 
 
 # -- the gate: auth before the message, peer in the audit log, access log -----------------
