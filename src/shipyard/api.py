@@ -9,9 +9,10 @@ from typing import Any
 
 from shipyard.errors import UsageError
 from shipyard.importers import convert_any
-from shipyard.importers.base import ConversionCheck, Converted, Tolerance, compare_outputs
+from shipyard.importers.base import Converted, compare_outputs
 from shipyard.importers.samples import SampleLike, read_sample
 from shipyard.model import Model, load_model
+from shipyard.package.conversion import ConversionCheck, Tolerance
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
 from shipyard.package.profile import (
     PROFILE_FILE,
