@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 
 from shipyard.errors import IntegrityError, PackageError
+from shipyard.package.graph_specs import graph_signature
 from shipyard.package.hashing import sha256_bytes
 from shipyard.package.manifest import MODEL_FILE, Manifest
-from shipyard.package.signature import graph_signature
 from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Processor, verified_reader

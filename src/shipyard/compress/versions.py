@@ -21,9 +21,9 @@ from shipyard.compress.config import Budget
 from shipyard.compress.report import ComparisonReport
 from shipyard.compress.results import CandidateOutcome, CompressResult
 from shipyard.errors import IntegrityError
+from shipyard.package.graph_specs import default_opset, graph_signature
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Step, now
-from shipyard.package.signature import default_opset, graph_signature
 from shipyard.package.store import next_version, write_version
 
 REJECTED_DIR = ".rejected"
