@@ -438,13 +438,14 @@ def add_profile(
     Writes `profile/reference.json` and re-seals the manifest. A signed version is refused:
     its signature covers the manifest, which this changes.
     """
-    import hashlib
-    import os
-
     from shipyard.model import load_model
-    from shipyard.package.manifest import FileEntry, Step, now
-    from shipyard.package.store import SIGNATURE_FILE, resolve_version_dir
-    from shipyard.security.encryption import replace_manifest
+    from shipyard.package.manifest import Manifest, Step, now
+    from shipyard.package.store import (
+        SIGNATURE_FILE,
+        put_file,
+        resolve_version_dir,
+        rewrite_version,
+    )
 
     version_dir = resolve_version_dir(Path(version_dir))
     if (version_dir / SIGNATURE_FILE).is_file():
@@ -475,21 +476,15 @@ def add_profile(
         top_k=top_k,
     )
     body, ref = encode_profile(profile)
-    target = version_dir / PROFILE_FILE
-    target.parent.mkdir(exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    files = {
-        **manifest.files,
-        PROFILE_FILE: FileEntry(sha256=hashlib.sha256(body).hexdigest(), size=len(body)),
-    }
     source = "arrays" if isinstance(data, Mapping) else str(data)
     step = Step(op="profile", config={"data": source, "rows": profile.rows}, at=now())
-    lineage = manifest.lineage.model_copy(update={"steps": [*manifest.lineage.steps, step]})
-    updated = manifest.model_copy(update={"files": files, "profile": ref, "lineage": lineage})
-    replace_manifest(version_dir, updated.sealed())
+
+    def profiled(staging: Path, current: Manifest) -> Manifest:
+        if current.digest != manifest.digest:
+            raise UsageError(f"{version_dir}: changed while being profiled; run this again")
+        put_file(staging, PROFILE_FILE, body)
+        lineage = current.lineage.model_copy(update={"steps": [*current.lineage.steps, step]})
+        return current.model_copy(update={"profile": ref, "lineage": lineage})
+
+    rewrite_version(version_dir, profiled)
     return version_dir, profile
