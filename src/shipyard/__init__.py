@@ -8,8 +8,8 @@ _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from shipyard.api import ImportResult, PackResult, import_version, load, pack
 from shipyard.errors import ShipyardError
-from shipyard.importers.base import Tolerance
 from shipyard.model import Model
+from shipyard.package.conversion import Tolerance
 from shipyard.runtime.base import RuntimeOptions
 
 __version__ = "0.1.0"

@@ -9,20 +9,14 @@ from typing import Any
 
 from shipyard.errors import UsageError
 from shipyard.importers import convert_any
-from shipyard.importers.base import ConversionCheck, Converted, Tolerance, compare_outputs
+from shipyard.importers.base import Converted, compare_outputs
 from shipyard.importers.samples import SampleLike, read_sample
 from shipyard.model import Model, load_model
+from shipyard.package.conversion import ConversionCheck, Tolerance
+from shipyard.package.graph_specs import default_opset, graph_signature
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Source, Step, now
-from shipyard.package.profile import (
-    PROFILE_FILE,
-    ProfileRef,
-    as_model_inputs,
-    build_profile,
-    encode_profile,
-    profile_outputs,
-    read_data,
-)
-from shipyard.package.signature import default_opset, graph_signature
+from shipyard.package.profile import PROFILE_FILE, ProfileRef, build_profile
+from shipyard.package.profile_io import as_model_inputs, encode_profile, profile_outputs, read_data
 from shipyard.package.store import check_name, next_version, write_version
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.package.transfer import ImportResult as ImportResult  # re-exported

@@ -14,7 +14,7 @@ from rich.table import Table
 from shipyard.cli import dump_json
 
 if TYPE_CHECKING:
-    from shipyard.importers.base import ConversionCheck
+    from shipyard.package.conversion import ConversionCheck
     from shipyard.package.manifest import Manifest
 
 out = Console()
@@ -32,7 +32,7 @@ def _human(size: int) -> str:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     import shipyard
-    from shipyard.importers.base import Tolerance
+    from shipyard.package.conversion import Tolerance
     from shipyard.processing.cli import plan_from_args
 
     tolerance = Tolerance(atol=args.atol, rtol=args.rtol, max_mismatch=args.max_mismatch)
@@ -94,7 +94,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from shipyard.package.pickle_scan import scan_file
+    from shipyard.safepickle.scan import scan_file
 
     report = scan_file(args.file, extra_allowed=args.allow_global)
     if args.json:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from shipyard.errors import IntegrityError, PackageError
+from shipyard.package.graph_specs import graph_signature
 from shipyard.package.hashing import sha256_bytes
 from shipyard.package.manifest import MODEL_FILE, Manifest
-from shipyard.package.signature import graph_signature
-from shipyard.package.store import read_verified, resolve_version_dir
+from shipyard.package.store import read_stable, read_verified, resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Processor, verified_reader
 from shipyard.runtime.base import Runtime, RuntimeOptions
@@ -104,6 +105,20 @@ def load_model(
     package needs its key-encryption key: `kek`, else $SHIPYARD_KEK; it is decrypted in memory.
     """
     version_dir = resolve_version_dir(Path(path), version)
+    return read_stable(
+        version_dir,
+        partial(_load, version_dir, options=options, public_key=public_key, kek=kek),
+        discard=Model.close,
+    )
+
+
+def _load(
+    version_dir: Path,
+    *,
+    options: RuntimeOptions | None,
+    public_key: str | Path | None,
+    kek: bytes | None,
+) -> Model:
     signed: dict[str, str] | None = None
     if public_key is not None:
         from shipyard.security.signing import verify_version

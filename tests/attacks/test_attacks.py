@@ -9,8 +9,8 @@ import pytest
 from make_attacks import Attack, make_attacks, naive_load_command
 
 from shipyard.errors import UnsafePickleError
-from shipyard.package.pickle_scan import scan_file
-from shipyard.package.safe_pickle import load_pickle_file
+from shipyard.safepickle.load import load_pickle_file
+from shipyard.safepickle.scan import scan_file
 
 ATTACK_NAMES = [
     "os_system",

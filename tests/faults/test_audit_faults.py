@@ -16,7 +16,7 @@ import pytest
 
 import shipyard
 from shipyard.codecs import encode_request
-from shipyard.security.audit import verify_log
+from shipyard.security.audit_chain import verify_log
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import load_settings

@@ -10,8 +10,8 @@ import pytest
 
 import shipyard
 from shipyard.errors import ConversionError, UnsafePickleError, UnsupportedModelError, UsageError
+from shipyard.package.graph_specs import graph_signature
 from shipyard.package.manifest import MODEL_FILE
-from shipyard.package.signature import graph_signature
 
 torch = pytest.importorskip("torch", reason="the PyTorch importer needs the 'torch' extra")
 pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")

@@ -22,7 +22,7 @@ from sklearn.svm import SVC, SVR
 
 import shipyard
 from shipyard.errors import ConversionError, UnsafePickleError, UsageError
-from shipyard.importers.base import Tolerance
+from shipyard.package.conversion import Tolerance
 
 
 def _iris() -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from shipyard.compress.config import DynamicInt8Config
 from shipyard.errors import UnsupportedModelError, UsageError
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import FileEntry
-from shipyard.security.encryption import MAGIC, encrypt_version, replace_manifest
+from shipyard.security.encryption import MAGIC, encrypt_version
 from shipyard.security.errors import DecryptionError
 from shipyard.security.keys import init_keys, load_kek
 from shipyard.security.signing import sign_version
@@ -123,7 +123,8 @@ def test_signed_and_encrypted_external_data(external_model: Path, tmp_path: Path
     enc.write_bytes(bytes(swapped))
     files = dict(manifest.files)
     files["recommender.onnx.data.enc"] = FileEntry(sha256=sha256_file(enc), size=len(swapped))
-    replace_manifest(version, manifest.model_copy(update={"files": files}).sealed())
+    forged = manifest.model_copy(update={"files": files}).sealed()
+    (version / "manifest.json").write_text(forged.to_json(), encoding="utf-8")
     with pytest.raises(DecryptionError, match=r"recommender\.onnx\.data\.enc: chunk 1"):
         shipyard.load(version, kek=kek)
 

@@ -13,14 +13,8 @@ import shipyard
 from shipyard.cli import main
 from shipyard.errors import IntegrityError, UsageError
 from shipyard.package.manifest import read_manifest
-from shipyard.package.profile import (
-    PROFILE_FILE,
-    Profile,
-    add_profile,
-    bin_counts,
-    build_profile,
-    read_data,
-)
+from shipyard.package.profile import PROFILE_FILE, Profile, bin_counts, build_profile
+from shipyard.package.profile_io import add_profile, read_data
 from shipyard.package.store import read_verified
 from shipyard.package.tensorspec import TensorSpec
 

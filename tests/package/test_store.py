@@ -69,12 +69,12 @@ def test_load_infers_latest_and_specific_version(affine_model, repo):
 
 
 def test_crash_mid_write_leaves_no_loadable_version(affine_model, repo, monkeypatch):
-    import shipyard.package.store as store
+    import shipyard.package.swap as swap
 
     def boom(*_args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_fsync", boom)
+    monkeypatch.setattr(swap, "fsync_file", boom)
     with pytest.raises(OSError, match="disk full"):
         _pack(affine_model, repo)
     assert list_versions(repo / "affine") == []

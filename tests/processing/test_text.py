@@ -16,7 +16,7 @@ import pytest
 
 import shipyard
 from shipyard.errors import InputError, IntegrityError, UsageError
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 from shipyard.processing.build import text_plan
 from shipyard.processing.graph import append_pooling
 from shipyard.runtime.onnxrt import OnnxRuntime

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from tests.conftest import affine_reference, make_affine_onnx
 
 from shipyard.errors import InputError, RuntimeBackendError
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 from shipyard.runtime import OnnxRuntime, Runtime, RuntimeOptions, choose_providers
 
 

@@ -13,7 +13,7 @@ from tests.graphs import TYPES, VOCAB, bert_like, bert_reference, ragged_triples
 
 import shipyard
 from shipyard.errors import ConversionError, InputError
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 from shipyard.runtime.synthesis import candidates, graph_hints, synthesize_feed
 
 

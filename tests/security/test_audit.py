@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.security.audit import (
+from shipyard.security.audit import AuditLog, prepare_log
+from shipyard.security.audit_chain import (
     CONTINUED,
     AuditHead,
-    AuditLog,
-    prepare_log,
     rotate_log,
     verify_files,
     verify_log,

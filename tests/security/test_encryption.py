@@ -22,7 +22,6 @@ from shipyard.security.encryption import (
     TAG_BYTES,
     decrypt_model_bytes,
     encrypt_version,
-    replace_manifest,
     rewrap,
 )
 from shipyard.security.errors import DecryptionError, KeyRequiredError
@@ -195,18 +194,31 @@ def test_signed_packages_need_explicit_consent_and_can_be_signed_after(
     assert model.version == 1
 
 
-def test_rerun_after_interrupted_encrypt_finishes_the_job(encrypted: Path, kek: bytes) -> None:
-    manifest = read_manifest(encrypted)
-    plaintext = decrypt_model_bytes(encrypted, manifest, kek)
-    (encrypted / "model.onnx").write_bytes(plaintext)  # a crash before the plaintext was deleted
-    assert encrypt_version(encrypted, kek) == manifest
-    assert not (encrypted / "model.onnx").exists()
-    (encrypted / "model.onnx").write_bytes(b"someone else's file")  # not ours: never deleted
+def test_interrupted_encrypt_leaves_the_version_plain_and_a_rerun_finishes(
+    version_dir: Path, kek: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shipyard.package.swap as swap
+
+    before = read_manifest(version_dir)
+
+    def crash(*_args: object) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(swap, "exchange", crash)
+    with pytest.raises(OSError, match="killed"):
+        encrypt_version(version_dir, kek, chunk_size=CHUNK)
+    assert read_verified(version_dir) == before  # untouched: still plain, nothing half-done
+    assert [p.name for p in version_dir.parent.iterdir()] == [version_dir.name]
+    monkeypatch.undo()
+    manifest = encrypt_version(version_dir, kek, chunk_size=CHUNK)
+    assert manifest.encryption is not None and not (version_dir / "model.onnx").exists()
+    assert encrypt_version(version_dir, kek) == manifest  # again under the same key: nothing to do
+    (version_dir / "model.onnx").write_bytes(b"someone else's file")  # never deleted
     with pytest.raises(IntegrityError, match="not listed in the manifest"):
-        encrypt_version(encrypted, kek)
-    assert (encrypted / "model.onnx").exists()
+        encrypt_version(version_dir, kek)
+    assert (version_dir / "model.onnx").exists()
     with pytest.raises(UsageError, match="already encrypted under key id"):
-        encrypt_version(encrypted, new_secret())
+        encrypt_version(version_dir, new_secret())
 
 
 def test_key_file_from_init_keys_works(version_dir: Path, keys: KeyPaths) -> None:
@@ -221,4 +233,5 @@ def _reseal_files(version_dir: Path, manifest: Manifest) -> None:
 
     path = version_dir / ENCRYPTED_FILE
     files = {ENCRYPTED_FILE: FileEntry(sha256=sha256_file(path), size=path.stat().st_size)}
-    replace_manifest(version_dir, manifest.model_copy(update={"files": files}).sealed())
+    forged = manifest.model_copy(update={"files": files}).sealed()
+    (version_dir / "manifest.json").write_text(forged.to_json(), encoding="utf-8")

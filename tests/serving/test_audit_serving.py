@@ -15,7 +15,7 @@ import pytest
 
 from shipyard.codecs import encode_request
 from shipyard.codecs.types import InferenceRequest
-from shipyard.security.audit import verify_log
+from shipyard.security.audit_chain import verify_log
 from shipyard.security.errors import KeyFileError
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
 from shipyard.security.tokens import TokenStore

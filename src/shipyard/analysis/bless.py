@@ -18,7 +18,7 @@ from shipyard.analysis.errors import AnalysisConfigError
 from shipyard.analysis.validate import read_config
 from shipyard.errors import UsageError
 from shipyard.package.manifest import Blessing, now
-from shipyard.package.store import SIGNATURE_FILE, read_verified, resolve_version_dir
+from shipyard.package.store import SIGNATURE_FILE, resolve_version_dir, rewrite_version
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,6 @@ def bless(
 ) -> BlessResult:
     """Evaluate the version on `data` against `config`'s thresholds and write the verdict
     (ok or not, with the failures) into its manifest; the verdict is recorded either way."""
-    from shipyard.security.encryption import replace_manifest
-
     path = resolve_version_dir(Path(version_dir))
     cfg, config_sha = read_config(config)
     if not cfg.thresholds:
@@ -82,13 +80,12 @@ def bless(
         metrics={k: v for k, v in result.overall.items() if math.isfinite(v) and "[" not in k},
         failures=result.validation.summary(),
     )
-    manifest = read_verified(path)
-    sealed = manifest.model_copy(update={"blessing": blessing}).sealed()
-    signature = "none"
-    if signed and resign_key is None:
-        (path / SIGNATURE_FILE).unlink()  # first: never a stale signature over a new manifest
-        signature = "removed"
-    replace_manifest(path, sealed)
+    signature = "removed" if signed and resign_key is None else "none"
+    rewrite_version(
+        path,
+        lambda _staging, manifest: manifest.model_copy(update={"blessing": blessing}),
+        remove_signature=signed,
+    )
     if signed and resign_key is not None:
         from shipyard.security.signing import sign_version
 

@@ -22,8 +22,8 @@ from shipyard.compress.versions import (
     verified_copy,
     write_child,
 )
-from shipyard.importers.base import Tolerance
 from shipyard.importers.samples import SampleLike
+from shipyard.package.conversion import Tolerance
 from shipyard.package.manifest import MODEL_FILE, Manifest
 from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec

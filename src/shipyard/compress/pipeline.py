@@ -37,7 +37,6 @@ from shipyard.compress.results import (
 )
 from shipyard.compress.steps import AppliedStep, Candidate, apply_steps, plan
 from shipyard.compress.versions import (
-    REJECTED_DIR,
     StepRecord,
     measured_figures,
     reject_candidate,
@@ -46,7 +45,7 @@ from shipyard.compress.versions import (
 )
 from shipyard.errors import UsageError
 from shipyard.package.manifest import Manifest
-from shipyard.package.store import read_verified, resolve_version_dir
+from shipyard.package.store import REJECTED_DIR, read_verified, resolve_version_dir
 from shipyard.package.warmup import read_sample
 
 __all__ = [

@@ -8,7 +8,6 @@ hidden `.rejected/` folder with its report, where no repository or server will l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -21,12 +20,10 @@ from shipyard.compress.config import Budget
 from shipyard.compress.report import ComparisonReport
 from shipyard.compress.results import CandidateOutcome, CompressResult
 from shipyard.errors import IntegrityError
+from shipyard.package.graph_specs import default_opset, graph_signature
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Step, now
-from shipyard.package.signature import default_opset, graph_signature
-from shipyard.package.store import next_version, write_version
-
-REJECTED_DIR = ".rejected"
+from shipyard.package.store import keep_rejected, next_version, write_version
 
 StepRecord = tuple[str, dict[str, Any]]
 """(op, config) of one step, as the lineage and the rejection report record it."""
@@ -106,12 +103,7 @@ def reject_candidate(
 ) -> CompressResult:
     """Keep an over-budget candidate under `<repo>/<name>/.rejected/<stamp>/` with a report;
     hidden folders are neither versions nor models to repositories and servers."""
-    model_dir = repo / parent.name / REJECTED_DIR
-    model_dir.mkdir(parents=True, exist_ok=True)
     stamp = now().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    tmp = model_dir / f".tmp-{stamp}"
-    tmp.mkdir()
-    shutil.copyfile(model, tmp / MODEL_FILE)
     record = {
         "name": parent.name,
         "parent_version": parent.version,
@@ -122,9 +114,10 @@ def reject_candidate(
         "report": report.model_dump(mode="json"),
         "candidates": [o.model_dump(mode="json") for o in outcomes],
     }
-    (tmp / "report.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    final = model_dir / stamp
-    os.rename(tmp, final)
+    report_json = (json.dumps(record, indent=2) + "\n").encode()
+    final = keep_rejected(
+        repo / parent.name, stamp, {MODEL_FILE: model, "report.json": report_json}
+    )
     return CompressResult(
         accepted=False,
         path=final,

@@ -34,8 +34,8 @@ import numpy as np
 from shipyard.api import PackResult
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.package.dtypes import BY_NAME, dtype_name
-from shipyard.package.manifest import FORMAT_VERSION, Manifest
-from shipyard.package.store import list_versions, read_verified
+from shipyard.package.manifest import FORMAT_VERSION
+from shipyard.package.store import copy_version, list_versions, read_verified
 
 Builder = Callable[[Path, Path], tuple[PackResult, dict[str, np.ndarray]]]
 Progress = Callable[[str], None]
@@ -302,17 +302,8 @@ def _install(
     replace: bool,
 ) -> DemoResult:
     source = _version_dir(entry / "repo" / spec.name)
-    manifest = read_verified(source)
-    model_dir = repo / spec.name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    dest = model_dir / source.name
-    if not _same_version(dest, manifest):
-        if dest.exists() and not replace:
-            raise UsageError(
-                f"{dest}: already holds a different {spec.name} version; remove it, use an "
-                "empty repository, or pass replace=True"
-            )
-        _copy_version(source, dest, manifest)
+    dest = repo / spec.name / source.name
+    manifest = copy_version(source, dest, replace=replace)
     request = repo / REQUESTS_DIR / f"{spec.name}.json"
     request.parent.mkdir(exist_ok=True)
     _copy_file(entry / REQUESTS_DIR / f"{spec.name}.json", request)
@@ -324,42 +315,13 @@ def _install(
             data[item.name] = repo / item.name
     return DemoResult(
         path=dest,
-        manifest=read_verified(dest),
+        manifest=manifest,
         request=request,
         data=data,
         cache_entry=entry,
         from_cache=from_cache,
         build_seconds=float(info.get("seconds", 0.0)),
     )
-
-
-def _same_version(dest: Path, manifest: Manifest) -> bool:
-    if not dest.is_dir():
-        return False
-    try:
-        return read_verified(dest).digest == manifest.digest
-    except ShipyardError:
-        return False
-
-
-def _copy_version(source: Path, dest: Path, manifest: Manifest) -> None:
-    """Copy byte for byte into a hidden folder, verify, then rename into place."""
-    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
-    shutil.copytree(source, tmp)
-    try:
-        read_verified(tmp)
-        if dest.exists():
-            old = dest.parent / f".old-{uuid.uuid4().hex}"
-            os.rename(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not _same_version(dest, manifest):  # a concurrent install of the same build is fine
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _version_dir(model_dir: Path) -> Path:

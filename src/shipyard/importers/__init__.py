@@ -140,7 +140,7 @@ def _convert_file(
         )
     if suffix in PICKLE_SUFFIXES:
         from shipyard.importers import sklearn as sk
-        from shipyard.package.safe_pickle import load_pickle_file
+        from shipyard.safepickle.load import load_pickle_file
 
         obj = load_pickle_file(path, trust_pickle=trust_pickle, extra_allowed=allow_globals)
         from shipyard.importers import boosters

@@ -9,23 +9,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.errors import ConversionError
-
-
-class Tolerance(BaseModel):
-    """How close the converted model must come to the original on the sample inputs.
-
-    Float outputs pass when |converted - original| <= atol + rtol * |original| everywhere;
-    non-float outputs (class labels) pass when at most `max_mismatch` of their elements differ.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    atol: float = Field(default=1e-4, ge=0)
-    rtol: float = Field(default=1e-3, ge=0)
-    max_mismatch: float = Field(default=0.0, ge=0, le=1)
+from shipyard.package.conversion import ConversionCheck, Tolerance
 
 
 @dataclass
@@ -52,19 +38,6 @@ class Converted:
     tensors live in external data files); None: `model` holds everything."""
     external_data: list[str] = field(default_factory=list)
     """The external data files (in `extra_files`, relative to model.onnx) the graph reads."""
-
-
-class ConversionCheck(BaseModel):
-    """Recorded in the manifest: how the converted model compared to the original."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    samples: int
-    compared_outputs: list[str]
-    max_abs_diff: float
-    mismatch: float
-    tolerance: Tolerance
-    passed: bool
 
 
 def compare_outputs(

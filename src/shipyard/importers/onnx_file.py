@@ -19,7 +19,7 @@ from shipyard.errors import (
     UsageError,
 )
 from shipyard.importers.base import Converted
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.onnxrt import OnnxRuntime
 from shipyard.runtime.synthesis import candidates, describe_inputs, first_that_runs, graph_hints

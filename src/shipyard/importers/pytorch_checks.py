@@ -16,7 +16,7 @@ import onnx
 import torch
 
 from shipyard.errors import ConversionError, UsageError
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 
 Axes = dict[str, dict[int, str]]  # input name -> {dim index: symbol}, for every input
 BATCH = "batch"

@@ -33,7 +33,7 @@ from shipyard.importers.pytorch_checks import (
     recurrent_layers,
     summary,
 )
-from shipyard.package.signature import graph_signature
+from shipyard.package.graph_specs import graph_signature
 
 DEFAULT_OPSET = 18  # torchlib's native opset: the dynamo exporter needs no version conversion
 LEGACY_MAX_OPSET = 20  # the highest opset the TorchScript exporter supports

@@ -1,7 +1,7 @@
 """Open .pt2 and .pt/.pth files safely: refuse TorchScript, scan the pickles, then load.
 
 .pt/.pt2 are zip archives of pickles. Every file is scanned with
-`shipyard.package.pickle_scan` before torch opens it. The scan matters for .pt2 too:
+`shipyard.safepickle.scan` before torch opens it. The scan matters for .pt2 too:
 torch 2.13's `torch.export.load` does not restrict itself to `weights_only=True` — it loads
 pickled tensor-subclass weights and constants with `torch.load(weights_only=False)`, opaque
 constants with `pickle.loads`, and legacy-format archives with `weights_only=True` falling
@@ -27,7 +27,7 @@ def load_checked(
 ) -> torch.nn.Module | torch.export.ExportedProgram:
     """The ExportedProgram in a .pt2, or the whole nn.Module pickled in a .pt/.pth."""
     _refuse_torchscript(path)
-    from shipyard.package.pickle_scan import scan_file
+    from shipyard.safepickle.scan import scan_file
 
     report = scan_file(path, extra_allowed=tuple(extra_allowed))
     pt2 = path.suffix.lower() == ".pt2"

@@ -31,7 +31,7 @@ def load_skops(path: Path, *, extra_allowed: Iterable[str] = ()) -> Any:
         untrusted = sio.get_untrusted_types(file=str(path))
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: not a readable .skops file ({exc})") from exc
-    from shipyard.package.pickle_allowlist import global_refusal
+    from shipyard.safepickle.allowlist import global_refusal
 
     # skops distrusts some scikit-learn internals (e.g. sklearn.tree._tree.Tree) that our
     # reviewed pickle allowlist accepts; anything else must be allowed by the user.

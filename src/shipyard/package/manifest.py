@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shipyard.errors import FormatVersionError, ManifestError
-from shipyard.importers.base import ConversionCheck
+from shipyard.package.conversion import ConversionCheck
 from shipyard.package.profile import ProfileRef
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.package.warmup import WarmupSample

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from shipyard.errors import IntegrityError, UsageError
+from shipyard.errors import UsageError
 from shipyard.package.tensorspec import TensorSpec
 
 PROFILE_FILE = "profile/reference.json"
@@ -118,7 +117,7 @@ class Profile(BaseModel):
 
     def count(self, arrays: Mapping[str, np.ndarray]) -> Profile:
         """A copy with the rows of `arrays` (tensor name -> array) added on the same edges."""
-        rows = _rows(arrays, {f.tensor for f in self.features})
+        rows = row_count(arrays, {f.tensor for f in self.features})
         features = []
         for feature in self.features:
             if feature.tensor not in arrays:
@@ -161,7 +160,7 @@ def build_profile(
     """Profile reference inputs (and the model's outputs on them) on edges taken from them."""
     if bins < 2:
         raise UsageError(f"bins = {bins}: use at least 2")
-    rows = _rows(data, [s.name for s in inputs if s.batched])
+    rows = row_count(data, [s.name for s in inputs if s.batched])
     if rows == 0:
         raise UsageError("reference data has no rows; pass the data the model was trained on")
     features: list[FeatureProfile] = []
@@ -259,23 +258,6 @@ def bin_counts(feature: FeatureProfile, values: np.ndarray) -> tuple[np.ndarray,
     return counts, missing
 
 
-def read_profile(version_dir: Path, ref: ProfileRef, sha256: str) -> Profile:
-    """The stored profile, re-hashed on the bytes parsed (a swap after verification fails)."""
-    from shipyard.package.hashing import sha256_bytes
-
-    path = version_dir / ref.file
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise IntegrityError(str(path), f"cannot read the reference profile ({exc})") from exc
-    if sha256_bytes(raw) != sha256:
-        raise IntegrityError(str(path), "sha256 does not match the manifest (file was modified)")
-    try:
-        return Profile.model_validate_json(raw)
-    except ValueError as exc:
-        raise IntegrityError(str(path), f"not a valid reference profile ({exc})") from exc
-
-
 def _with_bins(
     feature: FeatureProfile, values: np.ndarray, bins: int, top_k: int
 ) -> FeatureProfile:
@@ -315,7 +297,7 @@ def _layout(feature: FeatureProfile) -> tuple[object, ...]:
     return (feature.name, feature.reduction, feature.index, feature.edges, feature.values)
 
 
-def _rows(arrays: Mapping[str, np.ndarray], names: Iterable[str] | None = None) -> int:
+def row_count(arrays: Mapping[str, np.ndarray], names: Iterable[str] | None = None) -> int:
     """Rows along dim 0 of the tensors `names` (default: all), which must agree."""
     chosen = arrays if names is None else {n: arrays[n] for n in names if n in arrays}
     counts = {np.asarray(a).shape[0] for a in chosen.values() if np.ndim(a)}
@@ -330,166 +312,3 @@ def _as_text(values: np.ndarray) -> np.ndarray:
         return array
     flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array]
     return np.array(flat, dtype=np.str_)
-
-
-# -- reference data files and the versions they are added to -----------------------------
-
-
-def read_data(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Reference inputs from `.npz` (keyed by input name), `.npy` (one-input models),
-    `.csv` or `.parquet` (a column per input; a one-input table model [N, F] may instead
-    take F columns, stacked in file order)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise UsageError(f"{path}: reference data file not found")
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as loaded:
-            arrays = {key: loaded[key] for key in loaded.files}
-    elif suffix == ".npy":
-        if len(specs) != 1:
-            raise UsageError(f"{path}: a .npy file holds one tensor; the model takes {len(specs)}")
-        arrays = {specs[0].name: np.load(path, allow_pickle=False)}
-    elif suffix in (".csv", ".parquet"):
-        arrays = _table(path, specs)
-    else:
-        raise UsageError(f"{path}: reference data must be .npz, .npy, .csv or .parquet")
-    missing = [s.name for s in specs if s.name not in arrays]
-    if missing:
-        raise UsageError(f"{path}: has no data for input(s) {missing} (found {sorted(arrays)})")
-    return as_model_inputs(specs, arrays)
-
-
-def as_model_inputs(
-    specs: Sequence[TensorSpec], arrays: Mapping[str, object]
-) -> dict[str, np.ndarray]:
-    """Reference arrays cast to the inputs' dtypes (training data is often float64 where
-    the model takes float32: profiled as the model will see it); other keys are dropped."""
-    from shipyard.package.dtypes import numpy_dtype
-
-    cast: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.name in arrays:
-            array = np.asarray(arrays[spec.name])
-            cast[spec.name] = (
-                array if spec.dtype == "str" else array.astype(numpy_dtype(spec.dtype))
-            )
-    return cast
-
-
-def _table(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    except ImportError as exc:
-        raise UsageError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
-    names = {s.name for s in specs}
-    if len(specs) == 1 and not names & set(frame.columns):
-        spec = specs[0]
-        return {spec.name: frame.to_numpy()}
-    arrays: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.name in frame.columns:
-            column = frame[spec.name].to_numpy()
-            arrays[spec.name] = column.reshape(-1, 1) if len(spec.shape) == 2 else column
-    return arrays
-
-
-def profile_outputs(
-    infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
-    inputs: Sequence[TensorSpec],
-    data: Mapping[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """The model's outputs on the reference data (`infer`: a Runtime's or Model's), run in
-    chunks of CHUNK_ROWS rows."""
-    from shipyard.runtime.base import check_inputs
-
-    checked = check_inputs(inputs, data)
-    rows = _rows(checked, [s.name for s in inputs if s.batched])
-    batched = {s.name for s in inputs if s.batched}
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, rows, CHUNK_ROWS):
-        feed = {
-            n: (a[start : start + CHUNK_ROWS] if n in batched else a) for n, a in checked.items()
-        }
-        for name, value in infer(feed).items():
-            parts.setdefault(name, []).append(np.asarray(value))
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
-def encode_profile(profile: Profile) -> tuple[bytes, ProfileRef]:
-    """The file's bytes and the manifest entry for it."""
-    ref = ProfileRef(rows=profile.rows, features=len(profile.features))
-    return profile.to_json().encode("utf-8"), ref
-
-
-def add_profile(
-    version_dir: str | Path,
-    data: str | Path | Mapping[str, np.ndarray],
-    *,
-    bins: int = DEFAULT_BINS,
-    top_k: int = DEFAULT_TOP_K,
-    replace: bool = False,
-    kek: bytes | None = None,
-) -> tuple[Path, Profile]:
-    """Profile `data` (and the version's outputs on it) into an existing version.
-
-    Writes `profile/reference.json` and re-seals the manifest. A signed version is refused:
-    its signature covers the manifest, which this changes.
-    """
-    import hashlib
-    import os
-
-    from shipyard.model import load_model
-    from shipyard.package.manifest import FileEntry, Step, now
-    from shipyard.package.store import SIGNATURE_FILE, resolve_version_dir
-    from shipyard.security.encryption import replace_manifest
-
-    version_dir = resolve_version_dir(Path(version_dir))
-    if (version_dir / SIGNATURE_FILE).is_file():
-        raise UsageError(
-            f"{version_dir}: is signed, and the signature covers the manifest that adding a "
-            f"profile changes; delete {SIGNATURE_FILE}, run this again, then re-sign with "
-            "`shipyard sign`"
-        )
-    model = load_model(version_dir, kek=kek)  # verifies every hash first
-    try:
-        manifest = model.manifest
-        if manifest.profile is not None and not replace:
-            raise UsageError(f"{version_dir}: already has a reference profile; pass --replace")
-        arrays = (
-            as_model_inputs(model.inputs, data)
-            if isinstance(data, Mapping)
-            else read_data(Path(data), model.inputs)
-        )
-        outputs = profile_outputs(model.infer, model.inputs, arrays)
-    finally:
-        model.close()
-    profile = build_profile(
-        manifest.inputs,
-        arrays,
-        outputs=manifest.outputs,
-        output_data=outputs,
-        bins=bins,
-        top_k=top_k,
-    )
-    body, ref = encode_profile(profile)
-    target = version_dir / PROFILE_FILE
-    target.parent.mkdir(exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    files = {
-        **manifest.files,
-        PROFILE_FILE: FileEntry(sha256=hashlib.sha256(body).hexdigest(), size=len(body)),
-    }
-    source = "arrays" if isinstance(data, Mapping) else str(data)
-    step = Step(op="profile", config={"data": source, "rows": profile.rows}, at=now())
-    lineage = manifest.lineage.model_copy(update={"steps": [*manifest.lineage.steps, step]})
-    updated = manifest.model_copy(update={"files": files, "profile": ref, "lineage": lineage})
-    replace_manifest(version_dir, updated.sealed())
-    return version_dir, profile

@@ -1,21 +1,25 @@
-"""Model repository on disk: version numbering, atomic writes and verified reads.
+"""Model repository on disk: version numbering, verified reads and every write into it.
 
 Layout: ``REPO/NAME/VERSION/{manifest.json, model.onnx, ...}``. A version is written into a
 hidden temporary folder next to its final place and renamed into place only when complete,
-so a crash never leaves a half-written version that a loader or server would pick up.
+so a crash never leaves a half-written version that a loader or server would pick up. A
+published version is changed the same way (`rewrite_version`: copy, transform, reseal,
+swap), and a reader that a swap overtakes reads again (`read_stable`). Nothing else in
+Shipyard writes into a model folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
-from shipyard.errors import IntegrityError, NotFoundError, PackageError, UsageError
+from shipyard.errors import IntegrityError, NotFoundError, PackageError, ShipyardError, UsageError
+from shipyard.package import swap
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MANIFEST_NAME, MODEL_FILE, FileEntry, Manifest, read_manifest
 
@@ -23,6 +27,9 @@ from shipyard.package.manifest import MANIFEST_NAME, MODEL_FILE, FileEntry, Mani
 SIGNATURE_FILE = "model.sig"
 # Files that may sit in a version folder without being listed in the manifest.
 UNLISTED_OK = frozenset({MANIFEST_NAME, SIGNATURE_FILE})
+# Where compression keeps candidates over budget, beside the versions of their model.
+REJECTED_DIR = ".rejected"
+_REWRITE = ".rewrite-"
 # The same rule as Manifest.name: a name is one safe folder name.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -158,13 +165,7 @@ def write_version(
     try:
         entries: dict[str, FileEntry] = {}
         for rel, content in files.items():
-            target = _inside(tmp, rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, target)
-            else:
-                target.write_bytes(content)
-            _fsync(target)
+            target = _write_new(tmp, rel, content)
             entries[rel] = FileEntry(sha256=sha256_file(target), size=target.stat().st_size)
             if expected is not None and entries[rel] != expected.get(rel):
                 raise IntegrityError(
@@ -178,7 +179,7 @@ def write_version(
         for _attempt in range(1000):
             sealed = manifest.model_copy(update={"version": version, "files": entries}).sealed()
             (tmp / MANIFEST_NAME).write_text(sealed.to_json(), encoding="utf-8")
-            _fsync(tmp / MANIFEST_NAME)
+            swap.fsync_file(tmp / MANIFEST_NAME)
             final = model_dir / str(version)
             try:
                 os.rename(tmp, final)
@@ -189,7 +190,7 @@ def write_version(
                     raise UsageError(f"{final}: version {version} already exists") from exc
                 version += 1
                 continue
-            _fsync_dir(model_dir)
+            swap.fsync_dir(model_dir)
             return final, sealed
         raise PackageError(f"{model_dir}: could not find a free version number")
     finally:
@@ -202,22 +203,196 @@ def next_version(repo: Path, name: str) -> int:
     return versions[-1] + 1 if versions else 1
 
 
+T = TypeVar("T")
+Transform = Callable[[Path, Manifest], Manifest]
+"""Changes a staged copy of a version (its folder, its verified manifest); returns the new
+manifest (its `files` are recomputed from the folder afterwards)."""
+
+
+def rewrite_version(
+    version_dir: Path, transform: Transform, *, remove_signature: bool = False
+) -> Manifest:
+    """Change a published version so that readers see it as it was or as it becomes, never
+    in between; returns the sealed manifest written.
+
+    The version is linked into a hidden sibling folder and verified there; `transform`
+    changes that copy (it may add, replace or delete files there, never write into one:
+    they share their bytes with the published version), every file is hashed into its
+    manifest, which is sealed, and the folder is swapped in (`swap.exchange`). A crash
+    leaves the version as it was. A signed version is refused unless `remove_signature`:
+    its signature covers what changes; re-sign the result.
+    """
+    version_dir = Path(version_dir)
+    model_dir = version_dir.parent
+    with swap.locked(model_dir):
+        for stale in model_dir.glob(f"{_REWRITE}{version_dir.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # an interrupted rewrite's leftovers
+        if (version_dir / SIGNATURE_FILE).exists() and not remove_signature:
+            raise UsageError(
+                f"{version_dir} is signed and this changes its files, which would break "
+                f"{SIGNATURE_FILE}; pass --remove-signature and sign again afterwards"
+            )
+        staging = model_dir / f"{_REWRITE}{version_dir.name}-{uuid.uuid4().hex}"
+        try:
+            swap.link_tree(version_dir, staging, skip=frozenset({SIGNATURE_FILE}))
+            manifest = read_manifest(staging)
+            check_placement(version_dir, manifest)
+            verify_files(staging, manifest)
+            linked = {rel: _identity(staging / rel) for rel in manifest.files}
+            updated = transform(staging, manifest)
+            if (updated.name, updated.version) != (manifest.name, manifest.version):
+                raise PackageError(f"{version_dir}: a rewrite cannot rename or renumber it")
+            swap.remove_empty_dirs(staging)
+            entries = {}
+            for child in sorted(staging.rglob("*")):
+                rel = child.relative_to(staging).as_posix()
+                if not child.is_file() or rel in UNLISTED_OK:
+                    continue
+                same = rel in linked and _identity(child) == linked[rel]
+                entries[rel] = (
+                    manifest.files[rel]
+                    if same
+                    else FileEntry(sha256=sha256_file(child), size=child.stat().st_size)
+                )
+            sealed = updated.model_copy(update={"files": entries}).sealed()
+            put_file(staging, MANIFEST_NAME, sealed.to_json().encode())
+            swap.fsync_dir(staging)
+            swap.exchange(staging, version_dir)
+            swap.fsync_dir(model_dir)
+            return sealed
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # after the swap: the old version
+
+
+def read_stable(
+    version_dir: Path,
+    read: Callable[[], T],
+    *,
+    discard: Callable[[T], object] | None = None,
+    attempts: int = 5,
+) -> T:
+    """`read()` of a version folder, read again when `rewrite_version` swapped it meanwhile.
+
+    A read that a swap overtakes may mix the old and the new version and fail on a hash, or
+    succeed on a mix; either way it is done again (the mixed result handed to `discard`),
+    so what is returned is one version as it was written.
+    """
+    for _attempt in range(attempts - 1):
+        before = _folder_identity(version_dir)
+        try:
+            result = read()
+        except (ShipyardError, OSError):
+            if _folder_identity(version_dir) != before:
+                continue
+            raise
+        if _folder_identity(version_dir) == before:
+            return result
+        if discard is not None:
+            discard(result)
+    return read()
+
+
+def copy_version(source: Path, dest: Path, *, replace: bool) -> Manifest:
+    """Copy a verified version byte for byte to `dest` (a version folder of a repository).
+
+    Copied into a hidden sibling, verified, then renamed into place (swapped in over an
+    existing `dest` when `replace`). A `dest` already holding the same version is kept.
+    """
+    manifest = read_verified(source, check_folder=False)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with swap.locked(dest.parent):
+        if dest.exists():
+            if _digest_or_none(dest) == manifest.digest:
+                return manifest
+            if not replace:
+                raise UsageError(
+                    f"{dest}: already holds a different {manifest.name} version; remove it, "
+                    "use an empty repository, or pass replace=True"
+                )
+        staging = dest.parent / f".tmp-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(source, staging)
+            if read_verified(staging, check_folder=False).digest != manifest.digest:
+                raise IntegrityError(str(source), "changed while being copied")
+            if dest.exists():
+                swap.exchange(staging, dest)
+            else:
+                os.rename(staging, dest)
+            swap.fsync_dir(dest.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return read_verified(dest)
+
+
+def keep_rejected(model_dir: Path, stamp: str, files: Mapping[str, bytes | Path]) -> Path:
+    """Write `files` to `model_dir/.rejected/stamp/` atomically (a hidden folder: no
+    repository or server takes it for a version); returns that folder."""
+    rejected = model_dir / REJECTED_DIR
+    rejected.mkdir(parents=True, exist_ok=True)
+    tmp = rejected / f".tmp-{stamp}"
+    tmp.mkdir()
+    try:
+        for rel, content in files.items():
+            _write_new(tmp, rel, content)
+        final = rejected / stamp
+        os.rename(tmp, final)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def put_file(folder: Path, rel: str, content: bytes) -> None:
+    """Replace (or create) `folder/rel` atomically: temp file, fsync, rename; the file's mode
+    is kept. For transforms: a file in a staged version is replaced, never written into."""
+    target = _inside(folder, rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".put-{uuid.uuid4().hex}-{target.name}")
+    try:
+        with tmp.open("xb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_new(folder: Path, rel: str, content: bytes | Path) -> Path:
+    """Write one file of a folder being built (copied from `content` when it is a path)."""
+    target = _inside(folder, rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, Path):
+        shutil.copyfile(content, target)
+    else:
+        target.write_bytes(content)
+    swap.fsync_file(target)
+    return target
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _folder_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # mid-swap where the OS cannot exchange folders in one step
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _digest_or_none(version_dir: Path) -> str | None:
+    try:
+        return read_verified(version_dir).digest
+    except ShipyardError:
+        return None
+
+
 def _inside(base: Path, rel: str) -> Path:
     target = (base / rel).resolve()
     if not target.is_relative_to(base.resolve()) or rel.startswith("/"):
         raise IntegrityError(str(base / rel), "path escapes the version folder")
     return target
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # some filesystems refuse fsync on directories; the rename has happened either way
-    with contextlib.suppress(OSError):
-        _fsync(path)

@@ -275,7 +275,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from shipyard.security.audit import AuditHead, rotate_log, verify_files, verify_log
+    from shipyard.security.audit_chain import AuditHead, rotate_log, verify_files, verify_log
     from shipyard.security.keys import load_audit_key
 
     key = load_audit_key(args.key_file)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,20 +28,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shipyard.errors import IntegrityError, UsageError
-from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import (
     MANIFEST_NAME,
     MODEL_FILE,
     EncryptedFile,
     Encryption,
-    FileEntry,
     Manifest,
     read_manifest,
 )
-from shipyard.package.store import SIGNATURE_FILE, read_verified
-from shipyard.package.warmup import WARMUP_FILE
+from shipyard.package.store import SIGNATURE_FILE, read_verified, rewrite_version
 from shipyard.security.errors import DecryptionError, KeyFileError
-from shipyard.security.fileio import copy_mode, fsync_dir
+from shipyard.security.fileio import copy_mode
 from shipyard.security.keys import SECRET_BYTES, key_id
 
 SCHEME = "aes-256-gcm-chunked-v1+aes-256-gcm-wrap"
@@ -61,13 +58,13 @@ def encrypt_version(
     chunk_size: int = DEFAULT_CHUNK,
     remove_signature: bool = False,
 ) -> Manifest:
-    """Replace model.onnx by model.onnx.enc, delete the plaintext, re-seal the manifest.
+    """Replace model.onnx by model.onnx.enc, without the plaintext; returns the new manifest.
 
     External data files (models past 2 GB) are encrypted the same way, each to `NAME.enc`
-    under its own key derived from the data key; the warm-up sample is removed.
-
-    Streams chunk by chunk (memory stays O(chunk_size)). Re-running after a crash finishes
-    the job: a stale ciphertext is rewritten, a leftover plaintext is removed.
+    under its own key derived from the data key; the warm-up sample is removed. The version
+    is rewritten as a whole (`store.rewrite_version`): a server watching the repository sees
+    it plain or encrypted, never half-encrypted, and a crash leaves it plain. Streams chunk
+    by chunk (memory stays O(chunk_size)). Encrypting again under the same key does nothing.
     """
     version_dir = Path(version_dir)
     _check_kek(kek)
@@ -75,69 +72,53 @@ def encrypt_version(
         raise UsageError(f"chunk size {chunk_size} out of range (1 byte … 1 GiB)")
     current = read_manifest(version_dir)
     if current.encryption is not None:
-        if key_id(kek) != current.encryption.kek_id:
-            raise UsageError(
-                f"{_label(version_dir, current)}: already encrypted under key id "
-                f"{current.encryption.kek_id}; rotate keys with `shipyard keys rewrap`"
-            )
-        leftover = version_dir / MODEL_FILE
-        if leftover.is_file() and sha256_file(leftover) == current.encryption.plaintext_sha256:
-            leftover.unlink()  # the plaintext an interrupted run did not get to delete
-        for entry in current.encryption.data_files:
-            data = version_dir / entry.plain
-            if data.is_file() and sha256_file(data) == entry.plaintext_sha256:
-                data.unlink()
-        _remove_unlisted_sample(version_dir, current)
+        _check_same_kek(version_dir, current, kek)
         read_verified(version_dir)
         return current
-    if ENCRYPTED_FILE not in current.files:
-        (version_dir / ENCRYPTED_FILE).unlink(missing_ok=True)  # stale from an interrupted run
-        for rel in current.external_data:
-            (version_dir / f"{rel}.enc").unlink(missing_ok=True)
     _check_signature_policy(version_dir, remove_signature)
-    manifest = read_verified(version_dir)
+
+    def encrypt(staging: Path, manifest: Manifest) -> Manifest:
+        if manifest.encryption is not None:  # another run got there first
+            _check_same_kek(version_dir, manifest, kek)
+            return manifest
+        return _encrypt_staged(staging, manifest, kek, chunk_size=chunk_size)
+
+    return rewrite_version(version_dir, encrypt, remove_signature=remove_signature)
+
+
+def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size: int) -> Manifest:
+    """Encrypt a staged copy in place of its plaintext files; the manifest to record."""
     if MODEL_FILE not in manifest.files:
-        raise IntegrityError(str(version_dir / MANIFEST_NAME), f"does not list {MODEL_FILE}")
-    plain = version_dir / MODEL_FILE
+        raise IntegrityError(str(staging / MANIFEST_NAME), f"does not list {MODEL_FILE}")
     data_key = AESGCM.generate_key(bit_length=256)
-    written: list[Path] = []
-    try:
-        model = _encrypt_file(
-            plain,
-            version_dir / ENCRYPTED_FILE,
-            AESGCM(data_key),
-            partial(_chunk_ad, manifest.name, manifest.version),
+    model = _encrypt_file(
+        staging / MODEL_FILE,
+        staging / ENCRYPTED_FILE,
+        AESGCM(data_key),
+        partial(_chunk_ad, manifest.name, manifest.version),
+        chunk_size=chunk_size,
+        expected_sha256=manifest.files[MODEL_FILE].sha256,
+    )
+    data_files: list[EncryptedFile] = []
+    for rel in manifest.external_data:
+        target = f"{rel}.enc"
+        done = _encrypt_file(
+            staging / rel,
+            staging / target,
+            AESGCM(_file_key(data_key, rel)),
+            partial(_data_ad, manifest.name, manifest.version, rel),
             chunk_size=chunk_size,
-            expected_sha256=manifest.files[MODEL_FILE].sha256,
+            expected_sha256=manifest.files[rel].sha256,
         )
-        written.append(version_dir / ENCRYPTED_FILE)
-        data_files: list[EncryptedFile] = []
-        entries = {ENCRYPTED_FILE: model.entry}
-        for rel in manifest.external_data:
-            target = f"{rel}.enc"
-            done = _encrypt_file(
-                version_dir / rel,
-                version_dir / target,
-                AESGCM(_file_key(data_key, rel)),
-                partial(_data_ad, manifest.name, manifest.version, rel),
-                chunk_size=chunk_size,
-                expected_sha256=manifest.files[rel].sha256,
+        data_files.append(
+            EncryptedFile(
+                plain=rel,
+                file=target,
+                chunk_count=done.chunk_count,
+                plaintext_sha256=done.plaintext_sha256,
+                plaintext_size=done.plaintext_size,
             )
-            written.append(version_dir / target)
-            entries[target] = done.entry
-            data_files.append(
-                EncryptedFile(
-                    plain=rel,
-                    file=target,
-                    chunk_count=done.chunk_count,
-                    plaintext_sha256=done.plaintext_sha256,
-                    plaintext_size=done.plaintext_size,
-                )
-            )
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        )
     info = Encryption(
         scheme=SCHEME,
         file=ENCRYPTED_FILE,
@@ -151,34 +132,19 @@ def encrypt_version(
     )
     # The warm-up sample may be real data: it does not stay beside an encrypted model in
     # plaintext (the server warms an encrypted version up on synthesized inputs).
-    dropped = {MODEL_FILE, *manifest.external_data}
+    dropped = [MODEL_FILE, *manifest.external_data]
     if manifest.warmup:
-        dropped.add(manifest.warmup.file)
-    files = {k: v for k, v in manifest.files.items() if k not in dropped}
-    files.update(entries)
-    # Only now, with the work done, drop the signature that the new files would break.
-    (version_dir / SIGNATURE_FILE).unlink(missing_ok=True)
-    sealed = manifest.model_copy(
-        update={"files": files, "encryption": info, "warmup": None}
-    ).sealed()
-    replace_manifest(version_dir, sealed)
-    plain.unlink()
-    for rel in manifest.external_data:
-        (version_dir / rel).unlink()
-    _remove_unlisted_sample(version_dir, sealed)
-    return sealed
+        dropped.append(manifest.warmup.file)
+    for rel in dropped:
+        (staging / rel).unlink()
+    return manifest.model_copy(update={"encryption": info, "warmup": None})
 
 
+@dataclass(frozen=True)
 class _Encrypted:
-    __slots__ = ("chunk_count", "entry", "plaintext_sha256", "plaintext_size")
-
-    def __init__(self, entry: FileEntry, count: int, sha: str, size: int) -> None:
-        self.entry, self.chunk_count, self.plaintext_sha256, self.plaintext_size = (
-            entry,
-            count,
-            sha,
-            size,
-        )
+    chunk_count: int
+    plaintext_sha256: str
+    plaintext_size: int
 
 
 def _encrypt_file(
@@ -193,7 +159,7 @@ def _encrypt_file(
     """Stream `plain` chunk by chunk into `target` (temp file + rename); O(chunk) memory."""
     size = plain.stat().st_size
     count = max(1, -(-size // chunk_size))
-    digest, written = hashlib.sha256(), hashlib.sha256(MAGIC)
+    digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=".enc-", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -202,9 +168,7 @@ def _encrypt_file(
             for index in range(count):
                 chunk = src.read(chunk_size)
                 digest.update(chunk)
-                record = aead.encrypt(_nonce(index), chunk, ad_for(index, count))
-                written.update(record)
-                out.write(record)
+                out.write(aead.encrypt(_nonce(index), chunk, ad_for(index, count)))
             if src.read(1):
                 raise IntegrityError(str(plain), "grew while being encrypted")
             out.flush()
@@ -212,19 +176,10 @@ def _encrypt_file(
         if digest.hexdigest() != expected_sha256:
             raise IntegrityError(str(plain), "changed while being encrypted (sha256 mismatch)")
         copy_mode(plain, tmp)
-        entry = FileEntry(sha256=written.hexdigest(), size=tmp.stat().st_size)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    return _Encrypted(entry, count, digest.hexdigest(), size)
-
-
-def _remove_unlisted_sample(version_dir: Path, manifest: Manifest) -> None:
-    sample = version_dir / WARMUP_FILE
-    if WARMUP_FILE not in manifest.files and sample.is_file():
-        sample.unlink()
-        with contextlib.suppress(OSError):
-            sample.parent.rmdir()
+    return _Encrypted(count, digest.hexdigest(), size)
 
 
 def decrypt_model_bytes(version_dir: str | Path, manifest: Manifest, kek: bytes) -> bytes:
@@ -311,23 +266,25 @@ def _decrypt_file(
 def rewrap(
     version_dir: str | Path, old_kek: bytes, new_kek: bytes, *, remove_signature: bool = False
 ) -> Manifest:
-    """Rotate the key-encryption key: re-wrap the data key; the model file is not touched."""
+    """Rotate the key-encryption key: re-wrap the data key; the model file is not touched.
+
+    Only the manifest changes, swapped in whole (`store.rewrite_version`)."""
     version_dir = Path(version_dir)
     _check_kek(new_kek)
     _check_signature_policy(version_dir, remove_signature)
-    manifest = read_verified(version_dir)
-    info = _info(version_dir, manifest)
-    data_key = unwrap_data_key(version_dir, manifest, old_kek)
-    new_info = info.model_copy(
-        update={
-            "wrapped_key": _wrap(new_kek, data_key, manifest.name, manifest.version),
-            "kek_id": key_id(new_kek),
-        }
-    )
-    sealed = manifest.model_copy(update={"encryption": new_info}).sealed()
-    (version_dir / SIGNATURE_FILE).unlink(missing_ok=True)
-    replace_manifest(version_dir, sealed)
-    return sealed
+
+    def rewrapped(staging: Path, manifest: Manifest) -> Manifest:
+        info = _info(version_dir, manifest)
+        data_key = unwrap_data_key(version_dir, manifest, old_kek)
+        new_info = info.model_copy(
+            update={
+                "wrapped_key": _wrap(new_kek, data_key, manifest.name, manifest.version),
+                "kek_id": key_id(new_kek),
+            }
+        )
+        return manifest.model_copy(update={"encryption": new_info})
+
+    return rewrite_version(version_dir, rewrapped, remove_signature=remove_signature)
 
 
 def unwrap_data_key(version_dir: Path, manifest: Manifest, kek: bytes) -> bytes:
@@ -349,22 +306,6 @@ def unwrap_data_key(version_dir: Path, manifest: Manifest, kek: bytes) -> bytes:
             f"{label}: cannot unwrap the data key (its wrapped key, name or version was "
             "altered, or the key-encryption key is wrong)"
         ) from exc
-
-
-def replace_manifest(version_dir: Path, manifest: Manifest) -> None:
-    """Atomically replace manifest.json (temp file, fsync, rename, fsync folder)."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", dir=version_dir.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(manifest.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        copy_mode(version_dir / MANIFEST_NAME, tmp)
-        os.replace(tmp, version_dir / MANIFEST_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(version_dir)
 
 
 def _records(path: Path, *, chunk_size: int, count: int, size: int) -> Iterator[tuple[int, bytes]]:
@@ -404,6 +345,15 @@ def _check_signature_policy(version_dir: Path, remove_signature: bool) -> None:
         raise UsageError(
             f"{version_dir} is signed and this changes its files, which would break {sig.name}; "
             "pass --remove-signature (remove_signature=True) and sign again afterwards"
+        )
+
+
+def _check_same_kek(version_dir: Path, manifest: Manifest, kek: bytes) -> None:
+    assert manifest.encryption is not None
+    if key_id(kek) != manifest.encryption.kek_id:
+        raise UsageError(
+            f"{_label(version_dir, manifest)}: already encrypted under key id "
+            f"{manifest.encryption.kek_id}; rotate keys with `shipyard keys rewrap`"
         )
 
 

@@ -1,6 +1,6 @@
 """The server's audit trail: security-relevant events into the chained, HMAC-signed audit log.
 
-One record per event, never a payload (`shipyard.security.audit` describes the chain):
+One record per event, never a payload (`shipyard.security.audit_chain` describes the chain):
 
     auth.denied                   a 401 or 403: who (token name or "anonymous"), the route
                                   and the client address in `detail`

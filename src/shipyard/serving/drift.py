@@ -33,8 +33,8 @@ from shipyard.package.profile import (
     Profile,
     bin_counts,
     feature_values,
-    read_profile,
 )
+from shipyard.package.profile_io import read_profile
 from shipyard.serving.settings import DriftSettings
 
 log = logging.getLogger("shipyard.serving.drift")

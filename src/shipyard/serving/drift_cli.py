@@ -85,7 +85,7 @@ def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from shipyard.cli import dump_json
-    from shipyard.package.profile import add_profile
+    from shipyard.package.profile_io import add_profile
 
     kek = None
     if args.key_file is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.model import Model, load_model
+from shipyard.package.store import read_stable
 from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
@@ -409,8 +410,19 @@ class ModelManager:
     ) -> tuple[Model, str | None]:
         """Verify, open and warm up one version (on a worker thread).
 
-        Returns the model and, when requests must not be batched along dim 0, why.
+        Returns the model and, when requests must not be batched along dim 0, why. Done
+        again when the version was rewritten meanwhile (`shipyard encrypt`, key rotation):
+        what serves is one version as written, never a mix that would fail to load.
         """
+        return read_stable(
+            disk.path / str(version),
+            lambda: self._open_once(disk, version, config),
+            discard=lambda opened: opened[0].close(),
+        )
+
+    def _open_once(
+        self, disk: ModelOnDisk, version: int, config: ModelConfig
+    ) -> tuple[Model, str | None]:
         model = load_model(
             disk.path,
             version=version,

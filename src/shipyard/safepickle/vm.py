@@ -8,13 +8,13 @@ import struct
 import sys
 from collections.abc import Callable
 
-from shipyard.package.pickle_allowlist import NOT_CALLABLE, compat_name
-from shipyard.package.pickle_joblib import read_array
-from shipyard.package.pickle_numpy import numpy_build_problem
-from shipyard.package.pickle_ops import DataOps
-from shipyard.package.pickle_report import Finding
-from shipyard.package.pickle_stream import ParseError, RawFile, Unframer
-from shipyard.package.pickle_values import (
+from shipyard.safepickle.allowlist import NOT_CALLABLE, compat_name
+from shipyard.safepickle.joblib_arrays import read_array
+from shipyard.safepickle.numpy_objects import numpy_build_problem
+from shipyard.safepickle.ops import DataOps
+from shipyard.safepickle.report import Finding
+from shipyard.safepickle.stream import ParseError, RawFile, Unframer
+from shipyard.safepickle.values import (
     DictV,
     Global,
     Obj,

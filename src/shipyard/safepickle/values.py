@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shipyard.package.pickle_allowlist import FIRST_ARG_FACTORIES
+from shipyard.safepickle.allowlist import FIRST_ARG_FACTORIES
 
 
 class NotStatic(Exception):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shipyard.package.pickle_numpy import build_dtype
-from shipyard.package.pickle_stream import ParseError
-from shipyard.package.pickle_values import Global, NotStatic, Obj
+from shipyard.safepickle.numpy_objects import build_dtype
+from shipyard.safepickle.stream import ParseError
+from shipyard.safepickle.values import Global, NotStatic, Obj
 
 if TYPE_CHECKING:
-    from shipyard.package.pickle_vm import Walker
+    from shipyard.safepickle.vm import Walker
 
 _INT64 = 1 << 64
 

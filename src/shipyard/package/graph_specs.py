@@ -1,4 +1,4 @@
-"""Read an ONNX graph's input/output signature as TensorSpecs."""
+"""The input and output TensorSpecs of an ONNX graph, and its default opset."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import lzma
 import zlib
 from typing import Any
 
-from shipyard.package.pickle_stream import Buffer
+from shipyard.safepickle.stream import Buffer
 
 DEFAULT_MAX_DECOMPRESSED = 4 << 30  # 4 GiB
 _CHUNK = 1 << 20

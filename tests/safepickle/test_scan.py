@@ -29,9 +29,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
 from shipyard.errors import NotFoundError, UnsafePickleError, UnsupportedModelError, UsageError
-from shipyard.package.pickle_allowlist import hard_deny_reason
-from shipyard.package.pickle_scan import DEFAULT_ALLOWLIST, scan_bytes, scan_file
-from shipyard.package.safe_pickle import load_pickle_file
+from shipyard.safepickle.allowlist import hard_deny_reason
+from shipyard.safepickle.load import load_pickle_file
+from shipyard.safepickle.scan import DEFAULT_ALLOWLIST, scan_bytes, scan_file
 
 
 class Doubler(TransformerMixin, BaseEstimator):

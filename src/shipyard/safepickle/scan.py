@@ -9,16 +9,16 @@ from functools import partial
 from typing import BinaryIO
 
 from shipyard.errors import NotFoundError, UsageError
-from shipyard.package.pickle_allowlist import (
+from shipyard.safepickle.allowlist import (
     DEFAULT_ALLOWLIST,
     TORCH_ALLOWLIST,
     global_refusal,
     normalize_extra_allowed,
 )
-from shipyard.package.pickle_compression import DEFAULT_MAX_DECOMPRESSED
-from shipyard.package.pickle_formats import ScanState, scan_buffer
-from shipyard.package.pickle_report import Finding, ScanReport
-from shipyard.package.pickle_stream import Buffer
+from shipyard.safepickle.compression import DEFAULT_MAX_DECOMPRESSED
+from shipyard.safepickle.formats import ScanState, scan_buffer
+from shipyard.safepickle.report import Finding, ScanReport
+from shipyard.safepickle.stream import Buffer
 
 __all__ = [
     "DEFAULT_ALLOWLIST",

@@ -13,8 +13,8 @@ import warnings
 
 import numpy as np
 
-from shipyard.package.pickle_allowlist import NUMPY_DTYPE
-from shipyard.package.pickle_values import DictV, Global, NotStatic, Obj
+from shipyard.safepickle.allowlist import NUMPY_DTYPE
+from shipyard.safepickle.values import DictV, Global, NotStatic, Obj
 
 Dtype = np.dtype[np.generic]
 

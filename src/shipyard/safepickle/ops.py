@@ -8,8 +8,8 @@ import struct
 import sys
 import warnings
 
-from shipyard.package.pickle_stream import ParseError, Unframer
-from shipyard.package.pickle_values import Blob, DictV, SetV
+from shipyard.safepickle.stream import ParseError, Unframer
+from shipyard.safepickle.values import Blob, DictV, SetV
 
 _KEEP_TEXT = 4096  # longer str/bytes payloads are not kept (never a module or class name)
 _INT_TEXT = re.compile(rb"-?[0-9]+\n")

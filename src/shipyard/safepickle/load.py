@@ -13,16 +13,16 @@ from typing import Any
 from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 
 from shipyard.errors import UnsafePickleError, UnsupportedModelError
-from shipyard.package.pickle_allowlist import (
+from shipyard.safepickle.allowlist import (
     JOBLIB_WRAPPER,
     compat_name,
     global_refusal,
     normalize_extra_allowed,
     resolved_refusal,
 )
-from shipyard.package.pickle_compression import DEFAULT_MAX_DECOMPRESSED, decompress
-from shipyard.package.pickle_report import ScanReport
-from shipyard.package.pickle_scan import open_model_file, scan_bytes
+from shipyard.safepickle.compression import DEFAULT_MAX_DECOMPRESSED, decompress
+from shipyard.safepickle.report import ScanReport
+from shipyard.safepickle.scan import open_model_file, scan_bytes
 
 _SHOWN_FINDINGS = 5
 _ADVICE = (

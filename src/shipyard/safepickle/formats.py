@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from shipyard.package.pickle_compression import DecompressError, decompress, detect_codec
-from shipyard.package.pickle_report import Finding
-from shipyard.package.pickle_stream import Buffer, BufferFile, ParseError, RawFile
-from shipyard.package.pickle_vm import Refusal, Walker
+from shipyard.safepickle.compression import DecompressError, decompress, detect_codec
+from shipyard.safepickle.report import Finding
+from shipyard.safepickle.stream import Buffer, BufferFile, ParseError, RawFile
+from shipyard.safepickle.vm import Refusal, Walker
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
