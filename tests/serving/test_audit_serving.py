@@ -199,16 +199,11 @@ def test_records_survive_a_restart_and_the_chain_continues(
     assert result.ok and result.records == len(written)
 
 
-@pytest.mark.skipif(
-    not (
-        Path(__file__).resolve().parents[2] / "src/shipyard/serving/protocols/v2_grpc.py"
-    ).is_file(),
-    reason="V2 gRPC transport not written yet",
-)
 def test_grpc_calls_are_audited(
     secured: tuple[ServerSettings, dict[str, str], Path], keys: KeyPaths
 ) -> None:
-    grpc = pytest.importorskip("grpc")
+    import grpc
+
     from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
     settings, secrets, log = secured

@@ -192,12 +192,6 @@ async def test_model_toml_overrides_server_limits(scale: Env) -> None:
         read_model_config(repo / "scale")
 
 
-@pytest.mark.skipif(
-    not (
-        Path(__file__).resolve().parents[2] / "src/shipyard/serving/protocols/tfserving_http.py"
-    ).is_file(),
-    reason="TF Serving REST routes not written yet",
-)
 async def test_tfserving_routes_share_the_body_limit(scale: Env) -> None:
     repo, settings_for, app_client = scale
     async with app_client(settings_for(repo, limits={"max_body_bytes": 2048})) as client:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -16,7 +15,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 import shipyard
 from shipyard.serving.server import start_in_thread
-from shipyard.serving.settings import ServerSettings
+from shipyard.serving.settings import load_settings
 
 ROWS = [
     {"colour": "red", "size": 3.0, "count": 1},
@@ -49,13 +48,13 @@ def pipeline() -> object:
     return make_pipeline(pre, LogisticRegression(max_iter=500)).fit(df, y)
 
 
-@pytest.fixture
-def server_url(
-    pipeline: object, repo: Path, settings_for: Callable[..., ServerSettings]
-) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def server_url(pipeline: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for this module's tests, which only send requests."""
+    repo = tmp_path_factory.mktemp("columns") / "models"
     shipyard.pack(pipeline, name="tabular", repo=repo, sample_input=_frame().head(16))
-    with start_in_thread(settings=settings_for(repo)) as running:
-        yield running.url
+    with start_in_thread(settings=load_settings(repository=repo, port=0, poll_interval_s=0)) as r:
+        yield r.url
 
 
 def _expected(pipeline: object) -> tuple[list[int], np.ndarray]:

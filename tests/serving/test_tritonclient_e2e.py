@@ -10,34 +10,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tests.serving.conftest import GRAPHS
 from tritonclient.utils import InferenceServerException
 
+import shipyard
 from shipyard.errors import ShipyardError
 from shipyard.package.dtypes import DTYPES
 from shipyard.serving.server import RunningServer, start_in_thread
-from shipyard.serving.settings import ServerSettings
+from shipyard.serving.settings import ServerSettings, load_settings
 
 IDENTITY_TYPES = [d.v2 for d in DTYPES]  # every V2 datatype ONNX has
 
 
-@pytest.fixture
-def server(
-    repo: Path, pack: Callable[..., Path], settings_for: Callable[..., ServerSettings]
-) -> Iterator[RunningServer]:
-    pack()
-    pack("identity")
-    with start_in_thread(settings=settings_for(repo)) as running:
-        yield running
-    assert not running.running
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the tests that only read; a test that loads, unloads or counts
+    requests starts its own (`own_client`)."""
+    repo = tmp_path_factory.mktemp("e2e") / "models"
+    for kind in ("scale", "identity"):
+        shipyard.pack(GRAPHS[kind](), name=kind, repo=repo)
+    with start_in_thread(settings=load_settings(repository=repo, port=0, poll_interval_s=0)) as r:
+        yield r
+    assert not r.running
+
+
+def _client(server: RunningServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(
+        f"{server.host}:{server.port}", connection_timeout=10, network_timeout=10
+    )
 
 
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(
-        f"{server.host}:{server.port}", connection_timeout=10, network_timeout=10
-    )
+    client = _client(server)
     yield client
     client.close()
+
+
+@pytest.fixture
+def own_client(
+    repo: Path, pack: Callable[..., Path], settings_for: Callable[..., ServerSettings]
+) -> Iterator[triton.InferenceServerClient]:
+    """A client of a server of this test's own, for a test that changes what it serves."""
+    pack()
+    pack("identity")
+    with start_in_thread(settings=settings_for(repo)) as running:
+        client = _client(running)
+        yield client
+        client.close()
+    assert not running.running
 
 
 def test_server_port_is_real(server: RunningServer) -> None:
@@ -117,7 +138,8 @@ def test_bad_requests_raise_with_the_servers_message(client: triton.InferenceSer
     assert info.value.status() == "404"
 
 
-def test_repository_calls_and_statistics(client: triton.InferenceServerClient) -> None:
+def test_repository_calls_and_statistics(own_client: triton.InferenceServerClient) -> None:
+    client = own_client
     index = client.get_model_repository_index()
     assert {(r["name"], r["state"]) for r in index} == {("scale", "READY"), ("identity", "READY")}
     client.unload_model("identity")
@@ -251,10 +273,13 @@ def test_servers_stop_and_a_busy_port_is_reported(
     repo: Path, pack: Callable[..., Path], settings_for: Callable[..., ServerSettings]
 ) -> None:
     pack()
+    before = set(threading.enumerate())  # the module's shared server keeps running
     with start_in_thread(settings=settings_for(repo)) as first:
         busy = settings_for(repo, port=first.port)
         with pytest.raises(ShipyardError, match=f"port {first.port} on 127.0.0.1 is in use"):
             start_in_thread(settings=busy, timeout_s=10)
     assert not first.running
-    leftovers = [t.name for t in threading.enumerate() if t.name.startswith("shipyard-")]
+    leftovers = [
+        t.name for t in threading.enumerate() if t.name.startswith("shipyard-") and t not in before
+    ]
     assert leftovers == []
