@@ -232,12 +232,12 @@ def test_input_and_output_names_that_equal_exporter_node_names(tmp_path: Path) -
     loaded.close()
 
 
-def test_restore_names_renames_clashing_internal_values() -> None:
+def test_rename_values_renames_clashing_internal_values() -> None:
     """The renaming helper on a hand-built graph: an internal `x` moves aside for input `x`."""
     import onnx
     from onnx import TensorProto, helper
 
-    from shipyard.importers.pytorch_export import restore_names
+    from shipyard.importers.graph_names import rename_values
 
     graph = helper.make_graph(
         [
@@ -249,7 +249,7 @@ def test_restore_names_renames_clashing_internal_values() -> None:
         [helper.make_tensor_value_info("p_out", TensorProto.FLOAT, ["batch", 2])],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    restore_names(proto, {"p_in": "x", "p_out": "y"})
+    rename_values(proto.graph, {"p_in": "x", "p_out": "y"})
     onnx.checker.check_model(proto, full_check=True)
     assert [v.name for v in proto.graph.input] == ["x"]
     assert [v.name for v in proto.graph.output] == ["y"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from shipyard.analysis.analyze import AnalysisResult, analyze
@@ -80,17 +81,18 @@ def bless(
         metrics={k: v for k, v in result.overall.items() if math.isfinite(v) and "[" not in k},
         failures=result.validation.summary(),
     )
-    signature = "removed" if signed and resign_key is None else "none"
+    resign = None
+    if signed and resign_key is not None:
+        from shipyard.security.signing import sign_version
+
+        resign = partial(sign_version, private_key=resign_key)
     rewrite_version(
         path,
         lambda _staging, manifest: manifest.model_copy(update={"blessing": blessing}),
         remove_signature=signed,
+        sign=resign,
     )
-    if signed and resign_key is not None:
-        from shipyard.security.signing import sign_version
-
-        sign_version(path, resign_key)
-        signature = "re-signed"
+    signature = "re-signed" if resign else "removed" if signed else "none"
     return BlessResult(path=path, blessing=blessing, analysis=result, signature=signature)
 
 

@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from shipyard.errors import ConversionError, UsageError
+from shipyard.importers.graph_names import rename_values
 from shipyard.importers.pytorch_checks import (
     BATCH,
     Axes,
@@ -217,7 +218,7 @@ def _export_dynamo(
     if program is None:
         raise ConversionError("torch.onnx.export returned no program")
     proto = program.model_proto
-    restore_names(proto, restore)
+    rename_values(proto.graph, restore)
     if opset_of(proto) != opset:
         raise ConversionError(f"produced opset {opset_of(proto)}, not the requested {opset}")
     static = [s.name for s in graph_signature(proto)[0] if s.shape and s.shape[0] != -1]
@@ -279,7 +280,7 @@ def _export_legacy(
             verbose=False,
         )
         proto = onnx.load(str(target))  # also pulls in external data, if any was written
-    restore_names(proto, restore)
+    rename_values(proto.graph, restore)
     return proto, notes
 
 
@@ -290,63 +291,6 @@ def _placeholders(
     safe_out = [_PLACEHOLDER.format("out", i) for i in range(len(outputs))]
     restore = dict(zip(safe_in, inputs, strict=True)) | dict(zip(safe_out, outputs, strict=True))
     return safe_in, safe_out, restore
-
-
-def restore_names(proto: onnx.ModelProto, names: Mapping[str, str]) -> None:
-    """Rename values `names` maps (placeholder -> wanted name) throughout the graph.
-
-    An internal value that already holds a wanted name is renamed first (to `NAME_1` …),
-    since ONNX value names must be unique; placeholders absent from the graph are ignored.
-    """
-    used = _value_names(proto.graph)
-    wanted = set(names.values())
-    mapping: dict[str, str] = {}
-    for clash in sorted(wanted & used - set(names)):
-        fresh = next(
-            f"{clash}_{k}" for k in range(1, len(used) + 2) if f"{clash}_{k}" not in used | wanted
-        )
-        used.add(fresh)
-        mapping[clash] = fresh
-    mapping.update({old: new for old, new in names.items() if old in used})
-    _rename_values(proto.graph, mapping)
-
-
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield attr.g
-            yield from attr.graphs
-
-
-def _value_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    names.update(t.name for t in graph.initializer)
-    names.update(t.values.name for t in graph.sparse_initializer)
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    for sub in _subgraphs(graph):
-        names |= _value_names(sub)
-    names.discard("")  # an omitted optional input
-    return names
-
-
-def _rename_values(graph: onnx.GraphProto, mapping: Mapping[str, str]) -> None:
-    # Subgraphs may refer to outer-scope values by name, so they get the same mapping.
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        value.name = mapping.get(value.name, value.name)
-    for tensor in graph.initializer:
-        tensor.name = mapping.get(tensor.name, tensor.name)
-    for sparse in graph.sparse_initializer:
-        sparse.values.name = mapping.get(sparse.values.name, sparse.values.name)
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            node.input[i] = mapping.get(name, name)
-        for i, name in enumerate(node.output):
-            node.output[i] = mapping.get(name, name)
-    for sub in _subgraphs(graph):
-        _rename_values(sub, mapping)
 
 
 @contextlib.contextmanager

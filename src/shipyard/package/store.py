@@ -205,12 +205,15 @@ def next_version(repo: Path, name: str) -> int:
 
 T = TypeVar("T")
 Transform = Callable[[Path, Manifest], Manifest]
-"""Changes a staged copy of a version (its folder, its verified manifest); returns the new
-manifest (its `files` are recomputed from the folder afterwards)."""
+"""(staged folder, its verified manifest) -> the new manifest; `files` is recomputed after."""
 
 
 def rewrite_version(
-    version_dir: Path, transform: Transform, *, remove_signature: bool = False
+    version_dir: Path,
+    transform: Transform,
+    *,
+    remove_signature: bool = False,
+    sign: Callable[[Path], object] | None = None,
 ) -> Manifest:
     """Change a published version so that readers see it as it was or as it becomes, never
     in between; returns the sealed manifest written.
@@ -220,7 +223,8 @@ def rewrite_version(
     they share their bytes with the published version), every file is hashed into its
     manifest, which is sealed, and the folder is swapped in (`swap.exchange`). A crash
     leaves the version as it was. A signed version is refused unless `remove_signature`:
-    its signature covers what changes; re-sign the result.
+    its signature covers what changes. `sign(folder)` signs the result before it is swapped
+    in, so a server that requires signatures never sees it unsigned.
     """
     version_dir = Path(version_dir)
     model_dir = version_dir.parent
@@ -256,6 +260,8 @@ def rewrite_version(
                 )
             sealed = updated.model_copy(update={"files": entries}).sealed()
             put_file(staging, MANIFEST_NAME, sealed.to_json().encode())
+            if sign is not None:
+                sign(staging)
             swap.fsync_dir(staging)
             swap.exchange(staging, version_dir)
             swap.fsync_dir(model_dir)
@@ -271,12 +277,9 @@ def read_stable(
     discard: Callable[[T], object] | None = None,
     attempts: int = 5,
 ) -> T:
-    """`read()` of a version folder, read again when `rewrite_version` swapped it meanwhile.
-
-    A read that a swap overtakes may mix the old and the new version and fail on a hash, or
-    succeed on a mix; either way it is done again (the mixed result handed to `discard`),
-    so what is returned is one version as it was written.
-    """
+    """`read()` of a version folder, done again when `rewrite_version` swapped it meanwhile:
+    a read a swap overtakes may mix two versions, and fail on a hash or succeed on the mix
+    (handed to `discard`); what is returned is one version as it was written."""
     for _attempt in range(attempts - 1):
         before = _folder_identity(version_dir)
         try:
