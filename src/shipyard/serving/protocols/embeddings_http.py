@@ -27,7 +27,7 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ProtocolError
 from shipyard.serving.protocols.http import endpoint, error_response, json_response, read_body
 from shipyard.serving.protocols.v2_http import counted
-from shipyard.serving.security import ALL_MODELS
+from shipyard.serving.security import ALL_MODELS, ServerSecurity
 from shipyard.serving.settings import ServerSettings
 
 PATH = "/v1/embeddings"
@@ -37,8 +37,9 @@ MAX_INPUTS = 2048
 
 
 class EmbeddingsHandler:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, security: ServerSecurity) -> None:
         self.dataplane = dataplane
+        self.security = security
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -55,7 +56,7 @@ class EmbeddingsHandler:
         received = time.perf_counter_ns()
         limits = self.dataplane.limits_for(None)
         body = await read_body(request, limit=limits.max_body_bytes)
-        security = getattr(request.app.state, "security", None)
+        security = self.security
         try:
             doc = load_object(body, what="embeddings request")
             name = doc.get("model")
@@ -64,11 +65,9 @@ class EmbeddingsHandler:
         except ProtocolError:
             # Authorize before validating: a body naming no model is checked as if it
             # targeted every model, so only an 'infer:*' token learns what is wrong with it.
-            if security is not None:
-                await security.authorize_http(request.scope, "infer", ALL_MODELS)
+            await security.authorize_http(request.scope, "infer", ALL_MODELS)
             raise
-        if security is not None:
-            await security.authorize_http(request.scope, "infer", name)
+        await security.authorize_http(request.scope, "infer", name)
         texts = _texts(doc.get("input"), max_bytes=limits.max_bytes_element)
         encoding = doc.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
@@ -142,7 +141,9 @@ def _encode(row: np.ndarray, encoding: str) -> Any:
     return row.tolist()
 
 
-def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
+def routes(
+    dataplane: DataPlane, *, settings: ServerSettings, security: ServerSecurity
+) -> list[Route]:
     del settings
-    handler = endpoint(counted(dataplane.metrics, EmbeddingsHandler(dataplane)))
+    handler = endpoint(counted(dataplane.metrics, EmbeddingsHandler(dataplane, security)))
     return [Route(PATH, handler, methods=["POST"])]
