@@ -41,7 +41,16 @@ class Runtime(Protocol):
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, np.ndarray]:
+        """Check `inputs` against the signature (`check_inputs`), then run."""
+        ...
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run a feed that `check_inputs` already returned (the server checks each request
+        once, before it joins a batch); None or empty output names: every output."""
+        ...
 
     def close(self) -> None: ...
 

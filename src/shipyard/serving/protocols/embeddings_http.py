@@ -75,10 +75,8 @@ class EmbeddingsHandler:
         unknown = sorted(set(doc) - {"model", "input", "encoding_format", "dimensions", "user"})
         if unknown:
             raise ProtocolError(f"embeddings request has unknown field(s) {unknown}")
-        served = self.dataplane.manager.get(name)
-        processor = served.model.processor
-        output = processor.embedding_output if processor is not None else None
-        if processor is None or output is None or processor.spec.text is None:
+        target = self.dataplane.embedding_target(name)
+        if target is None:
             raise InputError(
                 f"model {name!r} does not turn text into sentence embeddings; pack it with "
                 "--tokenizer (and --pooling) to serve it on /v1/embeddings"
@@ -89,14 +87,14 @@ class EmbeddingsHandler:
         response = await self.dataplane.infer(
             name,
             InferenceRequest(
-                inputs={processor.spec.text.input: inputs}, outputs=[RequestedOutput(output)]
+                inputs={target.text_input: inputs}, outputs=[RequestedOutput(target.output)]
             ),
-            version=str(served.version),
+            version=target.version,
             protocol=PROTOCOL,
             received_ns=received,
             usage=usage,
         )
-        vectors = np.asarray(response.outputs[output], dtype=np.float32)
+        vectors = np.asarray(response.outputs[target.output], dtype=np.float32)
         dimensions = doc.get("dimensions")
         if dimensions is not None and dimensions != vectors.shape[-1]:
             raise InputError(

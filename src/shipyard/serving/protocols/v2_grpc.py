@@ -36,7 +36,6 @@ import grpc
 from shipyard.errors import ShipyardError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, Overloaded
-from shipyard.serving.limits import decode_limits
 from shipyard.serving.logs import request_id
 from shipyard.serving.protocols import grpc_codec
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
@@ -120,7 +119,7 @@ class V2GrpcServicer:
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         received = time.perf_counter_ns()
-        limits = decode_limits(self.dataplane.limits_for(request.model_name))
+        limits = self.dataplane.decode_limits_for(request.model_name)
         decoded = grpc_codec.decode_infer_request(request, limits=limits)
         response = await self.dataplane.infer(
             request.model_name,
