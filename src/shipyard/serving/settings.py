@@ -36,7 +36,7 @@ _config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", defau
 class BatchingSettings(BaseModel):
     """Dynamic batching knobs; the server's are the defaults for every model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool | None = None
     """True/False forces batching on/off; None turns it on when the model has a batch dim."""
@@ -55,7 +55,7 @@ class BatchingSettings(BaseModel):
 class LimitsSettings(BaseModel):
     """Protection against oversized or abusive requests."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest accepted request body, after decompression, in bytes (413 above it)."""
@@ -80,7 +80,7 @@ class HttpSettings(BaseModel):
     (HTTP)" in docs/security.md.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1 << 20)
     """Largest request line plus headers, in bytes (431 and the connection closed above it)."""
@@ -107,7 +107,7 @@ class TlsSettings(BaseModel):
     One configuration for HTTPS and gRPC; see "TLS" in docs/security.md.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     client_ca: Path | None = None
     """PEM CA bundle: require a client certificate signed by it (mutual TLS) on HTTP and gRPC."""
@@ -125,7 +125,7 @@ class TlsSettings(BaseModel):
 class GrpcSettings(BaseModel):
     """Bounds on the V2 gRPC server (on when `grpc_port` is set)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
     """Most gRPC calls handled at once over all connections; more are refused at once with
@@ -141,7 +141,7 @@ class GrpcSettings(BaseModel):
 class DriftSettings(BaseModel):
     """Drift measured against each version's reference profile (see docs/monitoring.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool = False
     """Sample decoded inputs and outputs and export `shipyard_drift_*` gauges; versions
@@ -160,6 +160,7 @@ class ServerSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
