@@ -157,6 +157,7 @@ async def _app_client(settings: ServerSettings) -> AsyncIterator[httpx.AsyncClie
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shipyard") as client:
+            client.app = app  # type: ignore[attr-defined]
             client.server = server  # type: ignore[attr-defined]
             yield client
 
