@@ -21,7 +21,7 @@ from shipyard.processing.build import text_plan
 from shipyard.processing.graph import append_pooling
 from shipyard.runtime.onnxrt import OnnxRuntime
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.app import build_app
+from shipyard.serving.app import Server
 from shipyard.serving.settings import load_settings
 
 from .tiny import (
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(120)
 @asynccontextmanager
 async def app_client(repo: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(repository=repo, poll_interval_s=0, port=0, **overrides)
-    app = build_app(settings)
+    app = Server(settings).app
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shipyard") as client:

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 import shipyard
 from shipyard.package.dtypes import BY_V2, DTYPES
-from shipyard.serving.app import build_app
+from shipyard.serving.app import Server
 from shipyard.serving.settings import ServerSettings, load_settings
 
 
@@ -134,11 +134,13 @@ def _settings_for(repo: Path, **overrides: Any) -> ServerSettings:
 @asynccontextmanager
 async def _app_client(settings: ServerSettings) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client over the in-process ASGI app, with its lifespan running."""
-    app = build_app(settings)
+    server = Server(settings)
+    app = server.app
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shipyard") as client:
             client.app = app  # type: ignore[attr-defined]
+            client.server = server  # type: ignore[attr-defined]
             yield client
 
 

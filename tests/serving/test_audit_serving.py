@@ -93,9 +93,9 @@ async def test_each_event_class_is_recorded_and_the_chain_verifies(
         assert (await client.post("/v2/repository/models/scale/unload", headers=admin)).is_success
         assert (await client.post("/v2/repository/models/scale/load", headers=admin)).is_success
         # a call through the data plane alone, as the gRPC transport makes it
-        plane = client.app.state.dataplane  # type: ignore[attr-defined]
-        await plane.infer("scale", InferenceRequest({"x": X}), protocol="v2_grpc")
-        client.app.state.security.audit.flush()  # type: ignore[attr-defined]
+        server = client.server  # type: ignore[attr-defined]
+        await server.dataplane.infer("scale", InferenceRequest({"x": X}), protocol="v2_grpc")
+        server.security.audit.flush()
         written = records(log)
         assert [r["event"] for r in written][:2] == ["server.start", "model.load"]
     written = records(log)
@@ -268,13 +268,13 @@ def test_writer_runs_off_the_calling_thread(tmp_path: Path) -> None:
 def test_audit_key_is_required_and_separate_from_the_kek(
     repo: Path, settings_for: Callable[..., ServerSettings], keys: KeyPaths, tmp_path: Path
 ) -> None:
-    from shipyard.serving.app import build_app
+    from shipyard.serving.app import Server
 
     log = tmp_path / "audit.jsonl"
     with pytest.raises(KeyFileError, match="--audit-key-file"):
-        build_app(settings_for(repo, audit_log=log))
+        Server(settings_for(repo, audit_log=log))
     with pytest.raises(KeyFileError, match="separate audit key"):
-        build_app(
+        Server(
             settings_for(repo, audit_log=log, audit_key_file=keys.data_key, key_file=keys.data_key)
         )
 

@@ -304,17 +304,17 @@ def test_settings_tie_security_options_together(repo: Path) -> None:
 def test_missing_token_file_is_refused_at_startup(
     repo: Path, settings_for: Callable[..., ServerSettings], tmp_path: Path
 ) -> None:
-    from shipyard.serving.app import build_app
+    from shipyard.serving.app import Server
 
     with pytest.raises(UsageError, match="tokens create"):
-        build_app(settings_for(repo, auth=tmp_path / "missing.json"))
+        Server(settings_for(repo, auth=tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(UsageError, match="chmod 600"):  # open to others: refused unread
-        build_app(settings_for(repo, auth=broken))
+        Server(settings_for(repo, auth=broken))
     broken.chmod(0o600)
     with pytest.raises(UsageError, match="not a valid Shipyard token file"):
-        build_app(settings_for(repo, auth=broken))
+        Server(settings_for(repo, auth=broken))
 
 
 # -- real servers -------------------------------------------------------------------------
@@ -496,11 +496,10 @@ async def test_grpc_authorize_hook(
     settings_for: Callable[..., ServerSettings],
     tokens: tuple[Path, dict[str, str]],
 ) -> None:
-    from shipyard.serving.app import build_app
+    from shipyard.serving.app import Server
 
     pack()
-    app = build_app(settings_for(repo, auth=tokens[0]))
-    authorize = app.state.security.authorize
+    authorize = Server(settings_for(repo, auth=tokens[0])).security.authorize
     secrets = tokens[1]
 
     def meta(name: str) -> dict[str, str]:

@@ -1,10 +1,16 @@
-"""The dynamic batcher driven directly with a fake model: formation, delay, limits, failures."""
+"""The dynamic batcher driven directly with a fake model: formation, delay, limits, failures.
+
+Time is a `ManualClock`: queue delays pass when a test moves the clock, and a fake model
+"takes" the time it is told to, so nothing here sleeps or depends on this machine's speed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +23,96 @@ from shipyard.serving.settings import BatchingSettings
 pytestmark = pytest.mark.anyio
 
 
-class FakeModel:
-    """y = 2x, s = row sums; records every feed's row count and peak concurrency."""
+class _ManualTimer:
+    def __init__(self, at_ns: int, callback: Callable[[], None]) -> None:
+        self.at_ns = at_ns
+        self.callback = callback
+        self.cancelled = False
 
-    def __init__(self, *, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.delay_s = delay_s
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    """A `serving.clock.Clock` whose time moves only when told: `advance_to` fires timers."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self._timers: list[_ManualTimer] = []
+
+    def now_ns(self) -> int:
+        return self.now
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> _ManualTimer:
+        timer = _ManualTimer(self.now + round(delay_s * 1e9), callback)
+        self._timers.append(timer)
+        return timer
+
+    def next_due(self) -> int | None:
+        """When the earliest pending timer fires (ns), or None when none is pending."""
+        self._timers = [t for t in self._timers if not t.cancelled]
+        return min((t.at_ns for t in self._timers), default=None)
+
+    def pass_time(self, seconds: float) -> None:
+        """Move time on without firing timers (what a model's run takes; any thread)."""
+        self.now += round(seconds * 1e9)
+
+    def advance_to(self, at_ns: int) -> None:
+        """Move time to `at_ns` and fire, in order, every timer then due (on the loop)."""
+        self.now = max(self.now, at_ns)
+        due = sorted((t for t in self._timers if t.at_ns <= self.now), key=lambda t: t.at_ns)
+        self._timers = [t for t in self._timers if t.at_ns > self.now]
+        for timer in due:
+            if not timer.cancelled:
+                timer.callback()
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Let the loop (and the batcher's worker threads) run until `condition()` holds."""
+    deadline = time.monotonic() + timeout_s
+    spins = 0
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition never held")
+        spins += 1
+        # a few bare loop turns first; then give worker threads the CPU as well
+        await asyncio.sleep(0 if spins < 100 else 0.001)
+
+
+async def finish(clock: ManualClock, *calls: Awaitable[Any]) -> list[Any]:
+    """Await `calls` together, moving the clock to each timer the batcher waits on."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+
+    def settled() -> bool:
+        return all(t.done() for t in tasks) or clock.next_due() is not None
+
+    while not all(t.done() for t in tasks):
+        await until(settled)
+        due = clock.next_due()
+        if due is not None:
+            clock.advance_to(due)
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+class FakeModel:
+    """y = 2x, s = row sums; records every feed's row count and peak concurrency.
+
+    Each run takes `cost_s` of the clock's time; `gate` holds runs until it is set and
+    `barrier` until that many runs are in at once.
+    """
+
+    def __init__(
+        self,
+        clock: ManualClock | None = None,
+        *,
+        cost_s: float = 0.0,
+        gate: threading.Event | None = None,
+        barrier: threading.Barrier | None = None,
+    ) -> None:
+        self.clock = clock
+        self.cost_s = cost_s
         self.gate = gate
+        self.barrier = barrier
         self.batches: list[int] = []
         self.running = 0
         self.peak = 0
@@ -36,7 +126,10 @@ class FakeModel:
         try:
             if self.gate is not None:
                 self.gate.wait(10)
-            time.sleep(self.delay_s)
+            if self.barrier is not None:
+                self.barrier.wait(10)
+            if self.clock is not None:
+                self.clock.pass_time(self.cost_s)
             x = feed["x"]
             if np.isnan(x).any():
                 raise InputError("NaN in x")
@@ -47,8 +140,16 @@ class FakeModel:
                 self.running -= 1
 
 
-def make(model: FakeModel, *, workers: int = 1, **knobs: object) -> Batcher:
-    return Batcher(model, name="fake", batching=BatchingSettings(**knobs), workers=workers)  # type: ignore[arg-type]
+def make(model: Any, clock: ManualClock, *, workers: int = 1, **knobs: Any) -> Batcher:
+    options = {k: knobs.pop(k) for k in ("retry_after_s", "inline_max_us") if k in knobs}
+    return Batcher(
+        model,
+        name="fake",
+        batching=BatchingSettings(**knobs),
+        workers=workers,
+        clock=clock,
+        **options,
+    )
 
 
 def rows(n: int, value: float = 1.0, width: int = 3) -> dict[str, np.ndarray]:
@@ -56,75 +157,82 @@ def rows(n: int, value: float = 1.0, width: int = 3) -> dict[str, np.ndarray]:
 
 
 async def test_concurrent_requests_form_one_batch_and_split_back() -> None:
-    model = FakeModel()
-    batcher = make(model, max_batch_size=16, max_queue_delay_us=100_000)
-    results = await asyncio.gather(*(batcher.submit(rows(1, float(i))) for i in range(8)))
+    clock = ManualClock()
+    model = FakeModel(clock, cost_s=0.002)
+    batcher = make(model, clock, max_batch_size=16, max_queue_delay_us=100_000)
+    results = await finish(clock, *(batcher.submit(rows(1, float(i))) for i in range(8)))
     await batcher.close()
     assert model.batches == [8]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result.outputs["y"], np.full((1, 3), 2.0 * i))
         assert result.batch_rows == 8
-        assert result.queue_ns >= 0 and result.compute_ns > 0
+        assert (result.queue_ns, result.compute_ns) == (100_000_000, 2_000_000)
 
 
 async def test_max_batch_size_caps_rows_and_large_requests_run_alone() -> None:
+    clock = ManualClock()
     model = FakeModel()
-    batcher = make(model, max_batch_size=4, max_queue_delay_us=50_000)
+    batcher = make(model, clock, max_batch_size=4, max_queue_delay_us=50_000)
     sizes = [1, 2, 1, 3, 1, 6, 1]
-    results = await asyncio.gather(*(batcher.submit(rows(n)) for n in sizes))
+    results = await finish(clock, *(batcher.submit(rows(n)) for n in sizes))
     await batcher.close()
     assert [r.outputs["y"].shape[0] for r in results] == sizes
-    assert sum(model.batches) == sum(sizes)
-    assert 6 in model.batches  # larger than the limit: alone
-    assert all(b <= 4 for b in model.batches if b != 6)
+    assert model.batches == [4, 4, 6, 1]  # 1+2+1, 3+1, 6 alone (over the limit), the last 1
 
 
-async def test_requests_wait_at_most_the_queue_delay() -> None:
-    model = FakeModel()
-    batcher = make(model, max_batch_size=64, max_queue_delay_us=80_000)
-    started = time.perf_counter()
-    result = await batcher.submit(rows(1))
-    waited = time.perf_counter() - started
+async def test_requests_wait_exactly_the_queue_delay() -> None:
+    clock = ManualClock()
+    batcher = make(FakeModel(), clock, max_batch_size=64, max_queue_delay_us=80_000)
+    pending = asyncio.ensure_future(batcher.submit(rows(1)))
+    await until(lambda: clock.next_due() is not None)
+    assert clock.next_due() == 80_000_000
+    clock.advance_to(79_999_999)
+    await asyncio.sleep(0)
+    assert not pending.done()
+    clock.advance_to(80_000_000)
+    result = await pending
     await batcher.close()
-    assert 0.07 <= waited < 1.0
-    assert result.queue_ns >= 70_000_000
+    assert result.queue_ns == 80_000_000
 
 
 async def test_zero_delay_adds_no_wait_but_batches_under_load() -> None:
-    model = FakeModel(delay_s=0.2)
-    batcher = make(model, max_batch_size=64, max_queue_delay_us=0)
-    started = time.perf_counter()
+    clock = ManualClock()
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make(model, clock, max_batch_size=64, max_queue_delay_us=0)
     first = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0.01)  # the first runs alone; the rest queue behind it
-    rest = await asyncio.gather(*(batcher.submit(rows(1)) for _ in range(5)))
-    await first
+    await until(lambda: model.running == 1)  # the first runs alone; the rest queue behind it
+    rest = [asyncio.ensure_future(batcher.submit(rows(1))) for _ in range(5)]
+    await until(lambda: batcher.depth == 5)
+    gate.set()
+    done = await asyncio.gather(first, *rest)
     await batcher.close()
     assert model.batches == [1, 5]
-    assert all(r.batch_rows == 5 for r in rest)
-    assert time.perf_counter() - started < 2.0
+    assert all(r.batch_rows == 5 for r in done[1:])
+    assert clock.now == 0 and clock.next_due() is None  # nothing ever waited on the clock
 
 
 async def test_only_requests_with_matching_trailing_dims_share_a_batch() -> None:
+    clock = ManualClock()
     model = FakeModel()
-    batcher = make(model, max_batch_size=16, max_queue_delay_us=50_000)
+    batcher = make(model, clock, max_batch_size=16, max_queue_delay_us=50_000)
     narrow = [batcher.submit(rows(1, width=3)) for _ in range(3)]
     wide = [batcher.submit(rows(1, width=5)) for _ in range(2)]
-    results = await asyncio.gather(*narrow, *wide)
+    results = await finish(clock, *narrow, *wide)
     await batcher.close()
-    assert sorted(model.batches) == [2, 3]
+    assert model.batches == [3, 2]
     assert [r.outputs["y"].shape[1] for r in results] == [3, 3, 3, 5, 5]
 
 
 async def test_full_queue_is_overloaded_with_retry_after() -> None:
+    clock = ManualClock()
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = Batcher(
-        model, name="fake", batching=BatchingSettings(max_queue_size=3), retry_after_s=7
-    )
+    batcher = make(model, clock, max_queue_size=3, retry_after_s=7)
     running = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0.05)  # dispatched: the worker blocks on the gate
+    await until(lambda: model.running == 1)  # dispatched: the worker blocks on the gate
     queued = [asyncio.ensure_future(batcher.submit(rows(1))) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.depth == 3)
     with pytest.raises(Overloaded) as info:
         await batcher.submit(rows(1))
     assert info.value.status == 503 and info.value.retry_after == 7
@@ -134,36 +242,39 @@ async def test_full_queue_is_overloaded_with_retry_after() -> None:
 
 
 async def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
+    clock = ManualClock()
     model = FakeModel()
-    batcher = make(model, max_batch_size=16, max_queue_delay_us=50_000)
-    outcomes = await asyncio.gather(
+    batcher = make(model, clock, max_batch_size=16, max_queue_delay_us=50_000)
+    outcomes = await finish(
+        clock,
         batcher.submit(rows(1, 1.0)),
         batcher.submit(rows(1, float("nan"))),
         batcher.submit(rows(2, 3.0)),
-        return_exceptions=True,
     )
     await batcher.close()
     assert isinstance(outcomes[1], InputError)
-    np.testing.assert_array_equal(outcomes[0].outputs["y"], np.full((1, 3), 2.0))  # type: ignore[union-attr]
-    np.testing.assert_array_equal(outcomes[2].outputs["y"], np.full((2, 3), 6.0))  # type: ignore[union-attr]
-    assert model.batches[0] == 4  # tried together first, then one by one
+    np.testing.assert_array_equal(outcomes[0].outputs["y"], np.full((1, 3), 2.0))
+    np.testing.assert_array_equal(outcomes[2].outputs["y"], np.full((2, 3), 6.0))
+    assert model.batches == [4, 1, 1, 2]  # tried together first, then one by one
 
 
 async def test_outputs_that_do_not_follow_the_batch_turn_batching_off() -> None:
     def total(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         return {"t": np.array(feed["x"].sum(), dtype=np.float32)}  # a scalar: cannot split
 
-    batcher = Batcher(total, name="total", batching=BatchingSettings(max_queue_delay_us=50_000))
-    results = await asyncio.gather(*(batcher.submit(rows(1, float(i))) for i in range(3)))
+    clock = ManualClock()
+    batcher = make(total, clock, max_queue_delay_us=50_000)
+    results = await finish(clock, *(batcher.submit(rows(1, float(i))) for i in range(3)))
     await batcher.close()
     assert [float(r.outputs["t"]) for r in results] == [0.0, 3.0, 6.0]
     assert batcher.enabled is False
 
 
 async def test_each_request_gets_only_the_outputs_it_asked_for() -> None:
+    clock = ManualClock()
     model = FakeModel()
-    batcher = make(model, max_batch_size=8, max_queue_delay_us=50_000)
-    only_s, every = await asyncio.gather(batcher.submit(rows(1), ["s"]), batcher.submit(rows(1)))
+    batcher = make(model, clock, max_batch_size=8, max_queue_delay_us=50_000)
+    only_s, every = await finish(clock, batcher.submit(rows(1), ["s"]), batcher.submit(rows(1)))
     await batcher.close()
     assert list(only_s.outputs) == ["s"]
     assert list(every.outputs) == ["y", "s"]
@@ -171,8 +282,9 @@ async def test_each_request_gets_only_the_outputs_it_asked_for() -> None:
 
 
 async def test_workers_run_batches_concurrently() -> None:
-    model = FakeModel(delay_s=0.1)
-    batcher = make(model, workers=3, enabled=False)
+    clock = ManualClock()
+    model = FakeModel(barrier=threading.Barrier(3))  # no run finishes before all three start
+    batcher = make(model, clock, workers=3, enabled=False)
     await asyncio.gather(*(batcher.submit(rows(1)) for _ in range(3)))
     await batcher.close()
     assert model.peak == 3
@@ -180,10 +292,12 @@ async def test_workers_run_batches_concurrently() -> None:
 
 
 async def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
-    model = FakeModel(delay_s=0.02)
-    batcher = make(model, max_batch_size=2)
+    clock = ManualClock()
+    model = FakeModel()
+    batcher = make(model, clock, max_batch_size=2)
     pending = [asyncio.ensure_future(batcher.submit(rows(1))) for _ in range(5)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: all five are queued
+    assert batcher.depth == 5
     await batcher.close()
     assert all(p.done() and p.exception() is None for p in pending)
     with pytest.raises(ModelNotReady):
@@ -191,15 +305,17 @@ async def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
 
 
 async def test_cancelled_requests_are_skipped() -> None:
+    clock = ManualClock()
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = make(model, max_batch_size=8)
+    batcher = make(model, clock, max_batch_size=8)
     first = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.running == 1)
     doomed = asyncio.ensure_future(batcher.submit(rows(1)))
     kept = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.depth == 2)
     doomed.cancel()
+    await until(doomed.done)
     gate.set()
     await asyncio.gather(first, kept)
     await batcher.close()
@@ -218,50 +334,46 @@ def test_batch_key_groups_by_trailing_dims_and_dtype() -> None:
 
 async def test_a_tiny_model_runs_inline_once_timed_and_a_slow_one_never_does() -> None:
     threads: list[int] = []
-    fast = FakeModel()
+    clock = ManualClock()
+    fast = FakeModel(clock, cost_s=0.000_001)
 
     def run(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         threads.append(threading.get_ident())
         return fast(feed, outputs)
 
-    # A generous budget: this is about where runs happen, not about this machine's speed.
-    batcher = Batcher(
-        run, name="fast", batching=BatchingSettings(enabled=False), inline_max_us=50_000
-    )
+    batcher = make(run, clock, enabled=False)
     for _ in range(12):
         await batcher.submit(rows(1))
     await batcher.close()
     loop_thread = threading.get_ident()
     assert loop_thread not in threads[:3]  # timed on the workers first
-    assert threads[-3:] == [loop_thread] * 3  # then inline
+    assert threads[3:] == [loop_thread] * 9  # then inline: 1 µs is within the 100 µs budget
 
-    slow = FakeModel(delay_s=0.002)
-    batcher = Batcher(slow, name="slow", batching=BatchingSettings(enabled=False))
+    slow = FakeModel(clock, cost_s=0.002)
+    batcher = make(slow, clock, enabled=False)
     for _ in range(5):
         await batcher.submit(rows(1))
     await batcher.close()
-    assert batcher._timings  # timed, but over the inline budget every time
-    assert all(t.ns_per_row > 100_000 for t in batcher._timings.values())
+    timings = batcher.timer.timings
+    assert [t.ns_per_row for t in timings.values()] == [2_000_000]  # over the budget: never
+    assert timings and all(t.runs == 5 for t in timings.values())
 
 
 async def test_a_failing_inline_batch_still_fails_only_the_bad_request() -> None:
-    model = FakeModel()
-    batcher = Batcher(
-        model,  # type: ignore[arg-type]
-        name="fake",
-        batching=BatchingSettings(max_batch_size=16, max_queue_delay_us=20_000),
-        inline_max_us=50_000,
-    )
+    clock = ManualClock()
+    model = FakeModel(clock, cost_s=0.000_001)
+    batcher = make(model, clock, max_batch_size=16, max_queue_delay_us=20_000)
     for _ in range(10):
-        await batcher.submit(rows(1))  # timed: the next batches run inline
-    outcomes = await asyncio.gather(
+        await finish(clock, batcher.submit(rows(1)))  # timed: the next batches run inline
+    outcomes = await finish(
+        clock,
         batcher.submit(rows(1, 1.0)),
         batcher.submit(rows(1, float("nan"))),
         batcher.submit(rows(1, 3.0)),
-        return_exceptions=True,
     )
     await batcher.close()
     assert isinstance(outcomes[1], InputError)
     assert not isinstance(outcomes[0], BaseException)
     assert not isinstance(outcomes[2], BaseException)
     np.testing.assert_array_equal(outcomes[2].outputs["y"], np.full((1, 3), 6.0))
+    assert model.batches[-4:] == [3, 1, 1, 1]  # inline together, then one by one on workers

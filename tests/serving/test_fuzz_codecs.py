@@ -28,7 +28,7 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.tensors import DATATYPES
 from shipyard.codecs.v2 import decode_request
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.app import build_app
+from shipyard.serving.app import Server
 from shipyard.serving.settings import ServerSettings
 
 FUZZ = settings(
@@ -323,7 +323,7 @@ def client(
         store.create("fuzzer", ["infer:scale"])
         extra["auth"] = store.path
     settings = settings_for(repo, limits={"max_body_bytes": 4096}, **extra)
-    with TestClient(build_app(settings), raise_server_exceptions=True) as test_client:
+    with TestClient(Server(settings).app, raise_server_exceptions=True) as test_client:
         yield test_client
 
 

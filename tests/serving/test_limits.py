@@ -17,8 +17,11 @@ from shipyard.codecs import encode_request
 from shipyard.codecs.errors import ProtocolError, RequestTooLarge
 from shipyard.codecs.limits import DecodeLimits, check_json_depth
 from shipyard.codecs.v2 import decode_request
-from shipyard.serving.limits import BodyLimitMiddleware, OutputTooLarge, check_output_size
-from shipyard.serving.settings import ModelConfigError, ServerSettings, read_model_config
+from shipyard.serving.errors import ModelConfigError
+from shipyard.serving.limits import BodyLimitMiddleware
+from shipyard.serving.model_config import read_model_config
+from shipyard.serving.settings import ServerSettings
+from shipyard.serving.version_config import OutputTooLarge, check_output_size
 
 pytestmark = pytest.mark.anyio
 

@@ -229,7 +229,7 @@ def test_server_metadata_advertises_the_extension(
 def test_config_follows_the_batcher_and_the_providers(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dataplane = server.app.state.dataplane
+    dataplane = server.server.dataplane
     served = dataplane.manager.get("scale")
     runtime_type = type(served.model.runtime)
     monkeypatch.setattr(

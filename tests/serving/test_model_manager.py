@@ -274,3 +274,39 @@ async def test_batching_defaults_follow_the_signature(
         assert not plane.manager.get("fixed").batcher.enabled
     finally:
         await plane.manager.stop()
+
+
+async def test_config_is_resolved_once_at_load_and_inputs_checked_once(
+    repo: Path,
+    pack: Callable[..., Path],
+    settings_for: Callable[..., ServerSettings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shipyard.runtime.onnxrt
+    import shipyard.serving.dataplane
+    from shipyard.runtime.base import check_inputs
+
+    pack()
+    (repo / "scale" / "model.toml").write_text("[limits]\nmax_tensor_elements = 1000\n")
+    plane = await started(settings_for(repo, limits={"max_json_depth": 8}))
+    try:
+        limits = plane.limits_for("scale")
+        assert (limits.max_tensor_elements, limits.max_json_depth) == (1000, 8)
+        assert plane.limits_for("scale") is limits  # kept on the version, not merged per call
+        assert plane.decode_limits_for("scale").max_tensor_elements == 1000
+        assert plane.limits_for("nope") is plane.manager.settings.limits
+        calls: list[str] = []
+
+        def counted(specs: Any, inputs: Any) -> Any:
+            calls.append("check")
+            return check_inputs(specs, inputs)
+
+        monkeypatch.setattr(shipyard.serving.dataplane, "check_inputs", counted)
+        monkeypatch.setattr(shipyard.runtime.onnxrt, "check_inputs", counted)
+        np.testing.assert_array_equal((await infer(plane)).outputs["y"], X * 2)
+        assert calls == ["check"]
+        (repo / "scale" / "model.toml").write_text("[limits]\nmax_tensor_elements = 500\n")
+        await plane.manager.refresh()  # a changed model.toml reloads the version with it
+        assert plane.limits_for("scale").max_tensor_elements == 500
+    finally:
+        await plane.manager.stop()

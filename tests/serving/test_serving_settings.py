@@ -10,13 +10,9 @@ import pytest
 
 from shipyard.serving.errors import ModelConfigError
 from shipyard.serving.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id
-from shipyard.serving.settings import (
-    ModelConfig,
-    ServerSettings,
-    VersionPolicy,
-    load_settings,
-    read_model_config,
-)
+from shipyard.serving.model_config import ModelConfig, VersionPolicy, read_model_config
+from shipyard.serving.settings import ServerSettings, load_settings
+from shipyard.serving.version_config import resolve
 
 
 def test_defaults() -> None:
@@ -70,7 +66,7 @@ def test_model_toml(tmp_path: Path) -> None:
     assert config.instances == 3 and config.warmup is False
     assert config.version_policy.select([1, 2, 3, 4, 5]) == [1, 4]
     assert config.runtime is not None and config.runtime.intra_op_threads == 2
-    batching = config.batching_for(ServerSettings())
+    batching = resolve(config, ServerSettings()).batching
     assert batching.enabled is False and batching.max_queue_size == 10
     assert batching.max_batch_size == ServerSettings().batching.max_batch_size
 

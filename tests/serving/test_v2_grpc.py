@@ -22,9 +22,9 @@ from tritonclient.utils import InferenceServerException
 import shipyard
 from shipyard.errors import ShipyardError
 from shipyard.package.dtypes import DTYPES
-from shipyard.serving.app import build_app
+from shipyard.serving.app import Server
 from shipyard.serving.errors import Overloaded
-from shipyard.serving.protocols import v2_grpc
+from shipyard.serving.protocols import grpc_server, v2_grpc
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings
@@ -224,7 +224,7 @@ async def test_overloaded_sends_retry_after() -> None:
 
     context = Context()
     with pytest.raises(grpc.RpcError):
-        await v2_grpc._abort(context, Overloaded("m", queue_size=8, retry_after=3))
+        await v2_grpc.abort(context, Overloaded("m", queue_size=8, retry_after=3))
     code, details, trailing = context.args
     assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
     assert trailing == (("retry-after", "3"),)
@@ -335,16 +335,14 @@ async def test_a_second_grpc_server_cannot_share_the_port(
 ) -> None:
     """grpc binds with SO_REUSEPORT unless told not to: a second server would share the port."""
     pack()
-    monkeypatch.setattr(v2_grpc, "check_port_free", lambda host, port: None)  # grpc's own bind
+    monkeypatch.setattr(grpc_server, "check_port_free", lambda host, port: None)  # grpc's bind
     settings = _settings(repo)
-    app = build_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        v2_grpc.serve_grpc(app.state.dataplane, settings=settings) as port,
-    ):
+    server = Server(settings)
+    async with server.app.router.lifespan_context(server.app):
+        port = server.grpc_port
         again = settings.model_copy(update={"grpc_port": port})
         with pytest.raises(ShipyardError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
-            async with v2_grpc.serve_grpc(app.state.dataplane, settings=again):
+            async with grpc_server.GrpcServer(server.dataplane, settings=again):
                 pass
 
 
@@ -431,11 +429,11 @@ async def test_in_process_authorize_hook_and_size_limit(
         if action == "repository":
             raise _Forbidden("this token may not change the repository")
 
-    settings = _settings(repo, limits={"max_body_bytes": 4096})
-    app = build_app(settings)
-    v2_grpc.attach(app, app.state.dataplane, settings=settings, authorize=authorize)
-    async with app.router.lifespan_context(app):
-        port = app.state.grpc_port
+    server = Server(_settings(repo, limits={"max_body_bytes": 4096}))
+    assert server.grpc is not None
+    server.grpc.authorize = authorize
+    async with server.app.router.lifespan_context(server.app):
+        port = server.grpc_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
 
             def rpc(name: str, response: Any) -> Any:
@@ -465,15 +463,16 @@ async def test_in_process_authorize_hook_and_size_limit(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await infer(request, metadata=ok)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert app.state.grpc_port is None
+    assert server.grpc_port is None
 
 
 @pytest.mark.anyio
 async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., Path]) -> None:
     pack()
-    settings = _settings(repo)
-    app = build_app(settings)
-    plane = app.state.dataplane
+    server = Server(_settings(repo))
+    assert server.grpc is not None
+    server.grpc.grace_s = 5
+    plane = server.dataplane
     started = asyncio.Event()
     infer = plane.infer
 
@@ -483,12 +482,10 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
         return await infer(*args, **kwargs)
 
     plane.infer = slow_infer
-    v2_grpc.attach(app, plane, settings=settings, grace_s=5)
     request = pb.ModelInferRequest(model_name="scale", raw_input_contents=[X.tobytes()])
     request.inputs.add(name="x", datatype="FP32", shape=X.shape)
-    lifespan = app.router.lifespan_context(app)
-    await lifespan.__aenter__()
-    port = app.state.grpc_port
+    await server.start()
+    port = server.grpc_port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(
             f"/{v2_grpc.SERVICE}/ModelInfer",
@@ -497,7 +494,7 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
         )
         pending = asyncio.ensure_future(call(request))
         await started.wait()
-        await lifespan.__aexit__(None, None, None)  # stops gRPC, then unloads the models
+        await server.stop()  # stops gRPC, then unloads the models
         reply = await pending
         assert (
             np.frombuffer(reply.raw_output_contents[0], "<f4").tolist() == (X * 2).ravel().tolist()
@@ -573,12 +570,10 @@ async def test_access_log_has_one_line_per_grpc_call(
     repo: Path, pack: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     pack()
-    settings = _settings(repo, access_log=True)
-    app = build_app(settings)
-    v2_grpc.attach(app, app.state.dataplane, settings=settings)
+    server = Server(_settings(repo, access_log=True))
     caplog.set_level("INFO", logger="shipyard.serving.access")
-    async with app.router.lifespan_context(app):
-        port = app.state.grpc_port
+    async with server.app.router.lifespan_context(server.app):
+        port = server.grpc_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             infer = channel.unary_unary(
                 f"/{v2_grpc.SERVICE}/ModelInfer",

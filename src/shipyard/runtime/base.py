@@ -18,11 +18,14 @@ GraphOptimization = Literal["disable", "basic", "extended", "all"]
 class RuntimeOptions(BaseModel):
     """How a backend runs a model. Zero threads means 'let the backend decide'."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     intra_op_threads: int = Field(default=0, ge=0)
+    """Threads one operator may use (0: the backend's choice, about one per core)."""
     inter_op_threads: int = Field(default=0, ge=0)
+    """Threads running independent operators at once (0: the backend's choice)."""
     graph_optimization: GraphOptimization = "all"
+    """Graph optimization level: "disable", "basic", "extended" or "all"."""
     providers: tuple[str, ...] | None = None
     """Execution providers in order of preference; None picks by availability (GPU first)."""
 
@@ -42,7 +45,16 @@ class Runtime(Protocol):
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, np.ndarray]:
+        """Check `inputs` against the signature (`check_inputs`), then run."""
+        ...
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run a feed that `check_inputs` already returned (the server checks each request
+        once, before it joins a batch); None or empty output names: every output."""
+        ...
 
     def close(self) -> None: ...
 

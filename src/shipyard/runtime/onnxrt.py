@@ -103,9 +103,14 @@ class OnnxRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run once; inputs are checked against the signature first."""
+        return self.run(check_inputs(self._inputs, inputs), output_names)
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run a feed `check_inputs` returned, as it is (no second check)."""
         if self._closed:
             raise RuntimeBackendError("runtime is closed")
-        feed = check_inputs(self._inputs, inputs)
         names = list(output_names) if output_names else self._output_names
         unknown = [n for n in names if n not in self._output_names]
         if unknown:

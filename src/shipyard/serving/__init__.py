@@ -4,17 +4,18 @@ from shipyard.serving import serve, start_in_thread
 serve("models/", settings=load_settings(port=8000))
 """
 
-from shipyard.serving.app import build_app, build_dataplane
+from shipyard.serving.app import Server, build_dataplane
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.server import RunningServer, serve, start_in_thread
-from shipyard.serving.settings import ModelConfig, ServerSettings, load_settings
+from shipyard.serving.settings import ServerSettings, load_settings
 
 __all__ = [
     "DataPlane",
     "ModelConfig",
     "RunningServer",
+    "Server",
     "ServerSettings",
-    "build_app",
     "build_dataplane",
     "load_settings",
     "serve",

@@ -1,16 +1,27 @@
-"""The ASGI application: settings + repository -> manager, data plane and HTTP routes.
+"""The `Server`: data plane, security, the HTTP app and the optional gRPC listener, one lifecycle.
 
-The lifespan loads every model before the first request and unloads them all (after their
-in-flight requests) on shutdown; the repository poller runs in between. Transports add
-their routes here: `protocols.v2_http.routes(...)` today, TF Serving REST next to it.
+`Server(settings)` builds everything that needs no event loop (reading the token and key
+files fails here, before any port is bound). `start()` runs on the serving loop, in order:
+bind the gRPC port (so a taken port fails before any model loads), open the audit log,
+load and warm every model (then `gc.freeze()` for `shipyard serve`), and start answering
+gRPC; uvicorn starts listening for HTTP after it. `stop()` does the reverse: gRPC stops
+(in-flight calls finish), the models unload (after their in-flight requests), the audit
+log is drained and closed. The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
+`TestClient` or `httpx.ASGITransport` with the lifespan run all of it.
+
+Transports add their routes in `http_app`: V2 REST, TF Serving REST, embeddings, metrics
+and the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,17 +30,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shipyard.errors import ShipyardError
 from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols import embeddings_http, tfserving_http, v2_http
+from shipyard.serving.protocols.grpc_server import GrpcServer
 from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
 from shipyard.serving.repository import ModelRepository
-from shipyard.serving.security import build_security
+from shipyard.serving.security import ServerSecurity, build_security
 from shipyard.serving.settings import ServerSettings
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+GRACE_S = 10
+"""Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
+
+log = logging.getLogger("shipyard.serving.server")
+
+
+class StartupError(ShipyardError):
+    """The server cannot start: a port is taken, a file is missing or unreadable."""
 
 
 def build_dataplane(settings: ServerSettings) -> DataPlane:
@@ -46,10 +67,8 @@ def build_dataplane(settings: ServerSettings) -> DataPlane:
     return DataPlane(manager, metrics)
 
 
-def build_app(
-    settings: ServerSettings, *, dataplane: DataPlane | None = None, freeze_gc: bool = False
-) -> Starlette:
-    """The Starlette app serving V2 REST and /metrics; `app.state.dataplane` holds the core.
+class Server:
+    """One server: its data plane, security, HTTP app and (with `grpc_port`) gRPC listener.
 
     `freeze_gc` (what `shipyard serve` uses; off for servers inside another process, such
     as tests) moves every object alive once the models are loaded out of the garbage
@@ -57,24 +76,129 @@ def build_app(
     thousand objects, and without it every full collection walks all of them, a 20-30 ms
     stall of the event loop that a busy server hits several times a second and that every
     in-flight request pays (measured: p99 30 ms against p50 4.6 ms).
-    """
-    plane = dataplane or build_dataplane(settings)
-    security = build_security(settings, plane)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        security.start()
-        try:
-            await plane.manager.start()
-            if freeze_gc:
+    `on_startup_failure`, when set, makes a failing start-up (in the app's lifespan) keep
+    its cause in `error` as one `ShipyardError` line and call it (uvicorn is then told to
+    exit) instead of raising; `serve()` and `start_in_thread()` use it.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        dataplane: DataPlane | None = None,
+        freeze_gc: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.dataplane = dataplane or build_dataplane(settings)
+        self.security: ServerSecurity = build_security(settings, self.dataplane)
+        self.freeze_gc = freeze_gc
+        self.grpc: GrpcServer | None = None
+        if settings.grpc_port is not None:
+            self.grpc = GrpcServer(
+                self.dataplane,
+                settings=settings,
+                authorize=self.security.authorize,
+                authenticate=self.security.authenticate,
+                grace_s=GRACE_S,
+            )
+        self.app = http_app(self.dataplane, self.security, settings, lifespan=self._lifespan)
+        self.on_startup_failure: Callable[[], None] | None = None
+        self.error: ShipyardError | None = None
+        """Why start-up failed (with `on_startup_failure` set)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop the server runs on, once started (SIGHUP reloads are sent to it)."""
+        self.running = False
+        """True between start-up (models loaded) and shutdown."""
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The bound V2 gRPC port while it runs; None when gRPC is off or stopped."""
+        return None if self.grpc is None else self.grpc.port
+
+    async def start(self) -> None:
+        """Bind gRPC, open the audit log, load every model, then answer gRPC.
+
+        On a failure what already started is stopped again and the error raised.
+        """
+        self.loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as stack:
+            if self.grpc is not None:
+                await self.grpc.bind()
+                stack.push_async_callback(self.grpc.stop)
+            self.security.start()
+            stack.push_async_callback(asyncio.to_thread, self.security.stop)  # drains audit
+            await self.dataplane.manager.start()
+            stack.push_async_callback(self.dataplane.manager.stop)
+            if self.freeze_gc:
                 gc.collect()
                 gc.freeze()
+            if self.grpc is not None:
+                await self.grpc.start()
+            self._stack = stack.pop_all()
+        self.running = True
+
+    async def stop(self) -> None:
+        """Stop gRPC (in-flight calls finish), unload every model, close the audit log."""
+        self.running = False
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        if self.grpc is not None:
+            await self.grpc.stop()  # listeners first; the stack then unwinds the rest
+        await stack.aclose()
+
+    async def reload(self) -> None:
+        """What SIGHUP does: rescan the repository, re-read the token file, log and audit it."""
+        log.info("SIGHUP received: rescanning the repository and re-reading the token file")
+        started = time.perf_counter()
+        plane, security = self.dataplane, self.security
+        await plane.manager.refresh()
+        tokens = "no token file"
+        if security.guard is not None:
             try:
-                yield
-            finally:
-                await plane.manager.stop()
+                count = len(await asyncio.to_thread(security.guard.tokens.list))
+                tokens = f"{count} tokens"
+            except ShipyardError as exc:
+                tokens = "token file unreadable"
+                log.error("SIGHUP: cannot re-read the token file: %s", exc)
+        models = len(await plane.manager.index())
+        ms = (time.perf_counter() - started) * 1000
+        log.info("reloaded on SIGHUP in %.0f ms: %d models, %s", ms, models, tokens)
+        if security.audit is not None:
+            from shipyard.serving.audit import SERVER
+
+            security.audit.submit(
+                "server.reload", who=SERVER, detail=f"SIGHUP: {models} models, {tokens}"
+            )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            await self.start()
+        except Exception as exc:
+            if self.on_startup_failure is None:
+                raise
+            # uvicorn would log the traceback; one line in `error` is what the caller raises
+            self.error = startup_error(exc)
+            self.on_startup_failure()
+            yield
+            return
+        try:
+            yield
         finally:
-            await asyncio.to_thread(security.stop)  # drains the audit queue
+            await self.stop()
+
+
+def http_app(
+    plane: DataPlane,
+    security: ServerSecurity,
+    settings: ServerSettings,
+    *,
+    lifespan: Callable[[Starlette], Any],
+) -> Starlette:
+    """The Starlette app serving V2 and TF Serving REST, embeddings, /metrics and OpenAPI."""
 
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
@@ -82,11 +206,11 @@ def build_app(
     routes = [
         *v2_http.routes(plane, settings=settings),
         *tfserving_http.routes(plane, settings=settings),
-        *embeddings_http.routes(plane, settings=settings),
+        *embeddings_http.routes(plane, settings=settings, security=security),
         Route("/metrics", metrics, methods=["GET"]),
         openapi.route(),
     ]
-    app = Starlette(
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -96,6 +220,14 @@ def build_app(
         ],
         exception_handlers={HTTPException: http_exception},
     )
-    app.state.dataplane = plane
-    app.state.security = security  # security.authorize is the gRPC servicer's auth hook
-    return app
+
+
+def startup_error(exc: Exception) -> ShipyardError:
+    """A start-up failure as one ShipyardError line (an unexpected one is logged in full)."""
+    if isinstance(exc, ShipyardError):
+        return exc
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return StartupError(f"{where}cannot start the server ({exc.strerror or exc})")
+    log.error("unexpected error while starting", exc_info=exc)
+    return StartupError(f"cannot start the server ({type(exc).__name__}: {exc}); see the log")

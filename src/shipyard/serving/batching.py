@@ -12,23 +12,21 @@ Rules:
 - More than `max_queue_size` waiting requests -> `Overloaded` (HTTP 503 + Retry-After).
 - Inputs must be validated before `submit`. If a batch still fails, or its outputs cannot
   be split by dim 0, each request is rerun alone, so one bad request fails only itself.
-- Tiny models run on the event loop. Handing a batch to a worker thread and back costs tens
-  of microseconds of loop time plus a thread wake-up; for a model that runs in a few
-  microseconds (a scikit-learn classifier) that handoff is most of the work, and with
-  batching off it serialises every request behind a round trip (measured: 3.1k req/s off
-  the loop, 5.1k inline). So the batcher times every run (on the thread that ran it) per
-  batch key, and runs a batch inline once at least `INLINE_AFTER` runs of that key have
-  been timed and the slowest recent one, scaled to the batch's rows, stays within
-  `inline_max_us` (default 100 µs): the loop is never blocked longer than about that. A
-  key never timed, or one whose estimate is over the budget, runs on the worker threads,
-  which is also where the timing comes from, so a slow or blocking model never runs inline.
+- Tiny models run on the event loop: for a model that runs in a few microseconds (a
+  scikit-learn classifier) the thread handoff is most of the work, and with batching off
+  it serialises every request behind a round trip (measured: 3.1k req/s off the loop, 5.1k
+  inline). Every run is timed per batch key (`run_timing.RunTimer`); a batch runs inline
+  once its key's recent runs, scaled to its rows, stay within `inline_max_us` (default
+  100 µs), so the loop is never blocked longer than about that. A key never timed, or over
+  the budget, runs on the worker threads, so a slow or blocking model never runs inline.
+- Time comes from `clock` (`clock.MonotonicClock` unless a test passes its own): queue
+  delays, queue and compute times, and the run timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shipyard.serving.clock import MONOTONIC, Clock
 from shipyard.serving.errors import ModelNotReady, Overloaded
+from shipyard.serving.run_timing import INLINE_MAX_US, RunTimer
 from shipyard.serving.settings import BatchingSettings
 
 log = logging.getLogger("shipyard.serving.batching")
@@ -47,13 +47,6 @@ BatchHook = Callable[[int, int, int], None]
 """Called after each batch with (rows, requests, compute_ns)."""
 
 BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
-
-INLINE_MAX_US = 100
-"""Default longest estimated run (µs) that may execute on the event loop; 0 = never inline."""
-INLINE_AFTER = 3
-"""Timed runs of a batch key before it may run inline."""
-_MAX_TIMED_KEYS = 256
-"""Timing table bound (keys differ by trailing dims: dynamic shapes could make many)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +67,12 @@ class _Pending:
         inputs: dict[str, np.ndarray],
         outputs: list[str],
         future: asyncio.Future[BatchResult],
+        enqueued_ns: int,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self.future = future
-        self.enqueued_ns = time.perf_counter_ns()
+        self.enqueued_ns = enqueued_ns
         self.key, self.rows = batch_key(inputs)
 
 
@@ -104,6 +98,7 @@ class Batcher:
         on_batch: BatchHook | None = None,
         retry_after_s: int = 1,
         inline_max_us: int = INLINE_MAX_US,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.name = name
         self.enabled = batching.enabled is not False
@@ -123,8 +118,9 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._inline_max_ns = inline_max_us * 1000
-        self._timings: dict[BatchKey | None, _Timing] = {}
+        self.clock = clock
+        self.timer = RunTimer(clock, inline_max_us=inline_max_us)
+        """Run times per batch key: what decides whether a batch runs inline."""
 
     @property
     def depth(self) -> int:
@@ -145,7 +141,7 @@ class Batcher:
         if self._task is None:
             self._task = loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
             self._task.add_done_callback(self._dispatcher_done)
-        item = _Pending(inputs, list(outputs), loop.create_future())
+        item = _Pending(inputs, list(outputs), loop.create_future(), self.clock.now_ns())
         self._pending.append(item)
         self._wake()
         return await item.future
@@ -166,12 +162,11 @@ class Batcher:
 
     async def _sleep(self, timeout_ns: int | None) -> None:
         """Until the next submit/close, or `timeout_ns`, whichever comes first."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         handle = None
         if timeout_ns is not None:
-            handle = loop.call_later(timeout_ns / 1e9, _resolve, waiter)
+            handle = self.clock.call_later(timeout_ns / 1e9, lambda: _resolve(waiter))
         try:
             await waiter
         finally:
@@ -211,7 +206,7 @@ class Batcher:
         if self.enabled and head.key is not None and head.rows < self.max_batch_size:
             deadline = head.enqueued_ns + self.max_delay_ns
             while not self._closing and not head.future.done():
-                remaining = deadline - time.perf_counter_ns()
+                remaining = deadline - self.clock.now_ns()
                 if remaining <= 0 or self._rows_like(head) >= self.max_batch_size:
                     break
                 await self._sleep(remaining)
@@ -251,30 +246,17 @@ class Batcher:
 
     def _inline(self, batch: list[_Pending]) -> bool:
         """Whether this batch is cheap enough, by its key's recent timings, to run on the loop."""
-        timing = self._timings.get(batch[0].key)
-        if timing is None or timing.runs < INLINE_AFTER:
-            return False
-        rows = sum(i.rows for i in batch) or 1
-        return timing.ns_per_row * rows <= self._inline_max_ns
+        return self.timer.inline(batch[0].key, sum(i.rows for i in batch))
 
     def _timed(
         self, key: BatchKey | None, rows: int, feed: dict[str, np.ndarray], names: list[str]
     ) -> tuple[dict[str, np.ndarray], int]:
         """Run the model (on whichever thread calls this) and note how long it took."""
-        started = time.perf_counter_ns()
-        results = self._run(feed, names)
-        elapsed = time.perf_counter_ns() - started
-        timing = self._timings.get(key)
-        if timing is None:
-            if len(self._timings) >= _MAX_TIMED_KEYS:
-                self._timings.clear()
-            timing = self._timings[key] = _Timing()
-        timing.note(elapsed, rows or 1)
-        return results, elapsed
+        return self.timer.timed(key, rows, lambda: self._run(feed, names))
 
     def _run_inline(self, batch: list[_Pending]) -> bool:
         """Run a cheap batch on the loop and answer it; False (nothing answered) if it fails."""
-        dispatched = time.perf_counter_ns()
+        dispatched = self.clock.now_ns()
         names = _union(item.outputs for item in batch)
         rows = sum(i.rows for i in batch)
         try:
@@ -291,7 +273,7 @@ class Batcher:
         return True
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        dispatched = time.perf_counter_ns()
+        dispatched = self.clock.now_ns()
         names = _union(item.outputs for item in batch)
         try:
             feed = _feed(batch)
@@ -355,22 +337,6 @@ class Batcher:
         for item in self._pending:
             _fail(item, ModelNotReady(self.name, reason=f"its batcher failed ({exc!r})"))
         self._pending.clear()
-
-
-class _Timing:
-    """Recent run times of one batch key: the slowest of the last few, per row."""
-
-    __slots__ = ("ns_per_row", "runs", "window")
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self.window: deque[float] = deque(maxlen=8)
-        self.ns_per_row = float("inf")
-
-    def note(self, elapsed_ns: int, rows: int) -> None:
-        self.runs += 1
-        self.window.append(elapsed_ns / rows)
-        self.ns_per_row = max(self.window)
 
 
 def _feed(batch: list[_Pending]) -> dict[str, np.ndarray]:

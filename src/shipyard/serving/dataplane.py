@@ -18,34 +18,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import InputError, ShipyardError, UsageError
-from shipyard.package.dtypes import BY_NAME
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
 from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
-from shipyard.serving.limits import check_output_size
-from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
+from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.settings import LimitsSettings, VersionPolicy
+from shipyard.serving.served import IndexEntry, ServedVersion
+from shipyard.serving.settings import LimitsSettings
+from shipyard.serving.triton_config import triton_config
+from shipyard.serving.version_config import check_output_size, decode_limits
 
 SERVER_NAME = "shipyard"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 PLATFORM = "onnx_onnxv1"
 MAX_MODEL_NAME = 128
 """The longest model name a manifest allows; longer names are refused on every route."""
-CONFIG_PLATFORM = "onnxruntime_onnx"
-"""Triton's platform name for ONNX Runtime models, as its model configuration spells it."""
-CONFIG_BACKEND = "onnxruntime"
-_GPU_PROVIDERS = frozenset(
-    {
-        "CUDAExecutionProvider",
-        "TensorrtExecutionProvider",
-        "ROCMExecutionProvider",
-        "MIGraphXExecutionProvider",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -58,6 +49,15 @@ class ModelSignature:
     outputs: list[TensorSpec]
     processed_inputs: list[TensorSpec] = field(default_factory=list)
     """Inputs the server processes into `inputs` (a `text` BYTES input; shipyard.processing)."""
+
+
+@dataclass(frozen=True)
+class EmbeddingTarget:
+    """Where a text-embedding call goes: a version, its text input and its embedding output."""
+
+    version: str
+    text_input: str
+    output: str
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,8 @@ class DataPlane:
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the server must not take traffic now (e.g. the audit log cannot
         be written), or None; any reason makes `ready()` false."""
-        self._limits_cache: dict[int, tuple[object, object, LimitsSettings]] = {}
-        """id(config) -> (config, server settings, merged limits): merging costs a pydantic
-        dump and copy, asked for three times per request otherwise."""
+        self._server_limits = manager.settings.limits
+        self._server_decode_limits = decode_limits(self._server_limits)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -153,37 +152,23 @@ class DataPlane:
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Triton's model configuration of the served version, in its JSON layout.
+        """Triton's model configuration of the served version (`triton_config`)."""
+        return triton_config(name, self.manager.get(name, _version_number(name, version)))
 
-        Only what holds for this server: when it batches the version along dim 0 (its
-        batcher is on now), `max_batch_size` is the batcher's limit, `dims` leave out the
-        batch dim and `dynamic_batching` is present; otherwise `max_batch_size` is 0 and
-        `dims` are the full shapes (-1: dynamic). A tensor that is nothing but the batch
-        dim gets `dims: []` (Triton would write [1] with a reshape, which tells clients to
-        send [B, 1]; Shipyard takes [B]).
-        """
+    def package_metadata(self, name: str, version: str | None = None) -> dict[str, str]:
+        """The served version's package metadata (the manifest's free-form `metadata`)."""
         served = self.manager.get(name, _version_number(name, version))
-        batcher, model = served.batcher, served.model
-        batched = batcher.enabled and all(s.batched for s in (*model.inputs, *model.outputs))
-        kind = "KIND_GPU" if _GPU_PROVIDERS & set(model.runtime.providers) else "KIND_CPU"
-        config: dict[str, Any] = {
-            "name": name,
-            "platform": CONFIG_PLATFORM,
-            "backend": CONFIG_BACKEND,
-            "version_policy": _version_policy(served.config.version_policy),
-            "max_batch_size": batcher.max_batch_size if batched else 0,
-            "input": [
-                {**_config_tensor(s, batched), "format": "FORMAT_NONE"} for s in model.inputs
-            ],
-            "output": [_config_tensor(s, batched) for s in model.outputs],
-        }
-        if batched:
-            config["dynamic_batching"] = {
-                "max_queue_delay_microseconds": batcher.max_delay_ns // 1000,
-                "default_queue_policy": {"max_queue_size": batcher.max_queue_size},
-            }
-        config["instance_group"] = [{"name": name, "kind": kind, "count": batcher.workers}]
-        return config
+        return dict(served.model.manifest.metadata)
+
+    def embedding_target(self, name: str) -> EmbeddingTarget | None:
+        """What a text-embedding call runs on the model's highest ready version; None when
+        its package does not turn text into sentence embeddings."""
+        served = self.manager.get(name)
+        processor = served.model.processor
+        output = processor.embedding_output if processor is not None else None
+        if processor is None or output is None or processor.spec.text is None:
+            return None
+        return EmbeddingTarget(str(served.version), processor.spec.text.input, output)
 
     # -- inference ------------------------------------------------------------------------
 
@@ -252,7 +237,7 @@ class DataPlane:
                     inputs = _validated(served, prepared.inputs, wanted, request.output_names)
                     result = await served.batcher.submit(inputs, wanted)
                     outputs = processor.postprocess(result.outputs, request.output_names)
-                check_output_size(outputs, limit=self._limits(served).max_output_bytes, model=name)
+                check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
                 self.manager.drift.observe(name, served.version, inputs, result.outputs)
             except Exception as exc:
                 self.metrics.observe_request(
@@ -280,24 +265,23 @@ class DataPlane:
         )
 
     def limits_for(self, name: str | None) -> LimitsSettings:
-        """Request limits for a model: its model.toml [limits] over the server's."""
-        if name is not None:
-            try:
-                return self._limits(self.manager.get(name))
-            except ShipyardError:  # unknown or not ready: the call fails anyway
-                pass
-        return self.manager.settings.limits
+        """Request limits for a model: those its highest ready version loaded with (its
+        model.toml [limits] over the server's), else the server's."""
+        served = self._served_or_none(name)
+        return self._server_limits if served is None else served.limits
 
-    def _limits(self, served: ServedVersion) -> LimitsSettings:
-        config, settings = served.config, self.manager.settings
-        cached = self._limits_cache.get(id(config))
-        if cached is not None and cached[0] is config and cached[1] is settings:
-            return cached[2]
-        limits = config.limits_for(settings)
-        if len(self._limits_cache) > 1024:
-            self._limits_cache.clear()
-        self._limits_cache[id(config)] = (config, settings, limits)
-        return limits
+    def decode_limits_for(self, name: str | None) -> DecodeLimits:
+        """The codec-level part of `limits_for(name)`, as the codecs take it."""
+        served = self._served_or_none(name)
+        return self._server_decode_limits if served is None else served.decode_limits
+
+    def _served_or_none(self, name: str | None) -> ServedVersion | None:
+        if name is None:
+            return None
+        try:
+            return self.manager.get(name)
+        except ShipyardError:  # unknown or not ready: the call fails anyway
+            return None
 
     # -- model repository -----------------------------------------------------------------
 
@@ -403,19 +387,6 @@ def _outcome(exc: BaseException) -> str:
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.v2_datatype, "shape": list(spec.shape)}
-
-
-def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
-    dims = spec.shape[1:] if batched else spec.shape
-    return {"name": spec.name, "data_type": BY_NAME[spec.dtype].triton, "dims": list(dims)}
-
-
-def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
-    if policy.all:
-        return {"all": {}}
-    if policy.specific is not None:
-        return {"specific": {"versions": list(policy.specific)}}
-    return {"latest": {"num_versions": policy.latest or 1}}
 
 
 def _index_json(entry: IndexEntry) -> dict[str, str]:

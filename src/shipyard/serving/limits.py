@@ -1,80 +1,32 @@
-"""Request limits in the server: the body-size gate, decode limits and the output cap.
+"""Request limits in the server: the body-size gate (the rest is the data plane's).
 
 The server's `limits` settings apply to every model; a model's `model.toml` `[limits]`
-overrides single fields (`DataPlane.limits_for`). They are enforced, outside in, by:
+overrides single fields, merged once when a version loads (`version_config.resolve`,
+asked through `DataPlane.limits_for`). They are enforced, outside in, by:
 
 - `BodyLimitMiddleware`: a Content-Length over the route's model's `max_body_bytes` is 413
   before a byte is read, and a body that streams past it is cut off with 413;
 - `read_body` (protocols/http.py): the same limit after gzip/deflate decompression;
-- the codecs, given `decode_limits(...)`: JSON depth, elements per tensor and per request,
-  BYTES element size, declared sizes against the body — all before allocating;
-- the data plane, with `check_output_size`: a response's tensors against `max_output_bytes`.
+- the codecs, given the version's `DataPlane.decode_limits_for(...)`: JSON depth, elements
+  per tensor and per request, BYTES element size, declared sizes against the body — all
+  before allocating;
+- the data plane, with `version_config.check_output_size`: a response's tensors against
+  `max_output_bytes`.
 
 Every refusal is a `ShipyardError` with a 4xx status and a message naming the limit.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping
-from http import HTTPStatus
+from collections.abc import Callable
 
-import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import ShipyardError
 from shipyard.serving.errors import PayloadTooLarge, ProtocolError
 from shipyard.serving.protocols.http import error_response
-from shipyard.serving.settings import LimitsSettings
 
-__all__ = [
-    "BodyLimitMiddleware",
-    "OutputTooLarge",
-    "check_output_size",
-    "decode_limits",
-]
-
-
-class OutputTooLarge(ShipyardError):
-    """The model's outputs for this request are larger than the server sends."""
-
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-    def __init__(self, model: str, size: int, limit: int) -> None:
-        super().__init__(
-            f"model {model!r} produced {size}+ bytes of outputs, over the {limit}-byte limit "
-            "(limits.max_output_bytes); send smaller batches or request fewer outputs"
-        )
-        self.size = size
-        self.limit = limit
-
-
-@functools.lru_cache(maxsize=64)
-def decode_limits(limits: LimitsSettings) -> DecodeLimits:
-    """The codec-level limits of a (server or model) limits setting."""
-    return DecodeLimits(
-        max_json_depth=limits.max_json_depth,
-        max_tensor_elements=limits.max_tensor_elements,
-        max_request_elements=limits.max_request_elements,
-        max_bytes_element=limits.max_bytes_element,
-    )
-
-
-def check_output_size(outputs: Mapping[str, np.ndarray], *, limit: int, model: str) -> None:
-    """OutputTooLarge when the outputs hold more than `limit` bytes (BYTES: their lengths)."""
-    total = 0
-    for array in outputs.values():
-        if array.dtype == object:
-            total += 4 * array.size  # the binary layout's length prefixes
-            for item in array.flat:
-                total += len(item) if isinstance(item, bytes | str) else 8
-                if total > limit:
-                    break
-        else:
-            total += array.nbytes
-        if total > limit:
-            raise OutputTooLarge(model, total, limit)
+__all__ = ["BodyLimitMiddleware"]
 
 
 LimitFor = Callable[[str], int]

@@ -19,30 +19,28 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
-
-from shipyard.model import Model, load_model
-from shipyard.package.store import read_stable
-from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
-from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from shipyard.serving.errors import ModelNotFound, ModelNotReady
+from shipyard.serving.loader import build_batcher, open_version
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.repository import Fingerprint, ModelOnDisk, ModelRepository
-from shipyard.serving.served import IndexEntry, ModelState, ServedVersion, VersionStatus
-from shipyard.serving.settings import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
-from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
-
-__all__ = [
-    "IndexEntry",
-    "ModelEvent",
-    "ModelManager",
-    "ModelState",
-    "ServedVersion",
-    "VersionStatus",
-]
+from shipyard.serving.model_config import ModelConfig
+from shipyard.serving.repository import ModelOnDisk, ModelRepository
+from shipyard.serving.served import (
+    IndexEntry,
+    ModelRecord,
+    ModelState,
+    ServedVersion,
+    VersionStatus,
+)
+from shipyard.serving.settings import ServerSettings
+from shipyard.serving.version_config import (
+    VersionConfig,
+    ceiling_problem,
+    downgrade_refusal,
+    resolve,
+)
 
 log = logging.getLogger("shipyard.serving.manager")
 
@@ -57,21 +55,6 @@ class ModelEvent:
     version: int
     outcome: str
     detail: str = ""
-
-
-@dataclass
-class _Record:
-    name: str
-    config: ModelConfig | None = None
-    config_error: str | None = None
-    statuses: dict[int, VersionStatus] = field(default_factory=dict)
-    served: dict[int, ServedVersion] = field(default_factory=dict)
-    failed_reloads: dict[int, tuple[Fingerprint, ModelConfig]] = field(default_factory=dict)
-    """(files, config) a served version failed to reload with; not retried until changed."""
-    unloaded_by_request: bool = False
-    high_water: int = 0
-    """The highest version this server has served for the model (downgrade guard)."""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ModelManager:
@@ -93,7 +76,7 @@ class ModelManager:
         self.listeners: list[Callable[[ModelEvent], None]] = []
         self.drift = DriftMonitor(metrics.registry)
         """Drift trackers of the served versions (the data plane feeds them)."""
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, ModelRecord] = {}
         self._poller: asyncio.Task[None] | None = None
         self.started = False
 
@@ -132,31 +115,12 @@ class ModelManager:
         """Load (or reload) a model: re-read its config and retry versions that failed."""
         if await asyncio.to_thread(self.repository.scan, name) is None:
             raise ModelNotFound(name)
-        record = self._records.setdefault(name, _Record(name))
+        record = self._records.setdefault(name, ModelRecord(name))
         record.unloaded_by_request = False
         await self._reconcile(name, force=True)
-        record = self._records.get(name, record)
-        if not record.served:
-            reasons = [
-                f"version {v}: {s.reason}" for v, s in sorted(record.statuses.items()) if s.failed
-            ]
-            raise ModelLoadError(name, [record.config_error] if record.config_error else reasons)
-        # Something serves, but an explicit load that did not get the newest version (or a
-        # new model.toml, or a reload) is still a failed load: answering {} hid it (Triton: 400).
-        newest = max(record.served)
-        missed = [
-            f"version {v}: {s.reason}"
-            for v, s in sorted(record.statuses.items())
-            if s.failed and v > newest
-        ]
-        missed += [
-            f"version {v}: {record.statuses[v].reason}" for v in sorted(record.failed_reloads)
-        ]
-        if record.config_error:
-            missed.append(record.config_error)
-        if missed:
-            serving = ", ".join(str(v) for v in sorted(record.served))
-            raise ModelLoadError(name, [*missed, f"still serving version(s) {serving}"])
+        failure = self._records.get(name, record).load_failure()
+        if failure is not None:
+            raise failure
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model until it is loaded again."""
@@ -164,7 +128,7 @@ class ModelManager:
         if record is None:
             if await asyncio.to_thread(self.repository.scan, name) is None:
                 raise ModelNotFound(name)
-            record = self._records.setdefault(name, _Record(name))
+            record = self._records.setdefault(name, ModelRecord(name))
         async with record.lock:
             record.unloaded_by_request = True
             await self._retire(record, set(record.served), reason="unloaded by request")
@@ -188,7 +152,7 @@ class ModelManager:
             for number in sorted(record.served, reverse=True):
                 if not record.served[number].closing:
                     return record.served[number]
-            raise ModelNotReady(name, reason=self._why_not_ready(record))
+            raise ModelNotReady(name, reason=record.why_not_ready())
         served = record.served.get(version)
         if served is not None and not served.closing:
             return served
@@ -217,15 +181,8 @@ class ModelManager:
             record = self._records.get(name)
             if record is None:
                 entries.append(IndexEntry(name, None, ModelState.UNAVAILABLE, "not loaded yet"))
-                continue
-            if not record.statuses:
-                reason = record.config_error or "no versions on disk"
-                entries.append(IndexEntry(name, None, ModelState.UNAVAILABLE, reason))
-            for version, status in sorted(record.statuses.items()):
-                reason = status.reason
-                if record.config_error and status.state is ModelState.READY:
-                    reason = f"serving with the previous config; {record.config_error}"
-                entries.append(IndexEntry(name, version, status.state, reason))
+            else:
+                entries += record.index_entries()
         if ready_only:
             entries = [e for e in entries if e.state is ModelState.READY]
         return entries
@@ -239,7 +196,7 @@ class ModelManager:
                 log.exception("repository scan failed")
 
     async def _reconcile(self, name: str, *, force: bool = False) -> None:
-        record = self._records.setdefault(name, _Record(name))
+        record = self._records.setdefault(name, ModelRecord(name))
         async with record.lock:
             disk = await asyncio.to_thread(self.repository.scan, name)
             if disk is None:
@@ -249,7 +206,9 @@ class ModelManager:
                 return
             await self._reconcile_locked(record, disk, force=force)
 
-    async def _reconcile_locked(self, record: _Record, disk: ModelOnDisk, *, force: bool) -> None:
+    async def _reconcile_locked(
+        self, record: ModelRecord, disk: ModelOnDisk, *, force: bool
+    ) -> None:
         config = disk.config
         config_error = disk.config_error
         if config is not None:
@@ -281,13 +240,14 @@ class ModelManager:
             and not config_changed
             and s.fingerprint == disk.versions.get(v)
         }
-        guard = self.settings.require_signature and not self.settings.allow_downgrade
+        resolved = resolve(config, self.settings)
         while True:
             wanted = set(
                 config.version_policy.select([v for v in disk.versions if v not in broken])
             )
-            if guard and not force and wanted and max(wanted) < record.high_water:
-                self._refuse_downgrade(record, disk, wanted)
+            refusal = downgrade_refusal(self.settings, wanted, record.high_water, force=force)
+            if refusal is not None:
+                self._refuse_downgrade(record, disk, wanted, refusal)
                 return
             failed = False
             for version in sorted(wanted, reverse=True):
@@ -301,7 +261,7 @@ class ModelManager:
                     and record.failed_reloads.get(version) == target
                 ):
                     continue
-                if await self._load_version(record, disk, version, config):
+                if await self._load_version(record, disk, version, config, resolved):
                     record.failed_reloads.pop(version, None)
                 elif current is not None:  # a reload failed: keep serving what works
                     record.failed_reloads[version] = target
@@ -328,13 +288,10 @@ class ModelManager:
             top = max(record.served)
             record.high_water = top if force else max(record.high_water, top)
 
-    def _refuse_downgrade(self, record: _Record, disk: ModelOnDisk, wanted: set[int]) -> None:
+    def _refuse_downgrade(
+        self, record: ModelRecord, disk: ModelOnDisk, wanted: set[int], reason: str
+    ) -> None:
         """Keep serving what is served (even a removed folder) rather than roll back silently."""
-        reason = (
-            f"refused downgrade: version {max(wanted)} is older than version "
-            f"{record.high_water}, which this server has served; load the model explicitly "
-            "(POST /v2/repository/models/NAME/load) or serve with --allow-downgrade"
-        )
         for version in sorted(wanted - set(record.served)):
             status = record.statuses.get(version)
             record.statuses[version] = VersionStatus(
@@ -342,27 +299,29 @@ class ModelManager:
             )
             if status is None or status.reason != reason:  # say it once, not at every scan
                 self._emit(ModelEvent("load", record.name, version, "failed", reason))
-                log.error(
-                    "refused %s version %d: %s",
-                    record.name,
-                    version,
-                    reason,
-                    extra={"model": record.name, "version": version},
-                )
+                _log(logging.ERROR, "refused %s version %d: %s", record.name, version, reason)
 
     async def _load_version(
-        self, record: _Record, disk: ModelOnDisk, version: int, config: ModelConfig
+        self,
+        record: ModelRecord,
+        disk: ModelOnDisk,
+        version: int,
+        config: ModelConfig,
+        resolved: VersionConfig,
     ) -> bool:
         fingerprint = disk.versions[version]
         record.statuses[version] = VersionStatus(ModelState.LOADING, fingerprint=fingerprint)
-        log.info(
-            "loading %s version %d",
-            record.name,
-            version,
-            extra={"model": record.name, "version": version},
-        )
+        _log(logging.INFO, "loading %s version %d", record.name, version)
         try:
-            model, no_batching = await asyncio.to_thread(self._open, disk, version, config)
+            model, no_batching = await asyncio.to_thread(
+                open_version,
+                disk.path,
+                version,
+                resolved,
+                public_key=self.settings.public_key,
+                kek=self.kek,
+                drift=self.drift,
+            )
         except Exception as exc:
             reason = str(exc) or repr(exc)
             record.statuses[version] = VersionStatus(
@@ -371,18 +330,13 @@ class ModelManager:
             self.metrics.load_failures.labels(record.name).inc()
             kind = "reload" if version in record.served else "load"
             self._emit(ModelEvent(kind, record.name, version, "failed", reason))
-            log.error(
-                "refused %s version %d: %s",
-                record.name,
-                version,
-                reason,
-                extra={"model": record.name, "version": version},
-            )
+            _log(logging.ERROR, "refused %s version %d: %s", record.name, version, reason)
             return False
         served = ServedVersion(
             model,
             config=config,
-            batcher=self._batcher(model, config, no_batching),
+            resolved=resolved,
+            batcher=build_batcher(model, resolved, no_batching, metrics=self.metrics),
             fingerprint=fingerprint,
         )
         previous = record.served.get(version)
@@ -393,110 +347,25 @@ class ModelManager:
         self.metrics.track_queue(record.name, str(version), lambda: served.batcher.depth)
         self._count_loaded()
         self._emit(ModelEvent("reload" if previous else "load", record.name, version, "ok"))
-        log.info(
+        _log(
+            logging.INFO,
             "serving %s version %d (batching %s, %d instance(s))",
             record.name,
             version,
             "on" if served.batcher.enabled else f"off: {no_batching}" if no_batching else "off",
             served.batcher.workers,
-            extra={"model": record.name, "version": version},
         )
         if previous is not None:
             await previous.close()
         return True
 
-    def _open(
-        self, disk: ModelOnDisk, version: int, config: ModelConfig
-    ) -> tuple[Model, str | None]:
-        """Verify, open and warm up one version (on a worker thread).
-
-        Returns the model and, when requests must not be batched along dim 0, why. Done
-        again when the version was rewritten meanwhile (`shipyard encrypt`, key rotation):
-        what serves is one version as written, never a mix that would fail to load.
-        """
-        return read_stable(
-            disk.path / str(version),
-            lambda: self._open_once(disk, version, config),
-            discard=lambda opened: opened[0].close(),
-        )
-
-    def _open_once(
-        self, disk: ModelOnDisk, version: int, config: ModelConfig
-    ) -> tuple[Model, str | None]:
-        model = load_model(
-            disk.path,
-            version=version,
-            options=config.runtime or self.settings.runtime,
-            public_key=self.settings.public_key,
-            kek=self.kek,
-        )
-        mode = self.settings.warmup if config.warmup is None else config.warmup
-        feed = None
-        try:
-            if mode:
-                result = warm_up(model, strict=mode == "strict")
-                feed = result.feed
-                if result.warning:
-                    log.warning(
-                        "%s version %d: %s",
-                        model.name,
-                        version,
-                        result.warning,
-                        extra={"model": model.name, "version": version},
-                    )
-            wanted = config.batching_for(self.settings).enabled
-            problem = static_batching_problem(model.inputs, model.outputs)
-            found_by_running = False
-            if problem is None and wanted is not False:
-                problem = batching_problem(model, feed)
-                found_by_running = problem is not None
-            self.drift.attach(model, config.drift_for(self.settings))
-        except Exception:
-            model.close()
-            raise
-        if problem is not None and (wanted or found_by_running):
-            log.warning(
-                "%s version %d: batching turned off%s: %s",
-                model.name,
-                version,
-                " though model.toml enables it" if wanted else "",
-                problem,
-                extra={"model": model.name, "version": version},
-            )
-        return model, problem
-
-    def _batcher(self, model: Model, config: ModelConfig, problem: str | None) -> Batcher:
-        batching = config.batching_for(self.settings)
-        if problem is not None:
-            batching = batching.model_copy(update={"enabled": False})
-        elif batching.enabled is None:
-            batching = batching.model_copy(update={"enabled": True})
-        name, version = model.name, str(model.version)
-
-        def on_batch(rows: int, requests: int, compute_ns: int) -> None:
-            self.metrics.observe_batch(
-                model=name, version=version, rows=rows, compute_ns=compute_ns
-            )
-
-        def run(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-            return model.runtime.infer(feed, outputs or None)
-
-        return Batcher(
-            run,
-            name=name,
-            batching=batching,
-            workers=config.instances or self.settings.instances,
-            on_batch=on_batch,
-            retry_after_s=self.settings.limits.retry_after_s,
-        )
-
-    async def _retire_removed(self, record: _Record, versions: set[int]) -> None:
+    async def _retire_removed(self, record: ModelRecord, versions: set[int]) -> None:
         """Unload versions whose folders left the repository and forget their status."""
         await self._retire(record, versions, reason="removed from the repository")
         for version in versions:
             record.statuses.pop(version, None)
 
-    async def _retire(self, record: _Record, versions: set[int], *, reason: str) -> None:
+    async def _retire(self, record: ModelRecord, versions: set[int], *, reason: str) -> None:
         for version in sorted(versions):
             served = record.served.get(version)
             if served is None:
@@ -513,13 +382,7 @@ class ModelManager:
                 ModelState.UNAVAILABLE, reason, served.fingerprint
             )
             self._emit(ModelEvent("unload", record.name, version, "ok", reason))
-            log.info(
-                "unloaded %s version %d: %s",
-                record.name,
-                version,
-                reason,
-                extra={"model": record.name, "version": version},
-            )
+            _log(logging.INFO, "unloaded %s version %d: %s", record.name, version, reason)
 
     def _emit(self, event: ModelEvent) -> None:
         for listener in self.listeners:
@@ -531,45 +394,7 @@ class ModelManager:
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))
 
-    @staticmethod
-    def _why_not_ready(record: _Record) -> str:
-        if record.config_error:
-            return record.config_error
-        reasons = [
-            f"version {v} {s.state.value}: {s.reason}"
-            for v, s in sorted(record.statuses.items())
-            if s.reason
-        ]
-        return "; ".join(reasons) or "no version is loaded"
 
-
-def ceiling_problem(config: ModelConfig, settings: ServerSettings, model_dir: Path) -> str | None:
-    """Why `config` (a model.toml) asks for more than the server allows; None when it fits.
-
-    `max_instances` always bounds `instances`. With `require_signature`, model.toml is not
-    covered by any signature, so it may only tighten the server's limits and queue size,
-    never raise them: the server's values are then ceilings.
-    """
-    where = model_dir / MODEL_CONFIG_FILE
-    if config.instances is not None and config.instances > settings.max_instances:
-        return (
-            f"{where}: instances = {config.instances} is above the server's max_instances = "
-            f"{settings.max_instances}"
-        )
-    if not settings.require_signature:
-        return None
-    ceilings = settings.limits.model_dump()
-    for key, value in sorted(config.limits.model_dump(exclude_none=True).items()):
-        if value > ceilings[key]:
-            return (
-                f"{where}: limits.{key} = {value} is above the server's {ceilings[key]} "
-                "(with --require-signature a model.toml may only lower limits)"
-            )
-    queue = config.batching.max_queue_size
-    if queue is not None and queue > settings.batching.max_queue_size:
-        return (
-            f"{where}: batching.max_queue_size = {queue} is above the server's "
-            f"{settings.batching.max_queue_size} (with --require-signature a model.toml may "
-            "only lower it)"
-        )
-    return None
+def _log(level: int, message: str, model: str, version: int, *args: object) -> None:
+    """One log line about a version, with its model and version as fields (JSON logs)."""
+    log.log(level, message, model, version, *args, extra={"model": model, "version": version})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shipyard.package.store import list_versions
 from shipyard.serving.errors import ModelConfigError
-from shipyard.serving.settings import MODEL_CONFIG_FILE, ModelConfig, read_model_config
+from shipyard.serving.model_config import MODEL_CONFIG_FILE, ModelConfig, read_model_config
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -72,14 +72,6 @@ class ModelRepository:
             config_error=error,
             versions={v: fingerprint(path / str(v)) for v in versions},
         )
-
-    def scan_all(self) -> dict[str, ModelOnDisk]:
-        found = {}
-        for name in self.model_names():
-            model = self.scan(name)
-            if model is not None:
-                found[name] = model
-        return found
 
 
 def fingerprint(version_dir: Path) -> Fingerprint:

@@ -8,13 +8,15 @@ requests while the ones holding it finish. UNAVAILABLE: not serving, with the re
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from shipyard.model import Model
 from shipyard.serving.batching import Batcher
+from shipyard.serving.errors import ModelLoadError
+from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import Fingerprint
-from shipyard.serving.settings import ModelConfig
+from shipyard.serving.version_config import VersionConfig
 
 
 class ModelState(StrEnum):
@@ -47,10 +49,21 @@ class ServedVersion:
     """A loaded, warmed model version taking traffic through its batcher."""
 
     def __init__(
-        self, model: Model, *, config: ModelConfig, batcher: Batcher, fingerprint: Fingerprint
+        self,
+        model: Model,
+        *,
+        config: ModelConfig,
+        resolved: VersionConfig,
+        batcher: Batcher,
+        fingerprint: Fingerprint,
     ) -> None:
         self.model = model
         self.config = config
+        """The model.toml it was loaded with (a changed one reloads it)."""
+        self.resolved = resolved
+        """That config over the server's settings, merged once at load."""
+        self.limits = resolved.limits
+        self.decode_limits = resolved.decode_limits
         self.batcher = batcher
         self.fingerprint = fingerprint
         self.leases = 0
@@ -81,3 +94,69 @@ class ServedVersion:
         await self._idle.wait()
         await self.batcher.close()
         self.model.close()
+
+
+@dataclass
+class ModelRecord:
+    """What the manager knows of one model: its config, version states and served versions."""
+
+    name: str
+    config: ModelConfig | None = None
+    config_error: str | None = None
+    statuses: dict[int, VersionStatus] = field(default_factory=dict)
+    served: dict[int, ServedVersion] = field(default_factory=dict)
+    failed_reloads: dict[int, tuple[Fingerprint, ModelConfig]] = field(default_factory=dict)
+    """(files, config) a served version failed to reload with; not retried until changed."""
+    unloaded_by_request: bool = False
+    high_water: int = 0
+    """The highest version this server has served for the model (downgrade guard)."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def index_entries(self) -> list[IndexEntry]:
+        """The model's rows of the repository index (one without a version if it has none)."""
+        entries: list[IndexEntry] = []
+        if not self.statuses:
+            reason = self.config_error or "no versions on disk"
+            entries.append(IndexEntry(self.name, None, ModelState.UNAVAILABLE, reason))
+        for version, status in sorted(self.statuses.items()):
+            reason = status.reason
+            if self.config_error and status.state is ModelState.READY:
+                reason = f"serving with the previous config; {self.config_error}"
+            entries.append(IndexEntry(self.name, version, status.state, reason))
+        return entries
+
+    def why_not_ready(self) -> str:
+        """Why no version serves: the config's error, else every version's reason."""
+        if self.config_error:
+            return self.config_error
+        reasons = [
+            f"version {v} {s.state.value}: {s.reason}"
+            for v, s in sorted(self.statuses.items())
+            if s.reason
+        ]
+        return "; ".join(reasons) or "no version is loaded"
+
+    def load_failure(self) -> ModelLoadError | None:
+        """After an explicit load: why it failed, or None when it got everything it wanted.
+
+        Something may serve, but a load that did not get the newest version (or a new
+        model.toml, or a reload) is still a failed load: answering {} hid it (Triton: 400).
+        """
+        if not self.served:
+            reasons = [
+                f"version {v}: {s.reason}" for v, s in sorted(self.statuses.items()) if s.failed
+            ]
+            return ModelLoadError(self.name, [self.config_error] if self.config_error else reasons)
+        newest = max(self.served)
+        missed = [
+            f"version {v}: {s.reason}"
+            for v, s in sorted(self.statuses.items())
+            if s.failed and v > newest
+        ]
+        missed += [f"version {v}: {self.statuses[v].reason}" for v in sorted(self.failed_reloads)]
+        if self.config_error:
+            missed.append(self.config_error)
+        if not missed:
+            return None
+        serving = ", ".join(str(v) for v in sorted(self.served))
+        return ModelLoadError(self.name, [*missed, f"still serving version(s) {serving}"])

@@ -3,9 +3,9 @@
 Both run uvicorn with uvloop and httptools when installed, behind the connection bounds of
 `http_guard` (header size, header and body timeouts, connection cap). Start-up checks what it
 can before any model loads, in this order: the repository, exposure, TLS files, the audit
-folder, token and key files (building the app), the HTTP port (bound here), then the gRPC
-port (bound first thing in the lifespan); only then do models load. Each failure is one
-`StartupError` line naming the file or port.
+folder, token and key files (building the `Server`), the HTTP port (bound here), then the
+gRPC port (bound first thing in `Server.start()`); only then do models load. Each failure is
+one `StartupError` line naming the file or port.
 
 `serve()` also turns SIGHUP into a reload: the repository is rescanned and the token file
 re-read; the process keeps serving (uvicorn itself handles SIGINT and SIGTERM).
@@ -26,9 +26,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -36,21 +36,13 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from shipyard.errors import ShipyardError
-from shipyard.serving.app import build_app
+from shipyard.serving.app import GRACE_S, Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
 from shipyard.serving.tls import http_ssl_factory
 
 log = logging.getLogger("shipyard.serving.server")
-
-_GRACE_S = 10
-"""Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
-
-
-class StartupError(ShipyardError):
-    """The server cannot start: a port is taken, a file is missing or unreadable."""
 
 
 def serve(repository: str | Path | None = None, *, settings: ServerSettings | None = None) -> None:
@@ -65,10 +57,10 @@ def serve(repository: str | Path | None = None, *, settings: ServerSettings | No
         prepared.url,
         grpc,
     )
-    with _sighup_reloads(prepared.lifecycle):
-        prepared.server.run(sockets=[prepared.sock])
-    if prepared.lifecycle.error is not None:
-        raise prepared.lifecycle.error
+    with _sighup_reloads(prepared.server):
+        prepared.listener.run(sockets=[prepared.sock])
+    if prepared.server.error is not None:
+        raise prepared.server.error
 
 
 class RunningServer:
@@ -76,14 +68,17 @@ class RunningServer:
 
     def __init__(
         self,
-        server: uvicorn.Server,
+        server: Server,
+        listener: uvicorn.Server,
         thread: threading.Thread,
         host: str,
         port: int,
         *,
         scheme: str = "http",
     ) -> None:
-        self._server = server
+        self.server = server
+        """The `Server` (data plane, security, HTTP app, gRPC listener) being run."""
+        self._listener = listener
         self._thread = thread
         self.host = host
         self.port = port
@@ -96,8 +91,7 @@ class RunningServer:
     @property
     def grpc_port(self) -> int | None:
         """The bound V2 gRPC port while it runs; None when gRPC is off (no grpc_port set)."""
-        port = getattr(self.app.state, "grpc_port", None)
-        return port if isinstance(port, int) else None
+        return self.server.grpc_port
 
     @property
     def running(self) -> bool:
@@ -105,14 +99,14 @@ class RunningServer:
 
     @property
     def app(self) -> Any:
-        return self._server.config.app
+        return self.server.app
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Ask uvicorn to exit (in-flight requests finish, models unload) and wait for it."""
-        self._server.should_exit = True
+        self._listener.should_exit = True
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            self._server.force_exit = True
+            self._listener.force_exit = True
             self._thread.join(timeout_s)
 
     def __enter__(self) -> RunningServer:
@@ -136,24 +130,29 @@ def start_in_thread(
     """Start serving on a daemon thread; returns once listening (models loaded)."""
     settings = _with_repository(settings or load_settings(port=0), repository)
     prepared = _prepare(settings)
-    server, lifecycle = prepared.server, prepared.lifecycle
+    server, listener = prepared.server, prepared.listener
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [prepared.sock]}, name="shipyard-server", daemon=True
+        target=listener.run,
+        kwargs={"sockets": [prepared.sock]},
+        name="shipyard-server",
+        daemon=True,
     )
     thread.start()
     deadline = time.monotonic() + timeout_s
-    while not server.started or lifecycle.error is not None:
-        if lifecycle.error is not None or not thread.is_alive():
+    while not listener.started or server.error is not None:
+        if server.error is not None or not thread.is_alive():
             thread.join(timeout_s)
-            raise lifecycle.error or StartupError(
+            raise server.error or StartupError(
                 f"server failed to start on {prepared.url}; see the log for the cause"
             )
         if time.monotonic() > deadline:
-            server.should_exit = True
+            listener.should_exit = True
             thread.join(5)
             raise StartupError(f"server did not start within {timeout_s:.0f} s")
         time.sleep(0.01)
-    return RunningServer(server, thread, settings.host, prepared.port, scheme=prepared.scheme)
+    return RunningServer(
+        server, listener, thread, settings.host, prepared.port, scheme=prepared.scheme
+    )
 
 
 def _with_repository(settings: ServerSettings, repository: str | Path | None) -> ServerSettings:
@@ -163,24 +162,10 @@ def _with_repository(settings: ServerSettings, repository: str | Path | None) ->
 
 
 @dataclass
-class _Lifecycle:
-    """What the signal handler and the caller need to know about a running server."""
-
-    server: uvicorn.Server | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    app: Starlette | None = None
-    running: bool = False
-    """True between start-up (models loaded) and shutdown."""
-    error: ShipyardError | None = None
-    """Why start-up failed (the lifespan stops uvicorn and leaves the error here)."""
-    reloading: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-@dataclass
 class _Prepared:
-    server: uvicorn.Server
+    server: Server
+    listener: uvicorn.Server
     sock: socket.socket
-    lifecycle: _Lifecycle
     scheme: str
     host: str
 
@@ -203,16 +188,18 @@ def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
         log.warning(warning)
     _check_tls_files(settings)
     _check_audit_log(settings)
-    app = build_app(settings, freeze_gc=freeze_gc)
-    lifecycle = _Lifecycle(app=app)
-    _run_lifespan_checked(app, settings, lifecycle)
-    config = _uvicorn_config(app, settings)
+    server = Server(settings, freeze_gc=freeze_gc)
+    config = _uvicorn_config(server.app, settings)
     _load_config(config, settings)
     sock = _bind(settings)
-    server = uvicorn.Server(config)
-    lifecycle.server = server
+    listener = uvicorn.Server(config)
+
+    def exit_uvicorn() -> None:
+        listener.should_exit = True
+
+    server.on_startup_failure = exit_uvicorn
     scheme = "https" if settings.tls_cert else "http"
-    return _Prepared(server, sock, lifecycle, scheme, settings.host)
+    return _Prepared(server, listener, sock, scheme, settings.host)
 
 
 def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
@@ -234,7 +221,7 @@ def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=_GRACE_S,
+        timeout_graceful_shutdown=GRACE_S,
         timeout_keep_alive=int(max(1, round(limits.keep_alive_timeout_s))),
         backlog=limits.backlog,
         h11_max_incomplete_event_size=limits.max_header_bytes,
@@ -318,117 +305,33 @@ def _bind(settings: ServerSettings) -> socket.socket:
     return sock
 
 
-# -- lifespan: gRPC port first, start-up failures as one line, SIGHUP reloads ---------------
-
-
-def _run_lifespan_checked(app: Starlette, settings: ServerSettings, lifecycle: _Lifecycle) -> None:
-    """Wrap the app's lifespan: bind gRPC before models load; a failure stops uvicorn cleanly.
-
-    A start-up exception would otherwise reach uvicorn, which logs its traceback; here it is
-    kept in `lifecycle.error` (raised by serve() / start_in_thread) and uvicorn is told to exit.
-    """
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        lifecycle.loop = asyncio.get_running_loop()
-        stack = AsyncExitStack()
-        try:
-            if settings.grpc_port is not None:
-                from shipyard.serving.protocols import v2_grpc
-
-                app.state.grpc_port = await stack.enter_async_context(
-                    v2_grpc.serve_grpc(
-                        app.state.dataplane,
-                        settings=settings,
-                        authorize=app.state.security.authorize,
-                        authenticate=app.state.security.authenticate,
-                        grace_s=_GRACE_S,
-                    )
-                )
-            state = await stack.enter_async_context(inner(app))
-        except Exception as exc:
-            lifecycle.error = _startup_error(exc)
-            try:
-                await stack.aclose()
-            except Exception:  # already failing: the first cause is the one reported
-                log.debug("cleanup after a failed start-up failed", exc_info=True)
-            if lifecycle.server is not None:
-                lifecycle.server.should_exit = True
-            yield None
-            return
-        lifecycle.running = True
-        try:
-            yield state
-        finally:
-            lifecycle.running = False
-            app.state.grpc_port = None
-            await stack.aclose()
-
-    app.router.lifespan_context = lifespan
-
-
-def _startup_error(exc: Exception) -> ShipyardError:
-    if isinstance(exc, ShipyardError):
-        return exc
-    if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return StartupError(f"{where}cannot start the server ({exc.strerror or exc})")
-    log.error("unexpected error while starting", exc_info=exc)
-    return StartupError(f"cannot start the server ({type(exc).__name__}: {exc}); see the log")
+# -- SIGHUP reloads ---------------------------------------------------------------------
 
 
 @contextmanager
-def _sighup_reloads(lifecycle: _Lifecycle) -> Iterator[None]:
+def _sighup_reloads(server: Server) -> Iterator[None]:
     """While serving, SIGHUP rescans the repository and re-reads the token file (main thread)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         yield
         return
+    reloading: asyncio.Task[None] | None = None
+
+    def start_reload() -> None:
+        nonlocal reloading
+        if reloading is not None and not reloading.done():
+            log.info("SIGHUP received during a reload: the running reload covers it")
+            return
+        reloading = asyncio.get_running_loop().create_task(server.reload(), name="sighup-reload")
 
     def on_sighup(signum: int, frame: FrameType | None) -> None:
-        loop = lifecycle.loop
-        if loop is None or not lifecycle.running or loop.is_closed():
+        loop = server.loop
+        if loop is None or not server.running or loop.is_closed():
             log.info("SIGHUP received while starting or stopping: ignored")
             return
-        loop.call_soon_threadsafe(_start_reload, lifecycle)
+        loop.call_soon_threadsafe(start_reload)
 
     previous = signal.signal(signal.SIGHUP, on_sighup)
     try:
         yield
     finally:
         signal.signal(signal.SIGHUP, previous)
-
-
-def _start_reload(lifecycle: _Lifecycle) -> None:
-    if lifecycle.reloading is not None and not lifecycle.reloading.done():
-        log.info("SIGHUP received during a reload: the running reload covers it")
-        return
-    assert lifecycle.loop is not None
-    lifecycle.reloading = lifecycle.loop.create_task(reload(lifecycle.app), name="sighup-reload")
-
-
-async def reload(app: Starlette | None) -> None:
-    """What SIGHUP does: rescan the repository, re-read the token file, log and audit it."""
-    if app is None:
-        return
-    log.info("SIGHUP received: rescanning the repository and re-reading the token file")
-    started = time.perf_counter()
-    plane, security = app.state.dataplane, app.state.security
-    await plane.manager.refresh()
-    tokens = "no token file"
-    if security.guard is not None:
-        try:
-            count = len(await asyncio.to_thread(security.guard.tokens.list))
-            tokens = f"{count} tokens"
-        except ShipyardError as exc:
-            tokens = "token file unreadable"
-            log.error("SIGHUP: cannot re-read the token file: %s", exc)
-    models = len(await plane.manager.index())
-    ms = (time.perf_counter() - started) * 1000
-    log.info("reloaded on SIGHUP in %.0f ms: %d models, %s", ms, models, tokens)
-    if security.audit is not None:
-        from shipyard.serving.audit import SERVER
-
-        security.audit.submit(
-            "server.reload", who=SERVER, detail=f"SIGHUP: {models} models, {tokens}"
-        )

@@ -1,36 +1,16 @@
-"""Typed server settings (env `SHIPYARD_*`, optional TOML file) and per-model `model.toml`.
+"""Typed server settings: environment `SHIPYARD_*`, an optional TOML file, keyword overrides.
 
 Server settings come, highest precedence first, from keyword arguments, environment
 variables (`SHIPYARD_PORT=9000`, nested with `__`: `SHIPYARD_BATCHING__MAX_BATCH_SIZE=64`),
 a TOML file (`load_settings(config_file=...)` or `SHIPYARD_CONFIG_FILE`), then defaults.
 
-A model may carry a `model.toml` next to its version folders::
-
-    instances = 2                 # worker threads running this model
-    warmup = true
-    [batching]
-    enabled = true                # default: on when every input and output has a dynamic dim 0
-    max_batch_size = 16
-    max_queue_delay_us = 1000
-    max_queue_size = 256
-    [version_policy]              # one of: latest = N | all = true | specific = [1, 3]
-    latest = 1
-    [runtime]                     # shipyard.RuntimeOptions
-    intra_op_threads = 2
-    [limits]                      # any LimitsSettings field but retry_after_s
-    max_body_bytes = 8_388_608
-    max_tensor_elements = 1_000_000
-    [drift]                       # against the version's reference profile
-    enabled = true
-    sample_rate = 0.1
-    window = 1000
+Per-model settings (`model.toml`) are in `model_config`.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -48,7 +28,6 @@ from shipyard.errors import UsageError
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
 
-MODEL_CONFIG_FILE = "model.toml"
 CONFIG_FILE_ENV = "SHIPYARD_CONFIG_FILE"
 
 _config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", default=None)
@@ -57,7 +36,7 @@ _config_file: ContextVar[Path | None] = ContextVar("shipyard_config_file", defau
 class BatchingSettings(BaseModel):
     """Dynamic batching knobs; the server's are the defaults for every model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool | None = None
     """True/False forces batching on/off; None turns it on when the model has a batch dim."""
@@ -76,7 +55,7 @@ class BatchingSettings(BaseModel):
 class LimitsSettings(BaseModel):
     """Protection against oversized or abusive requests."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest accepted request body, after decompression, in bytes (413 above it)."""
@@ -101,7 +80,7 @@ class HttpSettings(BaseModel):
     (HTTP)" in docs/security.md.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1 << 20)
     """Largest request line plus headers, in bytes (431 and the connection closed above it)."""
@@ -128,7 +107,7 @@ class TlsSettings(BaseModel):
     One configuration for HTTPS and gRPC; see "TLS" in docs/security.md.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     client_ca: Path | None = None
     """PEM CA bundle: require a client certificate signed by it (mutual TLS) on HTTP and gRPC."""
@@ -146,7 +125,7 @@ class TlsSettings(BaseModel):
 class GrpcSettings(BaseModel):
     """Bounds on the V2 gRPC server (on when `grpc_port` is set)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
     """Most gRPC calls handled at once over all connections; more are refused at once with
@@ -162,7 +141,7 @@ class GrpcSettings(BaseModel):
 class DriftSettings(BaseModel):
     """Drift measured against each version's reference profile (see docs/monitoring.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool = False
     """Sample decoded inputs and outputs and export `shipyard_drift_*` gauges; versions
@@ -173,16 +152,6 @@ class DriftSettings(BaseModel):
     """Rows (of sampled requests) the drift values are computed on: the most recent ones."""
 
 
-class DriftOverride(BaseModel):
-    """Drift knobs a model.toml may set under [drift]; unset ones fall back to the server's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool | None = None
-    sample_rate: float | None = Field(default=None, gt=0, le=1)
-    window: int | None = Field(default=None, ge=10, le=10_000_000)
-
-
 class ServerSettings(BaseSettings):
     """Everything `shipyard serve` can be told; see the module docstring for sources."""
 
@@ -191,6 +160,7 @@ class ServerSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
@@ -319,7 +289,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             return ServerSettings(**overrides)
         except ValidationError as exc:
             source = f"{path}: " if path else ""
-            raise ModelConfigError(f"{source}invalid server settings ({_details(exc)})") from exc
+            raise ModelConfigError(
+                f"{source}invalid server settings ({validation_details(exc)})"
+            ) from exc
 
 
 class RepositoryNotFoundError(UsageError):
@@ -358,120 +330,8 @@ def _using_config_file(path: Path | None) -> Iterator[None]:
         _config_file.reset(token)
 
 
-class BatchingOverride(BaseModel):
-    """Batching knobs a model.toml may set; unset ones fall back to the server's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool | None = None
-    max_batch_size: int | None = Field(default=None, ge=1)
-    max_queue_delay_us: int | None = Field(default=None, ge=0)
-    max_queue_size: int | None = Field(default=None, ge=1)
-
-
-class LimitsOverride(BaseModel):
-    """Limits a model.toml may set; unset ones fall back to the server's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_body_bytes: int | None = Field(default=None, ge=1024)
-    max_json_depth: int | None = Field(default=None, ge=4, le=1000)
-    max_tensor_elements: int | None = Field(default=None, ge=1)
-    max_request_elements: int | None = Field(default=None, ge=1)
-    max_bytes_element: int | None = Field(default=None, ge=1)
-    max_output_bytes: int | None = Field(default=None, ge=1024)
-
-
-class VersionPolicy(BaseModel):
-    """Which versions on disk are served: the latest N, all of them, or specific ones."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    latest: int | None = Field(default=None, ge=1)
-    all: bool = False
-    specific: tuple[int, ...] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_shorthand(cls, value: Any) -> Any:
-        if value == "all":
-            return {"all": True}
-        if value == "latest":
-            return {"latest": 1}
-        if isinstance(value, dict) and not any(k in value for k in ("latest", "all", "specific")):
-            return {**value, "latest": 1}
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> VersionPolicy:
-        chosen = [self.latest is not None, self.all, self.specific is not None]
-        if sum(chosen) != 1:
-            raise ValueError("set exactly one of latest = N, all = true, specific = [..]")
-        if self.specific is not None and (not self.specific or min(self.specific) < 1):
-            raise ValueError("specific must list version numbers >= 1")
-        return self
-
-    def select(self, versions: Sequence[int]) -> list[int]:
-        """The versions to serve among `versions` (those on disk that can be loaded)."""
-        ordered = sorted(set(versions))
-        if self.all:
-            return ordered
-        if self.specific is not None:
-            return [v for v in ordered if v in self.specific]
-        return ordered[-(self.latest or 1) :]
-
-    def describe(self) -> str:
-        if self.all:
-            return "all"
-        if self.specific is not None:
-            return f"specific = {list(self.specific)}"
-        return f"latest = {self.latest}"
-
-
-class ModelConfig(BaseModel):
-    """A model's serving config from its optional `model.toml`; unset fields use the server's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    instances: int | None = Field(default=None, ge=1, le=64)
-    warmup: bool | Literal["strict"] | None = None
-    """true: warm up (a failure on synthesized inputs only warns); "strict": any warm-up
-    failure refuses the version; false: no warm-up. Unset: the server's `warmup`."""
-    batching: BatchingOverride = BatchingOverride()
-    version_policy: VersionPolicy = VersionPolicy()
-    runtime: RuntimeOptions | None = None
-    limits: LimitsOverride = LimitsOverride()
-    drift: DriftOverride = DriftOverride()
-
-    def drift_for(self, server: ServerSettings) -> DriftSettings:
-        update = self.drift.model_dump(exclude_none=True)
-        return server.drift.model_copy(update=update) if update else server.drift
-
-    def batching_for(self, server: ServerSettings) -> BatchingSettings:
-        update = self.batching.model_dump(exclude_none=True)
-        return server.batching.model_copy(update=update)
-
-    def limits_for(self, server: ServerSettings) -> LimitsSettings:
-        update = self.limits.model_dump(exclude_none=True)
-        return server.limits.model_copy(update=update) if update else server.limits
-
-
-def read_model_config(model_dir: Path) -> ModelConfig:
-    """Parse `model_dir/model.toml` (defaults when absent); errors name the file and field."""
-    path = model_dir / MODEL_CONFIG_FILE
-    if not path.is_file():
-        return ModelConfig()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ModelConfigError(f"{path}: not valid TOML ({exc})") from exc
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ModelConfigError(f"{path}: invalid model config ({_details(exc)})") from exc
-
-
-def _details(exc: ValidationError) -> str:
+def validation_details(exc: ValidationError) -> str:
+    """A pydantic error as `field.path: message; ...` (the first five), for one-line errors."""
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
         for err in exc.errors()[:5]

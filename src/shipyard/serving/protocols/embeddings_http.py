@@ -27,7 +27,7 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ProtocolError
 from shipyard.serving.protocols.http import endpoint, error_response, json_response, read_body
 from shipyard.serving.protocols.v2_http import counted
-from shipyard.serving.security import ALL_MODELS
+from shipyard.serving.security import ALL_MODELS, ServerSecurity
 from shipyard.serving.settings import ServerSettings
 
 PATH = "/v1/embeddings"
@@ -37,8 +37,9 @@ MAX_INPUTS = 2048
 
 
 class EmbeddingsHandler:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, security: ServerSecurity) -> None:
         self.dataplane = dataplane
+        self.security = security
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -55,7 +56,7 @@ class EmbeddingsHandler:
         received = time.perf_counter_ns()
         limits = self.dataplane.limits_for(None)
         body = await read_body(request, limit=limits.max_body_bytes)
-        security = getattr(request.app.state, "security", None)
+        security = self.security
         try:
             doc = load_object(body, what="embeddings request")
             name = doc.get("model")
@@ -64,11 +65,9 @@ class EmbeddingsHandler:
         except ProtocolError:
             # Authorize before validating: a body naming no model is checked as if it
             # targeted every model, so only an 'infer:*' token learns what is wrong with it.
-            if security is not None:
-                await security.authorize_http(request.scope, "infer", ALL_MODELS)
+            await security.authorize_http(request.scope, "infer", ALL_MODELS)
             raise
-        if security is not None:
-            await security.authorize_http(request.scope, "infer", name)
+        await security.authorize_http(request.scope, "infer", name)
         texts = _texts(doc.get("input"), max_bytes=limits.max_bytes_element)
         encoding = doc.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
@@ -76,10 +75,8 @@ class EmbeddingsHandler:
         unknown = sorted(set(doc) - {"model", "input", "encoding_format", "dimensions", "user"})
         if unknown:
             raise ProtocolError(f"embeddings request has unknown field(s) {unknown}")
-        served = self.dataplane.manager.get(name)
-        processor = served.model.processor
-        output = processor.embedding_output if processor is not None else None
-        if processor is None or output is None or processor.spec.text is None:
+        target = self.dataplane.embedding_target(name)
+        if target is None:
             raise InputError(
                 f"model {name!r} does not turn text into sentence embeddings; pack it with "
                 "--tokenizer (and --pooling) to serve it on /v1/embeddings"
@@ -90,14 +87,14 @@ class EmbeddingsHandler:
         response = await self.dataplane.infer(
             name,
             InferenceRequest(
-                inputs={processor.spec.text.input: inputs}, outputs=[RequestedOutput(output)]
+                inputs={target.text_input: inputs}, outputs=[RequestedOutput(target.output)]
             ),
-            version=str(served.version),
+            version=target.version,
             protocol=PROTOCOL,
             received_ns=received,
             usage=usage,
         )
-        vectors = np.asarray(response.outputs[output], dtype=np.float32)
+        vectors = np.asarray(response.outputs[target.output], dtype=np.float32)
         dimensions = doc.get("dimensions")
         if dimensions is not None and dimensions != vectors.shape[-1]:
             raise InputError(
@@ -142,7 +139,9 @@ def _encode(row: np.ndarray, encoding: str) -> Any:
     return row.tolist()
 
 
-def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
+def routes(
+    dataplane: DataPlane, *, settings: ServerSettings, security: ServerSecurity
+) -> list[Route]:
     del settings
-    handler = endpoint(counted(dataplane.metrics, EmbeddingsHandler(dataplane)))
+    handler = endpoint(counted(dataplane.metrics, EmbeddingsHandler(dataplane, security)))
     return [Route(PATH, handler, methods=["POST"])]

@@ -33,10 +33,9 @@ from shipyard.errors import NotFoundError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.dataplane import DataPlane, ModelSignature, check_model_name
 from shipyard.serving.errors import ModelNotFound, ProtocolError
-from shipyard.serving.limits import decode_limits
-from shipyard.serving.manager import IndexEntry, ModelState
 from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
 from shipyard.serving.protocols.v2_http import counted
+from shipyard.serving.served import IndexEntry, ModelState
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "tfserving_http"
@@ -124,10 +123,9 @@ class TFServingHandlers:
             return json_response(await self.status(target))
         if target.action == "metadata":
             return json_response(self.metadata(target))
-        settings = self.dataplane.limits_for(target.name)
-        body = await read_body(request, limit=settings.max_body_bytes)
+        body = await read_body(request, limit=self.dataplane.limits_for(target.name).max_body_bytes)
         signature = self.dataplane.model_signature(target.name, target.version)
-        limits = decode_limits(settings)
+        limits = self.dataplane.decode_limits_for(target.name)
         if target.action == "predict":
             payload = await self.predict(body, signature, limits=limits, received_ns=received)
         elif target.action == "classify":
@@ -220,8 +218,7 @@ class TFServingHandlers:
         return response.outputs
 
     def _model_metadata(self, signature: ModelSignature) -> dict[str, Any]:
-        served = self.dataplane.manager.get(signature.name, signature.version)
-        return dict(served.model.manifest.metadata)
+        return self.dataplane.package_metadata(signature.name, str(signature.version))
 
 
 def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:

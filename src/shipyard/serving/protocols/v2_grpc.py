@@ -1,16 +1,16 @@
 """Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on grpc.aio.
 
 A thin transport like `v2_http`: each RPC decodes its message (`codecs.grpc`), calls the
-shared `DataPlane` and encodes the answer. It runs on the same event loop as uvicorn:
-`attach` wraps the Starlette lifespan so the gRPC server starts once the models are
-loaded and stops (in-flight RPCs finish within the grace period) before they unload.
+shared `DataPlane` and encodes the answer. `grpc_server.GrpcServer` listens for it on the
+same event loop as uvicorn; the `Server` (serving/app.py) starts it once the models are
+loaded and stops it (in-flight RPCs finish within the grace period) before they unload.
 
 Errors: a `ShipyardError` becomes the gRPC status of its HTTP status (`grpc_status`) with
 its message; anything else is logged and answered INTERNAL. `ModelStreamInfer` answers
 each request on the stream as it completes (several run at once, up to `STREAM_WINDOW`),
 a failed one as `error_message`, like Triton.
 
-Authentication: `serve_grpc(authenticate=...)` runs in `grpc_gate.CallGate`, an interceptor,
+Authentication: `GrpcServer(authenticate=...)` runs in `grpc_gate.CallGate`, an interceptor,
 before a call's message is read (so anonymous calls cannot make the server hold big messages);
 it also logs each call and puts its peer address in the audit records.
 
@@ -24,28 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, NoReturn
 
 import grpc
-from starlette.applications import Starlette
 
 from shipyard.codecs import grpc as grpc_codec
 from shipyard.errors import ShipyardError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, Overloaded
-from shipyard.serving.limits import decode_limits
 from shipyard.serving.logs import request_id
-from shipyard.serving.protocols.grpc_gate import Authenticate, CallGate
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
-from shipyard.serving.settings import ServerSettings
-from shipyard.serving.tls import ServerTls
 
 SERVICE = "inference.GRPCInferenceService"
 """The wire name every V2 gRPC client calls (KServe's and Triton's proto package)."""
@@ -126,7 +119,7 @@ class V2GrpcServicer:
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         received = time.perf_counter_ns()
-        limits = decode_limits(self.dataplane.limits_for(request.model_name))
+        limits = self.dataplane.decode_limits_for(request.model_name)
         decoded = grpc_codec.decode_infer_request(request, limits=limits)
         response = await self.dataplane.infer(
             request.model_name,
@@ -270,10 +263,10 @@ class V2GrpcServicer:
                 if isinstance(exc, ModelNotFound):  # counted like HTTP's 404s
                     kind = "model" if exc.version is None else "version"
                     self.dataplane.metrics.observe_not_found(kind)
-                await _abort(context, exc)
+                await abort(context, exc)
             except Exception:
                 log.exception("unexpected error in %s/%s", SERVICE, name)
-                await _abort(context, ShipyardError(_INTERNAL))
+                await abort(context, ShipyardError(_INTERNAL))
             finally:
                 request_id.reset(token)
 
@@ -284,154 +277,18 @@ class V2GrpcServicer:
             async for reply in self.model_stream_infer(requests, _metadata(context)):
                 yield reply
         except ShipyardError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def _check(self, metadata: Mapping[str, str], action: str, model: str | None) -> None:
         if self.authorize is not None:
             await self.authorize(metadata, action, model or None)
 
 
-@asynccontextmanager
-async def serve_grpc(
-    dataplane: DataPlane,
-    *,
-    settings: ServerSettings,
-    authorize: Authorize | None = None,
-    authenticate: Authenticate | None = None,
-    grace_s: float = 10.0,
-) -> AsyncIterator[int]:
-    """Serve V2 gRPC on settings.host:settings.grpc_port (0 = a free port); yields the port.
-
-    `authenticate` runs before a call's message is read (`grpc_gate.CallGate`), `authorize`
-    once the model it names is known. With settings.tls_cert/tls_key it serves TLS from the
-    same files as HTTPS (`ServerTls`: client certificates, reload).
-    """
-    port = settings.grpc_port or 0
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    check_port_free(settings.host, port)  # before grpc's core logs its own bind failure
-    tls = ServerTls.from_settings(settings)
-    servicer = V2GrpcServicer(dataplane, authorize=authorize)
-    gate = CallGate(
-        actions=servicer.actions(),
-        abort=_abort,
-        authenticate=authenticate,
-        access_log=settings.access_log,
-    )
-    server = grpc.aio.server(
-        interceptors=(gate,),
-        options=[
-            # messages beyond the body limit are refused by grpc as they arrive; a call that
-            # needs a token is refused before its message is read at all (CallGate)
-            ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared
-            ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
-            ("grpc.http2.max_ping_strikes", 2),  # then GOAWAY: no ping floods
-            # fixed 64 KiB windows: what a refused call buffers stays small (settings.grpc)
-            ("grpc.http2.bdp_probe", int(settings.grpc.bdp_probe)),
-        ],
-        maximum_concurrent_rpcs=settings.grpc.max_concurrent_rpcs,
-    )
-    handlers = servicer.method_handlers()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-    address = f"{host}:{port}"
-    try:
-        if tls is not None:
-            bound = server.add_secure_port(address, tls.grpc_credentials())
-        else:
-            bound = server.add_insecure_port(address)
-    except RuntimeError:  # grpcio >= 1.60 raises; older ones return 0
-        bound = 0
-    if not bound:
-        await server.stop(None)
-        raise ShipyardError(
-            f"cannot listen for gRPC on {address} (port in use, or not a local address); "
-            "pick another with --grpc-port or SHIPYARD_GRPC_PORT"
-        )
-    await server.start()
-    mode = "" if tls is None else " (mutual TLS)" if tls.client_ca else " (TLS)"
-    log.info("V2 gRPC%s listening on %s:%d", mode, settings.host, bound)
-    if tls is not None and tls.min_version != "1.2":
-        log.warning("gRPC accepts TLS 1.2 too: grpcio has no minimum-version option")
-    try:
-        yield bound
-    finally:
-        await server.stop(grace_s)
-
-
-def attach(
-    app: Starlette,
-    dataplane: DataPlane,
-    *,
-    settings: ServerSettings,
-    authorize: Authorize | None = None,
-    authenticate: Authenticate | None = None,
-    grace_s: float = 10.0,
-) -> None:
-    """Run V2 gRPC inside `app`'s lifespan when settings.grpc_port is set.
-
-    It starts after the app's startup (models loaded) and stops before its shutdown;
-    `app.state.grpc_port` holds the bound port while it runs. A port already taken fails
-    here, before anything starts, with a one-line ShipyardError naming it.
-    """
-    if settings.grpc_port is None:
-        return
-    check_port_free(settings.host, settings.grpc_port)
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        async with (
-            inner(app) as state,
-            serve_grpc(
-                dataplane,
-                settings=settings,
-                authorize=authorize,
-                authenticate=authenticate,
-                grace_s=grace_s,
-            ) as port,
-        ):
-            app.state.grpc_port = port
-            try:
-                yield state
-            finally:
-                app.state.grpc_port = None
-
-    app.router.lifespan_context = lifespan
-
-
 _INTERNAL = "internal server error; see the server log"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """ShipyardError naming host:port when it cannot be bound now (taken, or not local).
-
-    grpc's own bind failure only surfaces inside the app's startup, as a traceback after
-    the models loaded; this check says it in one line first (a race only brings that back).
-    """
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ShipyardError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror}") from None
-    errors: list[OSError] = []
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                errors.append(exc)
-    if errors and len(errors) == len(infos):  # grpc serves when any one address binds
-        raise ShipyardError(
-            f"cannot listen for gRPC on {host}:{port}: {errors[0].strerror or errors[0]}; "
-            "pick another port with --grpc-port or SHIPYARD_GRPC_PORT"
-        )
-
-
-async def _abort(context: Any, exc: ShipyardError) -> NoReturn:
+async def abort(context: Any, exc: ShipyardError) -> NoReturn:
+    """End the call with `exc` as its gRPC status and message (Retry-After when overloaded)."""
     trailing = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else ()
     await context.abort(grpc_status(int(exc.status)), exc.message, trailing)
     raise AssertionError("context.abort returned")  # it always raises

@@ -22,7 +22,6 @@ from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
 from shipyard.errors import NotFoundError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, ProtocolError
-from shipyard.serving.limits import decode_limits
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols.http import (
     Handler,
@@ -79,7 +78,9 @@ class V2Handlers:
         limits = self.dataplane.limits_for(name)
         body = await read_body(request, limit=limits.max_body_bytes)
         decoded = decode_request(
-            body, header_length=_header_length(request), limits=decode_limits(limits)
+            body,
+            header_length=_header_length(request),
+            limits=self.dataplane.decode_limits_for(name),
         )
         response = await self.dataplane.infer(
             name, decoded, version=version, protocol=PROTOCOL, received_ns=received

@@ -1,0 +1,121 @@
+"""Open one version for serving: verify and open it, warm it up, decide batching, build its batcher.
+
+`open_version` runs on a worker thread (the manager's `_load_version` calls it); what it
+decides comes from the version's resolved `VersionConfig`, merged once before the load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.model import Model, load_model
+from shipyard.package.store import read_stable
+from shipyard.serving.batching import Batcher
+from shipyard.serving.drift import DriftMonitor
+from shipyard.serving.metrics import Metrics
+from shipyard.serving.version_config import VersionConfig
+from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
+
+log = logging.getLogger("shipyard.serving.manager")
+
+
+def open_version(
+    path: Path,
+    version: int,
+    resolved: VersionConfig,
+    *,
+    public_key: Path | None,
+    kek: bytes | None,
+    drift: DriftMonitor,
+) -> tuple[Model, str | None]:
+    """Verify, open and warm up one version (on a worker thread).
+
+    Returns the model and, when requests must not be batched along dim 0, why. Done again
+    when the version was rewritten meanwhile (`shipyard encrypt`, key rotation): what
+    serves is one version as written, never a mix that would fail to load.
+    """
+    return read_stable(
+        path / str(version),
+        lambda: _open_once(path, version, resolved, public_key=public_key, kek=kek, drift=drift),
+        discard=lambda opened: opened[0].close(),
+    )
+
+
+def _open_once(
+    path: Path,
+    version: int,
+    resolved: VersionConfig,
+    *,
+    public_key: Path | None,
+    kek: bytes | None,
+    drift: DriftMonitor,
+) -> tuple[Model, str | None]:
+    model = load_model(
+        path, version=version, options=resolved.runtime, public_key=public_key, kek=kek
+    )
+    mode = resolved.warmup
+    feed = None
+    try:
+        if mode:
+            result = warm_up(model, strict=mode == "strict")
+            feed = result.feed
+            if result.warning:
+                log.warning(
+                    "%s version %d: %s",
+                    model.name,
+                    version,
+                    result.warning,
+                    extra={"model": model.name, "version": version},
+                )
+        wanted = resolved.batching.enabled
+        problem = static_batching_problem(model.inputs, model.outputs)
+        found_by_running = False
+        if problem is None and wanted is not False:
+            problem = batching_problem(model, feed)
+            found_by_running = problem is not None
+        drift.attach(model, resolved.drift)
+    except Exception:
+        model.close()
+        raise
+    if problem is not None and (wanted or found_by_running):
+        log.warning(
+            "%s version %d: batching turned off%s: %s",
+            model.name,
+            version,
+            " though model.toml enables it" if wanted else "",
+            problem,
+            extra={"model": model.name, "version": version},
+        )
+    return model, problem
+
+
+def build_batcher(
+    model: Model, resolved: VersionConfig, problem: str | None, *, metrics: Metrics
+) -> Batcher:
+    """The version's batcher: batching off when `problem` says why, else as configured."""
+    batching = resolved.batching
+    if problem is not None:
+        batching = batching.model_copy(update={"enabled": False})
+    elif batching.enabled is None:
+        batching = batching.model_copy(update={"enabled": True})
+    name, version = model.name, str(model.version)
+    runtime = model.runtime
+
+    def on_batch(rows: int, requests: int, compute_ns: int) -> None:
+        metrics.observe_batch(model=name, version=version, rows=rows, compute_ns=compute_ns)
+
+    def run(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        # the data plane checked each request's inputs before it joined the batch
+        return runtime.run(feed, outputs or None)
+
+    return Batcher(
+        run,
+        name=name,
+        batching=batching,
+        workers=resolved.instances,
+        on_batch=on_batch,
+        retry_after_s=resolved.limits.retry_after_s,
+    )
