@@ -45,7 +45,7 @@ from benchmarks import _servers
 from benchmarks._servers import ModelFiles, ServingConfig, SetupError
 from shipyard import __version__ as shipyard_version
 from shipyard.codecs.v2 import decode_request, decode_response, encode_request
-from shipyard.compress.machine import machine_facts
+from shipyard.compression.machine import machine_facts
 from shipyard.package.store import list_versions, read_verified
 
 HERE = Path(__file__).resolve().parent

@@ -37,7 +37,7 @@ def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from shipyard.analysis import cli as analysis_cli
-    from shipyard.compress import cli as compress_cli
+    from shipyard.compression import cli as compress_cli
     from shipyard.monitoring import cli as monitoring_cli
     from shipyard.security import cli as security_cli
     from shipyard.serving import drift_cli
@@ -245,7 +245,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from shipyard import cli_commands as c
     from shipyard.analysis import cli as analysis_cli
     from shipyard.cli_serve import serve_handlers
-    from shipyard.compress import cli as compress_cli
+    from shipyard.compression import cli as compress_cli
     from shipyard.monitoring import cli as monitoring_cli
     from shipyard.security import cli as security_cli
     from shipyard.serving import drift_cli

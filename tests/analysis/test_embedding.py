@@ -12,9 +12,9 @@ from sklearn.neighbors import NearestNeighbors
 
 import shipyard
 from shipyard.analysis import analyze
-from shipyard.compress import DynamicInt8Config, MeasureConfig, compress
+from shipyard.compression import DynamicInt8Config, MeasureConfig, compress
 from shipyard.errors import UsageError
-from tests.compress.test_demo_models import SENTENCES
+from tests.compression.test_demo_models import SENTENCES
 
 QUICK = MeasureConfig(
     batch_size=4, latency_runs=5, throughput_runs=2, warmup_runs=0, min_seconds=0, max_rows=64

@@ -23,22 +23,22 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from shipyard.compress.config import (
+from shipyard.compression.config import (
     DynamicInt8Config,
     Fp16Config,
     Int4WeightOnlyConfig,
     StaticInt8Config,
 )
-from shipyard.compress.data import Dataset
-from shipyard.compress.errors import CompressionConfigError, CompressionError
-from shipyard.compress.graph import (
+from shipyard.compression.data import Dataset
+from shipyard.compression.errors import CompressionConfigError, CompressionError
+from shipyard.compression.graph import (
     dedupe_opsets,
     default_domain_ops,
     gemm_to_matmul,
     initializers,
     not_applicable,
 )
-from shipyard.compress.tools import import_keeping_logging, quiet, short
+from shipyard.compression.tools import import_keeping_logging, quiet, short
 
 QuantizeConfig = DynamicInt8Config | StaticInt8Config | Int4WeightOnlyConfig | Fp16Config
 

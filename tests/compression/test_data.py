@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.compress import CompressionConfigError
-from shipyard.compress.data import load_dataset, synthetic_dataset
+from shipyard.compression import CompressionConfigError
+from shipyard.compression.data import load_dataset, synthetic_dataset
 from shipyard.package.tensorspec import TensorSpec
 
 TEXT = [

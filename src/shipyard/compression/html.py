@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shipyard.compress.report import ComparisonReport, ModelFigures
-from shipyard.compress.results import CandidateOutcome
+from shipyard.compression.report import ComparisonReport, ModelFigures
+from shipyard.compression.results import CandidateOutcome
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from shipyard.compress.config import OnnxPruneConfig
-from shipyard.compress.graph import initializers, not_applicable
+from shipyard.compression.config import OnnxPruneConfig
+from shipyard.compression.graph import initializers, not_applicable
 
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shipyard.compress.errors import CompressionConfigError
+from shipyard.compression.errors import CompressionConfigError
 
 Family = Literal["transformer", "cnn", "other"]
 

@@ -18,7 +18,7 @@ import onnx
 import pytest
 
 import shipyard
-from shipyard.compress import (
+from shipyard.compression import (
     AutoConfig,
     CompressionConfigError,
     CompressResult,
@@ -33,9 +33,9 @@ from shipyard.compress import (
     StaticInt8Config,
     compress,
 )
-from shipyard.compress.config import AnyConfig
-from shipyard.compress.graph import op_counts
-from shipyard.compress.pipeline import REJECTED_DIR
+from shipyard.compression.config import AnyConfig
+from shipyard.compression.graph import op_counts
+from shipyard.compression.pipeline import REJECTED_DIR
 from shipyard.demo import build_demo_repository
 from shipyard.errors import UsageError
 from shipyard.package.store import list_versions, read_verified

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shipyard.compress import html
-from shipyard.compress.config import (
+from shipyard.compression import html
+from shipyard.compression.config import (
     NO_BUDGET,
     AnyConfig,
     AnyStep,
@@ -29,8 +29,8 @@ from shipyard.compress.config import (
     QuantizeAutoConfig,
     StaticInt8Config,
 )
-from shipyard.compress.pipeline import CompressResult, ProgressEvent, compare, compress
-from shipyard.compress.report import ComparisonReport
+from shipyard.compression.pipeline import CompressResult, ProgressEvent, compare, compress
+from shipyard.compression.report import ComparisonReport
 from shipyard.errors import UsageError
 
 EXAMPLES = {

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import shipyard
-from shipyard.compress import (
+from shipyard.compression import (
     NO_BUDGET,
     AutoConfig,
     Budget,
@@ -24,10 +24,10 @@ from shipyard.compress import (
     compare,
     compress,
 )
-from shipyard.compress.graph import op_counts
-from shipyard.compress.pipeline import REJECTED_DIR
+from shipyard.compression.graph import op_counts
+from shipyard.compression.pipeline import REJECTED_DIR
 from shipyard.package.store import list_versions, read_verified
-from tests.compress.conftest import FAST, make_mlp
+from tests.compression.conftest import FAST, make_mlp
 
 
 def test_dynamic_int8_writes_measured_version_with_lineage(mlp_repo: Path) -> None:
@@ -179,7 +179,7 @@ def test_auto_keeps_fastest_within_budget_and_reports_progress(cnn_repo: Path) -
     within = [c for c in result.candidates if c.within_budget]
     assert result.accepted and result.candidate in {c.name for c in within}
     # the fastest wins only when its speed-up clears the measured spread (no other candidate
-    # is clearly faster than it); otherwise fidelity decides (compress/choice.py)
+    # is clearly faster than it); otherwise fidelity decides (compression/choice.py)
     chosen = next(c for c in within if c.name == result.candidate)
     if "the fastest" in result.decision:
         assert chosen.throughput_low is not None and chosen.throughput_low > 1.0
@@ -291,7 +291,7 @@ def test_no_budget_publishes_and_records_it(mlp_repo: Path) -> None:
 
 
 def test_default_budget_for_float_outputs_is_mean_cosine() -> None:
-    from shipyard.compress.config import has_class_output, resolve_budget
+    from shipyard.compression.config import has_class_output, resolve_budget
     from shipyard.package.tensorspec import TensorSpec
 
     embedding = [TensorSpec(name="e", dtype="float32", shape=(-1, 1))]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shipyard.compress import (
+from shipyard.compression import (
     AutoConfig,
     DynamicInt8Config,
     Int4WeightOnlyConfig,
@@ -19,7 +19,7 @@ from shipyard.compress import (
     QuantizeAutoConfig,
     StaticInt8Config,
 )
-from shipyard.compress.cli import EXAMPLES, add_commands, config_from_args, handlers
+from shipyard.compression.cli import EXAMPLES, add_commands, config_from_args, handlers
 from shipyard.errors import UsageError
 
 

@@ -2,11 +2,11 @@
 
 `compress(model_dir, config=...)` writes a new version (or rejects a candidate over the
 accuracy budget); `compare(model_dir, v1, v2)` measures two versions side by side. PyTorch
-training-time pruning lives in `shipyard.compress.prune` (imported on use: it needs torch);
+training-time pruning lives in `shipyard.compression.prune` (imported on use: it needs torch);
 `pack_derived(model, parent=...)` writes such a model as a measured child version.
 """
 
-from shipyard.compress.config import (
+from shipyard.compression.config import (
     NO_BUDGET,
     AutoConfig,
     Budget,
@@ -21,9 +21,9 @@ from shipyard.compress.config import (
     QuantizeAutoConfig,
     StaticInt8Config,
 )
-from shipyard.compress.data import Dataset, load_dataset
-from shipyard.compress.errors import CompressionConfigError, CompressionError
-from shipyard.compress.pipeline import (
+from shipyard.compression.data import Dataset, load_dataset
+from shipyard.compression.errors import CompressionConfigError, CompressionError
+from shipyard.compression.pipeline import (
     CandidateOutcome,
     CompressResult,
     ProgressEvent,
@@ -31,8 +31,8 @@ from shipyard.compress.pipeline import (
     compress,
     pack_derived,
 )
-from shipyard.compress.quantize import quantize
-from shipyard.compress.report import ComparisonReport, Fidelity, ModelFigures
+from shipyard.compression.quantize import quantize
+from shipyard.compression.report import ComparisonReport, Fidelity, ModelFigures
 
 __all__ = [
     "NO_BUDGET",

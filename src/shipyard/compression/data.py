@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shipyard.compress.errors import CompressionConfigError
+from shipyard.compression.errors import CompressionConfigError
 from shipyard.importers.samples import load_arrays
 from shipyard.package.tensorspec import TensorSpec, numpy_dtype
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shipyard.compress.report import ComparisonReport, RatioSpread
+from shipyard.compression.report import ComparisonReport, RatioSpread
 
 
 def throughput_spread(report: ComparisonReport) -> RatioSpread:

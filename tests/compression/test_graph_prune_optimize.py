@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from shipyard.compress import OnnxPruneConfig, OptimizeConfig
-from shipyard.compress.graph import gemm_to_matmul, model_family, op_counts
-from shipyard.compress.onnx_prune import magnitude_mask, prune_onnx
-from shipyard.compress.optimize import optimize
-from tests.compress.conftest import make_cnn, make_mlp, run
+from shipyard.compression import OnnxPruneConfig, OptimizeConfig
+from shipyard.compression.graph import gemm_to_matmul, model_family, op_counts
+from shipyard.compression.onnx_prune import magnitude_mask, prune_onnx
+from shipyard.compression.optimize import optimize
+from tests.compression.conftest import make_cnn, make_mlp, run
 
 
 def test_gemm_to_matmul_is_exact(mlp_x: np.ndarray) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import onnx
 
-from shipyard.compress.choice import choose
-from shipyard.compress.config import (
+from shipyard.compression.choice import choose
+from shipyard.compression.config import (
     AUTO_DEFAULT_DROP,
     NO_BUDGET,
     AnyConfig,
@@ -24,19 +24,19 @@ from shipyard.compress.config import (
     has_class_output,
     resolve_budget,
 )
-from shipyard.compress.data import DataLike, Dataset, load_dataset, synthetic_dataset
-from shipyard.compress.derived import pack_derived
-from shipyard.compress.errors import CompressionConfigError, CompressionError
-from shipyard.compress.report import ComparisonReport, measure_pair
-from shipyard.compress.results import (
+from shipyard.compression.data import DataLike, Dataset, load_dataset, synthetic_dataset
+from shipyard.compression.derived import pack_derived
+from shipyard.compression.errors import CompressionConfigError, CompressionError
+from shipyard.compression.report import ComparisonReport, measure_pair
+from shipyard.compression.results import (
     CandidateOutcome,
     CompressResult,
     Progress,
     ProgressEvent,
     Stage,
 )
-from shipyard.compress.steps import AppliedStep, Candidate, apply_steps, plan
-from shipyard.compress.versions import (
+from shipyard.compression.steps import AppliedStep, Candidate, apply_steps, plan
+from shipyard.compression.versions import (
     REJECTED_DIR,
     StepRecord,
     measured_figures,

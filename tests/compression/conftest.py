@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import shipyard
-from shipyard.compress import MeasureConfig
+from shipyard.compression import MeasureConfig
 
 FAST = MeasureConfig(
     batch_size=8, latency_runs=5, throughput_runs=2, warmup_runs=1, max_rows=64, min_seconds=0

@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shipyard.compress.config import Budget
-from shipyard.compress.report import ComparisonReport
-from shipyard.compress.steps import AppliedStep
+from shipyard.compression.config import Budget
+from shipyard.compression.report import ComparisonReport
+from shipyard.compression.steps import AppliedStep
 from shipyard.package.manifest import Manifest
 
 Stage = Literal["compress", "measure", "write"]

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from shipyard.compress import prune  # noqa: E402
+from shipyard.compression import prune  # noqa: E402
 
 
 class TinyCNN(nn.Module):
@@ -183,7 +183,7 @@ def test_pack_derived_writes_a_measured_child_version(tmp_path: Path) -> None:
     pytest.importorskip("torch_pruning")
     pytest.importorskip("shipyard.importers.pytorch")
     import shipyard
-    from shipyard.compress import MeasureConfig, pack_derived
+    from shipyard.compression import MeasureConfig, pack_derived
     from shipyard.package.store import list_versions, read_verified
 
     fast = MeasureConfig(latency_runs=5, throughput_runs=2, warmup_runs=0, min_seconds=0)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from shipyard.compress import (
+from shipyard.compression import (
     CompressionConfigError,
     DynamicInt8Config,
     Fp16Config,
@@ -16,9 +16,9 @@ from shipyard.compress import (
     StaticInt8Config,
     quantize,
 )
-from shipyard.compress.data import Dataset
-from shipyard.compress.graph import op_counts
-from tests.compress.conftest import cosine, make_cnn, make_mlp, run
+from shipyard.compression.data import Dataset
+from shipyard.compression.graph import op_counts
+from tests.compression.conftest import cosine, make_cnn, make_mlp, run
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from shipyard.compress.config import OptimizeConfig
-from shipyard.compress.errors import CompressionError
-from shipyard.compress.graph import op_counts
-from shipyard.compress.tools import quiet, short
+from shipyard.compression.config import OptimizeConfig
+from shipyard.compression.errors import CompressionError
+from shipyard.compression.graph import op_counts
+from shipyard.compression.tools import quiet, short
 
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

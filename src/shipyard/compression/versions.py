@@ -17,9 +17,9 @@ from typing import Any
 
 import onnx
 
-from shipyard.compress.config import Budget
-from shipyard.compress.report import ComparisonReport
-from shipyard.compress.results import CandidateOutcome, CompressResult
+from shipyard.compression.config import Budget
+from shipyard.compression.report import ComparisonReport
+from shipyard.compression.results import CandidateOutcome, CompressResult
 from shipyard.errors import IntegrityError
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import MODEL_FILE, Lineage, Manifest, Step, now

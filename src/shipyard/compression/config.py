@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shipyard.compress.errors import CompressionConfigError
+from shipyard.compression.errors import CompressionConfigError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import GraphOptimization
 

@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.compress import html
-from shipyard.compress.choice import choose
-from shipyard.compress.config import DynamicInt8Config, MeasureConfig
-from shipyard.compress.machine import machine_facts
-from shipyard.compress.pipeline import compare, compress
-from shipyard.compress.report import (
+from shipyard.compression import html
+from shipyard.compression.choice import choose
+from shipyard.compression.config import DynamicInt8Config, MeasureConfig
+from shipyard.compression.machine import machine_facts
+from shipyard.compression.pipeline import compare, compress
+from shipyard.compression.report import (
     SPREAD_BLOCKS,
     ComparisonReport,
     Fidelity,
     ModelFigures,
     RatioSpread,
 )
-from shipyard.compress.results import CandidateOutcome
+from shipyard.compression.results import CandidateOutcome
 
 
 def _figures(label: str, **kw: float) -> ModelFigures:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shipyard.compress.schedules import ConstantSparsity, PolynomialDecay
+from shipyard.compression.schedules import ConstantSparsity, PolynomialDecay
 
 
 def tfmot_polynomial(

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 
-from shipyard.compress.config import (
+from shipyard.compression.config import (
     AnyConfig,
     AnyStep,
     AutoConfig,
@@ -24,12 +24,12 @@ from shipyard.compress.config import (
     QuantizeAutoConfig,
     StaticInt8Config,
 )
-from shipyard.compress.data import Dataset
-from shipyard.compress.errors import CompressionConfigError
-from shipyard.compress.graph import model_family, not_applicable, op_counts
-from shipyard.compress.onnx_prune import prune_onnx
-from shipyard.compress.optimize import optimize
-from shipyard.compress.quantize import quantize
+from shipyard.compression.data import Dataset
+from shipyard.compression.errors import CompressionConfigError
+from shipyard.compression.graph import model_family, not_applicable, op_counts
+from shipyard.compression.onnx_prune import prune_onnx
+from shipyard.compression.optimize import optimize
+from shipyard.compression.quantize import quantize
 
 OP_NAMES = {
     "int8-dynamic": "quantize",

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from shipyard.compress.errors import CompressionConfigError
-from shipyard.compress.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from shipyard.compression.errors import CompressionConfigError
+from shipyard.compression.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 __all__ = [
     "ChannelPruneResult",
@@ -288,7 +288,7 @@ def channels_and_finetune(
     `round_to` keeps each layer's width a multiple of it (e.g. 16, ONNX Runtime's NCHWc block
     on AVX-512, so the pruned channels are really saved there). The model is changed in
     place and returned in the result with the lineage config (`op="prune-channels"` in
-    `shipyard.compress.pack_derived`).
+    `shipyard.compression.pack_derived`).
     """
     example = (
         torch.from_numpy(np.asarray(example_inputs, dtype=np.float32))

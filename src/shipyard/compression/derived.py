@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shipyard.compress.config import Budget, MeasureConfig, has_class_output, resolve_budget
-from shipyard.compress.data import DataLike, load_dataset, synthetic_dataset
-from shipyard.compress.errors import CompressionConfigError
-from shipyard.compress.report import measure_pair
-from shipyard.compress.results import CompressResult
-from shipyard.compress.versions import (
+from shipyard.compression.config import Budget, MeasureConfig, has_class_output, resolve_budget
+from shipyard.compression.data import DataLike, load_dataset, synthetic_dataset
+from shipyard.compression.errors import CompressionConfigError
+from shipyard.compression.report import measure_pair
+from shipyard.compression.results import CompressResult
+from shipyard.compression.versions import (
     measured_figures,
     reject_candidate,
     verified_copy,

@@ -18,10 +18,10 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from shipyard.compress.config import Budget, MeasureConfig
-from shipyard.compress.data import Dataset
-from shipyard.compress.errors import CompressionError
-from shipyard.compress.machine import MachineFacts, machine_facts
+from shipyard.compression.config import Budget, MeasureConfig
+from shipyard.compression.data import Dataset
+from shipyard.compression.errors import CompressionError
+from shipyard.compression.machine import MachineFacts, machine_facts
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.onnxrt import choose_providers
 
