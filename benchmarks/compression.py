@@ -42,7 +42,8 @@ from shipyard.compression import (
 from shipyard.compression.config import AnyConfig
 from shipyard.compression.data import DataLike, load_dataset
 from shipyard.compression.machine import machine_facts
-from shipyard.compression.report import ComparisonReport, ModelFigures, measure_pair
+from shipyard.compression.measure import measure_pair
+from shipyard.compression.report import ComparisonReport, ModelFigures
 from shipyard.errors import ShipyardError
 from shipyard.package.manifest import MODEL_FILE
 from shipyard.package.store import list_versions, read_verified, resolve_version_dir

@@ -14,7 +14,7 @@ from typing import Any
 from shipyard.compression.config import Budget, MeasureConfig, has_class_output, resolve_budget
 from shipyard.compression.data import DataLike, load_dataset, synthetic_dataset
 from shipyard.compression.errors import CompressionConfigError
-from shipyard.compression.report import measure_pair
+from shipyard.compression.measure import measure_pair
 from shipyard.compression.results import CompressResult
 from shipyard.compression.versions import (
     measured_figures,

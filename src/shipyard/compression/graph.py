@@ -15,8 +15,6 @@ from shipyard.compression.errors import CompressionConfigError
 
 Family = Literal["transformer", "cnn", "other"]
 
-_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
-
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each op type the main graph holds (domain-qualified when not ai.onnx)."""
@@ -68,20 +66,6 @@ def dedupe_opsets(model: onnx.ModelProto) -> int:
 
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in model.graph.initializer}
-
-
-def weight_elements(model: onnx.ModelProto) -> dict[str, int]:
-    """Elements of constant weights feeding each op type (MatMul, Gemm, Conv …)."""
-    inits = initializers(model)
-    totals: Counter[str] = Counter()
-    for node in model.graph.node:
-        index = _WEIGHT_INPUT.get(node.op_type)
-        if index is None or len(node.input) <= index:
-            continue
-        init = inits.get(node.input[index])
-        if init is not None:
-            totals[node.op_type] += int(np.prod(init.dims)) if init.dims else 1
-    return dict(totals)
 
 
 def model_family(model: onnx.ModelProto) -> Family:

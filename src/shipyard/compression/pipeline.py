@@ -27,7 +27,8 @@ from shipyard.compression.config import (
 from shipyard.compression.data import DataLike, Dataset, load_dataset, synthetic_dataset
 from shipyard.compression.derived import pack_derived
 from shipyard.compression.errors import CompressionConfigError, CompressionError
-from shipyard.compression.report import ComparisonReport, measure_pair
+from shipyard.compression.measure import measure_pair
+from shipyard.compression.report import ComparisonReport
 from shipyard.compression.results import (
     CandidateOutcome,
     CompressResult,
