@@ -1,14 +1,15 @@
-"""The compress/compare CLI glue: flags → typed configs, exit codes, JSON and HTML output."""
+"""The compress/compare commands: flags → typed configs, exit codes, JSON and HTML output."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from shipyard.cli import build_parser
+from shipyard.cli.compression import config_from_args
 from shipyard.compression import (
     AutoConfig,
     DynamicInt8Config,
@@ -19,26 +20,18 @@ from shipyard.compression import (
     QuantizeAutoConfig,
     StaticInt8Config,
 )
-from shipyard.compression.cli import EXAMPLES, add_commands, config_from_args, handlers
 from shipyard.errors import UsageError
 
 
-def _add(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, epilog=f"example:\n  {EXAMPLES[name]}"
-    )
-    return parser
-
-
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="shipyard")
-    add_commands(parser.add_subparsers(dest="command"), _add)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(*argv: str) -> int:
+    """The command's handler, run directly: its exceptions reach the test (no exit code)."""
     args = parse(*argv)
-    return handlers()[args.command](args)
+    code: int = args.run(args)
+    return code
 
 
 def test_flags_become_typed_configs() -> None:
@@ -219,3 +212,30 @@ def test_a_single_method_records_no_decision(mlp_repo: Path) -> None:
     assert main("compress", str(mlp_repo / "mlp"), "--optimize", "basic", "--runs", "5") == 0
     measured = read_verified(mlp_repo / "mlp" / "2").measured
     assert "decision" not in measured and "candidates" not in measured
+
+
+def test_inspect_shows_what_compression_measured_and_a_model_folder_lists_versions(
+    mlp_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both were only in --json: the figures against the parent and the method's config."""
+    from shipyard.cli import main as shipyard_main
+
+    model = mlp_repo / "mlp"
+    assert main("compress", str(model), "--quantize", "int8-dynamic", "--runs", "5") == 0
+    capsys.readouterr()
+    assert shipyard_main(["inspect", str(model / "2")]) == 0
+    shown = capsys.readouterr().out
+    assert "measured against version 1 (budget: " in shown
+    assert "gzip size" in shown and "mean / min cosine" in shown  # the table compress printed
+    step = next(line for line in shown.splitlines() if line.strip().startswith("quantize ("))
+    assert "method=int8-dynamic" in step and "per_channel=true" in step
+    assert "versions" not in shown.splitlines()[0]  # a version folder: that version only
+
+    assert shipyard_main(["inspect", str(model)]) == 0
+    shown = capsys.readouterr().out
+    assert "mlp: 2 version(s)" in shown
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in shown.splitlines()]
+    rows = {row[0]: " ".join(row) for row in cells if row and row[0] in ("1", "2")}
+    assert "pack" in rows["1"] and "unsigned" in rows["1"]
+    assert "pack → quantize" in rows["2"] and "× smaller" in rows["2"]
+    assert f"latest version, {model / '2'}:" in shown and "measured against version 1" in shown

@@ -7,7 +7,8 @@ what `compare()` returns; `shipyard.compression.measure` produces it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
@@ -178,6 +179,12 @@ class ComparisonReport(_Frozen):
             found.append("accuracy")
         return found
 
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> ComparisonReport:
+        """A report read back from its JSON dump (a version's `measured` figures, a rejected
+        candidate's report.json): the computed figures in it are left to be recomputed."""
+        return cls.model_validate(_stored(cls, data))
+
     def violations(self, budget: Budget) -> list[str]:
         """Why the candidate is over `budget`, each reason with the measured value, the limit
         and how far it missed (e.g. "accuracy drop 0.034 exceeds max-drop 0.01 by 0.024");
@@ -215,6 +222,23 @@ class ComparisonReport(_Frozen):
                     f"by {limit - agreement:.4g}"
                 )
         return found
+
+
+def _stored(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without `model`'s computed fields, nested models likewise."""
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in model.model_computed_fields:
+            continue
+        field = model.model_fields.get(key)
+        annotation = field.annotation if field is not None else None
+        nested = [
+            t
+            for t in (*get_args(annotation), annotation)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        kept[key] = _stored(nested[0], value) if nested and isinstance(value, Mapping) else value
+    return kept
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -1,53 +1,29 @@
-"""CLI glue for `shipyard compress` and `shipyard compare`; the only printing in compress/."""
+"""`shipyard compress` and `shipyard compare`: flags to typed configs, results to tables."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from shipyard.compression import html
-from shipyard.compression.config import (
-    NO_BUDGET,
-    AnyConfig,
-    AnyStep,
-    AutoConfig,
-    Budget,
-    DynamicInt8Config,
-    Fp16Config,
-    Int4WeightOnlyConfig,
-    MeasureConfig,
-    OnnxPruneConfig,
-    OptimizeConfig,
-    PipelineConfig,
-    QuantizeAutoConfig,
-    StaticInt8Config,
-)
-from shipyard.compression.pipeline import CompressResult, ProgressEvent, compare, compress
-from shipyard.compression.report import ComparisonReport
+from shipyard.cli import output
+from shipyard.cli.parsing import Subparsers, add_command
 from shipyard.errors import UsageError
 
-EXAMPLES = {
-    "compress": "shipyard compress models/minilm --quantize int8-dynamic --eval eval.npz",
-    "compare": "shipyard compare models/minilm 1 2 --report report.html",
-}
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from shipyard.compression.config import AnyConfig, AnyStep, Budget, MeasureConfig
+    from shipyard.compression.report import ComparisonReport
+    from shipyard.compression.results import CandidateOutcome, CompressResult, ProgressEvent
+
 QUANTIZE_CHOICES = ("int8-dynamic", "int8-static", "fp16", "int4", "auto")
 
-Add = Callable[[Any, str, str], argparse.ArgumentParser]
 
-out = Console()
-err = Console(stderr=True)
-
-
-def add_commands(sub: Any, add: Add) -> None:
-    """Register `compress` and `compare` on the main parser's subparsers."""
-    c = add(sub, "compress", "quantize, prune or optimize a model; writes a measured new version")
+def register(sub: Subparsers) -> None:
+    """`compress` and `compare`."""
+    c = add_command(sub, "compress", cmd_compress)
     c.add_argument("model", type=Path, help="model folder (latest version) or version folder")
     c.add_argument("--version", type=int, dest="model_version", help="source version")
     c.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="quantization method")
@@ -76,7 +52,7 @@ def add_commands(sub: Any, add: Add) -> None:
     )
     c.add_argument("--repo", type=Path, help="write the new version here (default: same repo)")
     _measure_args(c)
-    c = add(sub, "compare", "measure two versions side by side: size, speed, fidelity, accuracy")
+    c = add_command(sub, "compare", cmd_compare)
     c.add_argument("model", type=Path, help="model folder")
     c.add_argument("v1", type=int, help="baseline version")
     c.add_argument("v2", type=int, help="version to compare with it")
@@ -84,12 +60,16 @@ def add_commands(sub: Any, add: Add) -> None:
     _measure_args(c)
 
 
-def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"compress": cmd_compress, "compare": cmd_compare}
-
-
 def config_from_args(args: argparse.Namespace) -> AnyConfig:
     """The typed config the flags stand for: one step, a pipeline, or the auto search."""
+    from shipyard.compression.config import (
+        AutoConfig,
+        OnnxPruneConfig,
+        OptimizeConfig,
+        PipelineConfig,
+        QuantizeAutoConfig,
+    )
+
     if args.auto:
         if args.quantize or args.optimize:
             raise UsageError("--auto picks the method itself; drop --quantize/--optimize")
@@ -112,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> AnyConfig:
 
 
 def budget_from_args(args: argparse.Namespace) -> float | Budget | None:
+    from shipyard.compression.config import NO_BUDGET, Budget
+
     if getattr(args, "no_budget", False):
         if args.max_drop is not None or args.min_cosine is not None:
             raise UsageError("--no-budget cannot be combined with --max-drop/--min-cosine")
@@ -122,6 +104,16 @@ def budget_from_args(args: argparse.Namespace) -> float | Budget | None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    """quantize, prune or optimize a model; writes a measured new version
+
+    examples:
+      shipyard compress models/minilm --quantize int8-dynamic --eval eval.npz
+      shipyard compress models/iris --auto --eval eval.npz --max-drop 0.01
+      shipyard compress models/resnet --quantize int8-static --calibration calib.npz --json
+    """
+    from shipyard.compression import html
+    from shipyard.compression.pipeline import compress
+
     config = config_from_args(args)
     with _progress_bar() as bar:
         task = bar.add_task("compressing", total=None)
@@ -151,28 +143,26 @@ def cmd_compress(args: argparse.Namespace) -> int:
             decision=result.decision,
         )
     if args.json:
-        _dump(_result_json(result))
+        output.print_json(_result_json(result))
         return 0 if result.accepted else 1
-    err.print(f"budget: {describe_budget(result)}", soft_wrap=True)
+    output.note(f"budget: {describe_budget(result)}")
     if len(result.candidates) > 1:
-        _print_candidates(result)
+        show_candidates(result.candidates, chosen=result.candidate)
     if result.decision:
-        out.print(result.decision, soft_wrap=True)
-    _print_report(result.report)
+        output.say(result.decision)
+    show_report(result.report)
     for step in result.steps:
         for note in step.notes:
-            out.print(f"[dim]note ({step.config.method}): {note}[/]")
+            output.say(f"[dim]note ({step.config.method}): {note}[/]")
     if result.accepted and result.manifest is not None:
         m = result.manifest
-        out.print(
-            f"[green]wrote[/] {m.name} version {m.version} ({result.candidate}) → {result.path}",
-            soft_wrap=True,
+        output.say(
+            f"[green]wrote[/] {m.name} version {m.version} ({result.candidate}) → {result.path}"
         )
         return 0
-    err.print(
+    output.note(
         f"[red]rejected[/] {result.candidate}: {'; '.join(result.reasons)}; "
-        f"kept for inspection at {result.path} (not a servable version)",
-        soft_wrap=True,
+        f"kept for inspection at {result.path} (not a servable version)"
     )
     return 1
 
@@ -191,20 +181,35 @@ def describe_budget(result: CompressResult) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    with err.status(f"measuring versions {args.v1} and {args.v2} side by side…"):
+    """measure two versions side by side: size, speed, fidelity, accuracy
+
+    example:
+      shipyard compare models/minilm 1 2 --report report.html
+    """
+    from shipyard.compression import html
+    from shipyard.compression.pipeline import compare
+
+    with output.status(f"measuring versions {args.v1} and {args.v2} side by side…"):
         report = compare(
             args.model, args.v1, args.v2, eval_data=args.eval_data, measure=_measure(args)
         )
     if args.report:
         html.write(args.report, report, title=f"{args.model.name}: v{args.v1} vs v{args.v2}")
     if args.json:
-        _dump(report.model_dump(mode="json"))
+        output.print_json(report.model_dump(mode="json"))
         return 0
-    _print_report(report)
+    show_report(report)
     return 0
 
 
 def _quantize_step(args: argparse.Namespace) -> AnyStep:
+    from shipyard.compression.config import (
+        DynamicInt8Config,
+        Fp16Config,
+        Int4WeightOnlyConfig,
+        StaticInt8Config,
+    )
+
     per_channel = not args.per_tensor
     if args.quantize == "int8-dynamic":
         return DynamicInt8Config(per_channel=per_channel)
@@ -225,16 +230,20 @@ def _measure_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _measure(args: argparse.Namespace) -> MeasureConfig:
+    from shipyard.compression.config import MeasureConfig
+
     return MeasureConfig(batch_size=args.batch_size, latency_runs=args.runs)
 
 
 def _progress_bar() -> Progress:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
-        console=err,
+        console=output.err,
         transient=True,
     )
 
@@ -243,29 +252,35 @@ def _done(event: ProgressEvent) -> int:
     return event.index * 2 + {"compress": 0, "measure": 1, "write": 0}[event.stage]
 
 
-def _print_report(report: ComparisonReport) -> None:
-    table = Table("metric", report.baseline.label, report.candidate.label, "ratio")
+def show_report(report: ComparisonReport) -> None:
+    """The side-by-side table (what `compress` and `compare` print, and `inspect` shows)."""
+    from shipyard.compression import html
+
+    table = output.table("metric", report.baseline.label, report.candidate.label, "ratio")
     worse = html.worse_rows(report)
     for row in html.rows(report):
         table.add_row(*row, style="bold red" if row[0] in worse else None)
-    out.print(table)
+    output.show(table)
     if report.worse:
-        out.print(f"[bold red]worse than {report.baseline.label}:[/] {', '.join(report.worse)}")
+        output.say(f"[bold red]worse than {report.baseline.label}:[/] {', '.join(report.worse)}")
     m = report.machine
-    out.print(
+    output.say(
         f"[dim]{m.cpu}, {m.logical_cpus} CPUs, flags {' '.join(m.cpu_flags) or 'none'}; "
         f"{m.int8_note}; onnxruntime {m.onnxruntime} on {', '.join(m.providers)}; "
         f"inputs: {report.data}[/]"
     )
 
 
-def _print_candidates(result: CompressResult) -> None:
-    table = Table(
+def show_candidates(candidates: Sequence[CandidateOutcome], *, chosen: str | None = None) -> None:
+    """Every candidate `--auto` tried, with why each one was or was not kept."""
+    from shipyard.compression import html
+
+    table = output.table(
         "candidate", "in budget", "×smaller", "throughput ×", "mean cosine", "worse", "why not"
     )
-    for o in result.candidates:
+    for o in candidates:
         table.add_row(
-            ("→ " if o.name == result.candidate else "") + o.name,
+            ("→ " if o.name == chosen else "") + o.name,
             "yes" if o.within_budget else "no",
             _fmt(o.size_ratio),
             html.throughput_cell(o),
@@ -273,7 +288,7 @@ def _print_candidates(result: CompressResult) -> None:
             ", ".join(o.worse),
             o.error or "; ".join(o.reasons),
         )
-    out.print(table)
+    output.show(table)
 
 
 def _result_json(result: CompressResult) -> dict[str, Any]:
@@ -294,7 +309,3 @@ def _result_json(result: CompressResult) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
-
-
-def _dump(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))

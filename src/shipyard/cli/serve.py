@@ -1,4 +1,4 @@
-"""CLI commands that run things: serve a repository, build and run the demo."""
+"""Commands that run a server: `shipyard serve` a repository, `shipyard demo`."""
 
 from __future__ import annotations
 
@@ -8,29 +8,22 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-out = Console()
-err = Console(stderr=True)
+from shipyard.cli import output
+from shipyard.cli.parsing import Subparsers, add_command
 
 
-def add_serve_commands(sub: Any, add: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
-    """Register `serve` and `demo`."""
-    s = add(sub, "serve", "serve a model repository: KServe V2 REST, metrics, hot reload")
+def register(sub: Subparsers) -> None:
+    s = add_command(sub, "serve", cmd_serve)
     s.add_argument("repository", type=Path, nargs="?", help="repository folder (default: models)")
     _server_flags(s)
     _security_flags(s)
     _http_flags(s)
     _tls_flags(s)
 
-    d = add(
-        sub, "demo", "build the example repository (cached) and serve it with one call per model"
-    )
+    d = add_command(sub, "demo", cmd_demo)
     d.add_argument("--repo", type=Path, default=Path("models"), help="repository to fill")
     d.add_argument("--no-text", action="store_true", help="skip the MiniLM sentence model")
     d.add_argument("--once", action="store_true", help="send the demo requests, then stop")
@@ -183,10 +176,6 @@ _SECURITY_SETTINGS = (
 )
 
 
-def serve_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"serve": cmd_serve, "demo": cmd_demo}
-
-
 def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
     from shipyard.serving.settings import load_settings
 
@@ -232,6 +221,13 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """serve a model repository: KServe V2 REST, metrics, hot reload
+
+    examples:
+      shipyard serve models/ --host 127.0.0.1 --port 8000
+      shipyard serve models/ --grpc-port 8001 --log-format json --drift
+      shipyard serve models/ --host 0.0.0.0 --auth tokens.json --tls-cert cert.pem --tls-key key.pem
+    """
     from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve
     from shipyard.serving.settings import check_repository
@@ -242,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve(settings=settings)  # logs where it serves, as a log line (JSON with --log-format)
     except Exception as exc:
-        from shipyard.cli import error_line, exit_code
+        from shipyard.cli.failures import error_line, exit_code
 
         code = exit_code(exc)
         if settings.log_format != "json" or code is None:
@@ -254,16 +250,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """build the example repository (cached) and serve it with one call per model
+
+    examples:
+      shipyard demo --repo models/
+      shipyard demo --repo models/ --no-text --once
+      shipyard demo --repo models/ --no-serve
+    """
     from shipyard.demo import build_demo_repository
 
-    with err.status("building the example models (cached after the first run)…") as status:
+    with output.status("building the example models (cached after the first run)…") as status:
         results = build_demo_repository(
             args.repo,
             include_text=not args.no_text,
             progress=lambda msg: status.update(msg),
             replace=True,
         )
-    table = Table("model", "version", "inputs", "outputs", "source", "cached", title="repository")
+    table = output.table(
+        "model", "version", "inputs", "outputs", "source", "cached", title="repository"
+    )
     for r in results:
         m = r.manifest
         table.add_row(
@@ -274,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{m.source.framework} {m.source.framework_version}",
             "yes" if r.from_cache else f"built in {r.build_seconds:.1f} s",
         )
-    out.print(table)
+    output.show(table)
     if args.no_serve:
         return 0
     from shipyard.serving.server import start_in_thread
@@ -284,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args, args.repo)
     server = start_in_thread(settings=settings)
     try:
-        out.print(f"serving on [bold]{server.url}[/] — one V2 request per model:")
+        output.say(f"serving on [bold]{server.url}[/] — one V2 request per model:")
         failures = 0
         for r in results:
             name = r.manifest.name
@@ -295,12 +300,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
                 body = json.dumps(text_request()).encode()
                 failures += _demo_request(server.url, name, body, what=f"{name} ({text.input})")
-        out.print(
+        output.say(
             f"metrics: curl {server.url}/metrics   repository: curl -X POST {server.url}/v2/repository/index"
         )
         if args.once:
             return 1 if failures else 0
-        out.print("serving until Ctrl-C")
+        output.say("serving until Ctrl-C")
         while server.running:
             time.sleep(0.5)
         return 0
@@ -319,14 +324,16 @@ def _demo_request(url: str, name: str, body: bytes, *, what: str | None = None) 
         with urllib.request.urlopen(req, timeout=30) as resp:
             doc = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        out.print(f"  [red]{what}: HTTP {exc.code}[/] {exc.read().decode(errors='replace')}")
+        output.say(f"  [red]{what}: HTTP {exc.code}[/] {exc.read().decode(errors='replace')}")
         return 1
     ms = (time.perf_counter() - started) * 1000
     parts = []
-    for output in doc["outputs"]:
-        data = output.get("data", [])
+    for tensor in doc["outputs"]:
+        data = tensor.get("data", [])
         preview = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data[:4])
         more = " …" if len(data) > 4 else ""
-        parts.append(f"{output['name']}{output['shape']} = [{preview}{more}]")
-    out.print(f"  [green]{what}[/] v{doc.get('model_version')} in {ms:.1f} ms: " + "; ".join(parts))
+        parts.append(f"{tensor['name']}{tensor['shape']} = [{preview}{more}]")
+    output.say(
+        f"  [green]{what}[/] v{doc.get('model_version')} in {ms:.1f} ms: " + "; ".join(parts)
+    )
     return 0

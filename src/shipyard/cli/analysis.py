@@ -1,32 +1,21 @@
-"""CLI glue for `shipyard analyze` and `shipyard bless`; the only printing in analysis/."""
+"""`shipyard analyze` and `shipyard bless`: evaluation on labelled data, and its verdict."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+from shipyard.cli import output
+from shipyard.cli.parsing import Subparsers, add_command
 
-from shipyard.analysis.analyze import AnalysisResult
-
-EXAMPLES = {
-    "analyze": "shipyard analyze models/churn --data eval.parquet --label churned --slice plan "
-    "--baseline 1 --report report.html",
-    "bless": "shipyard bless models/churn/2 --config eval.toml --data eval.parquet --baseline 1",
-}
-Add = Callable[[Any, str, str], argparse.ArgumentParser]
-
-out = Console()
+if TYPE_CHECKING:
+    from shipyard.analysis.analyze import AnalysisResult
 
 
-def add_commands(sub: Any, add: Add) -> None:
-    """Register `analyze` and `bless` on the main parser's subparsers."""
-    a = add(sub, "analyze", "evaluate a version on labelled data: metrics, slices, vs a baseline")
+def register(sub: Subparsers) -> None:
+    a = add_command(sub, "analyze", cmd_analyze)
     a.add_argument("model", type=Path, help="model folder (latest version) or version folder")
     a.add_argument("--version", type=int, dest="model_version", help="version to evaluate")
     _data_args(a)
@@ -39,7 +28,7 @@ def add_commands(sub: Any, add: Add) -> None:
         metavar="FILE",
         help="write the result as JSON here ('-' = stdout)",
     )
-    b = add(sub, "bless", "analyze + validate a version and record the verdict in its manifest")
+    b = add_command(sub, "bless", cmd_bless)
     b.add_argument("version_dir", type=Path, metavar="VERSION_DIR", help="e.g. models/churn/2")
     b.add_argument("--config", type=Path, required=True, help="eval config with [[thresholds]]")
     _data_args(b)
@@ -79,11 +68,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"analyze": cmd_analyze, "bless": cmd_bless}
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """evaluate a version on labelled data: metrics, slices, vs a baseline
+
+    examples:
+      shipyard analyze models/churn --data eval.parquet --label churned --slice plan --baseline 1
+      shipyard analyze models/churn --data eval.csv --config eval.toml --report report.html
+      shipyard analyze models/churn/2 --data eval.npz --json -
+    """
     from shipyard.analysis.analyze import analyze
     from shipyard.analysis.report import write_report
     from shipyard.analysis.validate import read_config
@@ -104,17 +96,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json_out is not None:
         text = result.model_dump_json(indent=2)
         if str(args.json_out) == "-":
-            print(text)
+            output.write(text)
         else:
             args.json_out.write_text(text + "\n", encoding="utf-8")
     if args.json_out is None or str(args.json_out) != "-":
         _print(result)
         if args.report:
-            out.print(f"report: {args.report}")
+            output.say(f"report: {args.report}")
     return 0 if result.validation is None or result.validation.ok else 1
 
 
 def cmd_bless(args: argparse.Namespace) -> int:
+    """analyze + validate a version and record the verdict in its manifest
+
+    examples:
+      shipyard bless models/churn/2 --config eval.toml --data eval.parquet --baseline 1
+      shipyard bless models/churn/2 --config eval.toml --data eval.parquet --resign keys/signing.pem
+    """
     from shipyard.analysis.bless import bless, describe_blessing
     from shipyard.analysis.report import write_report
 
@@ -132,32 +130,28 @@ def cmd_bless(args: argparse.Namespace) -> int:
     if args.report:
         write_report(done.analysis, args.report)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "path": str(done.path),
-                    "signature": done.signature,
-                    "blessing": done.blessing.model_dump(mode="json"),
-                },
-                indent=2,
-            )
+        output.print_json(
+            {
+                "path": str(done.path),
+                "signature": done.signature,
+                "blessing": done.blessing.model_dump(mode="json"),
+            }
         )
     else:
-        out.print(f"{done.path}: {describe_blessing(done.blessing)}", soft_wrap=True)
+        output.say(f"{done.path}: {describe_blessing(done.blessing)}")
         for line in done.blessing.failures:
-            out.print(f"  [red]✗[/] {line}", soft_wrap=True)
+            output.say(f"  [red]✗[/] {line}")
         if done.signature != "none":
-            out.print(f"signature: {done.signature}")
+            output.say(f"signature: {done.signature}")
     return 0 if done.blessing.ok else 1
 
 
 def _print(r: AnalysisResult) -> None:
     vs = f" vs v{r.baseline_version}" if r.baseline_version else ""
-    out.print(
-        f"[bold]{r.model}[/] v{r.version}{vs}: {r.task} on {r.data.rows} rows of {r.data.source}",
-        soft_wrap=True,
+    output.say(
+        f"[bold]{r.model}[/] v{r.version}{vs}: {r.task} on {r.data.rows} rows of {r.data.source}"
     )
-    table = Table(
+    table = output.table(
         "metric",
         f"v{r.version}",
         *([f"v{r.baseline_version}", "delta", "interval"] if r.comparison else []),
@@ -179,16 +173,16 @@ def _print(r: AnalysisResult) -> None:
                 ]
             )
         table.add_row(*row)
-    out.print(table)
+    output.show(table)
     if r.slices:
-        out.print(f"{len(r.slices)} slice(s) scored, {len(r.skipped)} skipped (too small)")
+        output.say(f"{len(r.slices)} slice(s) scored, {len(r.skipped)} skipped (too small)")
     if r.validation is not None:
         if r.validation.ok:
-            out.print(f"[green]validation passed[/] ({r.validation.checked} check(s))")
+            output.say(f"[green]validation passed[/] ({r.validation.checked} check(s))")
         else:
-            out.print("[red]validation failed[/]")
+            output.say("[red]validation failed[/]")
             for line in r.validation.summary():
-                out.print(f"  [red]✗[/] {line}", soft_wrap=True)
+                output.say(f"  [red]✗[/] {line}")
 
 
 def _f(value: float) -> str:
