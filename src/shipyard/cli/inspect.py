@@ -162,7 +162,8 @@ def _show_version(version_dir: Path, m: Manifest, checked: str) -> None:
     output.say(f"lineage: parent {m.lineage.parent or '—'}; steps: {lineage}")
     for step in m.lineage.steps:
         config = " ".join(f"{k}={_value(v)}" for k, v in step.config.items())
-        output.say(f"  {step.op} ({step.at.isoformat(timespec='seconds')}): {config or '—'}")
+        when = step.at.isoformat(timespec="seconds")
+        output.say(f"  {step.op} ({when}): {output.literal(config) or '—'}")
     if m.conversion_check:
         output.say(f"conversion check: {describe_check(m.conversion_check)}")
     _show_measured(m)
@@ -173,7 +174,7 @@ def _show_version(version_dir: Path, m: Manifest, checked: str) -> None:
     if m.external_data:
         output.say(f"external data: {', '.join(m.external_data)} (loaded from the files)")
     if m.metadata:
-        output.say("metadata: " + json.dumps(m.metadata, default=str)[:400])
+        output.say("metadata: " + output.literal(json.dumps(m.metadata, default=str)[:400]))
 
 
 def _value(value: Any) -> str:
@@ -202,7 +203,7 @@ def _show_measured(m: Manifest) -> None:
         limits = Budget.model_validate(budget) if isinstance(budget, dict) else None
         tried = [CandidateOutcome.model_validate(c) for c in candidates or []]
     except ValidationError:
-        output.say("measured: " + json.dumps(m.measured, default=str, sort_keys=True))
+        output.say("measured: " + output.literal(json.dumps(m.measured, default=str)))
         return
     shown = "none (published without a check)" if limits is None else limits.describe()
     output.say(f"measured against version {against} (budget: {shown}):")
@@ -210,7 +211,7 @@ def _show_measured(m: Manifest) -> None:
     if tried:
         show_candidates(tried)
     if isinstance(decision, str) and decision:
-        output.say(f"compress --auto: {decision}")
+        output.say(f"compress --auto: {output.literal(decision)}")
 
 
 def _check_signature(version_dir: Path, public_key: Path | None) -> str:

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
@@ -37,6 +38,11 @@ out = _Console()
 """Standard output: results, tables."""
 err = _Console(stderr=True)
 """Standard error: progress, notes, warnings; never what a script would parse."""
+
+
+def literal(text: str) -> str:
+    """`text` shown as it is inside a marked-up message (`[x]` is not a style there)."""
+    return escape(text)
 
 
 def say(text: str) -> None:
