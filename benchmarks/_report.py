@@ -19,7 +19,7 @@ from benchmarks._tables import (
     render_markdown,
     summary_table,
 )
-from shipyard.compress.machine import machine_facts
+from shipyard.compression.machine import machine_facts
 
 
 def markdown(run: Run, loads: tuple[str, str]) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shipyard.compress import (
+from shipyard.compression import (
     DynamicInt8Config,
     Fp16Config,
     Int4WeightOnlyConfig,
@@ -39,10 +39,11 @@ from shipyard.compress import (
     compress,
     pack_derived,
 )
-from shipyard.compress.config import AnyConfig
-from shipyard.compress.data import DataLike, load_dataset
-from shipyard.compress.machine import machine_facts
-from shipyard.compress.report import ComparisonReport, ModelFigures, measure_pair
+from shipyard.compression.config import AnyConfig
+from shipyard.compression.data import DataLike, load_dataset
+from shipyard.compression.machine import machine_facts
+from shipyard.compression.measure import measure_pair
+from shipyard.compression.report import ComparisonReport, ModelFigures
 from shipyard.errors import ShipyardError
 from shipyard.package.manifest import MODEL_FILE
 from shipyard.package.store import list_versions, read_verified, resolve_version_dir
@@ -189,7 +190,7 @@ def channel_pruning(
     if not weights.is_file():
         return (label, "not applicable: needs the demo's digits_weights.npz"), None
     try:
-        from shipyard.compress import prune
+        from shipyard.compression import prune
         from shipyard.demo import digits
     except ImportError as exc:
         return (label, f"not applicable: {exc}"), None

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks import _servers
 from shipyard.codecs.v2 import encode_request
-from shipyard.compress.machine import machine_facts
+from shipyard.compression.machine import machine_facts
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "drift.md"

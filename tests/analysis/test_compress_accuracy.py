@@ -8,7 +8,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer
 
-from shipyard.compress import MeasureConfig, OptimizeConfig, compress
+from shipyard.compression import MeasureConfig, OptimizeConfig, compress
 from tests.analysis.conftest import Packed, onnx_outputs
 
 QUICK = MeasureConfig(batch_size=8, latency_runs=5, throughput_runs=2, warmup_runs=0, min_seconds=0)

@@ -12,8 +12,8 @@ from sklearn.neighbors import NearestNeighbors
 
 import shipyard
 from shipyard.analysis import analyze
-from shipyard.compress import DynamicInt8Config, MeasureConfig, compress
-from tests.compress.test_demo_models import SENTENCES
+from shipyard.compression import DynamicInt8Config, MeasureConfig, compress
+from tests.compression.test_demo_models import SENTENCES
 from tests.conftest import needs_demo
 
 QUICK = MeasureConfig(

@@ -18,8 +18,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import shipyard
-from shipyard.compress import DynamicInt8Config, MeasureConfig, compress
-from shipyard.compress.graph import op_counts
+from shipyard.compression import DynamicInt8Config, MeasureConfig, compress
+from shipyard.compression.graph import op_counts
 from shipyard.serving.server import RunningServer
 from tests.corpus.conftest import Packed, raw_answer
 from tests.corpus.model import CorpusModel

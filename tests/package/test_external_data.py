@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import shipyard
-from shipyard.compress import compress
-from shipyard.compress.config import DynamicInt8Config
+from shipyard.compression import compress
+from shipyard.compression.config import DynamicInt8Config
 from shipyard.errors import UnsupportedModelError, UsageError
 from shipyard.package.hashing import sha256_file
 from shipyard.package.manifest import FileEntry

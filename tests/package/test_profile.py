@@ -157,7 +157,7 @@ def test_profile_cli_and_signed_version_refused(
     assert main(["profile", str(version), "--data", str(npz), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 64
     (version / "model.sig").write_text("{}")
-    assert main(["profile", str(version), "--data", str(npz), "--replace"]) == 1
+    assert main(["profile", str(version), "--data", str(npz), "--replace"]) == 2
     assert "is signed" in capsys.readouterr().err
     onnx_file = tmp_path / "scale.onnx"
     onnx_file.write_bytes(scale_graph().SerializeToString())
@@ -181,5 +181,5 @@ def test_profile_cli_and_signed_version_refused(
     bad = tmp_path / "ref.txt"
     bad.write_text("1")
     (version / "model.sig").unlink()
-    assert main(["profile", str(version), "--data", str(bad), "--replace"]) == 1
+    assert main(["profile", str(version), "--data", str(bad), "--replace"]) == 2
     assert ".npz, .npy, .csv or .parquet" in capsys.readouterr().err

@@ -143,7 +143,7 @@ def test_cli_import_json_and_inspect_shows_lineage(
     assert main(["inspect", str(dest / "iris2")]) == 0
     shown = capsys.readouterr().out
     assert "iris2 version 3" in shown and "steps: pack, import" in shown
-    assert main(args) == 1  # version 3 exists now
+    assert main(args) == 2  # version 3 exists now: a usage error
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
     assert main(["import", str(packed), "--repo", str(dest), "--name", "my model!"]) == 2

@@ -174,8 +174,8 @@ def test_pack_refuses_a_tokenizer_for_a_graph_without_token_inputs(tmp_path: Pat
 
 
 def test_compressed_child_keeps_processing_and_pooling(tiny_text_repo: Path) -> None:
-    from shipyard.compress.config import DynamicInt8Config
-    from shipyard.compress.pipeline import compress
+    from shipyard.compression.config import DynamicInt8Config
+    from shipyard.compression.pipeline import compress
 
     compress(tiny_text_repo / "tiny", config=DynamicInt8Config(), max_drop=0.5)
     child = shipyard.load(tiny_text_repo / "tiny", version=2)

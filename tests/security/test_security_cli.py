@@ -1,36 +1,22 @@
-"""The security CLI end to end, registered through the main CLI's own `_add` helper."""
+"""The security commands end to end, through the real `shipyard` entry point."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import shipyard.cli as main_cli
-from shipyard.errors import ShipyardError
-from shipyard.security import cli
+from shipyard.cli import main
 
 Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    monkeypatch.setattr(main_cli, "EXAMPLES", {**main_cli.EXAMPLES, **cli.EXAMPLES})
-    parser = argparse.ArgumentParser(prog="shipyard")
-    sub = parser.add_subparsers(dest="command")
-    cli.add_commands(sub, main_cli._add)
-
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
     def invoke(*argv: str) -> tuple[int, str, str]:
-        args = parser.parse_args([str(a) for a in argv])
-        try:
-            code = cli.handlers()[args.command](args)
-        except ShipyardError as exc:  # what shipyard.cli.main does
-            print(f"error: {exc}", file=sys.stderr)
-            code = 1
+        code = main([str(a) for a in argv])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
@@ -41,7 +27,7 @@ def test_keys_sign_verify_encrypt_flow(run: Run, version_dir: Path, tmp_path: Pa
     keys = tmp_path / "k"
     code, out, _ = run("keys", "init", "--dir", keys, "--json")
     assert code == 0 and json.loads(out)["public_key"] == str(keys / "signing.pub")
-    assert run("keys", "init", "--dir", keys)[0] == 1
+    assert run("keys", "init", "--dir", keys)[0] == 2  # usage: the keys exist
 
     code, out, _ = run("encrypt", version_dir, "--key-file", keys / "data.key", "--json")
     assert code == 0 and json.loads(out)["file"] == "model.onnx.enc"
@@ -60,7 +46,7 @@ def test_keys_sign_verify_encrypt_flow(run: Run, version_dir: Path, tmp_path: Pa
         "--new-key-file",
         new_key / "data.key",
     )
-    assert code == 1 and "--remove-signature" in err
+    assert code == 2 and "--remove-signature" in err  # usage: a signed version needs it
     code, out, _ = run(
         "keys",
         "rewrap",
@@ -104,7 +90,7 @@ def test_tokens_commands(run: Run, tmp_path: Path) -> None:
     assert run("tokens", "--file", file, "list")[0] == 0
     assert run("tokens", "revoke", "ci-bot", "--file", file)[0] == 0
     assert run("tokens", "--file", file, "revoke", "ci-bot")[0] == 1
-    assert run("tokens", "--file", file, "create", "--name", "x", "--scope", "bad")[0] == 1
+    assert run("tokens", "--file", file, "create", "--name", "x", "--scope", "bad")[0] == 2
 
 
 def test_audit_commands(run: Run, tmp_path: Path) -> None:
@@ -146,7 +132,7 @@ def test_tokens_refuse_past_expiry_open_files_and_record_revocations(
         "--expires",
         "2000-01-01T00:00:00+00:00",
     )
-    assert code == 1 and "in the past" in err and not file.exists()
+    assert code == 2 and "in the past" in err and not file.exists()
     assert run("tokens", "--file", file, "create", "--name", "a", "--scope", "infer:*")[0] == 0
     code, out, _ = run("tokens", "--file", file, "revoke", "a")
     assert code == 0 and "revoked_at" in out and "revoked_by" in out
@@ -157,23 +143,17 @@ def test_tokens_refuse_past_expiry_open_files_and_record_revocations(
     assert record["name"] == "a" and record["revoked_at"] and record["revoked_by"]
     file.chmod(0o666)
     code, _, err = run("tokens", "--file", file, "list")
-    assert code == 1 and "chmod 600" in err
-    assert main_cli.main(["tokens", "--file", str(file), "list"]) == 2  # exit code 2 there
+    assert code == 2 and "chmod 600" in err
 
 
 def test_cli_exit_code_for_open_secret_files_is_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     file = tmp_path / "tokens.json"
-    assert (
-        main_cli.main(
-            ["tokens", "--file", str(file), "create", "--name", "a", "--scope", "infer:*"]
-        )
-        == 0
-    )
+    assert main(["tokens", "--file", str(file), "create", "--name", "a", "--scope", "infer:*"]) == 0
     file.chmod(0o640)
     capsys.readouterr()
-    assert main_cli.main(["tokens", "--file", str(file), "list"]) == 2
+    assert main(["tokens", "--file", str(file), "list"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "group" in err and err.count("\n") == 1
 
@@ -184,5 +164,5 @@ def test_sign_refuses_a_readable_private_key(run: Run, version_dir: Path, tmp_pa
     keys = init_keys(tmp_path / "k")
     keys.signing_key.chmod(0o644)
     code, _, err = run("sign", version_dir, "--key", keys.signing_key)
-    assert code == 1 and "private key is readable" in err
+    assert code == 2 and "private key is readable" in err
     assert not (version_dir / "model.sig").exists()

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import NotFoundError, UsageError
-from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.fileio import InsecurePermissionsError
-from shipyard.security.tokens import Principal, Scope, TokenStore, authorize, bearer_token
+from shipyard.security.tokens import Principal, Scope, TokenStore, bearer_token
 
 
 @pytest.fixture
@@ -112,20 +111,15 @@ def test_scope_matrix(scopes: list[str], action: str, model: str, allowed: bool)
     assert principal.allows(action, model) is allowed
 
 
-def test_authorize_maps_to_401_and_403(store: TokenStore) -> None:
+def test_bearer_token_authenticates_to_a_scoped_principal(store: TokenStore) -> None:
     token = store.create("ci-bot", ["infer:iris"])
     assert bearer_token(f"Bearer {token}") == token
     assert bearer_token(f"bearer  {token} ") == token
     assert bearer_token(f"Basic {token}") is None and bearer_token(None) is None
-    assert authorize(store, f"Bearer {token}", "infer", "iris").name == "ci-bot"
-    with pytest.raises(AuthenticationError, match="missing credentials") as missing:
-        authorize(store, None, "infer", "iris")
-    assert missing.value.status == 401
-    with pytest.raises(AuthenticationError, match="invalid, revoked or expired"):
-        authorize(store, "Bearer shp_nope", "infer", "iris")
-    with pytest.raises(PermissionDeniedError, match="may not metadata model 'iris'") as denied:
-        authorize(store, f"Bearer {token}", "metadata", "iris")
-    assert denied.value.status == 403
+    principal = store.authenticate(token)
+    assert principal is not None and principal.name == "ci-bot"
+    assert principal.allows("infer", "iris") and not principal.allows("metadata", "iris")
+    assert store.authenticate("shp_nope") is None
 
 
 def test_corrupt_token_file_is_a_clear_error(store: TokenStore) -> None:

@@ -569,7 +569,7 @@ def test_grpc_answers_unauthenticated_and_permission_denied(
 
 def test_serve_flags_map_onto_settings(tmp_path: Path) -> None:
     from shipyard.cli import build_parser
-    from shipyard.cli_serve import _settings
+    from shipyard.cli.serve import _settings
 
     flags = {
         "--auth": "tokens.json",
@@ -599,7 +599,7 @@ def test_serve_refuses_an_exposed_address_before_announcing_it(
 ) -> None:
     from shipyard.cli import main
 
-    assert main(["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert main(["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0"]) == 2  # usage error
     err = capsys.readouterr().err
     assert "--insecure" in err and "serving" not in err
 

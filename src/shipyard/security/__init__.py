@@ -17,7 +17,7 @@ from shipyard.security.errors import (
     SignatureError,
 )
 from shipyard.security.keys import KeyPaths, init_keys, load_audit_key, load_kek, read_secret
-from shipyard.security.tokens import Principal, Scope, TokenStore, authorize, bearer_token
+from shipyard.security.tokens import Principal, Scope, TokenStore, bearer_token
 
 if TYPE_CHECKING:
     from shipyard.security.signing import VerifiedSignature, sign_version, verify_version
@@ -38,7 +38,6 @@ __all__ = [
     "SignatureError",
     "TokenStore",
     "VerifiedSignature",
-    "authorize",
     "bearer_token",
     "decrypt_model_bytes",
     "encrypt_version",

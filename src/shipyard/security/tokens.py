@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from shipyard.errors import NotFoundError, UsageError
-from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.fileio import check_private
 
 Action = Literal["infer", "metadata", "admin"]
@@ -259,19 +258,6 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
-
-
-def authorize(store: TokenStore, authorization: str | None, action: str, model: str) -> Principal:
-    """For servers: the principal, or AuthenticationError (401) / PermissionDeniedError (403)."""
-    token = bearer_token(authorization)
-    if token is None:
-        raise AuthenticationError("missing credentials: send 'Authorization: Bearer <token>'")
-    principal = store.authenticate(token)
-    if principal is None:
-        raise AuthenticationError("invalid, revoked or expired token")
-    if not principal.allows(action, model):
-        raise PermissionDeniedError(f"token {principal.name!r} may not {action} model {model!r}")
-    return principal
 
 
 def _read(path: Path) -> _Records:

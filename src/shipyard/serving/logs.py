@@ -9,11 +9,17 @@ uvicorn's loggers and Python warnings go through the same handler (uvicorn's own
 config, with its banner and colours, is off: `log_config=None`). Access lines
 (`shipyard.serving.access`) carry method, path, status, duration_ms, client and request_id
 as keys.
+
+Neither format carries terminal colour codes: uvicorn's coloured copy of a message
+(`color_message`) is dropped, and any ANSI escape left in a message, an extra field or a
+traceback (a library that colours its own errors) is removed, so a log file or a CI log
+reads as plain text.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -28,6 +34,15 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+"""An ANSI CSI escape sequence (colours, bold, cursor moves)."""
+
+
+def plain(text: str) -> str:
+    """`text` without ANSI escape sequences."""
+    return _ANSI.sub("", text) if "\x1b" in text else text
 
 
 ACCESS_LOGGER = "shipyard.serving.access"
@@ -53,13 +68,13 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": plain(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None:
-                doc[key] = value
+                doc[key] = plain(value) if isinstance(value, str) else value
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+            doc["exception"] = plain(self.formatException(record.exc_info))
         return orjson.dumps(doc, default=str).decode()
 
 
@@ -79,7 +94,7 @@ class TextFormatter(logging.Formatter):
             line = line.replace(f" {record.name} ", f" {record.name} [{rid}] ", 1)
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
-        return line
+        return plain(line)
 
 
 def configure_logging(*, fmt: str = "text", level: str = "info") -> None:
