@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._rows import SHIPYARD, Row
-from benchmarks._tables import _ratio
+from benchmarks._tables import ratio
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 """The checkout this benchmark belongs to: the "current" code."""
@@ -104,9 +104,9 @@ def baseline_table(
                 line += ["—", "—", "—"]
                 continue
             line += [
-                _ratio(new.rps, old.rps),
-                _ratio(new.p50_ms, old.p50_ms),
-                _ratio(new.p99_ms, old.p99_ms),
+                ratio(new.rps, old.rps),
+                ratio(new.p50_ms, old.p50_ms),
+                ratio(new.p99_ms, old.p99_ms),
             ]
         table.append(line)
     return table

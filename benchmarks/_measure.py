@@ -149,7 +149,7 @@ def probe(port: int, path: str, bodies: Bodies, encoding: str) -> str:
     return ""
 
 
-def _server_version(port: int) -> str:
+def server_version(port: int) -> str:
     with contextlib.suppress(Exception):
         status, _, body = _servers.http_call(port, "GET", "/v2")
         if status == 200:

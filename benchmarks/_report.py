@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from benchmarks._baseline import baseline_table
 from benchmarks._rows import ENCODE, RAW, SHIPYARD, TOKEN_OF_TEXT, Row, Run, raw_batch_sizes
 from benchmarks._tables import (
-    _num,
-    _ratio,
     concurrency_table,
     notes,
+    num,
+    ratio,
     raw_batches,
     render_markdown,
     summary_table,
@@ -118,9 +118,9 @@ def best_raw_line(rows: Sequence[Row], model: str) -> str:
     for r in rows:
         if r.model == model and r.server == SHIPYARD and r.batching and r.cells:
             c, cell = max(r.cells.items())
-            parts.append(f"{r.encoding} @{c} {_num(cell.rps)} ({cell.rps / best.rps:.0%})")
+            parts.append(f"{r.encoding} @{c} {num(cell.rps)} ({cell.rps / best.rps:.0%})")
     return (
-        f"Best raw cell at any concurrency: {_num(best.rps)} req/s ({c_raw} thread(s), batch "
+        f"Best raw cell at any concurrency: {num(best.rps)} req/s ({c_raw} thread(s), batch "
         f"{best.batch_size}); Shipyard with batching against it: {', '.join(parts)}."
     )
 
@@ -152,7 +152,7 @@ def text_lines(rows: Sequence[Row], model: str) -> list[str]:
         if tokens is None or not row.cells:
             continue
         ratios = [
-            f"{_ratio(cell.rps, tokens.cells[c].rps)} @{c}"
+            f"{ratio(cell.rps, tokens.cells[c].rps)} @{c}"
             for c, cell in sorted(row.cells.items())
             if c in tokens.cells
         ]
@@ -182,12 +182,12 @@ def text_lines(rows: Sequence[Row], model: str) -> list[str]:
     if encode and served:
         c_enc, best = max(encode, key=lambda item: item[1].rps)
         row, c, cell = max(served, key=lambda item: item[2].rps)
-        ratio = cell.rps / best.rps if best.rps else math.nan
-        met = "met" if ratio >= ENCODE_TARGET else "not met"
+        share = cell.rps / best.rps if best.rps else math.nan
+        met = "met" if share >= ENCODE_TARGET else "not met"
         lines.append(
-            f"Best text-in cell ({row.label} @{c}: {_num(cell.rps)} req/s) ÷ in-process "
+            f"Best text-in cell ({row.label} @{c}: {num(cell.rps)} req/s) ÷ in-process "
             f"SentenceTransformer.encode's best cell ({c_enc} thread(s), batch "
-            f"{best.batch_size}: {_num(best.rps)} req/s) = {ratio:.2f}× "
+            f"{best.batch_size}: {num(best.rps)} req/s) = {share:.2f}× "
             f"(target ≥ {ENCODE_TARGET:.2f}×: {met})."
         )
     return lines

