@@ -52,4 +52,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/serving.py
 
 clean:
-	rm -rf $(VENV) models .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) models .cache .mypy_cache .ruff_cache .pytest_cache

@@ -17,13 +17,9 @@ from shipyard.errors import ShipyardError, UsageError
 class AnalysisDataError(UsageError):
     """Evaluation data that does not fit the model's inputs, or labels that are missing."""
 
-    exit_code = 2
-
 
 class AnalysisConfigError(UsageError):
     """An eval config or option that cannot work (unknown metric, bad TOML, bad slice)."""
-
-    exit_code = 2
 
 
 class ValidationFailed(ShipyardError):

@@ -37,8 +37,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 class InvalidNameError(UsageError):
     """A model name that cannot be a folder of the repository (and fails the manifest schema)."""
 
-    exit_code = 2  # the command line was wrong: the CLI's usage-error exit status
-
     def __init__(self, name: str) -> None:
         super().__init__(
             f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "

@@ -15,8 +15,6 @@ _GROUP_OTHER_RW = 0o066
 class InsecurePermissionsError(UsageError):
     """A secret file (key, token file) that group or others may read or write (exit 2)."""
 
-    exit_code = 2
-
 
 def check_private(path: Path, *, what: str, st: os.stat_result | None = None) -> None:
     """Refuse a `what` file that group or others can read or write.

@@ -297,8 +297,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 class RepositoryNotFoundError(UsageError):
     """The repository folder to serve does not exist (an empty one is fine: models come later)."""
 
-    exit_code = 2  # the command line named the wrong folder: the CLI's usage-error status
-
 
 def check_repository(settings: ServerSettings) -> Path:
     """The repository folder of `settings`; raises RepositoryNotFoundError unless it is a folder.
