@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.model import Model, load_model
-from shipyard.package.store import read_stable
 from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.metrics import Metrics
@@ -33,26 +32,10 @@ def open_version(
 ) -> tuple[Model, str | None]:
     """Verify, open and warm up one version (on a worker thread).
 
-    Returns the model and, when requests must not be batched along dim 0, why. Done again
-    when the version was rewritten meanwhile (`shipyard encrypt`, key rotation): what
-    serves is one version as written, never a mix that would fail to load.
+    Returns the model and, when requests must not be batched along dim 0, why. The manager
+    runs it under `store.read_stable`: when the version is rewritten meanwhile (`shipyard
+    encrypt`, key rotation) it is opened again, so what serves is one version as written.
     """
-    return read_stable(
-        path / str(version),
-        lambda: _open_once(path, version, resolved, public_key=public_key, kek=kek, drift=drift),
-        discard=lambda opened: opened[0].close(),
-    )
-
-
-def _open_once(
-    path: Path,
-    version: int,
-    resolved: VersionConfig,
-    *,
-    public_key: Path | None,
-    kek: bytes | None,
-    drift: DriftMonitor,
-) -> tuple[Model, str | None]:
     model = load_model(
         path, version=version, options=resolved.runtime, public_key=public_key, kek=kek
     )

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from shipyard.package.store import read_stable
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.loader import build_batcher, open_version
@@ -313,7 +315,7 @@ class ModelManager:
         record.statuses[version] = VersionStatus(ModelState.LOADING, fingerprint=fingerprint)
         _log(logging.INFO, "loading %s version %d", record.name, version)
         try:
-            model, no_batching = await asyncio.to_thread(
+            opening = functools.partial(
                 open_version,
                 disk.path,
                 version,
@@ -321,6 +323,9 @@ class ModelManager:
                 public_key=self.settings.public_key,
                 kek=self.kek,
                 drift=self.drift,
+            )
+            model, no_batching = await asyncio.to_thread(
+                read_stable, disk.path / str(version), opening, discard=lambda o: o[0].close()
             )
         except Exception as exc:
             reason = str(exc) or repr(exc)
