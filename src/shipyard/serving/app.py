@@ -1,8 +1,9 @@
 """The ASGI application: settings + repository -> manager, data plane and HTTP routes.
 
 The lifespan loads every model before the first request and unloads them all (after their
-in-flight requests) on shutdown; the repository poller runs in between. Transports add
-their routes here: `protocols.v2_http.routes(...)` today, TF Serving REST next to it.
+in-flight requests) on shutdown; the repository poller runs in between. Every request goes
+through the route table's dispatcher (`protocols.http_dispatch`); each REST transport binds
+the handlers of its rows (`v2_http.handlers`, `tfserving_http.handlers`, ...).
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols import embeddings_http, tfserving_http, v2_http
-from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
+from shipyard.serving.protocols.http import Handler, RequestContextMiddleware
+from shipyard.serving.protocols.http_dispatch import HttpDispatcher
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import build_security
 from shipyard.serving.settings import ServerSettings
@@ -79,22 +79,26 @@ def build_app(
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
 
-    routes = [
-        *v2_http.routes(plane, settings=settings),
-        *tfserving_http.routes(plane, settings=settings),
-        *embeddings_http.routes(plane, settings=settings),
-        Route("/metrics", metrics, methods=["GET"]),
-        openapi.route(),
-    ]
+    authorize = security.authorize_http if security.guard is not None else None
+    handlers: dict[str, Handler] = {
+        **v2_http.handlers(plane, settings=settings),
+        **tfserving_http.handlers(plane, settings=settings),
+        **embeddings_http.handlers(plane, authorize=authorize),
+        "metrics": metrics,
+        "openapi": openapi.handler(),
+    }
     app = Starlette(
-        routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(RequestContextMiddleware, access_log=settings.access_log),
-            *security.middleware(),
-            v2_http.fast_path(plane, settings=settings),
+            Middleware(
+                HttpDispatcher,
+                handlers=handlers,
+                dataplane=plane,
+                security=security,
+                metrics_require_auth=settings.metrics_require_auth,
+            ),
         ],
-        exception_handlers={HTTPException: http_exception},
     )
     app.state.dataplane = plane
     app.state.security = security  # security.authorize is the gRPC servicer's auth hook

@@ -1,8 +1,10 @@
 """The transport-agnostic data plane: the one place serving logic lives.
 
-Transports (V2 REST in `protocols/v2_http.py`; TF Serving REST and V2 gRPC to come) only
+Transports (V2 and TF Serving REST, OpenAI embeddings, V2 gRPC under `protocols/`) only
 decode their wire format into `shipyard.codecs.InferenceRequest`, call a method here, and
-encode what it returns. Every method either returns plain data or raises a `ShipyardError`
+encode what it returns; they pass the call's `calls.CallContext` down, and the data plane
+emits one `calls.CallEvent` per audited call (and a `ModelChange` per model state change)
+to its `listeners`, the audit writer among them. Every method either returns plain data or raises a `ShipyardError`
 whose `.status` is the HTTP status (gRPC transports map it to a status code):
 `ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `InputError`/`ProtocolError` 400.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +26,11 @@ from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
+from shipyard.serving.calls import Call, CallContext, CallEvent, Event, ModelChange
 from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
 from shipyard.serving.limits import check_output_size
-from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
+from shipyard.serving.logs import request_id
+from shipyard.serving.manager import IndexEntry, ModelEvent, ModelManager, ServedVersion
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import LimitsSettings, VersionPolicy
 
@@ -59,16 +64,8 @@ class ModelSignature:
     """Inputs the server processes into `inputs` (a `text` BYTES input; shipyard.processing)."""
 
 
-@dataclass(frozen=True)
-class InferenceEvent:
-    """One finished inference call, for listeners such as the audit log (never the data)."""
-
-    model: str
-    version: str | None
-    """The version that served it; the requested one (or None) when it failed earlier."""
-    protocol: str
-    outcome: str
-    latency_ms: float
+_cause: ContextVar[CallContext | None] = ContextVar("shipyard_model_change_cause", default=None)
+"""The call a load or unload runs for, so the manager's events name it (set only here)."""
 
 
 class DataPlane:
@@ -77,8 +74,9 @@ class DataPlane:
     def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.listeners: list[Callable[[InferenceEvent], None]] = []
-        """Called on the event loop after every `infer`, successful or not."""
+        self.listeners: list[Callable[[Event], None]] = []
+        """Hear every audited call's `CallEvent` and every `ModelChange`, on the event loop."""
+        manager.listeners.append(self._model_changed)
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the server must not take traffic now (e.g. the audit log cannot
         be written), or None; any reason makes `ready()` false."""
@@ -195,35 +193,82 @@ class DataPlane:
         protocol: str,
         received_ns: int | None = None,
         usage: dict[str, int] | None = None,
+        call: Call | CallContext | None = None,
     ) -> InferenceResponse:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
         `protocol` labels the metrics ("v2_http", "tfserving_http", "v2_grpc");
         `received_ns` (time.perf_counter_ns() when the transport got the request) makes the
         reported latency include decoding. `usage`, when given, receives `prompt_tokens`
-        (the real tokens of processed text inputs).
+        (the real tokens of processed text inputs). `call`: the call's context (this infer
+        is the whole audited call: it emits its event; None: an anonymous one), or the `Call`
+        the transport opened and closes itself.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
         if not self.listeners:
             return await self._infer(
                 name, request, version=version, protocol=protocol, started=started, usage=usage
             )
-        served_version, outcome = version, "error"
+        own = not isinstance(call, Call)
+        if isinstance(call, Call):
+            tracked = call
+        else:
+            context = call or CallContext(request_id=request_id.get() or None, protocol=protocol)
+            tracked = Call(context, action="infer", model=name, version=version)
+            tracked.started_ns = started
+        tracked.version, outcome = version, "error"
         try:
             response = await self._infer(
                 name, request, version=version, protocol=protocol, started=started, usage=usage
             )
-            served_version, outcome = response.model_version, "success"
+            tracked.version, outcome = response.model_version, "success"
             return response
         except Exception as exc:
             outcome = _outcome(exc)
             raise
         finally:
-            event = InferenceEvent(
-                name, served_version, protocol, outcome, (time.perf_counter_ns() - started) / 1e6
-            )
+            if own:
+                self.close_call(tracked, outcome=outcome)
+
+    # -- calls and events -----------------------------------------------------------------
+
+    def open_call(
+        self, context: CallContext, *, action: str, model: str | None, version: str | None
+    ) -> Call | None:
+        """An audited call the transport will close (`close_call`); None when no listener."""
+        if not self.listeners:
+            return None
+        return Call(context, action=action, model=model, version=version)
+
+    def close_call(
+        self,
+        call: Call,
+        *,
+        outcome: str = "success",
+        status: int | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+    ) -> None:
+        """Emit the call's one `CallEvent` to the listeners."""
+        event = CallEvent(
+            call.action,
+            call.context,
+            call.model,
+            call.version,
+            outcome,
+            (time.perf_counter_ns() - call.started_ns) / 1e6,
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+        for listener in self.listeners:
+            listener(event)
+
+    def _model_changed(self, event: ModelEvent) -> None:
+        if self.listeners:
+            change = ModelChange(event, _cause.get())
             for listener in self.listeners:
-                listener(event)
+                listener(change)
 
     async def _infer(
         self,
@@ -312,14 +357,23 @@ class DataPlane:
             raise ModelNotFound(name)
         return entries
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Load or reload a model from the repository; ModelLoadError (400) if no version
-        serves or the newest version the policy wants failed to load."""
-        await self.manager.load(check_model_name(name))
+        serves or the newest version the policy wants failed to load. The model changes
+        it causes name `call` (None: anonymous)."""
+        token = _cause.set(_context(call))
+        try:
+            await self.manager.load(check_model_name(name))
+        finally:
+            _cause.reset(token)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Unload every version after its in-flight requests finish."""
-        await self.manager.unload(check_model_name(name))
+        token = _cause.set(_context(call))
+        try:
+            await self.manager.unload(check_model_name(name))
+        finally:
+            _cause.reset(token)
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -335,6 +389,12 @@ class DataPlane:
     def metrics_text(self) -> bytes:
         """Prometheus text exposition of this server's metrics."""
         return self.metrics.exposition()
+
+
+def _context(call: Call | CallContext | None) -> CallContext:
+    if isinstance(call, Call):
+        return call.context
+    return call or CallContext(request_id=request_id.get() or None)
 
 
 def check_model_name(name: str) -> str:

@@ -427,7 +427,7 @@ async def reload(app: Starlette | None) -> None:
     ms = (time.perf_counter() - started) * 1000
     log.info("reloaded on SIGHUP in %.0f ms: %d models, %s", ms, models, tokens)
     if security.audit is not None:
-        from shipyard.serving.audit import SERVER
+        from shipyard.serving.calls import SERVER
 
         security.audit.submit(
             "server.reload", who=SERVER, detail=f"SIGHUP: {models} models, {tokens}"
