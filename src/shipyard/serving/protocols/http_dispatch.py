@@ -18,9 +18,11 @@ server's traffic, costs one memoised look-up and no per-route regular expression
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
@@ -38,7 +40,7 @@ from shipyard.serving.protocols.http import (
     header,
     json_response,
 )
-from shipyard.serving.routes import TABLE, RouteTable, unrouted_access
+from shipyard.serving.routes import TABLE, Found, Route, RouteTable, unrouted_access
 from shipyard.serving.security import ServerSecurity
 
 PROTOCOLS = {"v2.": "v2_http", "tf.": "tfserving_http", "openai.": "openai_http"}
@@ -80,61 +82,67 @@ class HttpDispatcher:
         root = scope.get("root_path")
         if root and path.startswith(root):
             path = path[len(root) :]
-        method = scope["method"]
         found = self.table.find(path)
-        route = found.route(method) if found is not None else None
-        if found is not None:
-            access = found.access(metrics_require_auth=self.metrics_require_auth)
-            event = (route or next(iter(found.routes.values()))).audit
-        else:
-            access, event = unrouted_access(path), None
-        if event is not None and self.audit is not None and self.audit.problem is not None:
-            # fail closed: an audited call the log cannot record is not served at all
-            refusal = json_response({"error": self.audit.problem}, 503, {"Retry-After": "1"})
-            await refusal(scope, receive, send)
+        route = found.route(scope["method"]) if found is not None else None
+        admitted = self._admit(scope, found, route, path)
+        if isinstance(admitted, Response):
+            await admitted(scope, receive, send)
             return
-        who = ANONYMOUS
-        if self.guard is not None and access is not None:
-            try:
-                who = self.guard.check(
-                    header(scope, b"authorization"),
-                    access,
-                    route=f"{method} {scope['path']}",
-                    client=client_of(scope),
-                ).name
-            except ShipyardError as exc:
-                await auth_error_response(exc)(scope, receive, send)
-                return
-        model = access.named_model if access is not None else None
-        body_model = model if route is None or route.body == "model" else None
-        limit = self.dataplane.limits_for(body_model).max_body_bytes
-        refusal_error = declared_refusal(scope, limit)
-        if refusal_error is not None:
-            await error_response(refusal_error)(scope, receive, send)
+        if found is None or route is None:
+            await self._no_route(found, scope)(scope, receive, send)
             return
-        if route is None:
-            await self._no_route(scope, receive, send, path, found is not None)
-            return
-        assert found is not None
         scope["path_params"] = found.params
-        scope[BODY_LIMIT] = limit
+        scope[BODY_LIMIT] = admitted.limit
         handler = self.handlers[route.handler]
         call = None
-        if event is not None and self.dataplane.listeners:
+        if route.audit is not None and self.dataplane.listeners:
             context = CallContext(
-                principal=who,
+                principal=admitted.who,
                 request_id=request_id.get() or None,
                 protocol=_protocol(route.handler),
                 client=client_of(scope),
-                route=f"{method} {scope['path']}",
+                route=f"{scope['method']} {scope['path']}",
             )
-            call = self.dataplane.open_call(context, action=event, model=model, version=None)
+            call = self.dataplane.open_call(
+                context, action=route.audit, model=admitted.model, version=None
+            )
         if call is None:
             response = await handler(Request(scope, receive, send))
             await response(scope, receive, send)
             return
         scope[CALL] = call
         await self._audited(call, handler, scope, receive, send)
+
+    def _admit(
+        self, scope: Scope, found: Found | None, route: Route | None, path: str
+    ) -> Response | _Admitted:
+        """Steps 2-4: the refusal to answer with, or who the caller is and the body limit."""
+        if found is not None:
+            access = found.access(metrics_require_auth=self.metrics_require_auth)
+            audited = (route or next(iter(found.routes.values()))).audit is not None
+        else:
+            access, audited = unrouted_access(path), False
+        if audited and self.audit is not None and self.audit.problem is not None:
+            # fail closed: an audited call the log cannot record is not served at all
+            return json_response({"error": self.audit.problem}, 503, {"Retry-After": "1"})
+        who = ANONYMOUS
+        if self.guard is not None and access is not None:
+            try:
+                who = self.guard.check(
+                    header(scope, b"authorization"),
+                    access,
+                    route=f"{scope['method']} {scope['path']}",
+                    client=client_of(scope),
+                ).name
+            except ShipyardError as exc:
+                return auth_error_response(exc)
+        model = access.named_model if access is not None else None
+        body_model = model if route is None or route.body == "model" else None
+        limit = self.dataplane.limits_for(body_model).max_body_bytes
+        refusal = declared_refusal(scope, limit)
+        if refusal is not None:
+            return error_response(refusal)
+        return _Admitted(who, model, limit)
 
     async def _audited(
         self, call: Call, handler: Handler, scope: Scope, receive: Receive, send: Send
@@ -165,20 +173,24 @@ class HttpDispatcher:
                     call, status=status, bytes_in=bytes_in, bytes_out=bytes_out
                 )
 
-    async def _no_route(
-        self, scope: Scope, receive: Receive, send: Send, path: str, path_found: bool
-    ) -> None:
-        method = scope["method"]
-        if path_found:
-            found = self.table.find(path)
-            assert found is not None
+    def _no_route(self, found: Found | None, scope: Scope) -> Response:
+        """405 with `Allow` for a path served under other methods, else 404."""
+        if found is not None:
             allowed = found.allowed
-            message = f"{method} is not allowed on {scope['path']}; use {allowed}"
-            response = json_response({"error": message}, 405, {"Allow": allowed})
-        else:
-            self.dataplane.metrics.observe_not_found("route")
-            response = json_response({"error": f"no such endpoint: {scope['path']}"}, 404)
-        await response(scope, receive, send)
+            message = f"{scope['method']} is not allowed on {scope['path']}; use {allowed}"
+            return json_response({"error": message}, 405, {"Allow": allowed})
+        self.dataplane.metrics.observe_not_found("route")
+        return json_response({"error": f"no such endpoint: {scope['path']}"}, 404)
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    who: str
+    """The token's name, or ANONYMOUS."""
+    model: str | None
+    """The model the route's scope names, if one."""
+    limit: int
+    """The route's body limit in bytes."""
 
 
 def _protocol(handler: str) -> str:
