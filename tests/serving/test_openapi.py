@@ -14,7 +14,8 @@ from onnx import TensorProto, helper
 import shipyard
 from shipyard.security.tokens import TokenStore
 from shipyard.serving.openapi import BEARER, ENDPOINTS, OPENAPI_PATH, build_document, required_scope
-from shipyard.serving.routes import ROUTES, TABLE
+from shipyard.serving.routes import ROUTES
+from shipyard.serving.routing import TABLE
 from shipyard.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio

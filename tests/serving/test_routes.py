@@ -9,11 +9,11 @@ from shipyard.serving.routes import (
     ANY_MODEL,
     GRPC_METHODS,
     ROUTES,
-    TABLE,
     Access,
-    RouteTable,
+    Route,
     grpc_access,
 )
+from shipyard.serving.routing import TABLE, RouteTable
 
 
 def test_every_row_is_reachable_by_its_own_template() -> None:
@@ -33,8 +33,6 @@ def test_audited_routes_need_a_token_and_open_ones_write_nothing() -> None:
 
 
 def test_a_path_needs_one_scope_whatever_the_method() -> None:
-    from shipyard.serving.routes import Route
-
     with pytest.raises(AssertionError, match="same scope"):
         RouteTable(
             (Route("GET", "/x/{name}", "a", "metadata"), Route("POST", "/x/{name}", "b", "infer"))

@@ -27,7 +27,7 @@ from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.types import InferenceRequest
 from shipyard.demo.tabular import train_iris
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.serving.routes import TABLE
+from shipyard.serving.routing import TABLE
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import ServerSettings
 

@@ -344,7 +344,7 @@ def test_orjson_is_used_for_errors() -> None:
 
 
 def test_the_route_table_matches_exactly_the_infer_routes() -> None:
-    from shipyard.serving.routes import TABLE
+    from shipyard.serving.routing import TABLE
 
     def infer(path: str) -> dict[str, str] | None:
         found = TABLE.find(path)

@@ -4,8 +4,9 @@ Transports (V2 and TF Serving REST, OpenAI embeddings, V2 gRPC under `protocols/
 decode their wire format into `shipyard.codecs.InferenceRequest`, call a method here, and
 encode what it returns; they pass the call's `calls.CallContext` down, and the data plane
 emits one `calls.CallEvent` per audited call (and a `ModelChange` per model state change)
-to its `listeners`, the audit writer among them. Every method either returns plain data or raises a `ShipyardError`
-whose `.status` is the HTTP status (gRPC transports map it to a status code):
+to the listeners of its `events`, the audit writer among them. Every method either returns
+plain data or raises a `ShipyardError` whose `.status` is the HTTP status (gRPC transports
+map it to a status code):
 `ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `InputError`/`ProtocolError` 400.
 
 Versions arrive as the strings found in URLs (None = the server picks the highest READY
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +26,10 @@ from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
-from shipyard.serving.calls import Call, CallContext, CallEvent, Event, ModelChange
-from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
+from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
+from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.limits import check_output_size
-from shipyard.serving.logs import request_id
-from shipyard.serving.manager import IndexEntry, ModelEvent, ModelManager, ServedVersion
+from shipyard.serving.manager import IndexEntry, ModelManager, ServedVersion
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import LimitsSettings, VersionPolicy
 
@@ -64,19 +63,15 @@ class ModelSignature:
     """Inputs the server processes into `inputs` (a `text` BYTES input; shipyard.processing)."""
 
 
-_cause: ContextVar[CallContext | None] = ContextVar("shipyard_model_change_cause", default=None)
-"""The call a load or unload runs for, so the manager's events name it (set only here)."""
-
-
 class DataPlane:
     """Health, metadata, inference, repository control and statistics for every transport."""
 
     def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.listeners: list[Callable[[Event], None]] = []
-        """Hear every audited call's `CallEvent` and every `ModelChange`, on the event loop."""
-        manager.listeners.append(self._model_changed)
+        self.events = Events()
+        """Audited calls and model changes, for listeners such as the audit writer."""
+        manager.listeners.append(self.events.model_changed)
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the server must not take traffic now (e.g. the audit log cannot
         be written), or None; any reason makes `ready()` false."""
@@ -205,70 +200,17 @@ class DataPlane:
         the transport opened and closes itself.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
-        if not self.listeners:
-            return await self._infer(
+
+        def run() -> Awaitable[InferenceResponse]:
+            return self._infer(
                 name, request, version=version, protocol=protocol, started=started, usage=usage
             )
-        own = not isinstance(call, Call)
-        if isinstance(call, Call):
-            tracked = call
-        else:
-            context = call or CallContext(request_id=request_id.get() or None, protocol=protocol)
-            tracked = Call(context, action="infer", model=name, version=version)
-            tracked.started_ns = started
-        tracked.version, outcome = version, "error"
-        try:
-            response = await self._infer(
-                name, request, version=version, protocol=protocol, started=started, usage=usage
-            )
-            tracked.version, outcome = response.model_version, "success"
-            return response
-        except Exception as exc:
-            outcome = _outcome(exc)
-            raise
-        finally:
-            if own:
-                self.close_call(tracked, outcome=outcome)
 
-    # -- calls and events -----------------------------------------------------------------
-
-    def open_call(
-        self, context: CallContext, *, action: str, model: str | None, version: str | None
-    ) -> Call | None:
-        """An audited call the transport will close (`close_call`); None when no listener."""
-        if not self.listeners:
-            return None
-        return Call(context, action=action, model=model, version=version)
-
-    def close_call(
-        self,
-        call: Call,
-        *,
-        outcome: str = "success",
-        status: int | None = None,
-        bytes_in: int | None = None,
-        bytes_out: int | None = None,
-    ) -> None:
-        """Emit the call's one `CallEvent` to the listeners."""
-        event = CallEvent(
-            call.action,
-            call.context,
-            call.model,
-            call.version,
-            outcome,
-            (time.perf_counter_ns() - call.started_ns) / 1e6,
-            status=status,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
+        if not self.events.listeners:
+            return await run()
+        return await self.events.infer(
+            call, run, model=name, version=version, protocol=protocol, started_ns=started
         )
-        for listener in self.listeners:
-            listener(event)
-
-    def _model_changed(self, event: ModelEvent) -> None:
-        if self.listeners:
-            change = ModelChange(event, _cause.get())
-            for listener in self.listeners:
-                listener(change)
 
     async def _infer(
         self,
@@ -303,7 +245,7 @@ class DataPlane:
                     model=name,
                     version=model_version,
                     protocol=protocol,
-                    outcome=_outcome(exc),
+                    outcome=outcome_of_error(exc),
                     total_ns=time.perf_counter_ns() - started,
                 )
                 raise
@@ -361,19 +303,13 @@ class DataPlane:
         """Load or reload a model from the repository; ModelLoadError (400) if no version
         serves or the newest version the policy wants failed to load. The model changes
         it causes name `call` (None: anonymous)."""
-        token = _cause.set(_context(call))
-        try:
+        with self.events.caused_by(call):
             await self.manager.load(check_model_name(name))
-        finally:
-            _cause.reset(token)
 
     async def unload_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Unload every version after its in-flight requests finish."""
-        token = _cause.set(_context(call))
-        try:
+        with self.events.caused_by(call):
             await self.manager.unload(check_model_name(name))
-        finally:
-            _cause.reset(token)
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -389,12 +325,6 @@ class DataPlane:
     def metrics_text(self) -> bytes:
         """Prometheus text exposition of this server's metrics."""
         return self.metrics.exposition()
-
-
-def _context(call: Call | CallContext | None) -> CallContext:
-    if isinstance(call, Call):
-        return call.context
-    return call or CallContext(request_id=request_id.get() or None)
 
 
 def check_model_name(name: str) -> str:
@@ -448,16 +378,6 @@ async def _prepare(processor: Processor, inputs: dict[str, Any]) -> Prepared:
 
 _INLINE_TEXTS = 16
 """Up to this many texts are tokenized on the event loop (tens of microseconds each)."""
-
-
-def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, Overloaded):
-        return "overloaded"
-    if isinstance(exc, ModelNotReady):
-        return "not_ready"
-    if isinstance(exc, ShipyardError) and 400 <= exc.status < 500:
-        return "invalid"
-    return "error"
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.serving.openapi_schemas import PARAMETERS, SCHEMAS, ref
-from shipyard.serving.routes import ALL_MODELS, ANY_MODEL, ROUTES, TABLE, Operation, Route
+from shipyard.serving.routes import ALL_MODELS, ANY_MODEL, ROUTES, Operation, Route
+from shipyard.serving.routing import TABLE
 
 OPENAPI_PATH = "/openapi.json"
 BEARER = "bearerAuth"

@@ -182,7 +182,7 @@ class ServerSecurity:
             self.dataplane.readiness_checks.append(self.guard.problem)
         if self.audit is not None:
             self.audit.attach(self.dataplane)  # readiness and metrics follow the log's health
-            self.dataplane.listeners.append(self.audit.record)
+            self.dataplane.events.listeners.append(self.audit.record)
             self.audit.start()
             self.audit.submit("server.start", who=SERVER, detail=self._describe_server())
 
@@ -191,7 +191,7 @@ class ServerSecurity:
         if self.guard is not None and self.guard.problem in self.dataplane.readiness_checks:
             self.dataplane.readiness_checks.remove(self.guard.problem)
         if self.audit is not None:
-            self.dataplane.listeners.remove(self.audit.record)
+            self.dataplane.events.listeners.remove(self.audit.record)
             self.audit.submit("server.stop", who=SERVER)
             self.audit.close()
 

@@ -9,7 +9,7 @@ For each request, in order (`routes.ROUTES` says what each route needs):
    limit is kept in the scope for `read_body`, which enforces it while reading);
 5. no route: 404; a route without this method: 405 with `Allow`;
 6. the handler runs with the call's context in the scope; an audited call becomes one event
-   (who, status, bytes in and out, latency) through `DataPlane.close_call`.
+   (who, status, bytes in and out, latency) through `DataPlane.events`.
 
 It sits inside the request-id middleware and replaces a router: inference, nearly all of a
 server's traffic, costs one memoised look-up and no per-route regular expressions.
@@ -40,7 +40,8 @@ from shipyard.serving.protocols.http import (
     header,
     json_response,
 )
-from shipyard.serving.routes import TABLE, Found, Route, RouteTable, unrouted_access
+from shipyard.serving.routes import Route
+from shipyard.serving.routing import TABLE, Found, RouteTable, unrouted_access
 from shipyard.serving.security import ServerSecurity
 
 PROTOCOLS = {"v2.": "v2_http", "tf.": "tfserving_http", "openai.": "openai_http"}
@@ -95,7 +96,7 @@ class HttpDispatcher:
         scope[BODY_LIMIT] = admitted.limit
         handler = self.handlers[route.handler]
         call = None
-        if route.audit is not None and self.dataplane.listeners:
+        if route.audit is not None and self.dataplane.events.listeners:
             context = CallContext(
                 principal=admitted.who,
                 request_id=request_id.get() or None,
@@ -103,7 +104,7 @@ class HttpDispatcher:
                 client=client_of(scope),
                 route=f"{scope['method']} {scope['path']}",
             )
-            call = self.dataplane.open_call(
+            call = self.dataplane.events.open(
                 context, action=route.audit, model=admitted.model, version=None
             )
         if call is None:
@@ -169,7 +170,7 @@ class HttpDispatcher:
             await response(scope, counting_receive, counting_send)
         finally:
             if status not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):  # auth.denied
-                self.dataplane.close_call(
+                self.dataplane.events.close(
                     call, status=status, bytes_in=bytes_in, bytes_out=bytes_out
                 )
 
