@@ -26,14 +26,9 @@ from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
 from shipyard.security.signing import sign_version
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.security import (
-    ALL_MODELS,
-    ANY_MODEL,
-    Access,
-    check_exposure,
-    is_loopback,
-    route_access,
-)
+from shipyard.serving.routes import ALL_MODELS, ANY_MODEL, Access
+from shipyard.serving.routing import TABLE
+from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import ServerSettings
 
@@ -260,7 +255,8 @@ def test_route_classification_matches_the_table() -> None:
         "/metrics": Access("metadata", ALL_MODELS),
         "/v2/models/stats": Access("metadata", ALL_MODELS),
         "/v2/models/stats/infer": Access("infer", "stats"),
-        "/v2/models/a/versions/infer": Access("infer", "a"),
+        "/v2/models/a/versions/infer": Access("metadata", "a"),  # version "infer"'s metadata
+        "/v2/models/a/junk/infer": Access("metadata", "a"),  # no route: a's prefix
         "/v2/models/a/versions/2/ready": Access("metadata", "a"),
         "/v2/repository/models/a/unload": Access("admin", "a"),
         "/v2/repository/other": Access("admin", ALL_MODELS),
@@ -274,8 +270,8 @@ def test_route_classification_matches_the_table() -> None:
         "/v1/other": Access("admin", ALL_MODELS),
     }
     for path, expected in cases.items():
-        assert route_access(path) == expected, path
-    assert route_access("/metrics", metrics_require_auth=False) is None
+        assert TABLE.access(path) == expected, path
+    assert TABLE.access("/metrics", metrics_require_auth=False) is None
 
 
 def test_non_loopback_bind_needs_auth_or_insecure(tmp_path: Path, repo: Path) -> None:
@@ -505,24 +501,25 @@ async def test_grpc_authorize_hook(
     def meta(name: str) -> dict[str, str]:
         return {"authorization": f"Bearer {secrets[name]}"}
 
-    await authorize({}, "health", None)  # ServerLive / ServerReady stay open
+    assert await authorize({}, "ServerLive", None) == "anonymous"  # health stays open
+    await authorize({}, "ModelReady", None)
     with pytest.raises(AuthenticationError):
-        await authorize({}, "health", "scale")  # ModelReady is metadata
+        await authorize({}, "ModelReady", "scale")  # ModelReady of a model is metadata
     with pytest.raises(AuthenticationError):
-        await authorize({}, "infer", "scale")
+        await authorize({}, "ModelInfer", "scale")
     with pytest.raises(AuthenticationError):
-        await authorize({"authorization": "Bearer shp_nope"}, "infer", "scale")
-    await authorize(meta("infer-scale"), "infer", "scale")
+        await authorize({"authorization": "Bearer shp_nope"}, "ModelInfer", "scale")
+    assert await authorize(meta("infer-scale"), "ModelInfer", "scale") == "infer-scale"
     with pytest.raises(PermissionDeniedError):
-        await authorize(meta("infer-scale"), "metadata", "scale")
-    await authorize(meta("meta-scale"), "metadata", None)  # ServerMetadata: any metadata scope
+        await authorize(meta("infer-scale"), "ModelMetadata", "scale")
+    await authorize(meta("meta-scale"), "ServerMetadata", None)  # any metadata scope
     with pytest.raises(PermissionDeniedError):
-        await authorize(meta("meta-scale"), "statistics", None)  # every model's statistics
-    await authorize(meta("meta-all"), "statistics", None)
+        await authorize(meta("meta-scale"), "ModelStatistics", None)  # every model's
+    await authorize(meta("meta-all"), "ModelStatistics", None)
     with pytest.raises(PermissionDeniedError):
-        await authorize(meta("admin-scale"), "repository", None)
-    await authorize(meta("admin-scale"), "repository", "scale")
-    await authorize(meta("admin-all"), "repository", None)
+        await authorize(meta("admin-scale"), "RepositoryIndex", None)
+    await authorize(meta("admin-scale"), "RepositoryModelLoad", "scale")
+    await authorize(meta("admin-all"), "RepositoryIndex", None)
 
 
 def test_grpc_answers_unauthenticated_and_permission_denied(

@@ -27,7 +27,7 @@ from shipyard.codecs.errors import ProtocolError
 from shipyard.codecs.types import InferenceRequest
 from shipyard.demo.tabular import train_iris
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.serving.protocols.tfserving_http import Target, parse_target
+from shipyard.serving.routing import TABLE
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import ServerSettings
 
@@ -511,12 +511,27 @@ async def test_decode_limits_apply_to_tf_requests(client: Callable[..., Any]) ->
 # -- codec units --------------------------------------------------------------------------
 
 
-def test_parse_target() -> None:
-    assert parse_target("m") == Target("m", None, "status")
-    assert parse_target("m/versions/3:predict") == Target("m", "3", "predict")
-    assert parse_target("m.v2_x-y/metadata") == Target("m.v2_x-y", None, "metadata")
-    assert parse_target("m/versions/12/metadata") == Target("m", "12", "metadata")
-    assert parse_target("m:regress") == Target("m", None, "regress")
+def test_tf_paths_in_the_route_table() -> None:
+    def target(method: str, rest: str) -> tuple[str, dict[str, str]] | None:
+        found = TABLE.find("/v1/models/" + rest)
+        route = found.route(method) if found is not None else None
+        return None if route is None or found is None else (route.handler, found.params)
+
+    assert target("GET", "m") == ("tf.status", {"name": "m"})
+    assert target("POST", "m/versions/3:predict") == ("tf.predict", {"name": "m", "version": "3"})
+    assert target("GET", "m.v2_x-y/metadata") == ("tf.metadata", {"name": "m.v2_x-y"})
+    assert target("GET", "m/versions/12/metadata") == (
+        "tf.metadata",
+        {"name": "m", "version": "12"},
+    )
+    assert target("POST", "m:regress") == ("tf.regress", {"name": "m"})
+    assert target("POST", "m:explain") == ("tf.unknown_verb", {"name": "m", "verb": "explain"})
+    assert target("POST", "m/labels/x:predict") == (
+        "tf.labels",
+        {"name": "m", "label": "x", "verb": "predict"},
+    )
+    for rest in ("", ":predict", "m/", "m/metadata:predict", "m/versions/1/metadata/x"):
+        assert target("GET", rest) is None and target("POST", rest) is None, rest
 
 
 def test_row_format_needs_one_row_per_instance() -> None:

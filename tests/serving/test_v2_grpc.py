@@ -422,12 +422,16 @@ async def test_in_process_authorize_hook_and_size_limit(
     pack()
     seen: list[tuple[str, str | None]] = []
 
-    async def authorize(metadata: Mapping[str, str], action: str, model: str | None) -> None:
-        seen.append((action, model))
+    async def authorize(
+        metadata: Mapping[str, str], method: str, model: str | None, *, client: str | None
+    ) -> str:
+        seen.append((method, model))
+        assert client and client.startswith("127.0.0.1:")
         if metadata.get("authorization") != "Bearer ok":
             raise _Unauthenticated("send Authorization: Bearer <token>")
-        if action == "repository":
+        if method.startswith("Repository"):
             raise _Forbidden("this token may not change the repository")
+        return "ok-token"
 
     server = Server(_settings(repo, limits={"max_body_bytes": 4096}))
     assert server.grpc is not None
@@ -454,7 +458,11 @@ async def test_in_process_authorize_hook_and_size_limit(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await unload(pb.RepositoryModelUnloadRequest(model_name="scale"), metadata=ok)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert seen == [("health", "scale"), ("health", "scale"), ("repository", "scale")]
+            assert seen == [
+                ("ModelReady", "scale"),
+                ("ModelReady", "scale"),
+                ("RepositoryModelUnload", "scale"),
+            ]
 
             infer = rpc("ModelInfer", pb.ModelInferResponse)
             big = np.zeros((400, 4), np.float32)  # 6400 bytes > the 4096-byte limit

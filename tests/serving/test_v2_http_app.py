@@ -336,11 +336,17 @@ def _identity_types() -> list[str]:
     return [d.v2 for d in DTYPES]
 
 
-def test_the_infer_fast_path_matches_exactly_the_infer_routes() -> None:
-    from shipyard.serving.protocols.v2_http import _infer_params
+def test_the_route_table_matches_exactly_the_infer_routes() -> None:
+    from shipyard.serving.routing import TABLE
 
-    assert _infer_params("/v2/models/m/infer") == {"name": "m"}
-    assert _infer_params("/v2/models/m/versions/2/infer") == {"name": "m", "version": "2"}
+    def infer(path: str) -> dict[str, str] | None:
+        found = TABLE.find(path)
+        route = found.route("POST") if found is not None else None
+        return found.params if found is not None and route and route.handler == "v2.infer" else None
+
+    assert infer("/v2/models/m/infer") == {"name": "m"}
+    assert infer("/v2/models/m/versions/2/infer") == {"name": "m", "version": "2"}
+    assert infer("/v2/models/stats/infer") == {"name": "stats"}  # a literal, then a name
     for path in (
         "/v2/models//infer",
         "/v2/models/m/infer/",
@@ -350,4 +356,4 @@ def test_the_infer_fast_path_matches_exactly_the_infer_routes() -> None:
         "/v2/models/m/ready",
         "/v1/models/m/infer",
     ):
-        assert _infer_params(path) is None, path
+        assert infer(path) is None, path

@@ -9,8 +9,9 @@ gRPC; uvicorn starts listening for HTTP after it. `stop()` does the reverse: gRP
 log is drained and closed. The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
 `TestClient` or `httpx.ASGITransport` with the lifespan run all of it.
 
-Transports add their routes in `http_app`: V2 REST, TF Serving REST, embeddings, metrics
-and the OpenAPI document.
+Every HTTP request goes through the route table's dispatcher (`protocols.http_dispatch`);
+each REST transport binds the handlers of its rows in `http_app` (`v2_http.handlers`,
+`tfserving_http.handlers`, ...), beside /metrics and the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipyard.errors import ShipyardError
 from shipyard.serving import openapi
@@ -37,7 +36,8 @@ from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols import embeddings_http, tfserving_http, v2_http
 from shipyard.serving.protocols.grpc_server import GrpcServer
-from shipyard.serving.protocols.http import RequestContextMiddleware, http_exception
+from shipyard.serving.protocols.http import Handler, RequestContextMiddleware
+from shipyard.serving.protocols.http_dispatch import HttpDispatcher
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import ServerSecurity, build_security
 from shipyard.serving.settings import ServerSettings
@@ -167,7 +167,7 @@ class Server:
         ms = (time.perf_counter() - started) * 1000
         log.info("reloaded on SIGHUP in %.0f ms: %d models, %s", ms, models, tokens)
         if security.audit is not None:
-            from shipyard.serving.audit import SERVER
+            from shipyard.serving.calls import SERVER
 
             security.audit.submit(
                 "server.reload", who=SERVER, detail=f"SIGHUP: {models} models, {tokens}"
@@ -203,22 +203,26 @@ def http_app(
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
 
-    routes = [
-        *v2_http.routes(plane, settings=settings),
-        *tfserving_http.routes(plane, settings=settings),
-        *embeddings_http.routes(plane, settings=settings, security=security),
-        Route("/metrics", metrics, methods=["GET"]),
-        openapi.route(),
-    ]
+    authorize = security.authorize_http if security.guard is not None else None
+    handlers: dict[str, Handler] = {
+        **v2_http.handlers(plane, settings=settings),
+        **tfserving_http.handlers(plane, settings=settings),
+        **embeddings_http.handlers(plane, authorize=authorize),
+        "metrics": metrics,
+        "openapi": openapi.handler(),
+    }
     return Starlette(
-        routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(RequestContextMiddleware, access_log=settings.access_log),
-            *security.middleware(),
-            v2_http.fast_path(plane, settings=settings),
+            Middleware(
+                HttpDispatcher,
+                handlers=handlers,
+                dataplane=plane,
+                security=security,
+                metrics_require_auth=settings.metrics_require_auth,
+            ),
         ],
-        exception_handlers={HTTPException: http_exception},
     )
 
 

@@ -1,6 +1,8 @@
 """The server's audit trail: security-relevant events into the chained, HMAC-signed audit log.
 
-One record per event, never a payload (`shipyard.security.audit_chain` describes the chain):
+One record per event, never a payload (`shipyard.security.audit_chain` describes the chain). The
+data plane emits the call and model events (`calls`), `record` writes them; the guard
+writes `auth.denied` itself:
 
     auth.denied                   a 401 or 403: who (token name or "anonymous"), the route
                                   and the client address in `detail`
@@ -18,7 +20,7 @@ callers wait up to `put_timeout_s`, then the record is dropped and logged as an 
 
 The log fails closed: when a write fails (ENOSPC, EIO, ...) the writer keeps that record and
 retries it every `retry_s`, the records behind it wait in order, and `problem` says why;
-meanwhile audited HTTP calls (infer, admin) answer 503 without being served, and readiness is
+meanwhile audited calls (infer, admin) answer 503 without being served, and readiness is
 false with the reason. The first write that succeeds clears it. At start the torn tail of a
 crash is set aside and the whole chain checked (`shipyard.security.audit.prepare_log`).
 """
@@ -29,28 +31,20 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.security.audit import AuditLog, Preparation, prepare_log
 from shipyard.security.errors import AuditError, KeyFileError
 from shipyard.security.keys import kek_from_env, load_audit_key, read_secret
-from shipyard.serving.dataplane import DataPlane, InferenceEvent
+from shipyard.serving.calls import SERVER, CallEvent, Event, ModelChange
+from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.logs import request_id
-from shipyard.serving.manager import ModelEvent
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import ServerSettings
 
 log = logging.getLogger("shipyard.serving.audit")
 
-ANONYMOUS = "anonymous"
-SERVER = "server"
 _OUTCOMES = {
     400: "invalid",
     401: "unauthenticated",
@@ -61,33 +55,6 @@ _OUTCOMES = {
 }
 # The data plane's metric outcomes, in the audit log's words (as for HTTP statuses).
 _PLANE_OUTCOMES = {"success": "ok", "overloaded": "unavailable", "not_ready": "unavailable"}
-
-
-@dataclass
-class CallInfo:
-    """What is known about the request being handled; lives in `current_call`."""
-
-    who: str = ANONYMOUS
-    version: str | None = None
-    """The model version that served the call (set when the data plane reports it)."""
-    tracked: bool = False
-    """True when an HTTP middleware writes this call's record itself (with byte counts)."""
-    denied: bool = False
-    """True once the call was refused (401/403) and that was audited."""
-    client: str | None = None
-    """The caller's address, `host:port`, where the transport knows it (set by gRPC's gate)."""
-
-
-current_call: ContextVar[CallInfo | None] = ContextVar("shipyard_call", default=None)
-
-
-def caller() -> CallInfo:
-    """The current call's info, created (as anonymous) when the transport set none."""
-    call = current_call.get()
-    if call is None:
-        call = CallInfo()
-        current_call.set(call)
-    return call
 
 
 class AuditWriter:
@@ -225,37 +192,23 @@ class AuditWriter:
             self._log.close()
             self._log = None
 
-    # -- event sources --------------------------------------------------------------------
+    # -- events -------------------------------------------------------------------------
 
-    def model_event(self, event: ModelEvent) -> None:
-        """Manager listener: one `model.<kind>` record, naming whoever caused it."""
-        call = current_call.get()
-        self.submit(
-            f"model.{event.kind}",
-            who=call.who if call is not None else SERVER,
-            model=event.model,
-            version=event.version,
-            outcome=event.outcome,
-            request_id=request_id.get() if call is not None else None,
-            detail=event.detail or None,
-        )
-
-    def inference_event(self, event: InferenceEvent) -> None:
-        """Data-plane listener: the `infer` record of calls no HTTP middleware tracks (gRPC)."""
-        call = current_call.get()
-        if call is not None and call.tracked:
-            call.version = event.version  # the middleware writes the record, with byte counts
+    def record(self, event: Event) -> None:
+        """Data-plane listener: one record per audited call and per model change."""
+        if isinstance(event, ModelChange):
+            cause, change = event.cause, event.event
+            self.submit(
+                f"model.{change.kind}",
+                who=cause.principal if cause is not None else SERVER,
+                model=change.model,
+                version=change.version,
+                outcome=change.outcome,
+                request_id=cause.request_id if cause is not None else None,
+                detail=change.detail or None,
+            )
             return
-        self.submit(
-            "infer",
-            who=call.who if call is not None else ANONYMOUS,
-            model=event.model,
-            version=event.version,
-            outcome=_PLANE_OUTCOMES.get(event.outcome, event.outcome),
-            request_id=request_id.get(),
-            latency_ms=event.latency_ms,
-            detail=_with_client(event.protocol, call),
-        )
+        self.submit(event.action, **_call_fields(event))
 
     def denied(
         self,
@@ -336,83 +289,28 @@ def outcome_of(status: int) -> str:
     return _OUTCOMES.get(status, "invalid" if status < 500 else "error")
 
 
-Describe = Callable[[str], tuple[str | None, str | None]]
-"""path -> (action, model) of a route; action None for open routes."""
-
-
-class AuditMiddleware:
-    """Tracks each HTTP call in `current_call`; writes `infer` and `admin` call records.
-
-    Sits outside the auth middleware (which fills in who) and inside the request-id one.
-    """
-
-    def __init__(self, app: ASGIApp, *, writer: AuditWriter, describe: Describe) -> None:
-        self.app = app
-        self.writer = writer
-        self.describe = describe
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        action, model = self.describe(scope["path"])
-        problem = self.writer.problem
-        if problem is not None and (
-            action in ("infer", "admin") or scope["path"] == "/v2/health/ready"
-        ):
-            # fail closed: an audited call the log cannot record is not served at all
-            body: dict[str, Any] = {"error": problem}
-            if scope["path"] == "/v2/health/ready":
-                body = {"ready": False, "error": problem}
-            refusal = JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
-            await refusal(scope, receive, send)
-            return
-        call = CallInfo(tracked=action in ("infer", "admin"))
-        token = current_call.set(call)
-        if not call.tracked:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                current_call.reset(token)
-            return
-        started = time.perf_counter()
-        status, bytes_in, bytes_out = 500, 0, 0
-
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                bytes_out += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            current_call.reset(token)
-            if not call.denied:
-                self.writer.submit(
-                    str(action),
-                    who=call.who,
-                    model=model or None,
-                    version=call.version,
-                    outcome=outcome_of(status),
-                    request_id=request_id.get(),
-                    bytes_in=bytes_in,
-                    bytes_out=bytes_out,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    detail=f"{scope['method']} {scope['path']}",
-                )
-
-
-def _with_client(detail: str, call: CallInfo | None) -> str:
-    """`v2_grpc from 127.0.0.1:5000`: a gRPC record's detail names the caller like HTTP's."""
-    client = call.client if call is not None else None
-    return f"{detail} from {client}" if client else detail
+def _call_fields(event: CallEvent) -> dict[str, Any]:
+    """An audited call's record: HTTP's names its route and bytes, others their client."""
+    context = event.context
+    if event.status is not None:
+        outcome = outcome_of(event.status)
+    else:
+        outcome = _PLANE_OUTCOMES.get(event.outcome, event.outcome)
+    fields: dict[str, Any] = {
+        "who": context.principal,
+        "model": event.model,
+        "version": event.version,
+        "outcome": outcome,
+        "request_id": context.request_id,
+    }
+    if event.bytes_in is not None:
+        fields["bytes_in"] = event.bytes_in
+        fields["bytes_out"] = event.bytes_out
+    fields["latency_ms"] = event.latency_ms
+    if context.route is not None:
+        fields["detail"] = context.route
+    elif context.client:  # `v2_grpc from 127.0.0.1:5000`: named like HTTP's callers
+        fields["detail"] = f"{context.protocol} from {context.client}"
+    else:
+        fields["detail"] = context.protocol
+    return fields

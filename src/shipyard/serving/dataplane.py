@@ -1,9 +1,12 @@
 """The transport-agnostic data plane: the one place serving logic lives.
 
-Transports (V2 REST in `protocols/v2_http.py`; TF Serving REST and V2 gRPC to come) only
+Transports (V2 and TF Serving REST, OpenAI embeddings, V2 gRPC under `protocols/`) only
 decode their wire format into `shipyard.codecs.InferenceRequest`, call a method here, and
-encode what it returns. Every method either returns plain data or raises a `ShipyardError`
-whose `.status` is the HTTP status (gRPC transports map it to a status code):
+encode what it returns; they pass the call's `calls.CallContext` down, and the data plane
+emits one `calls.CallEvent` per audited call (and a `ModelChange` per model state change)
+to the listeners of its `events`, the audit writer among them. Every method either returns
+plain data or raises a `ShipyardError` whose `.status` is the HTTP status (gRPC transports
+map it to a status code):
 `ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `InputError`/`ProtocolError` 400.
 
 Versions arrive as the strings found in URLs (None = the server picks the highest READY
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,8 @@ from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
-from shipyard.serving.errors import ModelNotFound, ModelNotReady, Overloaded
+from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
+from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.served import IndexEntry, ServedVersion
@@ -60,26 +64,15 @@ class EmbeddingTarget:
     output: str
 
 
-@dataclass(frozen=True)
-class InferenceEvent:
-    """One finished inference call, for listeners such as the audit log (never the data)."""
-
-    model: str
-    version: str | None
-    """The version that served it; the requested one (or None) when it failed earlier."""
-    protocol: str
-    outcome: str
-    latency_ms: float
-
-
 class DataPlane:
     """Health, metadata, inference, repository control and statistics for every transport."""
 
     def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.listeners: list[Callable[[InferenceEvent], None]] = []
-        """Called on the event loop after every `infer`, successful or not."""
+        self.events = Events()
+        """Audited calls and model changes, for listeners such as the audit writer."""
+        manager.listeners.append(self.events.model_changed)
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the server must not take traffic now (e.g. the audit log cannot
         be written), or None; any reason makes `ready()` false."""
@@ -181,35 +174,29 @@ class DataPlane:
         protocol: str,
         received_ns: int | None = None,
         usage: dict[str, int] | None = None,
+        call: Call | CallContext | None = None,
     ) -> InferenceResponse:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
         `protocol` labels the metrics ("v2_http", "tfserving_http", "v2_grpc");
         `received_ns` (time.perf_counter_ns() when the transport got the request) makes the
         reported latency include decoding. `usage`, when given, receives `prompt_tokens`
-        (the real tokens of processed text inputs).
+        (the real tokens of processed text inputs). `call`: the call's context (this infer
+        is the whole audited call: it emits its event; None: an anonymous one), or the `Call`
+        the transport opened and closes itself.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
-        if not self.listeners:
-            return await self._infer(
+
+        def run() -> Awaitable[InferenceResponse]:
+            return self._infer(
                 name, request, version=version, protocol=protocol, started=started, usage=usage
             )
-        served_version, outcome = version, "error"
-        try:
-            response = await self._infer(
-                name, request, version=version, protocol=protocol, started=started, usage=usage
-            )
-            served_version, outcome = response.model_version, "success"
-            return response
-        except Exception as exc:
-            outcome = _outcome(exc)
-            raise
-        finally:
-            event = InferenceEvent(
-                name, served_version, protocol, outcome, (time.perf_counter_ns() - started) / 1e6
-            )
-            for listener in self.listeners:
-                listener(event)
+
+        if not self.events.listeners:
+            return await run()
+        return await self.events.infer(
+            call, run, model=name, version=version, protocol=protocol, started_ns=started
+        )
 
     async def _infer(
         self,
@@ -244,7 +231,7 @@ class DataPlane:
                     model=name,
                     version=model_version,
                     protocol=protocol,
-                    outcome=_outcome(exc),
+                    outcome=outcome_of_error(exc),
                     total_ns=time.perf_counter_ns() - started,
                 )
                 raise
@@ -297,14 +284,17 @@ class DataPlane:
             raise ModelNotFound(name)
         return entries
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Load or reload a model from the repository; ModelLoadError (400) if no version
-        serves or the newest version the policy wants failed to load."""
-        await self.manager.load(check_model_name(name))
+        serves or the newest version the policy wants failed to load. The model changes
+        it causes name `call` (None: anonymous)."""
+        with self.events.caused_by(call):
+            await self.manager.load(check_model_name(name))
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Unload every version after its in-flight requests finish."""
-        await self.manager.unload(check_model_name(name))
+        with self.events.caused_by(call):
+            await self.manager.unload(check_model_name(name))
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -373,16 +363,6 @@ async def _prepare(processor: Processor, inputs: dict[str, Any]) -> Prepared:
 
 _INLINE_TEXTS = 16
 """Up to this many texts are tokenized on the event loop (tens of microseconds each)."""
-
-
-def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, Overloaded):
-        return "overloaded"
-    if isinstance(exc, ModelNotReady):
-        return "not_ready"
-    if isinstance(exc, ShipyardError) and 400 <= exc.status < 500:
-        return "invalid"
-    return "error"
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

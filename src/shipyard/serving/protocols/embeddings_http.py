@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import Scope
 
 from shipyard.codecs.jsonbody import load_object
 from shipyard.codecs.types import InferenceRequest, RequestedOutput
@@ -25,38 +26,42 @@ from shipyard.errors import InputError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ProtocolError
-from shipyard.serving.protocols.http import endpoint, error_response, json_response, read_body
+from shipyard.serving.protocols.http import (
+    Handler,
+    auth_error_response,
+    call_of,
+    endpoint,
+    json_response,
+    read_body,
+)
 from shipyard.serving.protocols.v2_http import counted
-from shipyard.serving.security import ALL_MODELS, ServerSecurity
-from shipyard.serving.settings import ServerSettings
+from shipyard.serving.routes import ALL_MODELS
 
-PATH = "/v1/embeddings"
 PROTOCOL = "openai_http"
 MAX_INPUTS = 2048
 """Most texts in one call (OpenAI's own limit)."""
 
 
+Authorize = Callable[[Scope, str, str], Awaitable[None]]
+"""(scope, action, model): returns when the caller's token grants it, else raises 401/403."""
+
+
 class EmbeddingsHandler:
-    def __init__(self, dataplane: DataPlane, security: ServerSecurity) -> None:
+    def __init__(self, dataplane: DataPlane, *, authorize: Authorize | None = None) -> None:
         self.dataplane = dataplane
-        self.security = security
+        self.authorize = authorize
 
     async def __call__(self, request: Request) -> Response:
         try:
             return await self._embeddings(request)
         except (AuthenticationError, PermissionDeniedError) as exc:
-            response = error_response(exc)
-            challenge = 'Bearer realm="shipyard"'
-            if isinstance(exc, PermissionDeniedError):
-                challenge += ', error="insufficient_scope"'
-            response.headers["WWW-Authenticate"] = challenge
-            return response
+            return auth_error_response(exc)
 
     async def _embeddings(self, request: Request) -> Response:
         received = time.perf_counter_ns()
         limits = self.dataplane.limits_for(None)
-        body = await read_body(request, limit=limits.max_body_bytes)
-        security = self.security
+        body = await read_body(request)
+        authorize = self.authorize
         try:
             doc = load_object(body, what="embeddings request")
             name = doc.get("model")
@@ -65,9 +70,11 @@ class EmbeddingsHandler:
         except ProtocolError:
             # Authorize before validating: a body naming no model is checked as if it
             # targeted every model, so only an 'infer:*' token learns what is wrong with it.
-            await security.authorize_http(request.scope, "infer", ALL_MODELS)
+            if authorize is not None:
+                await authorize(request.scope, "infer", ALL_MODELS)
             raise
-        await security.authorize_http(request.scope, "infer", name)
+        if authorize is not None:
+            await authorize(request.scope, "infer", name)
         texts = _texts(doc.get("input"), max_bytes=limits.max_bytes_element)
         encoding = doc.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
@@ -93,6 +100,7 @@ class EmbeddingsHandler:
             protocol=PROTOCOL,
             received_ns=received,
             usage=usage,
+            call=call_of(request),
         )
         vectors = np.asarray(response.outputs[target.output], dtype=np.float32)
         dimensions = doc.get("dimensions")
@@ -139,9 +147,7 @@ def _encode(row: np.ndarray, encoding: str) -> Any:
     return row.tolist()
 
 
-def routes(
-    dataplane: DataPlane, *, settings: ServerSettings, security: ServerSecurity
-) -> list[Route]:
-    del settings
-    handler = endpoint(counted(dataplane.metrics, EmbeddingsHandler(dataplane, security)))
-    return [Route(PATH, handler, methods=["POST"])]
+def handlers(dataplane: DataPlane, *, authorize: Authorize | None = None) -> dict[str, Handler]:
+    """The `openai.*` handler of the route table; `authorize` checks the body's model."""
+    handler = EmbeddingsHandler(dataplane, authorize=authorize)
+    return {"openai.embeddings": endpoint(counted(dataplane.metrics, handler))}

@@ -3,8 +3,8 @@
 grpc.aio reads and deserializes a unary call's whole message before it calls the handler,
 so a check inside the handler comes after an anonymous caller made the server hold up to
 `max_receive_message_length` bytes. `CallGate.intercept_service` runs on the call's
-metadata alone; for a call that needs a token it hands grpc a stream-unary handler
-instead, which authenticates (`authenticate(metadata, method=, action=, client=)`) before
+metadata alone; for a call that needs a token (`routes.GRPC_METHODS`) it hands grpc a
+stream-unary handler instead, which authenticates (`authenticate(metadata, method=, client=)`) before
 it asks for the message: a refused call is answered UNAUTHENTICATED / PERMISSION_DENIED
 with its message never read (grpc drops what the flow-control window let in).
 
@@ -12,9 +12,9 @@ The model a call names is inside its message, so this first check is "a valid to
 may do the action on some model"; the servicer checks the exact model once it has the
 message (`V2GrpcServicer._check`).
 
-Every call also gets its request id (`x-request-id` metadata, else a new one), its peer
-address in `current_call` (the audit records name it) and, with `access_log`, one line on
-`shipyard.serving.access`: method, model, status code, duration_ms, peer, request id.
+Every call also gets its request id (`x-request-id` metadata, else a new one) and, with
+`access_log`, one line on `shipyard.serving.access`: method, model, status code,
+duration_ms, peer, request id.
 """
 
 from __future__ import annotations
@@ -30,20 +30,17 @@ from typing import Any, NoReturn, Protocol
 import grpc
 
 from shipyard.errors import ShipyardError
-from shipyard.serving.audit import CallInfo, current_call
 from shipyard.serving.logs import request_id
+from shipyard.serving.routes import GRPC_METHODS, grpc_access
 
 access_log = logging.getLogger("shipyard.serving.access")
-
-OPEN_ACTION = "health"
-"""Calls of this action may be anonymous (ModelReady checks its model after reading)."""
 
 
 class Authenticate(Protocol):
     """Raises a ShipyardError (401/403/503) when the call's metadata may not make the call."""
 
     def __call__(
-        self, metadata: Mapping[str, str], *, method: str, action: str, client: str | None
+        self, metadata: Mapping[str, str], *, method: str, client: str | None
     ) -> Awaitable[None]: ...
 
 
@@ -65,13 +62,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self,
         *,
-        actions: Mapping[str, str],
         abort: Abort,
         authenticate: Authenticate | None = None,
         access_log: bool = False,
     ) -> None:
-        self.actions = dict(actions)
-        """method name -> action; methods not listed pass through unchanged."""
         self.abort = abort
         self.authenticate = authenticate
         self.access_log = access_log
@@ -83,15 +77,15 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Any:
         handler = await continuation(details)
         method = str(details.method).rsplit("/", 1)[-1]
-        if handler is None or method not in self.actions:
+        if handler is None or method not in GRPC_METHODS:
             return handler
-        action = self.actions[method]
         metadata = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
-        check = self.authenticate is not None and action != OPEN_ACTION
+        # open methods (health; ModelReady, which checks the model it names after reading)
+        check = self.authenticate is not None and grpc_access(method, None) is not None
         if handler.unary_unary is not None:
             if check:
                 return grpc.stream_unary_rpc_method_handler(
-                    self._gated_unary(handler.unary_unary, method, action, metadata),
+                    self._gated_unary(handler.unary_unary, method, metadata),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
@@ -102,7 +96,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._gated_stream(handler.stream_stream, method, action, metadata, check),
+                self._gated_stream(handler.stream_stream, method, metadata, check),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -111,12 +105,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     # -- wrapped behaviours ---------------------------------------------------------------
 
     def _gated_unary(
-        self, inner: Any, method: str, action: str, metadata: Mapping[str, str]
+        self, inner: Any, method: str, metadata: Mapping[str, str]
     ) -> Callable[[AsyncIterator[Any], Any], Awaitable[Any]]:
         async def gated(requests: AsyncIterator[Any], context: Any) -> Any:
-            call, tokens = self._begin(context, method, metadata)
+            call, token = self._begin(context, method, metadata)
             try:
-                await self._authenticate(context, metadata, method, action, call)
+                await self._authenticate(context, metadata, method, call)
                 request = await anext(aiter(requests), None)  # only now is the message read
                 if request is None:
                     await self.abort(context, _NoMessage(f"{method} needs one request message"))
@@ -126,7 +120,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 call.error = exc
                 raise
             finally:
-                self._end(context, call, tokens)
+                self._end(context, call, token)
 
         return gated
 
@@ -134,7 +128,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, inner: Any, method: str, metadata: Mapping[str, str]
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def logged(request: Any, context: Any) -> Any:
-            call, tokens = self._begin(context, method, metadata)
+            call, token = self._begin(context, method, metadata)
             call.model = _model_of(request)
             try:
                 return await inner(request, context)
@@ -142,18 +136,18 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 call.error = exc
                 raise
             finally:
-                self._end(context, call, tokens)
+                self._end(context, call, token)
 
         return logged
 
     def _gated_stream(
-        self, inner: Any, method: str, action: str, metadata: Mapping[str, str], check: bool
+        self, inner: Any, method: str, metadata: Mapping[str, str], check: bool
     ) -> Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]:
         async def gated(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-            call, tokens = self._begin(context, method, metadata)
+            call, token = self._begin(context, method, metadata)
             try:
                 if check:
-                    await self._authenticate(context, metadata, method, action, call)
+                    await self._authenticate(context, metadata, method, call)
 
                 async def noted() -> AsyncIterator[Any]:
                     async for request in requests:
@@ -166,31 +160,28 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 call.error = exc
                 raise
             finally:
-                self._end(context, call, tokens)
+                self._end(context, call, token)
 
         return gated
 
     # -- per call -------------------------------------------------------------------------
 
     async def _authenticate(
-        self, context: Any, metadata: Mapping[str, str], method: str, action: str, call: _Call
+        self, context: Any, metadata: Mapping[str, str], method: str, call: _Call
     ) -> None:
         if self.authenticate is None:
             return
         try:
-            await self.authenticate(metadata, method=method, action=action, client=call.peer)
+            await self.authenticate(metadata, method=method, client=call.peer)
         except ShipyardError as exc:
             await self.abort(context, exc)
 
-    def _begin(
-        self, context: Any, method: str, metadata: Mapping[str, str]
-    ) -> tuple[_Call, tuple[Any, Any]]:
+    def _begin(self, context: Any, method: str, metadata: Mapping[str, str]) -> tuple[_Call, Any]:
         peer = client_address(context.peer())
         rid = metadata.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
-        tokens = request_id.set(rid), current_call.set(CallInfo(client=peer))
-        return _Call(method, peer, time.perf_counter()), tokens
+        return _Call(method, peer, time.perf_counter()), request_id.set(rid)
 
-    def _end(self, context: Any, call: _Call, tokens: tuple[Any, Any]) -> None:
+    def _end(self, context: Any, call: _Call, token: Any) -> None:
         try:
             if self.access_log:
                 code = _code(context, call.error)
@@ -211,8 +202,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     },
                 )
         finally:
-            request_id.reset(tokens[0])
-            current_call.reset(tokens[1])
+            request_id.reset(token)
 
 
 class _NoMessage(ShipyardError):

@@ -60,7 +60,6 @@ class GrpcServer:
         self._tls = tls = ServerTls.from_settings(settings)
         servicer = V2GrpcServicer(self.dataplane, authorize=self.authorize)
         gate = CallGate(
-            actions=servicer.actions(),
             abort=abort,
             authenticate=self.authenticate,
             access_log=settings.access_log,

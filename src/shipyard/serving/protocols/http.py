@@ -1,7 +1,9 @@
 """HTTP plumbing every REST transport shares: bounded bodies, errors, request ids, gzip.
 
-- `read_body` enforces the body limit before and while reading, and after decompressing a
-  `Content-Encoding: gzip|deflate` body (a compressed bomb stops at the limit).
+- The body limit, in one place: the dispatcher resolves a route's limit once and refuses a
+  declared Content-Length over it (`declared_refusal`); `read_body` enforces the same limit
+  while reading and after decompressing a `Content-Encoding: gzip|deflate` body (a
+  compressed bomb stops at the limit).
 - `endpoint` turns a handler's `ShipyardError` into `{"error": message}` with its status
   (and `Retry-After` for `Overloaded`); anything unexpected becomes a logged 500 that
   names the request id, never a traceback.
@@ -21,12 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
+from shipyard.serving.calls import Call
 from shipyard.serving.errors import Overloaded, PayloadTooLarge, ProtocolError
 from shipyard.serving.logs import request_id
 
@@ -34,6 +36,11 @@ log = logging.getLogger("shipyard.serving.http")
 access_log = logging.getLogger("shipyard.serving.access")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+BODY_LIMIT = "shipyard.body_limit"
+"""Scope key: the route's body limit in bytes (set by the dispatcher, read by `read_body`)."""
+CALL = "shipyard.call"
+"""Scope key: the audited `calls.Call` this request is (absent when not audited)."""
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -66,28 +73,55 @@ def endpoint(handler: Handler) -> Handler:
     return wrapped
 
 
-async def http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 (no route) and 405 (wrong method) as JSON errors."""
-    assert isinstance(exc, HTTPException)
-    message = {
-        404: f"no such endpoint: {request.url.path}",
-        405: f"{request.method} is not allowed on {request.url.path}",
-    }
-    return json_response(
-        {"error": message.get(exc.status_code, exc.detail)},
-        exc.status_code,
-        dict(exc.headers or {}),
-    )
+def auth_error_response(exc: ShipyardError) -> Response:
+    """A refusal with its challenge: 401 `Bearer realm`, 403 also `error="insufficient_scope"`."""
+    response = error_response(exc)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="shipyard"'
+    elif exc.status == 403:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="shipyard", error="insufficient_scope"'
+    return response
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The request body, decompressed if needed; PayloadTooLarge past `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ProtocolError(f"Content-Length {declared!r} is not a number")
-        if int(declared) > limit:
-            raise PayloadTooLarge(int(declared), limit)
+def call_of(request: Request) -> Call | None:
+    """The audited call this request is, to pass to the data plane (None: not audited)."""
+    call: Call | None = request.scope.get(CALL)
+    return call
+
+
+def client_of(scope: Scope) -> str | None:
+    """The caller's `host:port` ([host]:port for IPv6), None when the server does not say."""
+    client = scope.get("client")
+    if not client:
+        return None
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower-case bytes), None when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def declared_refusal(scope: Scope, limit: int) -> ShipyardError | None:
+    """The error for a Content-Length that is not a number or is over `limit`, else None."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            declared = bytes(value).decode("latin-1").strip()
+            if not declared.isdigit():
+                return ProtocolError(f"Content-Length {declared!r} is not a number")
+            if int(declared) > limit:
+                return PayloadTooLarge(int(declared), limit)
+            return None
+    return None
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, decompressed if needed; PayloadTooLarge past the route's limit."""
+    limit: int = request.scope[BODY_LIMIT]
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -1,6 +1,6 @@
 """TensorFlow Serving REST API on the same port as V2: status, metadata, predict, classify, regress.
 
-Paths (TF Serving's, parsed here because Starlette cannot route `name:verb`):
+Paths (TF Serving's; rows of the route table, `routes.ROUTES`, handlers `tf.*`):
 
     GET  /v1/models/NAME[/versions/N]             model status, all versions when none named
     GET  /v1/models/NAME[/versions/N]/metadata    signature_def of the (highest) ready version
@@ -17,36 +17,31 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipyard.codecs import tfserving
 from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, RequestedOutput
 from shipyard.errors import NotFoundError
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.serving.calls import Call
 from shipyard.serving.dataplane import DataPlane, ModelSignature, check_model_name
 from shipyard.serving.errors import ModelNotFound, ProtocolError
-from shipyard.serving.protocols.http import compress_for, endpoint, json_response, read_body
+from shipyard.serving.protocols import http
+from shipyard.serving.protocols.http import Handler, json_response
 from shipyard.serving.protocols.v2_http import counted
 from shipyard.serving.served import IndexEntry, ModelState
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "tfserving_http"
 PREFIX = "/v1/models/"
-VERBS = ("predict", "classify", "regress")
 
-_TARGET = re.compile(
-    r"(?P<name>[^/:]+)"
-    r"(?:/(?P<kind>versions|labels)/(?P<version>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[^/:]*))?"
-)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
 
@@ -63,120 +58,110 @@ class LabelsNotSupported(ProtocolError):
     """Version labels are a TF Serving config feature Shipyard does not have."""
 
 
-Action = Literal["status", "metadata", "predict", "classify", "regress"]
-_ACTIONS: dict[str, Action] = {"predict": "predict", "classify": "classify", "regress": "regress"}
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a /v1/models/... path names."""
-
-    name: str
-    version: str | None
-    action: Action
-
-
-def parse_target(path: str) -> Target:
-    """Parse the part after /v1/models/; 404 for anything that is not a TF Serving path."""
-    match = _TARGET.fullmatch(path)
-    if match is None:
-        raise NotFoundError(
-            f"no such endpoint: {PREFIX}{path}; TF Serving paths are {PREFIX}NAME"
-            f"[/versions/N][/metadata] (GET) and {PREFIX}NAME[/versions/N]:VERB (POST) with "
-            "VERB predict, classify or regress"
-        )
-    name, version, verb = match["name"], match["version"], match["verb"]
-    if match["kind"] == "labels":
-        raise LabelsNotSupported(
-            f"version labels ({PREFIX}{name}/labels/{version}) are not supported; name a "
-            "version with /versions/N or omit it for the highest ready one"
-        )
+def _target(request: Request) -> tuple[str, str | None]:
+    """(name, version) of the path; 404 for a name or version no model can have."""
+    name, version = request.path_params["name"], request.path_params.get("version")
     check_model_name(name)  # a 400 past the longest name a model can have, as on V2
     if not _NAME.fullmatch(name):
         raise ModelNotFound(name)
     if version is not None and not _VERSION.fullmatch(version):
         raise ModelNotFound(name, version)
-    if verb is not None:
-        if verb not in _ACTIONS:
-            raise NotFoundError(
-                f"unknown verb :{verb} in {PREFIX}{path}; use :predict, :classify or :regress"
-            )
-        return Target(name, version, _ACTIONS[verb])
-    return Target(name, version, "metadata" if match["metadata"] else "status")
+    return name, version
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a verb needs besides its body and signature."""
+
+    limits: DecodeLimits
+    received_ns: int
+    """time.perf_counter_ns() when the request arrived (latency includes decoding)."""
+    call: Call | None
+    """The audited call this request is, if any."""
+
+
+Verb = Callable[[bytes, ModelSignature, _Job], Awaitable[bytes]]
 
 
 class TFServingHandlers:
-    """Dispatches /v1/models/{rest:path} to the action the path names."""
+    """One handler per TF Serving route (status, metadata, each verb, the refusals)."""
 
     def __init__(self, dataplane: DataPlane, *, compress_min_bytes: int) -> None:
         self.dataplane = dataplane
         self.compress_min_bytes = compress_min_bytes
 
-    async def dispatch(self, request: Request) -> Response:
-        received = time.perf_counter_ns()
-        target = parse_target(request.path_params["rest"])
-        allowed = "POST" if target.action in VERBS else "GET"
-        if request.method not in (allowed, "HEAD" if allowed == "GET" else allowed):
-            message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
-            return json_response({"error": message}, 405, {"Allow": allowed})
-        if target.action == "status":
-            return json_response(await self.status(target))
-        if target.action == "metadata":
-            return json_response(self.metadata(target))
-        body = await read_body(request, limit=self.dataplane.limits_for(target.name).max_body_bytes)
-        signature = self.dataplane.model_signature(target.name, target.version)
-        limits = self.dataplane.decode_limits_for(target.name)
-        if target.action == "predict":
-            payload = await self.predict(body, signature, limits=limits, received_ns=received)
-        elif target.action == "classify":
-            payload = await self.classify(body, signature, limits=limits, received_ns=received)
-        else:
-            payload = await self.regress(body, signature, limits=limits, received_ns=received)
-        payload, headers = compress_for(request, payload, min_bytes=self.compress_min_bytes)
-        return Response(payload, headers=headers, media_type="application/json")
-
-    async def status(self, target: Target) -> dict[str, Any]:
-        entries = await self.dataplane.model_status(target.name)
-        if target.version is not None:
-            entries = [e for e in entries if str(e.version) == target.version]
+    async def status(self, request: Request) -> Response:
+        name, version = _target(request)
+        entries = await self.dataplane.model_status(name)
+        if version is not None:
+            entries = [e for e in entries if str(e.version) == version]
             if not entries:
-                raise ModelNotFound(target.name, target.version)
+                raise ModelNotFound(name, version)
         ordered = sorted(entries, key=lambda e: e.version or 0, reverse=True)
-        return {"model_version_status": [version_status(e) for e in ordered]}
+        return json_response({"model_version_status": [version_status(e) for e in ordered]})
 
-    def metadata(self, target: Target) -> dict[str, Any]:
-        signature = self.dataplane.model_signature(target.name, target.version)
-        return {
-            "model_spec": {
-                "name": target.name,
-                "signature_name": "",
-                "version": str(signature.version),
-            },
-            "metadata": {
-                "signature_def": tfserving.signature_def(signature.inputs, signature.outputs)
-            },
-        }
-
-    async def predict(
-        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
-    ) -> bytes:
-        decoded = tfserving.decode_predict(
-            body, inputs=signature.inputs, limits=limits, processed=signature.processed_inputs
+    async def metadata(self, request: Request) -> Response:
+        name, version = _target(request)
+        signature = self.dataplane.model_signature(name, version)
+        return json_response(
+            {
+                "model_spec": {
+                    "name": name,
+                    "signature_name": "",
+                    "version": str(signature.version),
+                },
+                "metadata": {
+                    "signature_def": tfserving.signature_def(signature.inputs, signature.outputs)
+                },
+            }
         )
-        response = await self._infer(signature, decoded.request, received_ns=received_ns)
+
+    async def unknown_verb(self, request: Request) -> Response:
+        raise NotFoundError(
+            f"unknown verb :{request.path_params['verb']} in {request.url.path}; use :predict, "
+            ":classify or :regress"
+        )
+
+    async def labels(self, request: Request) -> Response:
+        name, label = request.path_params["name"], request.path_params["label"]
+        raise LabelsNotSupported(
+            f"version labels ({PREFIX}{name}/labels/{label}) are not supported; name a "
+            "version with /versions/N or omit it for the highest ready one"
+        )
+
+    def verb(self, run: Verb) -> Handler:
+        """The handler of one verb: read the body, type it by the pinned version, run it."""
+
+        async def handle(request: Request) -> Response:
+            received = time.perf_counter_ns()
+            name, version = _target(request)
+            body = await http.read_body(request)
+            signature = self.dataplane.model_signature(name, version)
+            limits = self.dataplane.decode_limits_for(name)
+            payload = await run(body, signature, _Job(limits, received, http.call_of(request)))
+            payload, headers = http.compress_for(
+                request, payload, min_bytes=self.compress_min_bytes
+            )
+            return Response(payload, headers=headers, media_type="application/json")
+
+        return handle
+
+    async def predict(self, body: bytes, signature: ModelSignature, job: _Job) -> bytes:
+        decoded = tfserving.decode_predict(
+            body, inputs=signature.inputs, limits=job.limits, processed=signature.processed_inputs
+        )
+        response = await self._infer(signature, decoded.request, job)
         return tfserving.encode_predict(response, decoded=decoded)
 
-    async def classify(
-        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
-    ) -> bytes:
+    async def classify(self, body: bytes, signature: ModelSignature, job: _Job) -> bytes:
         spec = _single_input(signature, "classify")
         metadata = self._model_metadata(signature)
         scores_output, labels = _classifier_head(signature, metadata)
         matrix = tfserving.decode_examples(
-            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=limits
+            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=job.limits
         )
         request = InferenceRequest({spec.name: matrix}, [RequestedOutput(scores_output.name)])
-        outputs = await self._infer(signature, request, received_ns=received_ns)
+        outputs = await self._infer(signature, request, job)
         scores = outputs[scores_output.name]
         if scores.shape != (len(matrix), len(labels)):
             raise ProtocolError(
@@ -185,17 +170,15 @@ class TFServingHandlers:
             )
         return tfserving.encode_classify(scores, labels=labels)
 
-    async def regress(
-        self, body: bytes, signature: ModelSignature, *, limits: DecodeLimits, received_ns: int
-    ) -> bytes:
+    async def regress(self, body: bytes, signature: ModelSignature, job: _Job) -> bytes:
         spec = _single_input(signature, "regress")
         metadata = self._model_metadata(signature)
         output = _regression_output(signature, metadata)
         matrix = tfserving.decode_examples(
-            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=limits
+            body, spec=spec, feature_names=_feature_names(metadata, spec), limits=job.limits
         )
         request = InferenceRequest({spec.name: matrix}, [RequestedOutput(output.name)])
-        values = (await self._infer(signature, request, received_ns=received_ns))[output.name]
+        values = (await self._infer(signature, request, job))[output.name]
         if values.size != len(matrix):
             raise ProtocolError(
                 f"output {output.name!r} has shape {list(values.shape)}, not one value per "
@@ -204,7 +187,7 @@ class TFServingHandlers:
         return tfserving.encode_regress(values)
 
     async def _infer(
-        self, signature: ModelSignature, request: InferenceRequest, *, received_ns: int
+        self, signature: ModelSignature, request: InferenceRequest, job: _Job
     ) -> dict[str, np.ndarray]:
         # Pin the version whose signature typed the request, so a hot reload in between
         # cannot hand these tensors to a model with other dtypes.
@@ -213,7 +196,8 @@ class TFServingHandlers:
             request,
             version=str(signature.version),
             protocol=PROTOCOL,
-            received_ns=received_ns,
+            received_ns=job.received_ns,
+            call=job.call,
         )
         return response.outputs
 
@@ -221,11 +205,21 @@ class TFServingHandlers:
         return self.dataplane.package_metadata(signature.name, str(signature.version))
 
 
-def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
-    """The one catch-all route under /v1/models/ (paths contain `name:verb`)."""
-    handlers = TFServingHandlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
-    handler = endpoint(counted(dataplane.metrics, handlers.dispatch))
-    return [Route(PREFIX + "{rest:path}", handler, methods=["GET", "POST"])]
+def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Handler]:
+    """The `tf.*` handlers of the route table, bound to `dataplane`."""
+    h = TFServingHandlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
+    bound: dict[str, Handler] = {
+        "tf.status": h.status,
+        "tf.metadata": h.metadata,
+        "tf.predict": h.verb(h.predict),
+        "tf.classify": h.verb(h.classify),
+        "tf.regress": h.verb(h.regress),
+        "tf.unknown_verb": h.unknown_verb,
+        "tf.labels": h.labels,
+    }
+    return {
+        name: http.endpoint(counted(dataplane.metrics, handler)) for name, handler in bound.items()
+    }
 
 
 def version_status(entry: IndexEntry) -> dict[str, Any]:

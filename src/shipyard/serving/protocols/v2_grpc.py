@@ -14,10 +14,11 @@ Authentication: `GrpcServer(authenticate=...)` runs in `grpc_gate.CallGate`, an 
 before a call's message is read (so anonymous calls cannot make the server hold big messages);
 it also logs each call and puts its peer address in the audit records.
 
-Authorization: pass `authorize`, an async callable `(metadata, action, model)` that
-raises a `ShipyardError` (401/403) to refuse; `metadata` holds the call's text metadata
-(lower-case keys), `action` is one of `ACTIONS`, `model` the model named in the request
-or None.
+Authorization: pass `authorize`, an async callable `(metadata, method, model, client=)`
+that returns who is calling (a token name) or raises a `ShipyardError` (401/403) to refuse;
+`metadata` holds the call's text metadata (lower-case keys), `method` is the RPC's name (its
+scope is in `routes.GRPC_METHODS`), `model` the model named in the request or None. Audited
+calls reach the data plane with their `CallContext`, which emits their audit events.
 """
 
 from __future__ import annotations
@@ -29,25 +30,34 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 
 from shipyard.codecs import grpc as grpc_codec
 from shipyard.errors import ShipyardError
+from shipyard.serving.calls import ANONYMOUS, CallContext
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, Overloaded
 from shipyard.serving.logs import request_id
+from shipyard.serving.protocols.grpc_gate import client_address
 from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
 """The wire name every V2 gRPC client calls (KServe's and Triton's proto package)."""
 PROTOCOL = "v2_grpc"
-ACTIONS = ("health", "metadata", "infer", "statistics", "repository")
 STREAM_WINDOW = 64
 """Requests of one ModelStreamInfer stream running or answered but not yet sent; more wait."""
 
-Authorize = Callable[[Mapping[str, str], str, str | None], Awaitable[None]]
+
+class Authorize(Protocol):
+    """Who calls `method` on `model` (a token name or ANONYMOUS); raises 401/403/503."""
+
+    def __call__(
+        self, metadata: Mapping[str, str], method: str, model: str | None, *, client: str | None
+    ) -> Awaitable[str]: ...
+
+
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 log = logging.getLogger("shipyard.serving.grpc")
@@ -75,9 +85,10 @@ def grpc_status(status: int) -> Any:
 
 @dataclass(frozen=True)
 class _Rpc:
-    call: Callable[[Any], Awaitable[Any]]
-    action: str
+    call: Callable[..., Awaitable[Any]]
     model: Callable[[Any], str | None]
+    with_call: bool = False
+    """The handler takes the call's CallContext too (inference and repository control)."""
 
 
 class V2GrpcServicer:
@@ -117,7 +128,9 @@ class V2GrpcServicer:
 
     # -- inference ------------------------------------------------------------------------
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def model_infer(
+        self, request: pb.ModelInferRequest, call: CallContext | None = None
+    ) -> pb.ModelInferResponse:
         received = time.perf_counter_ns()
         limits = self.dataplane.decode_limits_for(request.model_name)
         decoded = grpc_codec.decode_infer_request(request, limits=limits)
@@ -127,11 +140,15 @@ class V2GrpcServicer:
             version=request.model_version or None,
             protocol=PROTOCOL,
             received_ns=received,
+            call=call,
         )
         return grpc_codec.encode_infer_response(response)
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], metadata: Mapping[str, str]
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest],
+        metadata: Mapping[str, str],
+        client: str | None = None,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answer each request as it completes; refusal by `authorize` ends the stream.
 
@@ -143,11 +160,14 @@ class V2GrpcServicer:
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task[None]] = set()
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(request: pb.ModelInferRequest, who: str) -> None:
             # a task of its own: this id stays in its copy of the context
-            request_id.set(metadata.get("x-request-id", "")[:64] or _new_request_id())
+            rid = metadata.get("x-request-id", "")[:64] or _new_request_id()
+            request_id.set(rid)
+            call = CallContext(principal=who, request_id=rid, protocol=PROTOCOL, client=client)
             try:
-                reply = pb.ModelStreamInferResponse(infer_response=await self.model_infer(request))
+                infer_response = await self.model_infer(request, call)
+                reply = pb.ModelStreamInferResponse(infer_response=infer_response)
             except ShipyardError as exc:
                 reply = pb.ModelStreamInferResponse(error_message=exc.message)
             except Exception:
@@ -158,9 +178,11 @@ class V2GrpcServicer:
         async def read() -> None:
             try:
                 async for request in requests:
-                    await self._check(metadata, "infer", request.model_name)
+                    who = await self._check(
+                        metadata, "ModelStreamInfer", request.model_name, client
+                    )
                     await window.acquire()
-                    task = asyncio.create_task(answer(request))
+                    task = asyncio.create_task(answer(request, who))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if running:
@@ -198,39 +220,35 @@ class V2GrpcServicer:
         )
 
     async def repository_model_load(
-        self, request: pb.RepositoryModelLoadRequest
+        self, request: pb.RepositoryModelLoadRequest, call: CallContext | None = None
     ) -> pb.RepositoryModelLoadResponse:
         grpc_codec.check_load_parameters(request.parameters)
-        await self.dataplane.load_model(request.model_name)
+        await self.dataplane.load_model(request.model_name, call=call)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
-        self, request: pb.RepositoryModelUnloadRequest
+        self, request: pb.RepositoryModelUnloadRequest, call: CallContext | None = None
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dataplane.unload_model(request.model_name)
+        await self.dataplane.unload_model(request.model_name, call=call)
         return pb.RepositoryModelUnloadResponse()
 
     # -- registration ---------------------------------------------------------------------
 
-    def actions(self) -> dict[str, str]:
-        """Method name -> the action `authorize` is asked about (what `CallGate` checks)."""
-        return {name: rpc.action for name, rpc in self._rpcs().items()} | {
-            "ModelStreamInfer": "infer"
-        }
-
     def _rpcs(self) -> dict[str, _Rpc]:
         return {
-            "ServerLive": _Rpc(self.server_live, "health", _no_model),
-            "ServerReady": _Rpc(self.server_ready, "health", _no_model),
-            "ModelReady": _Rpc(self.model_ready, "health", _name),
-            "ServerMetadata": _Rpc(self.server_metadata, "metadata", _no_model),
-            "ModelMetadata": _Rpc(self.model_metadata, "metadata", _name),
-            "ModelConfig": _Rpc(self.model_config, "metadata", _name),
-            "ModelInfer": _Rpc(self.model_infer, "infer", _model_name),
-            "ModelStatistics": _Rpc(self.model_statistics, "statistics", _name),
-            "RepositoryIndex": _Rpc(self.repository_index, "repository", _no_model),
-            "RepositoryModelLoad": _Rpc(self.repository_model_load, "repository", _model_name),
-            "RepositoryModelUnload": _Rpc(self.repository_model_unload, "repository", _model_name),
+            "ServerLive": _Rpc(self.server_live, _no_model),
+            "ServerReady": _Rpc(self.server_ready, _no_model),
+            "ModelReady": _Rpc(self.model_ready, _name),
+            "ServerMetadata": _Rpc(self.server_metadata, _no_model),
+            "ModelMetadata": _Rpc(self.model_metadata, _name),
+            "ModelConfig": _Rpc(self.model_config, _name),
+            "ModelInfer": _Rpc(self.model_infer, _model_name, with_call=True),
+            "ModelStatistics": _Rpc(self.model_statistics, _name),
+            "RepositoryIndex": _Rpc(self.repository_index, _no_model),
+            "RepositoryModelLoad": _Rpc(self.repository_model_load, _model_name, with_call=True),
+            "RepositoryModelUnload": _Rpc(
+                self.repository_model_unload, _model_name, with_call=True
+            ),
         }
 
     def method_handlers(self) -> dict[str, Any]:
@@ -255,10 +273,15 @@ class V2GrpcServicer:
 
     def _unary(self, name: str, rpc: _Rpc) -> Handler:
         async def handle(request: Any, context: Any) -> Any:
-            token = request_id.set(_request_id(context))
+            rid = _request_id(context)
+            token = request_id.set(rid)
             try:
-                await self._check(_metadata(context), rpc.action, rpc.model(request))
-                return await rpc.call(request)
+                client = client_address(context.peer())
+                who = await self._check(_metadata(context), name, rpc.model(request), client)
+                if not rpc.with_call:
+                    return await rpc.call(request)
+                call = CallContext(principal=who, request_id=rid, protocol=PROTOCOL, client=client)
+                return await rpc.call(request, call)
             except ShipyardError as exc:
                 if isinstance(exc, ModelNotFound):  # counted like HTTP's 404s
                     kind = "model" if exc.version is None else "version"
@@ -274,14 +297,18 @@ class V2GrpcServicer:
 
     async def _stream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            async for reply in self.model_stream_infer(requests, _metadata(context)):
+            client = client_address(context.peer())
+            async for reply in self.model_stream_infer(requests, _metadata(context), client):
                 yield reply
         except ShipyardError as exc:
             await abort(context, exc)
 
-    async def _check(self, metadata: Mapping[str, str], action: str, model: str | None) -> None:
-        if self.authorize is not None:
-            await self.authorize(metadata, action, model or None)
+    async def _check(
+        self, metadata: Mapping[str, str], method: str, model: str | None, client: str | None
+    ) -> str:
+        if self.authorize is None:
+            return ANONYMOUS
+        return await self.authorize(metadata, method, model or None, client=client)
 
 
 _INTERNAL = "internal server error; see the server log"

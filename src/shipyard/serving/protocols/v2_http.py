@@ -1,4 +1,7 @@
-"""Open Inference Protocol (KServe V2) over HTTP: thin Starlette routes over the DataPlane.
+"""Open Inference Protocol (KServe V2) over HTTP: thin handlers over the DataPlane.
+
+`handlers(...)` binds the V2 rows of the route table (`routes.ROUTES`, handlers `v2.*`);
+the dispatcher (`http_dispatch`) routes, guards and audits them.
 
 Health answers with the status code (200 true, 400 false, as the spec says) and a small
 JSON body. Inference accepts JSON with or without a Content-Type header (tritonclient
@@ -12,11 +15,8 @@ import time
 from typing import Any
 
 import orjson
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
 from shipyard.errors import NotFoundError
@@ -25,12 +25,13 @@ from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.protocols.http import (
     Handler,
+    call_of,
     compress_for,
     endpoint,
     json_response,
     read_body,
 )
-from shipyard.serving.settings import LimitsSettings, ServerSettings
+from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "v2_http"
 
@@ -38,11 +39,8 @@ PROTOCOL = "v2_http"
 class V2Handlers:
     """One handler per V2 endpoint; each decodes, calls the data plane, encodes."""
 
-    def __init__(
-        self, dataplane: DataPlane, *, limits: LimitsSettings, compress_min_bytes: int
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, *, compress_min_bytes: int) -> None:
         self.dataplane = dataplane
-        self.limits = limits
         self.compress_min_bytes = compress_min_bytes
 
     async def live(self, request: Request) -> Response:
@@ -51,8 +49,8 @@ class V2Handlers:
 
     async def ready(self, request: Request) -> Response:
         problem = self.dataplane.not_ready_reason()
-        if problem is not None:  # e.g. no call can authenticate: say so, and why
-            return json_response({"ready": False, "error": problem}, 503)
+        if problem is not None:  # e.g. the audit log cannot be written: say so, and why
+            return json_response({"ready": False, "error": problem}, 503, {"Retry-After": "1"})
         ready = self.dataplane.ready()
         return json_response({"ready": ready}, 200 if ready else 400)
 
@@ -75,15 +73,16 @@ class V2Handlers:
     async def infer(self, request: Request) -> Response:
         received = time.perf_counter_ns()
         name, version = _model(request)
-        limits = self.dataplane.limits_for(name)
-        body = await read_body(request, limit=limits.max_body_bytes)
-        decoded = decode_request(
-            body,
-            header_length=_header_length(request),
-            limits=self.dataplane.decode_limits_for(name),
-        )
+        body = await read_body(request)
+        limits = self.dataplane.decode_limits_for(name)
+        decoded = decode_request(body, header_length=_header_length(request), limits=limits)
         response = await self.dataplane.infer(
-            name, decoded, version=version, protocol=PROTOCOL, received_ns=received
+            name,
+            decoded,
+            version=version,
+            protocol=PROTOCOL,
+            received_ns=received,
+            call=call_of(request),
         )
         payload, json_length = encode_response(response, request=decoded)
         headers: dict[str, str] = {}
@@ -113,12 +112,12 @@ class V2Handlers:
                 f"load parameters {overrides} are not supported; put a model.toml and the "
                 "package versions in the repository folder instead"
             )
-        await self.dataplane.load_model(request.path_params["name"])
+        await self.dataplane.load_model(request.path_params["name"], call=call_of(request))
         return json_response({})
 
     async def unload(self, request: Request) -> Response:
         await self._optional_json(request)
-        await self.dataplane.unload_model(request.path_params["name"])
+        await self.dataplane.unload_model(request.path_params["name"], call=call_of(request))
         return json_response({})
 
     async def statistics(self, request: Request) -> Response:
@@ -127,7 +126,7 @@ class V2Handlers:
         return json_response(self.dataplane.statistics(name, version))
 
     async def _optional_json(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, limit=self.limits.max_body_bytes)
+        body = await read_body(request)
         if not body.strip():
             return {}
         try:
@@ -139,86 +138,24 @@ class V2Handlers:
         return doc
 
 
-def routes(dataplane: DataPlane, *, settings: ServerSettings) -> list[Route]:
-    """Every V2 REST route, bound to `dataplane`."""
-    h = V2Handlers(
-        dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
-    )
+def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Handler]:
+    """The `v2.*` handlers of the route table, bound to `dataplane`."""
+    h = V2Handlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
     metrics = dataplane.metrics
-
-    def c(handler: Handler) -> Handler:
-        return counted(metrics, handler)
-
-    model = "/v2/models/{name}"
-    version = "/v2/models/{name}/versions/{version}"
-    get, post = ["GET"], ["POST"]
-    # Inference first: Starlette tries routes in order, and infer is nearly all the traffic
-    # (no two of these patterns match the same path, so the order changes nothing else).
-    return [
-        Route(f"{model}/infer", endpoint(c(h.infer)), methods=post),
-        Route(f"{version}/infer", endpoint(c(h.infer)), methods=post),
-        Route("/v2/health/live", endpoint(c(h.live)), methods=get),
-        Route("/v2/health/ready", endpoint(c(h.ready)), methods=get),
-        Route("/v2", endpoint(c(h.server_metadata)), methods=get),
-        Route("/v2/models/stats", endpoint(c(h.statistics)), methods=get),
-        Route(f"{model}/stats", endpoint(c(h.statistics)), methods=get),
-        Route(f"{version}/stats", endpoint(c(h.statistics)), methods=get),
-        Route(model, endpoint(c(h.model_metadata)), methods=get),
-        Route(version, endpoint(c(h.model_metadata)), methods=get),
-        Route(f"{model}/ready", endpoint(c(h.model_ready)), methods=get),
-        Route(f"{version}/ready", endpoint(c(h.model_ready)), methods=get),
-        Route(f"{model}/config", endpoint(c(h.model_config)), methods=get),
-        Route(f"{version}/config", endpoint(c(h.model_config)), methods=get),
-        Route("/v2/repository/index", endpoint(c(h.repository_index)), methods=post),
-        Route("/v2/repository/models/{name}/load", endpoint(c(h.load)), methods=post),
-        Route("/v2/repository/models/{name}/unload", endpoint(c(h.unload)), methods=post),
-    ]
-
-
-_MODELS = "/v2/models/"
-_INFER = "/infer"
-
-
-class InferFastPath:
-    """`POST /v2/models/NAME[/versions/N]/infer` straight to its handler, past the router.
-
-    Innermost middleware (after request ids, auth, audit and body limits, which all still
-    apply): inference is nearly all of a server's traffic, and Starlette's exception
-    middleware, route matching and endpoint wrapping cost a tiny model's request about a
-    sixth of its event-loop time. The handler is the same `endpoint(infer)` the routes use
-    (it turns every failure into the JSON error response), so answers do not change; any
-    other request, or one with a root_path, goes through the router as before.
-    """
-
-    def __init__(self, app: ASGIApp, *, handler: Handler, metrics: Metrics | None = None) -> None:
-        self.app = app
-        self.handler = handler
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            params = _infer_params(scope["path"])
-            if params is not None:
-                scope["path_params"] = params
-                response = await self.handler(Request(scope, receive, send))
-                await response(scope, receive, send)
-                return
-        if self.metrics is None or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        metrics = self.metrics
-
-        async def send_counting(message: Message) -> None:
-            # a 404 no handler counted (see `counted`) is the router's: no such route
-            start = message["type"] == "http.response.start"
-            if start and message["status"] == 404 and not scope.get(_COUNTED_404):
-                metrics.observe_not_found("route")
-            await send(message)
-
-        await self.app(scope, receive, send_counting)
-
-
-_COUNTED_404 = "shipyard.not_found_counted"
+    bound = {
+        "v2.live": h.live,
+        "v2.ready": h.ready,
+        "v2.server_metadata": h.server_metadata,
+        "v2.model_metadata": h.model_metadata,
+        "v2.model_config": h.model_config,
+        "v2.model_ready": h.model_ready,
+        "v2.infer": h.infer,
+        "v2.statistics": h.statistics,
+        "v2.repository_index": h.repository_index,
+        "v2.load": h.load,
+        "v2.unload": h.unload,
+    }
+    return {name: endpoint(counted(metrics, handler)) for name, handler in bound.items()}
 
 
 def counted(metrics: Metrics, handler: Handler) -> Handler:
@@ -234,31 +171,9 @@ def counted(metrics: Metrics, handler: Handler) -> Handler:
             else:
                 kind = "route"
             metrics.observe_not_found(kind)
-            request.scope[_COUNTED_404] = True
             raise
 
     return wrapped
-
-
-def _infer_params(path: str) -> dict[str, str] | None:
-    """{"name": ..., ["version": ...]} when `path` is an infer route (as the routes match it)."""
-    if not (path.startswith(_MODELS) and path.endswith(_INFER)):
-        return None
-    parts = path[len(_MODELS) : -len(_INFER)].split("/")
-    if len(parts) == 1 and parts[0]:
-        return {"name": parts[0]}
-    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
-        return {"name": parts[0], "version": parts[2]}
-    return None
-
-
-def fast_path(dataplane: DataPlane, *, settings: ServerSettings) -> Middleware:
-    """The `InferFastPath` middleware for `dataplane` (same handler as the infer routes)."""
-    h = V2Handlers(
-        dataplane, limits=settings.limits, compress_min_bytes=settings.compress_min_bytes
-    )
-    handler = endpoint(counted(dataplane.metrics, h.infer))
-    return Middleware(InferFastPath, handler=handler, metrics=dataplane.metrics)
 
 
 def _model(request: Request) -> tuple[str, str | None]:
