@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shipyard.cli.failures import exit_code
 from shipyard.security.errors import KeyFileError
 from shipyard.security.fileio import InsecurePermissionsError
 from shipyard.security.keys import (
@@ -81,7 +82,7 @@ def test_key_files_open_to_group_or_others_are_refused(keys: KeyPaths, mode: int
     keys.data_key.chmod(mode)
     with pytest.raises(InsecurePermissionsError, match=r"chmod 600") as caught:
         read_secret(keys.data_key)
-    assert caught.value.exit_code == 2 and f"mode {mode:04o}" in str(caught.value)
+    assert exit_code(caught.value) == 2 and f"mode {mode:04o}" in str(caught.value)
     with pytest.raises(InsecurePermissionsError):
         load_kek(keys.data_key)
     keys.data_key.chmod(0o400)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shipyard.cli.failures import exit_code
 from shipyard.errors import NotFoundError, UsageError
 from shipyard.security.fileio import InsecurePermissionsError
 from shipyard.security.tokens import Principal, Scope, TokenStore, bearer_token
@@ -142,7 +143,7 @@ def test_token_file_open_to_group_or_others_is_refused(store: TokenStore, mode: 
     store.path.chmod(mode)  # a chmod changes no mtime: the cached read must not hide it
     with pytest.raises(InsecurePermissionsError, match="chmod 600") as caught:
         store.authenticate(token)
-    assert caught.value.exit_code == 2 and f"mode {mode:04o}" in str(caught.value)
+    assert exit_code(caught.value) == 2 and f"mode {mode:04o}" in str(caught.value)
     with pytest.raises(InsecurePermissionsError):
         TokenStore(store.path).list()
     store.path.chmod(0o600)
