@@ -9,9 +9,9 @@ from tests.codecs.samples import sample
 from shipyard.codecs import grpc as grpc_codec
 from shipyard.codecs.errors import ProtocolError, RequestTooLarge
 from shipyard.codecs.limits import DecodeLimits
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.codecs.types import InferenceResponse
 from shipyard.package.dtypes import BY_V2, DTYPES
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
 
 def contents_of(datatype: str, value: np.ndarray) -> pb.InferTensorContents:

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import shipyard
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from tests.serving.conftest import GRAPHS
 
 pytestmark = pytest.mark.timeout(60)

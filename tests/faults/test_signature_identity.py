@@ -19,9 +19,9 @@ from shipyard.package.store import read_verified
 from shipyard.package.transfer import import_version
 from shipyard.security.keys import KeyPaths, init_keys
 from shipyard.security.signing import sign_version
-from shipyard.serving.app import build_dataplane
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelLoadError
+from shipyard.serving.lifecycle import build_dataplane
 from shipyard.serving.settings import ServerSettings, load_settings
 
 pytestmark = pytest.mark.anyio

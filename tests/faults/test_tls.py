@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import shipyard
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.errors import ShipyardError
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
 from shipyard.serving.tls import ServerTls

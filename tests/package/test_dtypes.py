@@ -11,12 +11,12 @@ import tritonclient.utils as triton_utils
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import helper
 
+from shipyard.codecs.proto import grpc_service_pb2 as pb
+from shipyard.codecs.proto import model_config_pb2 as our_config
 from shipyard.errors import InputError, UsageError
 from shipyard.package.dtypes import BY_NAME, BY_ONNX, BY_V2, DTYPES, Dtype, coerce
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.openapi_schemas import SCHEMAS
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
-from shipyard.serving.protocols.proto import model_config_pb2 as our_config
 
 ROWS = pytest.mark.parametrize("row", DTYPES, ids=[d.name for d in DTYPES])
 

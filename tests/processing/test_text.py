@@ -21,7 +21,7 @@ from shipyard.processing.build import text_plan
 from shipyard.processing.graph import append_pooling
 from shipyard.runtime.onnxrt import OnnxRuntime
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.app import Server
+from shipyard.serving.lifecycle import Server
 from shipyard.serving.settings import load_settings
 
 from .tiny import (

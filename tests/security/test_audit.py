@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.security.audit import AuditLog, prepare_log
 from shipyard.security.audit_chain import (
     CONTINUED,
     AuditHead,
@@ -17,8 +16,9 @@ from shipyard.security.audit_chain import (
     verify_files,
     verify_log,
 )
+from shipyard.security.audit_log import AuditLog, prepare_log
 from shipyard.security.errors import AuditError
-from shipyard.serving.audit import AuditWriter
+from shipyard.serving.audit_trail import AuditWriter
 
 KEY = b"k" * 32
 

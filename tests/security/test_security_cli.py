@@ -94,7 +94,7 @@ def test_tokens_commands(run: Run, tmp_path: Path) -> None:
 
 
 def test_audit_commands(run: Run, tmp_path: Path) -> None:
-    from shipyard.security.audit import AuditLog
+    from shipyard.security.audit_log import AuditLog
     from shipyard.security.keys import init_keys, read_secret
 
     keys = init_keys(tmp_path / "k")

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 import shipyard
 from shipyard.package.dtypes import BY_V2, DTYPES
-from shipyard.serving.app import Server
+from shipyard.serving.lifecycle import Server
 from shipyard.serving.settings import ServerSettings, load_settings
 
 

@@ -19,7 +19,7 @@ from shipyard.security.audit_chain import verify_log
 from shipyard.security.errors import KeyFileError
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.audit import AuditWriter, outcome_of
+from shipyard.serving.audit_trail import AuditWriter, outcome_of
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import ServerSettings
 
@@ -204,7 +204,7 @@ def test_grpc_calls_are_audited(
 ) -> None:
     import grpc
 
-    from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+    from shipyard.codecs.proto import grpc_service_pb2 as pb
 
     settings, secrets, log = secured
     with start_in_thread(settings=settings.model_copy(update={"grpc_port": 0})) as server:
@@ -268,7 +268,7 @@ def test_writer_runs_off_the_calling_thread(tmp_path: Path) -> None:
 def test_audit_key_is_required_and_separate_from_the_kek(
     repo: Path, settings_for: Callable[..., ServerSettings], keys: KeyPaths, tmp_path: Path
 ) -> None:
-    from shipyard.serving.app import Server
+    from shipyard.serving.lifecycle import Server
 
     log = tmp_path / "audit.jsonl"
     with pytest.raises(KeyFileError, match="--audit-key-file"):

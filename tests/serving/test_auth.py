@@ -300,7 +300,7 @@ def test_settings_tie_security_options_together(repo: Path) -> None:
 def test_missing_token_file_is_refused_at_startup(
     repo: Path, settings_for: Callable[..., ServerSettings], tmp_path: Path
 ) -> None:
-    from shipyard.serving.app import Server
+    from shipyard.serving.lifecycle import Server
 
     with pytest.raises(UsageError, match="tokens create"):
         Server(settings_for(repo, auth=tmp_path / "missing.json"))
@@ -492,7 +492,7 @@ async def test_grpc_authorize_hook(
     settings_for: Callable[..., ServerSettings],
     tokens: tuple[Path, dict[str, str]],
 ) -> None:
-    from shipyard.serving.app import Server
+    from shipyard.serving.lifecycle import Server
 
     pack()
     authorize = Server(settings_for(repo, auth=tokens[0])).security.authorize
@@ -530,7 +530,7 @@ def test_grpc_answers_unauthenticated_and_permission_denied(
 ) -> None:
     import grpc
 
-    from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+    from shipyard.codecs.proto import grpc_service_pb2 as pb
 
     pack()
     secrets = tokens[1]

@@ -28,7 +28,7 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.tensors import DATATYPES
 from shipyard.codecs.v2 import decode_request
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.app import Server
+from shipyard.serving.lifecycle import Server
 from shipyard.serving.settings import ServerSettings
 
 FUZZ = settings(

@@ -20,13 +20,13 @@ from shipyard.codecs.limits import DecodeLimits, check_json_depth
 from shipyard.codecs.v2 import decode_request
 from shipyard.errors import ShipyardError
 from shipyard.serving.errors import ModelConfigError
-from shipyard.serving.model_config import read_model_config
-from shipyard.serving.protocols.http import (
+from shipyard.serving.http.common import (
     BODY_LIMIT,
     declared_refusal,
     error_response,
     read_body,
 )
+from shipyard.serving.model_config import read_model_config
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.version_config import OutputTooLarge, check_output_size
 

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.codecs import encode_request
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.security.tokens import TokenStore
-from shipyard.serving.protocols import v2_grpc
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+from shipyard.serving.grpc import v2
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
 
@@ -114,7 +114,7 @@ def test_refusals_and_not_found_are_counted_with_process_metrics(
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         ready = channel.unary_unary(
-            f"/{v2_grpc.SERVICE}/ModelReady",
+            f"/{v2.SERVICE}/ModelReady",
             request_serializer=pb.ModelReadyRequest.SerializeToString,
             response_deserializer=pb.ModelReadyResponse.FromString,
         )
@@ -163,7 +163,7 @@ def test_overlong_names_are_400_on_every_route(
             ),
         ):
             call = channel.unary_unary(
-                f"/{v2_grpc.SERVICE}/{method}",
+                f"/{v2.SERVICE}/{method}",
                 request_serializer=type(request).SerializeToString,
                 response_deserializer=reply.FromString,
             )

@@ -21,9 +21,9 @@ from tests.serving.conftest import GRAPHS
 from tritonclient.utils import InferenceServerException
 
 import shipyard
+from shipyard.codecs.proto import model_config_pb2 as ours
 from shipyard.security.tokens import TokenStore
 from shipyard.serving.openapi import build_document
-from shipyard.serving.protocols.proto import model_config_pb2 as ours
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings
 

@@ -12,9 +12,9 @@ import pytest
 
 from shipyard.codecs import InferenceRequest
 from shipyard.errors import InputError
-from shipyard.serving.app import build_dataplane
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from shipyard.serving.lifecycle import build_dataplane
 from shipyard.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio

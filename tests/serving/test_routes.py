@@ -41,7 +41,7 @@ def test_a_path_needs_one_scope_whatever_the_method() -> None:
 
 def test_grpc_methods_cover_the_proto_and_map_to_the_same_scopes() -> None:
     pytest.importorskip("grpc")
-    from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+    from shipyard.codecs.proto import grpc_service_pb2 as pb
 
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods}
     assert methods == set(GRPC_METHODS)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shipyard.errors import ShipyardError
-from shipyard.serving.app import Server
+from shipyard.serving.lifecycle import Server
 
 pytestmark = pytest.mark.anyio
 

@@ -20,12 +20,12 @@ from tests.serving.conftest import GRAPHS
 from tritonclient.utils import InferenceServerException
 
 import shipyard
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.errors import ShipyardError
 from shipyard.package.dtypes import DTYPES
-from shipyard.serving.app import Server
 from shipyard.serving.errors import Overloaded
-from shipyard.serving.protocols import grpc_server, v2_grpc
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
+from shipyard.serving.grpc import listener, v2
+from shipyard.serving.lifecycle import Server
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings
 
@@ -91,7 +91,7 @@ def test_proto_matches_tritons_wire_format() -> None:
     for name, message in pb.DESCRIPTOR.message_types_by_name.items():
         _check_same(message, triton_pb.DESCRIPTOR.message_types_by_name[name])
     theirs = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    assert theirs.full_name == v2_grpc.SERVICE
+    assert theirs.full_name == v2.SERVICE
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         other = theirs.methods_by_name[method.name]
         assert (method.input_type.name, method.output_type.name) == (
@@ -118,7 +118,7 @@ def test_proto_matches_tritons_wire_format() -> None:
     ],
 )
 def test_http_status_to_grpc_code(status: int, code: grpc.StatusCode) -> None:
-    assert v2_grpc.grpc_status(status) == code
+    assert v2.grpc_status(status) == code
 
 
 # -- health, metadata, inference ------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_errors_map_to_grpc_codes(client: triton.InferenceServerClient) -> None:
 def test_stream_infer_answers_each_request(
     client: triton.InferenceServerClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(v2_grpc, "STREAM_WINDOW", 2)  # more requests than the window
+    monkeypatch.setattr(v2, "STREAM_WINDOW", 2)  # more requests than the window
     replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     try:
@@ -224,7 +224,7 @@ async def test_overloaded_sends_retry_after() -> None:
 
     context = Context()
     with pytest.raises(grpc.RpcError):
-        await v2_grpc.abort(context, Overloaded("m", queue_size=8, retry_after=3))
+        await v2.abort(context, Overloaded("m", queue_size=8, retry_after=3))
     code, details, trailing = context.args
     assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
     assert trailing == (("retry-after", "3"),)
@@ -245,7 +245,7 @@ def test_statistics(client: triton.InferenceServerClient) -> None:
 def model_infer(server: RunningServer) -> Iterator[Callable[[pb.ModelInferRequest], Any]]:
     with grpc.insecure_channel(f"{server.host}:{server.grpc_port}") as channel:
         yield channel.unary_unary(
-            f"/{v2_grpc.SERVICE}/ModelInfer",
+            f"/{v2.SERVICE}/ModelInfer",
             request_serializer=pb.ModelInferRequest.SerializeToString,
             response_deserializer=pb.ModelInferResponse.FromString,
         )
@@ -335,14 +335,14 @@ async def test_a_second_grpc_server_cannot_share_the_port(
 ) -> None:
     """grpc binds with SO_REUSEPORT unless told not to: a second server would share the port."""
     pack()
-    monkeypatch.setattr(grpc_server, "check_port_free", lambda host, port: None)  # grpc's bind
+    monkeypatch.setattr(listener, "check_port_free", lambda host, port: None)  # grpc's bind
     settings = _settings(repo)
     server = Server(settings)
     async with server.app.router.lifespan_context(server.app):
         port = server.grpc_port
         again = settings.model_copy(update={"grpc_port": port})
         with pytest.raises(ShipyardError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
-            async with grpc_server.GrpcServer(server.dataplane, settings=again):
+            async with listener.GrpcServer(server.dataplane, settings=again):
                 pass
 
 
@@ -442,7 +442,7 @@ async def test_in_process_authorize_hook_and_size_limit(
 
             def rpc(name: str, response: Any) -> Any:
                 return channel.unary_unary(
-                    f"/{v2_grpc.SERVICE}/{name}",
+                    f"/{v2.SERVICE}/{name}",
                     request_serializer=lambda m: m.SerializeToString(),
                     response_deserializer=response.FromString,
                 )
@@ -496,7 +496,7 @@ async def test_stop_lets_in_flight_calls_finish(repo: Path, pack: Callable[..., 
     port = server.grpc_port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(
-            f"/{v2_grpc.SERVICE}/ModelInfer",
+            f"/{v2.SERVICE}/ModelInfer",
             request_serializer=pb.ModelInferRequest.SerializeToString,
             response_deserializer=pb.ModelInferResponse.FromString,
         )
@@ -584,7 +584,7 @@ async def test_access_log_has_one_line_per_grpc_call(
         port = server.grpc_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             infer = channel.unary_unary(
-                f"/{v2_grpc.SERVICE}/ModelInfer",
+                f"/{v2.SERVICE}/ModelInfer",
                 request_serializer=pb.ModelInferRequest.SerializeToString,
                 response_deserializer=pb.ModelInferResponse.FromString,
             )
@@ -603,7 +603,7 @@ async def test_access_log_has_one_line_per_grpc_call(
 
 
 def test_peer_addresses_read_like_http_clients() -> None:
-    from shipyard.serving.protocols.grpc_gate import client_address
+    from shipyard.serving.grpc.gate import client_address
 
     assert client_address("ipv4:127.0.0.1:5000") == "127.0.0.1:5000"
     assert client_address("ipv6:[::1]:5000") == "[::1]:5000"

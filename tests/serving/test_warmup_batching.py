@@ -21,8 +21,8 @@ from tests.graphs import (
 
 import shipyard
 from shipyard.codecs import InferenceRequest
-from shipyard.serving.app import build_dataplane
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.lifecycle import build_dataplane
 from shipyard.serving.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio

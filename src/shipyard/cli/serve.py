@@ -221,7 +221,7 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """serve a model repository: KServe V2 REST, metrics, hot reload
+    """serve a model repository: KServe V2 REST and gRPC, TF Serving REST, metrics, hot reload
 
     examples:
       shipyard serve models/ --host 127.0.0.1 --port 8000

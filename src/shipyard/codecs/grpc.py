@@ -24,10 +24,10 @@ from shipyard.codecs.limits import (
     check_elements,
     check_request_elements,
 )
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.codecs.tensors import check_datatype, check_shape, datatype_of
 from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
 from shipyard.package.dtypes import BY_V2
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
 _INT64_MAX = 2**63 - 1
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shipyard.security.audit import AuditLog
 from shipyard.security.audit_chain import AuditHead, AuditVerification, verify_log
+from shipyard.security.audit_log import AuditLog
 from shipyard.security.encryption import decrypt_model_bytes, encrypt_version, rewrap
 from shipyard.security.errors import (
     AuditError,

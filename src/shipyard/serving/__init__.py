@@ -4,8 +4,8 @@ from shipyard.serving import serve, start_in_thread
 serve("models/", settings=load_settings(port=8000))
 """
 
-from shipyard.serving.app import Server, build_dataplane
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.lifecycle import Server, build_dataplane
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.server import RunningServer, serve, start_in_thread
 from shipyard.serving.settings import ServerSettings, load_settings

@@ -1,6 +1,6 @@
 """The transport-agnostic data plane: the one place serving logic lives.
 
-Transports (V2 and TF Serving REST, OpenAI embeddings, V2 gRPC under `protocols/`) only
+Transports (V2 and TF Serving REST, OpenAI embeddings, V2 gRPC; the packages `http/` and `grpc/`) only
 decode their wire format into `shipyard.codecs.InferenceRequest`, call a method here, and
 encode what it returns; they pass the call's `calls.CallContext` down, and the data plane
 emits one `calls.CallEvent` per audited call (and a `ModelChange` per model state change)
@@ -31,10 +31,10 @@ from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.served import IndexEntry, ServedVersion
 from shipyard.serving.settings import LimitsSettings
 from shipyard.serving.triton_config import triton_config
 from shipyard.serving.version_config import check_output_size, decode_limits
+from shipyard.serving.version_state import IndexEntry, ServedVersion
 
 SERVER_NAME = "shipyard"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")

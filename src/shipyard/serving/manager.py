@@ -29,19 +29,19 @@ from shipyard.serving.loader import build_batcher, open_version
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import ModelOnDisk, ModelRepository
-from shipyard.serving.served import (
-    IndexEntry,
-    ModelRecord,
-    ModelState,
-    ServedVersion,
-    VersionStatus,
-)
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.version_config import (
     VersionConfig,
     ceiling_problem,
     downgrade_refusal,
     resolve,
+)
+from shipyard.serving.version_state import (
+    IndexEntry,
+    ModelRecord,
+    ModelState,
+    ServedVersion,
+    VersionStatus,
 )
 
 log = logging.getLogger("shipyard.serving.manager")

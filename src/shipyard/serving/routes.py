@@ -2,7 +2,7 @@
 
 One row per HTTP route (`ROUTES`): method, path template, handler, the token scope it needs
 and the model that scope is about, the body limit it reads under, the audit event it writes
-and its OpenAPI operation. Routing (`protocols/http_dispatch.py`), auth, audit, the body limit
+and its OpenAPI operation. Routing (`http/dispatch.py`), auth, audit, the body limit
 and `/openapi.json` all read these rows; `GRPC_METHODS` maps each V2 gRPC method to the same
 scopes. No web framework here: handlers are named, each transport binds its own.
 

@@ -25,7 +25,7 @@ No token, or an unknown, revoked or expired one: 401 with `WWW-Authenticate: Bea
 valid token without the scope: 403. gRPC calls `ServerSecurity.authorize(metadata, method,
 model)` (the servicer's hook), which raises the same errors (UNAUTHENTICATED,
 PERMISSION_DENIED) and returns who is calling; `ServerSecurity.authenticate` runs first, on
-the metadata alone, before the call's message is read (`grpc_gate`). Every refusal is
+the metadata alone, before the call's message is read (`grpc.gate`). Every refusal is
 written to the audit log when there is one.
 
 `check_exposure` refuses to bind a non-loopback address without auth unless `insecure`.
@@ -44,12 +44,12 @@ from starlette.types import Scope
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.tokens import Principal, Refusal, TokenInfo, TokenStore, bearer_token
-from shipyard.serving.audit import AuditWriter
+from shipyard.serving.audit_trail import AuditWriter
 from shipyard.serving.calls import ANONYMOUS, SERVER
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import AuditUnavailable
+from shipyard.serving.http.common import client_of, header
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.protocols.http import client_of, header
 from shipyard.serving.routes import ANY_MODEL, GRPC_METHODS, Access, grpc_access
 from shipyard.serving.settings import ServerSettings
 
@@ -235,7 +235,7 @@ class ServerSecurity:
     async def authenticate(
         self, metadata: Mapping[str, str], *, method: str, client: str | None
     ) -> None:
-        """gRPC's check before the message is read (`grpc_gate`): a valid token that may do
+        """gRPC's check before the message is read (`grpc.gate`): a valid token that may do
         the method's action on some model; `authorize` checks the model the message names."""
         access = grpc_access(method, None)
         if self.guard is None or access is None:

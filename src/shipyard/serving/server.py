@@ -1,7 +1,7 @@
 """Run the server: `serve()` blocks (the CLI's `shipyard serve`); `start_in_thread()` for tests.
 
 Both run uvicorn with uvloop and httptools when installed, behind the connection bounds of
-`http_guard` (header size, header and body timeouts, connection cap). Start-up checks what it
+`http.guard` (header size, header and body timeouts, connection cap). Start-up checks what it
 can before any model loads, in this order: the repository, exposure, TLS files, the audit
 folder, token and key files (building the `Server`), the HTTP port (bound here), then the
 gRPC port (bound first thing in `Server.start()`); only then do models load. Each failure is
@@ -36,7 +36,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from shipyard.serving.app import GRACE_S, Server, StartupError
+from shipyard.serving.lifecycle import GRACE_S, Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
@@ -206,7 +206,7 @@ def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
     limits = settings.http
     http: Any
     if importlib.util.find_spec("httptools"):
-        from shipyard.serving.http_guard import guarded_protocol
+        from shipyard.serving.http.guard import guarded_protocol
 
         http = guarded_protocol(limits)
     else:  # h11 bounds header size itself; it has no header or body timeout

@@ -7,7 +7,7 @@ from typing import Any
 from shipyard.package.dtypes import BY_NAME
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.model_config import VersionPolicy
-from shipyard.serving.served import ServedVersion
+from shipyard.serving.version_state import ServedVersion
 
 CONFIG_PLATFORM = "onnxruntime_onnx"
 """Triton's platform name for ONNX Runtime models, as its model configuration spells it."""

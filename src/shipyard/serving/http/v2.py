@@ -1,7 +1,7 @@
 """Open Inference Protocol (KServe V2) over HTTP: thin handlers over the DataPlane.
 
 `handlers(...)` binds the V2 rows of the route table (`routes.ROUTES`, handlers `v2.*`);
-the dispatcher (`http_dispatch`) routes, guards and audits them.
+the dispatcher (`http.dispatch`) routes, guards and audits them.
 
 Health answers with the status code (200 true, 400 false, as the spec says) and a small
 JSON body. Inference accepts JSON with or without a Content-Type header (tritonclient
@@ -22,8 +22,7 @@ from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
 from shipyard.errors import NotFoundError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, ProtocolError
-from shipyard.serving.metrics import Metrics
-from shipyard.serving.protocols.http import (
+from shipyard.serving.http.common import (
     Handler,
     call_of,
     compress_for,
@@ -31,6 +30,7 @@ from shipyard.serving.protocols.http import (
     json_response,
     read_body,
 )
+from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "v2_http"

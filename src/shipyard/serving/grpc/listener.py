@@ -16,8 +16,8 @@ import grpc
 
 from shipyard.errors import ShipyardError
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.protocols.grpc_gate import Authenticate, CallGate
-from shipyard.serving.protocols.v2_grpc import SERVICE, Authorize, V2GrpcServicer, abort
+from shipyard.serving.grpc.gate import Authenticate, CallGate
+from shipyard.serving.grpc.v2 import SERVICE, Authorize, V2GrpcServicer, abort
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.tls import ServerTls
 
@@ -27,7 +27,7 @@ log = logging.getLogger("shipyard.serving.grpc")
 class GrpcServer:
     """Serves V2 gRPC on settings.host:settings.grpc_port (0 = a free port).
 
-    `authenticate` runs before a call's message is read (`grpc_gate.CallGate`), `authorize`
+    `authenticate` runs before a call's message is read (`gate.CallGate`), `authorize`
     once the model it names is known. With settings.tls_cert/tls_key it serves TLS from the
     same files as HTTPS (`ServerTls`: client certificates, reload).
     """

@@ -22,7 +22,7 @@ The log fails closed: when a write fails (ENOSPC, EIO, ...) the writer keeps tha
 retries it every `retry_s`, the records behind it wait in order, and `problem` says why;
 meanwhile audited calls (infer, admin) answer 503 without being served, and readiness is
 false with the reason. The first write that succeeds clears it. At start the torn tail of a
-crash is set aside and the whole chain checked (`shipyard.security.audit.prepare_log`).
+crash is set aside and the whole chain checked (`shipyard.security.audit_log.prepare_log`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shipyard.security.audit import AuditLog, Preparation, prepare_log
+from shipyard.security.audit_log import AuditLog, Preparation, prepare_log
 from shipyard.security.errors import AuditError, KeyFileError
 from shipyard.security.keys import kek_from_env, load_audit_key, read_secret
 from shipyard.serving.calls import SERVER, CallEvent, Event, ModelChange
@@ -43,7 +43,7 @@ from shipyard.serving.logs import request_id
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import ServerSettings
 
-log = logging.getLogger("shipyard.serving.audit")
+log = logging.getLogger("shipyard.serving.audit_trail")
 
 _OUTCOMES = {
     400: "invalid",

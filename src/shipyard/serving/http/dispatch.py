@@ -28,8 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard.errors import ShipyardError
 from shipyard.serving.calls import ANONYMOUS, Call, CallContext
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.logs import request_id
-from shipyard.serving.protocols.http import (
+from shipyard.serving.http.common import (
     BODY_LIMIT,
     CALL,
     Handler,
@@ -40,6 +39,7 @@ from shipyard.serving.protocols.http import (
     header,
     json_response,
 )
+from shipyard.serving.logs import request_id
 from shipyard.serving.routes import Route
 from shipyard.serving.routing import TABLE, Found, RouteTable, unrouted_access
 from shipyard.serving.security import ServerSecurity

@@ -9,9 +9,8 @@ gRPC; uvicorn starts listening for HTTP after it. `stop()` does the reverse: gRP
 log is drained and closed. The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
 `TestClient` or `httpx.ASGITransport` with the lifespan run all of it.
 
-Every HTTP request goes through the route table's dispatcher (`protocols.http_dispatch`);
-each REST transport binds the handlers of its rows in `http_app` (`v2_http.handlers`,
-`tfserving_http.handlers`, ...), beside /metrics and the OpenAPI document.
+HTTP and gRPC are peer transports under it: `http.app.http_app` (every request through the
+route table's dispatcher) and `grpc.listener.GrpcServer`.
 """
 
 from __future__ import annotations
@@ -22,27 +21,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from shipyard.errors import ShipyardError
-from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.grpc.listener import GrpcServer
+from shipyard.serving.http.app import http_app
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.protocols import embeddings_http, tfserving_http, v2_http
-from shipyard.serving.protocols.grpc_server import GrpcServer
-from shipyard.serving.protocols.http import Handler, RequestContextMiddleware
-from shipyard.serving.protocols.http_dispatch import HttpDispatcher
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import ServerSecurity, build_security
 from shipyard.serving.settings import ServerSettings
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 GRACE_S = 10
 """Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
 
@@ -189,41 +180,6 @@ class Server:
             yield
         finally:
             await self.stop()
-
-
-def http_app(
-    plane: DataPlane,
-    security: ServerSecurity,
-    settings: ServerSettings,
-    *,
-    lifespan: Callable[[Starlette], Any],
-) -> Starlette:
-    """The Starlette app serving V2 and TF Serving REST, embeddings, /metrics and OpenAPI."""
-
-    async def metrics(request: Request) -> Response:
-        return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
-
-    authorize = security.authorize_http if security.guard is not None else None
-    handlers: dict[str, Handler] = {
-        **v2_http.handlers(plane, settings=settings),
-        **tfserving_http.handlers(plane, settings=settings),
-        **embeddings_http.handlers(plane, authorize=authorize),
-        "metrics": metrics,
-        "openapi": openapi.handler(),
-    }
-    return Starlette(
-        lifespan=lifespan,
-        middleware=[
-            Middleware(RequestContextMiddleware, access_log=settings.access_log),
-            Middleware(
-                HttpDispatcher,
-                handlers=handlers,
-                dataplane=plane,
-                security=security,
-                metrics_require_auth=settings.metrics_require_auth,
-            ),
-        ],
-    )
 
 
 def startup_error(exc: Exception) -> ShipyardError:

@@ -26,7 +26,7 @@ from shipyard.errors import InputError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ProtocolError
-from shipyard.serving.protocols.http import (
+from shipyard.serving.http.common import (
     Handler,
     auth_error_response,
     call_of,
@@ -34,7 +34,7 @@ from shipyard.serving.protocols.http import (
     json_response,
     read_body,
 )
-from shipyard.serving.protocols.v2_http import counted
+from shipyard.serving.http.v2 import counted
 from shipyard.serving.routes import ALL_MODELS
 
 PROTOCOL = "openai_http"

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shipyard.serving.settings import HttpSettings
 
-log = logging.getLogger("shipyard.serving.http_guard")
+log = logging.getLogger("shipyard.serving.http.guard")
 
 
 def _reply(status: bytes, message: str) -> bytes:

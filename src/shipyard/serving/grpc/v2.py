@@ -1,8 +1,8 @@
 """Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on grpc.aio.
 
-A thin transport like `v2_http`: each RPC decodes its message (`codecs.grpc`), calls the
-shared `DataPlane` and encodes the answer. `grpc_server.GrpcServer` listens for it on the
-same event loop as uvicorn; the `Server` (serving/app.py) starts it once the models are
+A thin transport like `http.v2`: each RPC decodes its message (`codecs.grpc`), calls the
+shared `DataPlane` and encodes the answer. `listener.GrpcServer` listens for it on the
+same event loop as uvicorn; the `Server` (serving/lifecycle.py) starts it once the models are
 loaded and stops it (in-flight RPCs finish within the grace period) before they unload.
 
 Errors: a `ShipyardError` becomes the gRPC status of its HTTP status (`grpc_status`) with
@@ -10,7 +10,7 @@ its message; anything else is logged and answered INTERNAL. `ModelStreamInfer` a
 each request on the stream as it completes (several run at once, up to `STREAM_WINDOW`),
 a failed one as `error_message`, like Triton.
 
-Authentication: `GrpcServer(authenticate=...)` runs in `grpc_gate.CallGate`, an interceptor,
+Authentication: `GrpcServer(authenticate=...)` runs in `gate.CallGate`, an interceptor,
 before a call's message is read (so anonymous calls cannot make the server hold big messages);
 it also logs each call and puts its peer address in the audit records.
 
@@ -35,13 +35,13 @@ from typing import Any, NoReturn, Protocol
 import grpc
 
 from shipyard.codecs import grpc as grpc_codec
+from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.errors import ShipyardError
 from shipyard.serving.calls import ANONYMOUS, CallContext
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, Overloaded
+from shipyard.serving.grpc.gate import client_address
 from shipyard.serving.logs import request_id
-from shipyard.serving.protocols.grpc_gate import client_address
-from shipyard.serving.protocols.proto import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
 """The wire name every V2 gRPC client calls (KServe's and Triton's proto package)."""

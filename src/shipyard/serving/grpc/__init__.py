@@ -1,0 +1,1 @@
+"""The gRPC transport: V2 `inference.GRPCInferenceService`, its auth gate and its listener."""
