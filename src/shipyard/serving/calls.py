@@ -13,9 +13,7 @@ that caused them (None: the server itself).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shipyard.codecs.types import InferenceResponse
@@ -162,30 +160,14 @@ class Events:
             if own:
                 self.close(tracked, outcome=outcome)
 
-    @contextmanager
-    def caused_by(self, call: Call | CallContext | None) -> Iterator[None]:
-        """Model changes while inside name `call` (None: an anonymous caller)."""
-        if isinstance(call, Call):
-            call = call.context
-        token = _cause.set(call or CallContext(request_id=request_id.get() or None))
-        try:
-            yield
-        finally:
-            _cause.reset(token)
-
     def model_changed(self, event: ModelEvent) -> None:
         """The manager's listener: a `ModelChange` naming the call that caused it."""
         if self.listeners:
-            self._emit(ModelChange(event, _cause.get()))
+            self._emit(ModelChange(event, event.cause))
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:
             listener(event)
-
-
-_cause: ContextVar[CallContext | None] = ContextVar("shipyard_model_change_cause", default=None)
-"""The call a load or unload runs for, so the manager's events name it (`Events.caused_by`
-sets it, only around the data plane's load and unload)."""
 
 
 def outcome_of_error(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
+from shipyard.serving.logs import request_id
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.settings import LimitsSettings
@@ -288,13 +289,11 @@ class DataPlane:
         """Load or reload a model from the repository; ModelLoadError (400) if no version
         serves or the newest version the policy wants failed to load. The model changes
         it causes name `call` (None: anonymous)."""
-        with self.events.caused_by(call):
-            await self.manager.load(check_model_name(name))
+        await self.manager.load(check_model_name(name), cause=_context_of(call))
 
     async def unload_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Unload every version after its in-flight requests finish."""
-        with self.events.caused_by(call):
-            await self.manager.unload(check_model_name(name))
+        await self.manager.unload(check_model_name(name), cause=_context_of(call))
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -376,3 +375,10 @@ def _index_json(entry: IndexEntry) -> dict[str, str]:
     row["state"] = entry.state.value
     row["reason"] = entry.reason
     return row
+
+
+def _context_of(call: Call | CallContext | None) -> CallContext:
+    """The frozen context of a call (None: an anonymous one, with this request's id)."""
+    if isinstance(call, Call):
+        return call.context
+    return call or CallContext(request_id=request_id.get() or None)

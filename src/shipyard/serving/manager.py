@@ -20,7 +20,8 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from shipyard.package.store import read_stable
 from shipyard.serving.drift import DriftMonitor
@@ -44,6 +45,9 @@ from shipyard.serving.version_state import (
     VersionStatus,
 )
 
+if TYPE_CHECKING:
+    from shipyard.serving.calls import CallContext
+
 log = logging.getLogger("shipyard.serving.manager")
 
 
@@ -57,6 +61,8 @@ class ModelEvent:
     version: int
     outcome: str
     detail: str = ""
+    cause: CallContext | None = None
+    """The call an explicit load or unload ran for (None: the repository or start-up)."""
 
 
 class ModelManager:
@@ -113,25 +119,27 @@ class ModelManager:
             if isinstance(result, BaseException):
                 log.error("could not reconcile model %s: %r", name, result, extra={"model": name})
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) a model: re-read its config and retry versions that failed."""
+    async def load(self, name: str, *, cause: CallContext | None = None) -> None:
+        """Load (or reload) a model: re-read its config and retry versions that failed.
+
+        The model events it causes name `cause`, the call it runs for."""
         if await asyncio.to_thread(self.repository.scan, name) is None:
             raise ModelNotFound(name)
         record = self._records.setdefault(name, ModelRecord(name))
         record.unloaded_by_request = False
-        await self._reconcile(name, force=True)
+        await self._reconcile(name, force=True, cause=cause)
         failure = self._records.get(name, record).load_failure()
         if failure is not None:
             raise failure
 
-    async def unload(self, name: str) -> None:
-        """Stop serving every version of a model until it is loaded again."""
+    async def unload(self, name: str, *, cause: CallContext | None = None) -> None:
+        """Stop serving every version of a model until it is loaded again (events name `cause`)."""
         record = self._records.get(name)
         if record is None:
             if await asyncio.to_thread(self.repository.scan, name) is None:
                 raise ModelNotFound(name)
             record = self._records.setdefault(name, ModelRecord(name))
-        async with record.lock:
+        async with record.locked(cause):
             record.unloaded_by_request = True
             await self._retire(record, set(record.served), reason="unloaded by request")
 
@@ -197,9 +205,11 @@ class ModelManager:
             except Exception:  # keep watching: one bad scan must not stop hot reload
                 log.exception("repository scan failed")
 
-    async def _reconcile(self, name: str, *, force: bool = False) -> None:
+    async def _reconcile(
+        self, name: str, *, force: bool = False, cause: CallContext | None = None
+    ) -> None:
         record = self._records.setdefault(name, ModelRecord(name))
-        async with record.lock:
+        async with record.locked(cause):
             disk = await asyncio.to_thread(self.repository.scan, name)
             if disk is None:
                 await self._retire(record, set(record.served), reason="removed from the repository")
@@ -300,7 +310,7 @@ class ModelManager:
                 ModelState.UNAVAILABLE, reason, disk.versions.get(version)
             )
             if status is None or status.reason != reason:  # say it once, not at every scan
-                self._emit(ModelEvent("load", record.name, version, "failed", reason))
+                self._emit(record, ModelEvent("load", record.name, version, "failed", reason))
                 _log(logging.ERROR, "refused %s version %d: %s", record.name, version, reason)
 
     async def _load_version(
@@ -334,7 +344,7 @@ class ModelManager:
             )
             self.metrics.load_failures.labels(record.name).inc()
             kind = "reload" if version in record.served else "load"
-            self._emit(ModelEvent(kind, record.name, version, "failed", reason))
+            self._emit(record, ModelEvent(kind, record.name, version, "failed", reason))
             _log(logging.ERROR, "refused %s version %d: %s", record.name, version, reason)
             return False
         served = ServedVersion(
@@ -351,7 +361,7 @@ class ModelManager:
         self.metrics.stats_for(record.name, str(version))
         self.metrics.track_queue(record.name, str(version), lambda: served.batcher.depth)
         self._count_loaded()
-        self._emit(ModelEvent("reload" if previous else "load", record.name, version, "ok"))
+        self._emit(record, ModelEvent("reload" if previous else "load", record.name, version, "ok"))
         _log(
             logging.INFO,
             "serving %s version %d (batching %s, %d instance(s))",
@@ -386,10 +396,12 @@ class ModelManager:
             record.statuses[version] = VersionStatus(
                 ModelState.UNAVAILABLE, reason, served.fingerprint
             )
-            self._emit(ModelEvent("unload", record.name, version, "ok", reason))
+            self._emit(record, ModelEvent("unload", record.name, version, "ok", reason))
             _log(logging.INFO, "unloaded %s version %d: %s", record.name, version, reason)
 
-    def _emit(self, event: ModelEvent) -> None:
+    def _emit(self, record: ModelRecord, event: ModelEvent) -> None:
+        if record.cause is not None:
+            event = replace(event, cause=record.cause)
         for listener in self.listeners:
             try:
                 listener(event)

@@ -8,8 +8,11 @@ requests while the ones holding it finish. UNAVAILABLE: not serving, with the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from shipyard.model import Model
 from shipyard.serving.batching import Batcher
@@ -17,6 +20,9 @@ from shipyard.serving.errors import ModelLoadError
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import Fingerprint
 from shipyard.serving.version_config import VersionConfig
+
+if TYPE_CHECKING:
+    from shipyard.serving.calls import CallContext
 
 
 class ModelState(StrEnum):
@@ -111,6 +117,18 @@ class ModelRecord:
     high_water: int = 0
     """The highest version this server has served for the model (downgrade guard)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cause: CallContext | None = None
+    """While an explicit load or unload holds the lock: the call it runs for."""
+
+    @contextlib.asynccontextmanager
+    async def locked(self, cause: CallContext | None = None) -> AsyncIterator[None]:
+        """Hold `lock`; the model events emitted inside name `cause` (None: no call)."""
+        async with self.lock:
+            self.cause = cause
+            try:
+                yield
+            finally:
+                self.cause = None
 
     def index_entries(self) -> list[IndexEntry]:
         """The model's rows of the repository index (one without a version if it has none)."""
