@@ -13,7 +13,8 @@ from shipyard.errors import IntegrityError, PackageError
 from shipyard.package.graph_specs import graph_signature
 from shipyard.package.hashing import sha256_bytes
 from shipyard.package.manifest import MODEL_FILE, Manifest
-from shipyard.package.store import read_stable, read_verified, resolve_version_dir
+from shipyard.package.store import read_verified, resolve_version_dir
+from shipyard.package.swap import read_stable
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Processor, verified_reader
 from shipyard.runtime.base import Runtime, RuntimeOptions

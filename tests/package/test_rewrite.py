@@ -11,7 +11,8 @@ import shipyard
 import shipyard.package.swap as swap
 from shipyard.errors import IntegrityError, PackageError, UsageError
 from shipyard.package.manifest import Manifest, read_manifest
-from shipyard.package.store import put_file, read_stable, read_verified, rewrite_version
+from shipyard.package.store import put_file, read_verified, rewrite_version
+from shipyard.package.swap import read_stable
 
 
 @pytest.fixture

@@ -4,19 +4,20 @@ Layout: ``REPO/NAME/VERSION/{manifest.json, model.onnx, ...}``. A version is wri
 hidden temporary folder next to its final place and renamed into place only when complete,
 so a crash never leaves a half-written version that a loader or server would pick up. A
 published version is changed the same way (`rewrite_version`: copy, transform, reseal,
-swap), and a reader that a swap overtakes reads again (`read_stable`). Nothing else in
+swap), and a reader that a swap overtakes reads again (`swap.read_stable`). Nothing else in
 Shipyard writes into a model folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 from shipyard.errors import IntegrityError, NotFoundError, PackageError, ShipyardError, UsageError
 from shipyard.package import swap
@@ -201,7 +202,6 @@ def next_version(repo: Path, name: str) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-T = TypeVar("T")
 Transform = Callable[[Path, Manifest], Manifest]
 """(staged folder, its verified manifest) -> the new manifest; `files` is recomputed after."""
 
@@ -268,31 +268,6 @@ def rewrite_version(
             shutil.rmtree(staging, ignore_errors=True)  # after the swap: the old version
 
 
-def read_stable(
-    version_dir: Path,
-    read: Callable[[], T],
-    *,
-    discard: Callable[[T], object] | None = None,
-    attempts: int = 5,
-) -> T:
-    """`read()` of a version folder, done again when `rewrite_version` swapped it meanwhile:
-    a read a swap overtakes may mix two versions, and fail on a hash or succeed on the mix
-    (handed to `discard`); what is returned is one version as it was written."""
-    for _attempt in range(attempts - 1):
-        before = _folder_identity(version_dir)
-        try:
-            result = read()
-        except (ShipyardError, OSError):
-            if _folder_identity(version_dir) != before:
-                continue
-            raise
-        if _folder_identity(version_dir) == before:
-            return result
-        if discard is not None:
-            discard(result)
-    return read()
-
-
 def copy_version(source: Path, dest: Path, *, replace: bool) -> Manifest:
     """Copy a verified version byte for byte to `dest` (a version folder of a repository).
 
@@ -342,6 +317,28 @@ def keep_rejected(model_dir: Path, stamp: str, files: Mapping[str, bytes | Path]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def place_file(version_dir: Path, name: str, produce: Callable[[Path], object]) -> Path:
+    """Add or replace one file the manifest does not list (`model.sig`) in a published version:
+    `produce(tmp)` writes it beside the version folder (never inside it while the version is
+    read, e.g. hashed for signing), then it is renamed in, under the model's rewrite lock, with
+    the manifest's permissions. Readers see the version without it or with all of it."""
+    version_dir = Path(version_dir)
+    staging = version_dir.name.startswith(_REWRITE)  # a rewrite's private copy: it holds the lock
+    with contextlib.nullcontext() if staging else swap.locked(version_dir.parent):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", dir=version_dir.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            produce(tmp)
+            shutil.copymode(version_dir / MANIFEST_NAME, tmp)
+            swap.fsync_file(tmp)
+            os.replace(tmp, version_dir / name)
+            swap.fsync_dir(version_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return version_dir / name
+
+
 def put_file(folder: Path, rel: str, content: bytes) -> None:
     """Replace (or create) `folder/rel` atomically: temp file, fsync, rename; the file's mode
     is kept. For transforms: a file in a staged version is replaced, never written into."""
@@ -375,14 +372,6 @@ def _write_new(folder: Path, rel: str, content: bytes | Path) -> Path:
 def _identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _folder_identity(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None  # mid-swap where the OS cannot exchange folders in one step
-    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _digest_or_none(version_dir: Path) -> str | None:

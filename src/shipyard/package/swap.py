@@ -1,4 +1,5 @@
-"""File-system steps the store builds on: swap two folders in one step, lock a folder, fsync."""
+"""File-system steps the store builds on: swap two folders in one step, lock a folder, fsync,
+and the reader's side of a swap (`read_stable`: read again when a swap overtook the read)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+from shipyard.errors import ShipyardError
+
+T = TypeVar("T")
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -106,3 +112,36 @@ def fsync_dir(path: Path) -> None:
     # some filesystems refuse fsync on directories; the rename has happened either way
     with contextlib.suppress(OSError):
         fsync_file(path)
+
+
+def read_stable(
+    version_dir: Path,
+    read: Callable[[], T],
+    *,
+    discard: Callable[[T], object] | None = None,
+    attempts: int = 5,
+) -> T:
+    """`read()` of a version folder, done again when `store.rewrite_version` swapped it meanwhile:
+    a read a swap overtakes may mix two versions, and fail on a hash or succeed on the mix
+    (handed to `discard`); what is returned is one version as it was written."""
+    for _attempt in range(attempts - 1):
+        before = _folder_identity(version_dir)
+        try:
+            result = read()
+        except (ShipyardError, OSError):
+            if _folder_identity(version_dir) != before:
+                continue
+            raise
+        if _folder_identity(version_dir) == before:
+            return result
+        if discard is not None:
+            discard(result)
+    return read()
+
+
+def _folder_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # mid-swap where the OS cannot exchange folders in one step
+    return st.st_dev, st.st_ino, st.st_ctime_ns

@@ -14,7 +14,6 @@ import binascii
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,9 @@ import model_signing.verifying
 from cryptography import exceptions as crypto_exceptions
 
 from shipyard.package.hashing import sha256_file
-from shipyard.package.manifest import MANIFEST_NAME
-from shipyard.package.store import SIGNATURE_FILE, read_verified
+from shipyard.package.store import SIGNATURE_FILE, place_file, read_verified
 from shipyard.security.errors import KeyFileError, SignatureError
-from shipyard.security.fileio import InsecurePermissionsError, copy_mode
+from shipyard.security.fileio import InsecurePermissionsError
 
 # model_signing ignores these by default; mirror it when naming unexpected files.
 _GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
@@ -72,17 +70,9 @@ def sign_version(
             f"{private_key}: not a usable EC P-256/384/521 PEM private key ({exc})"
         ) from exc
     config.set_hashing_config(_hashing_config())
-    # Written next to the version folder, then renamed in: never inside it while hashing,
-    # and a crash never leaves a half-written model.sig.
-    fd, tmp_name = tempfile.mkstemp(prefix=".sig-", dir=version_dir.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        config.sign(version_dir, tmp)
-        copy_mode(version_dir / MANIFEST_NAME, tmp)  # readable by whoever reads the package
-        os.replace(tmp, signature_path(version_dir))
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Written next to the version folder, then renamed in by the store: never inside it
+    # while hashing, and a crash never leaves a half-written model.sig.
+    place_file(version_dir, SIGNATURE_FILE, lambda tmp: config.sign(version_dir, tmp))
     return signature_path(version_dir)
 
 

@@ -33,7 +33,7 @@ def open_version(
     """Verify, open and warm up one version (on a worker thread).
 
     Returns the model and, when requests must not be batched along dim 0, why. The manager
-    runs it under `store.read_stable`: when the version is rewritten meanwhile (`shipyard
+    runs it under `swap.read_stable`: when the version is rewritten meanwhile (`shipyard
     encrypt`, key rotation) it is opened again, so what serves is one version as written.
     """
     model = load_model(

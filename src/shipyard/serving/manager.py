@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from shipyard.package.store import read_stable
+from shipyard.package.swap import read_stable
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.loader import build_batcher, open_version
