@@ -33,14 +33,8 @@ from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.calls import Call
 from shipyard.serving.dataplane import DataPlane, ModelSignature, check_model_name
 from shipyard.serving.errors import ModelNotFound, ProtocolError
-from shipyard.serving.http.common import (
-    Handler,
-    call_of,
-    compress_for,
-    endpoint,
-    json_response,
-    read_body,
-)
+from shipyard.serving.http import common
+from shipyard.serving.http.common import Handler, json_response
 from shipyard.serving.http.v2 import counted
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.version_state import IndexEntry, ModelState
@@ -141,11 +135,13 @@ class TFServingHandlers:
         async def handle(request: Request) -> Response:
             received = time.perf_counter_ns()
             name, version = _target(request)
-            body = await read_body(request)
+            body = await common.read_body(request)
             signature = self.dataplane.model_signature(name, version)
             limits = self.dataplane.decode_limits_for(name)
-            payload = await run(body, signature, _Job(limits, received, call_of(request)))
-            payload, headers = compress_for(request, payload, min_bytes=self.compress_min_bytes)
+            payload = await run(body, signature, _Job(limits, received, common.call_of(request)))
+            payload, headers = common.compress_for(
+                request, payload, min_bytes=self.compress_min_bytes
+            )
             return Response(payload, headers=headers, media_type="application/json")
 
         return handle
@@ -221,7 +217,10 @@ def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Han
         "tf.unknown_verb": h.unknown_verb,
         "tf.labels": h.labels,
     }
-    return {name: endpoint(counted(dataplane.metrics, handler)) for name, handler in bound.items()}
+    return {
+        name: common.endpoint(counted(dataplane.metrics, handler))
+        for name, handler in bound.items()
+    }
 
 
 def version_status(entry: IndexEntry) -> dict[str, Any]:
