@@ -22,6 +22,7 @@ def register(sub: Subparsers) -> None:
     _security_flags(s)
     _http_flags(s)
     _tls_flags(s)
+    _shutdown_flags(s)
 
     d = add_command(sub, "demo", cmd_demo)
     d.add_argument("--repo", type=Path, default=Path("models"), help="repository to fill")
@@ -152,6 +153,28 @@ def _tls_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _shutdown_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "shutting down",
+        "SIGTERM or SIGINT: readiness answers 503 at once (liveness stays 200), requests\n"
+        "are answered for the delay, then the listeners close and in-flight requests\n"
+        "finish; a second signal exits at once",
+    )
+    g.add_argument(
+        "--shutdown-delay",
+        type=float,
+        metavar="S",
+        help="seconds requests are still answered before the listeners close (default 0; "
+        "5 in Kubernetes)",
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="seconds in-flight requests then get to finish before exit 0 (default 25)",
+    )
+
+
 _TLS_SETTINGS = (
     ("tls_client_ca", "client_ca"),
     ("tls_min_version", "min_version"),
@@ -186,6 +209,8 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
         ("grpc_port", "grpc_port"),
         ("log_format", "log_format"),
         ("poll_interval", "poll_interval_s"),
+        ("shutdown_delay", "shutdown_delay_s"),
+        ("drain_timeout", "drain_timeout_s"),
         *_SECURITY_SETTINGS,
     ):
         value = getattr(args, flag, None)
@@ -227,6 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
       shipyard serve models/ --host 127.0.0.1 --port 8000
       shipyard serve models/ --grpc-port 8001 --log-format json --drift
       shipyard serve models/ --host 0.0.0.0 --auth tokens.json --tls-cert cert.pem --tls-key key.pem
+      shipyard serve models/ --shutdown-delay 5 --drain-timeout 30
     """
     from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve

@@ -77,6 +77,8 @@ class DataPlane:
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the server must not take traffic now (e.g. the audit log cannot
         be written), or None; any reason makes `ready()` false."""
+        self.draining = False
+        """True once the server is shutting down: it still answers, but is not ready."""
         self._server_limits = manager.settings.limits
         self._server_decode_limits = decode_limits(self._server_limits)
 
@@ -92,7 +94,9 @@ class DataPlane:
         return self.manager.ready() and self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
-        """The first readiness check's objection, or None."""
+        """Why the server is shutting down, else the first readiness check's objection, or None."""
+        if self.draining:
+            return "the server is shutting down: send new requests to another replica"
         for check in self.readiness_checks:
             reason = check()
             if reason is not None:
@@ -100,13 +104,23 @@ class DataPlane:
         return None
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        """Whether that model (version) can take requests now; ModelNotFound if unknown."""
+        """Whether that model (version) can take requests now (never while shutting down);
+        ModelNotFound if unknown."""
         number = _version_number(name, version)
         try:
             self.manager.get(name, number)
         except ModelNotReady:
             return False
-        return True
+        return not self.draining
+
+    def drain(self) -> None:
+        """Shutting down: readiness (server and models) answers not ready from now on;
+        requests are still answered (the transports close their listeners later)."""
+        self.draining = True
+
+    def in_flight(self) -> int:
+        """Inference requests holding a model version now (every transport)."""
+        return self.manager.in_flight()
 
     # -- metadata -------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ bind the gRPC port (so a taken port fails before any model loads), open the audi
 load and warm every model (then `gc.freeze()` for `shipyard serve`), and start answering
 gRPC; uvicorn starts listening for HTTP after it. `stop()` does the reverse: gRPC stops
 (in-flight calls finish), the models unload (after their in-flight requests), the audit
-log is drained and closed. The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
+log is drained and closed. `drain()` before it turns readiness off while requests are still
+answered (what `shipyard serve` does on SIGTERM, see `serving.signals`). The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
 `TestClient` or `httpx.ASGITransport` with the lifespan run all of it.
 
 HTTP and gRPC are peer transports under it: `http.app.http_app` (every request through the
@@ -33,9 +34,6 @@ from shipyard.serving.metrics import Metrics
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import ServerSecurity, build_security
 from shipyard.serving.settings import ServerSettings
-
-GRACE_S = 10
-"""Seconds in-flight HTTP requests and gRPC calls get to finish when the server stops."""
 
 log = logging.getLogger("shipyard.serving.server")
 
@@ -91,7 +89,7 @@ class Server:
                 settings=settings,
                 authorize=self.security.authorize,
                 authenticate=self.security.authenticate,
-                grace_s=GRACE_S,
+                grace_s=settings.drain_timeout_s,
             )
         self.app = http_app(self.dataplane, self.security, settings, lifespan=self._lifespan)
         self.on_startup_failure: Callable[[], None] | None = None
@@ -130,9 +128,21 @@ class Server:
             self._stack = stack.pop_all()
         self.running = True
 
+    def drain(self) -> None:
+        """Readiness answers not ready from now on (server and models); requests are still
+        answered until the listeners close."""
+        self.dataplane.drain()
+
+    def close_grpc(self) -> None:
+        """Start stopping gRPC now (new calls refused, in-flight ones get the drain timeout),
+        beside the HTTP listener's own drain; `stop()` waits for it."""
+        if self.grpc is not None:
+            self.grpc.begin_stop()
+
     async def stop(self) -> None:
         """Stop gRPC (in-flight calls finish), unload every model, close the audit log."""
         self.running = False
+        self.drain()
         stack, self._stack = self._stack, None
         if stack is None:
             return

@@ -175,6 +175,10 @@ class ModelManager:
         record = self._records.get(name)
         return sorted(record.served) if record else []
 
+    def in_flight(self) -> int:
+        """Requests holding a served version now (leased and not yet released)."""
+        return sum(s.leases for r in self._records.values() for s in r.served.values())
+
     def ready(self) -> bool:
         """Started, and (strict) every model not unloaded on request has a READY version."""
         if not self.started:

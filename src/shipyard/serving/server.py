@@ -7,8 +7,10 @@ folder, token and key files (building the `Server`), the HTTP port (bound here),
 gRPC port (bound first thing in `Server.start()`); only then do models load. Each failure is
 one `StartupError` line naming the file or port.
 
-`serve()` also turns SIGHUP into a reload: the repository is rescanned and the token file
-re-read; the process keeps serving (uvicorn itself handles SIGINT and SIGTERM).
+`serve()` also owns the signals (`serving.signals`): SIGHUP reloads (the repository is
+rescanned and the token file re-read); SIGTERM or SIGINT drains (readiness off, requests
+answered for `shutdown_delay_s`, listeners closed, in-flight work finished within
+`drain_timeout_s`) and returns, so the process exits 0.
 
 `start_in_thread` binds the configured port (0 = a free one), waits until models are loaded
 and the socket listens, and returns a handle with the real port; use it as a context manager
@@ -17,29 +19,27 @@ so it always stops.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import importlib.util
 import logging
-import signal
+import math
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
-from shipyard.serving.lifecycle import GRACE_S, Server, StartupError
+from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
+from shipyard.serving.signals import QuietUvicorn, draining_signals, sighup_reloads
 from shipyard.serving.tls import http_ssl_factory
 
 log = logging.getLogger("shipyard.serving.server")
@@ -57,7 +57,7 @@ def serve(repository: str | Path | None = None, *, settings: ServerSettings | No
         prepared.url,
         grpc,
     )
-    with _sighup_reloads(prepared.server):
+    with sighup_reloads(prepared.server), draining_signals(prepared.server, prepared.listener):
         prepared.listener.run(sockets=[prepared.sock])
     if prepared.server.error is not None:
         raise prepared.server.error
@@ -192,7 +192,7 @@ def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
     config = _uvicorn_config(server.app, settings)
     _load_config(config, settings)
     sock = _bind(settings)
-    listener = uvicorn.Server(config)
+    listener = QuietUvicorn(config)
 
     def exit_uvicorn() -> None:
         listener.should_exit = True
@@ -221,7 +221,7 @@ def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=GRACE_S,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),  # whole seconds
         timeout_keep_alive=int(max(1, round(limits.keep_alive_timeout_s))),
         backlog=limits.backlog,
         h11_max_incomplete_event_size=limits.max_header_bytes,
@@ -303,35 +303,3 @@ def _bind(settings: ServerSettings) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
-
-
-# -- SIGHUP reloads ---------------------------------------------------------------------
-
-
-@contextmanager
-def _sighup_reloads(server: Server) -> Iterator[None]:
-    """While serving, SIGHUP rescans the repository and re-reads the token file (main thread)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
-        yield
-        return
-    reloading: asyncio.Task[None] | None = None
-
-    def start_reload() -> None:
-        nonlocal reloading
-        if reloading is not None and not reloading.done():
-            log.info("SIGHUP received during a reload: the running reload covers it")
-            return
-        reloading = asyncio.get_running_loop().create_task(server.reload(), name="sighup-reload")
-
-    def on_sighup(signum: int, frame: FrameType | None) -> None:
-        loop = server.loop
-        if loop is None or not server.running or loop.is_closed():
-            log.info("SIGHUP received while starting or stopping: ignored")
-            return
-        loop.call_soon_threadsafe(start_reload)
-
-    previous = signal.signal(signal.SIGHUP, on_sighup)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)

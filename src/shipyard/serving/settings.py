@@ -192,6 +192,14 @@ class ServerSettings(BaseSettings):
     """Seconds between repository scans for new, changed or removed versions; 0 = off."""
     strict_readiness: bool = True
     """Server ready only when every model (not unloaded on request) has a READY version."""
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=3600)
+    """Seconds `shipyard serve` keeps answering after SIGTERM or SIGINT, with readiness
+    already 503, before its listeners close: time for a load balancer (Kubernetes
+    endpoints) to stop sending it traffic; 5 suits most clusters (see "Shutting down")."""
+    drain_timeout_s: float = Field(default=25.0, ge=0, le=3600)
+    """Seconds in-flight HTTP requests and gRPC calls get to finish once the listeners
+    close (on a signal or any stop); later ones are cut. HTTP counts whole seconds (rounded
+    up). Keep `shutdown_delay_s` + this under Kubernetes' terminationGracePeriodSeconds."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as plain text or as one JSON object per line."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

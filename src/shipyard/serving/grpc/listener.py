@@ -2,12 +2,13 @@
 
 `GrpcServer.bind()` checks and binds the port (first thing at start-up, so a taken port
 fails before any model loads), `start()` begins answering once the models are loaded, and
-`stop()` lets in-flight calls finish within the grace period. `serving.app.Server` calls
+`stop()` lets in-flight calls finish within the grace period. `serving.lifecycle.Server` calls
 them in that order on uvicorn's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -50,6 +51,7 @@ class GrpcServer:
         """The bound port while bound (None before `bind` and after `stop`)."""
         self._server: Any = None
         self._tls: ServerTls | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def bind(self) -> int:
         """Build the grpc server and bind its port (not answering yet); returns the port."""
@@ -96,7 +98,7 @@ class GrpcServer:
                 f"cannot listen for gRPC on {address} (port in use, or not a local address); "
                 "pick another with --grpc-port or SHIPYARD_GRPC_PORT"
             )
-        self._server, self.port = server, int(bound)
+        self._server, self.port, self._stopping = server, int(bound), None
         return self.port
 
     async def start(self) -> None:
@@ -110,11 +112,18 @@ class GrpcServer:
         if tls is not None and tls.min_version != "1.2":
             log.warning("gRPC accepts TLS 1.2 too: grpcio has no minimum-version option")
 
-    async def stop(self) -> None:
-        """Refuse new calls, let in-flight ones finish within `grace_s`, free the port."""
+    def begin_stop(self) -> None:
+        """Start `stop()` without waiting for it (a draining server closes gRPC beside HTTP)."""
         server, self._server, self.port = self._server, None, None
         if server is not None:
-            await server.stop(self.grace_s)
+            self._stopping = asyncio.ensure_future(server.stop(self.grace_s))
+
+    async def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace_s`, free the port
+        (or wait for the stop `begin_stop` started)."""
+        self.begin_stop()
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
 
     async def __aenter__(self) -> int:
         port = await self.bind()
