@@ -26,7 +26,7 @@ HTTP_REQUESTS = 8
 GRPC_REQUESTS = 2
 RUN_S = 0.3
 """One request's run on the slow model; they run one at a time (batch size 1, 1 instance)."""
-DELAY_S = 0.5
+DELAY_S = 1.0
 DRAIN_S = 20.0
 _GRPC_LISTENING = re.compile(r"gRPC listening on 127\.0\.0\.1:(\d+)")
 
@@ -35,7 +35,8 @@ def _slow_repo(path: Path) -> Path:
     shipyard.pack(calibrated_slow_graph(RUN_S), name="slow", repo=path)
     write_model_toml(
         path / "slow",
-        "instances = 1\n[batching]\nmax_batch_size = 1\n[runtime]\nintra_op_threads = 1\n",
+        "instances = 1\nwarmup = false\n[batching]\nmax_batch_size = 1\n"
+        "[runtime]\nintra_op_threads = 1\n",
     )
     return path
 
@@ -129,8 +130,8 @@ def test_sigterm_drains_in_flight_http_and_grpc_then_exits_0(tmp_path: Path) -> 
     for (status, data), x in zip(answers, rows, strict=True):
         assert status == 200
         np.testing.assert_allclose(data, (2 * x).ravel())
-    shutting = [line for line in server.lines if "shutting down with" in line]
-    assert len(shutting) == 1 and f"with {total} requests in flight" in shutting[0], shutting
+    shutting = [line for line in server.lines if "shutting down" in line]
+    assert len(shutting) == 1 and f"(in-flight requests: {total})" in shutting[0], shutting
     assert any("Finished server process" in line for line in server.lines)
     assert not any("drain timeout" in line for line in server.lines)
 
@@ -140,7 +141,7 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(tmp_path: Path) -> None
     repo = affine_repo(tmp_path / "models")
     with cli_server(repo, "--shutdown-delay", "60") as server:
         server.proc.send_signal(signal.SIGTERM)
-        server.wait_for_line("shutting down with 0 requests in flight")
+        server.wait_for_line("shutting down (in-flight requests: 0)")
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 503
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -151,3 +152,34 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(tmp_path: Path) -> None
         assert time.monotonic() - started < 5
     assert rc == -signal.SIGTERM, rc
     assert any("received again while shutting down" in line for line in server.lines)
+
+
+@pytest.mark.timeout(90)
+def test_a_request_past_the_drain_timeout_is_cut_and_counted(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shipyard.pack(calibrated_slow_graph(2.0), name="slow", repo=repo)
+    toml = "instances = 1\nwarmup = false\n[runtime]\nintra_op_threads = 1\n"
+    write_model_toml(repo / "slow", toml)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with cli_server(repo, "--drain-timeout", "1") as server, ThreadPoolExecutor(1) as pool:
+
+        def infer() -> int | str:
+            try:
+                url = f"{server.url}/v2/models/slow/infer"
+                return httpx.post(url, json=body, timeout=60).status_code
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+
+        call = pool.submit(infer)
+        deadline = time.monotonic() + 20
+        while "shipyard_compute" not in httpx.get(f"{server.url}/metrics", timeout=5).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        rc = server.proc.wait(30)
+        outcome = call.result(timeout=10)
+    assert rc == 0
+    assert outcome != 200
+    cut = [line for line in server.lines if "drain timeout" in line]
+    assert len(cut) == 1 and "cutting the in-flight requests (1)" in cut[0], server.lines
+    assert not any("Traceback" in line for line in server.lines)

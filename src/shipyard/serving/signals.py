@@ -57,7 +57,7 @@ def draining_signals(server: Server, listener: uvicorn.Server) -> Iterator[None]
         name = signal.Signals(signum).name
         if received:
             log.error(
-                "%s received again while shutting down: exiting now with %d requests in flight",
+                "%s received again while shutting down: exiting now (in-flight requests: %d)",
                 name,
                 server.dataplane.in_flight(),
             )
@@ -78,18 +78,28 @@ def draining_signals(server: Server, listener: uvicorn.Server) -> Iterator[None]
         loop.call_soon_threadsafe(start_drain, name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(_no_cut_tracebacks)
     try:
         yield
     finally:
+        uvicorn_log.removeFilter(_no_cut_tracebacks)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _no_cut_tracebacks(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's traceback for each request the drain timeout cancels: `_drain` logs
+    their count in one line (uvicorn cancels request tasks only then)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, asyncio.CancelledError)
 
 
 async def _drain(server: Server, listener: uvicorn.Server, name: str) -> None:
     """Answer for the shutdown delay, then close both listeners; report what the drain cut."""
     delay, timeout = server.settings.shutdown_delay_s, server.settings.drain_timeout_s
     log.warning(
-        "%s received: shutting down with %d requests in flight; readiness answers 503, "
+        "%s received: shutting down (in-flight requests: %d); readiness answers 503, "
         "requests are answered for %g s more (--shutdown-delay), then the listeners close "
         "and in-flight requests get %g s to finish (--drain-timeout); send %s again to exit "
         "at once",
@@ -100,14 +110,14 @@ async def _drain(server: Server, listener: uvicorn.Server, name: str) -> None:
         name,
     )
     await asyncio.sleep(delay)
-    log.info("closing the listeners with %d requests in flight", server.dataplane.in_flight())
+    log.info("closing the listeners (in-flight requests: %d)", server.dataplane.in_flight())
     server.close_grpc()
     listener.should_exit = True  # uvicorn closes its socket, then waits for its connections
     await asyncio.sleep(timeout)
     left = server.dataplane.in_flight()
     if left:
         log.error(
-            "drain timeout (%g s, --drain-timeout) passed with %d requests in flight: they are cut",
+            "drain timeout of %g s (--drain-timeout) passed: cutting the in-flight requests (%d)",
             timeout,
             left,
         )
