@@ -183,3 +183,17 @@ def test_a_request_past_the_drain_timeout_is_cut_and_counted(tmp_path: Path) -> 
     cut = [line for line in server.lines if "drain timeout" in line]
     assert len(cut) == 1 and "cutting the in-flight requests (1)" in cut[0], server.lines
     assert not any("Traceback" in line for line in server.lines)
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_while_the_models_load_stops_once_loaded_and_exits_0(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shipyard.pack(calibrated_slow_graph(0.5), name="slow", repo=repo)  # warm-up runs it
+    write_model_toml(repo / "slow", "[runtime]\nintra_op_threads = 1\n")
+    with cli_server(repo, "--shutdown-delay", "30", ready=False) as server:
+        server.wait_for_line("loading slow version 1", timeout_s=30)
+        server.proc.send_signal(signal.SIGTERM)
+        rc = server.proc.wait(30)  # no shutdown delay: it never took traffic
+    assert rc == 0, "\n".join(server.lines)
+    assert any("received while starting" in line for line in server.lines)
+    assert any("Finished server process" in line for line in server.lines)

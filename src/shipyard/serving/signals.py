@@ -56,13 +56,15 @@ def draining_signals(server: Server, listener: uvicorn.Server) -> Iterator[None]
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if received:
-            log.error(
-                "%s received again while shutting down: exiting now (in-flight requests: %d)",
-                name,
-                server.dataplane.in_flight(),
-            )
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            try:
+                log.error(
+                    "%s received again while shutting down: exiting now (in-flight requests: %d)",
+                    name,
+                    server.dataplane.in_flight(),
+                )
+            finally:  # nothing may keep the process from going
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             return
         received.append(signum)
         server.drain()  # readiness is off from this instant, whatever the loop is doing
