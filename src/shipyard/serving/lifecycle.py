@@ -7,8 +7,9 @@ load and warm every model (then `gc.freeze()` for `shipyard serve`), and start a
 gRPC; uvicorn starts listening for HTTP after it. `stop()` does the reverse: gRPC stops
 (in-flight calls finish), the models unload (after their in-flight requests), the audit
 log is drained and closed. `drain()` before it turns readiness off while requests are still
-answered (what `shipyard serve` does on SIGTERM, see `serving.signals`). The HTTP app's lifespan is `start()`/`stop()`, so uvicorn, a
-`TestClient` or `httpx.ASGITransport` with the lifespan run all of it.
+answered (what `shipyard serve` does on SIGTERM, see `serving.signals`). The HTTP app's
+lifespan is `start()`/`stop()`, so uvicorn, a `TestClient` or `httpx.ASGITransport` with
+the lifespan run all of it.
 
 HTTP and gRPC are peer transports under it: `http.app.http_app` (every request through the
 route table's dispatcher) and `grpc.listener.GrpcServer`.

@@ -2,8 +2,9 @@
 
 `GrpcServer.bind()` checks and binds the port (first thing at start-up, so a taken port
 fails before any model loads), `start()` begins answering once the models are loaded, and
-`stop()` lets in-flight calls finish within the grace period. `serving.lifecycle.Server` calls
-them in that order on uvicorn's event loop.
+`stop()` lets in-flight calls finish within the grace period (`begin_stop()` starts it
+without waiting, for a drain). `serving.lifecycle.Server` calls them in that order on
+uvicorn's event loop.
 """
 
 from __future__ import annotations
