@@ -212,6 +212,30 @@ def test_grpc_timeout_is_deadline_exceeded_with_tritonclient(
     assert executions(server) == runs + 1
 
 
+def test_a_grpc_call_past_its_own_deadline_leaves_the_queue_unrun(
+    server: RunningServer, pool: ThreadPoolExecutor
+) -> None:
+    batcher = batcher_of(server)
+    runs = executions(server)
+    before = drops(server, "disconnected")
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        blocker = start_blocker(server, pool)
+        tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(x(1.0))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow", [tensor], client_timeout=0.05)  # the gRPC deadline
+        assert "Deadline" in str(info.value) or "DEADLINE" in str(info.value)
+        wait_for(lambda: batcher.depth == 0, "the cancelled call to leave the queue")
+        assert not blocker.done()
+        assert blocker.result().status_code == 200
+    finally:
+        client.close()
+    wait_for(lambda: batcher.in_flight == 0, "the blocker to finish")
+    assert executions(server) == runs + 1
+    assert drops(server, "disconnected") - before == 1
+
+
 def test_a_client_that_disconnects_while_queued_is_dropped_unrun(
     server: RunningServer, pool: ThreadPoolExecutor
 ) -> None:
