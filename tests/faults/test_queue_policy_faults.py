@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -26,7 +27,12 @@ import shipyard
 from shipyard.serving.batching import Batcher
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
-from tests.serving.test_acceptance import calibrated_slow_graph, v2_json, write_model_toml
+from tests.serving.test_acceptance import (
+    calibrated_slow_graph,
+    v2_json,
+    wait_for,
+    write_model_toml,
+)
 
 QUEUE = 8
 MODEL_TOML = f"""instances = 1
@@ -62,14 +68,6 @@ def batcher_of(server: RunningServer) -> Batcher:
     return server.server.dataplane.manager.get("slow").batcher
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
 def x(value: float) -> np.ndarray:
     return np.full((1, 4), value, dtype=np.float32)
 
@@ -92,6 +90,21 @@ def start_blocker(server: RunningServer, pool: ThreadPoolExecutor) -> Future[htt
     blocker = pool.submit(post)
     wait_for(lambda: batcher.in_flight == 1, "the blocker to run")
     return blocker
+
+
+@contextmanager
+def grpc_client(server: RunningServer) -> Iterator[triton_grpc.InferenceServerClient]:
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def grpc_input(value: float) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x(value))
+    return tensor
 
 
 def executions(server: RunningServer) -> int:
@@ -192,45 +205,34 @@ def test_grpc_timeout_is_deadline_exceeded_with_tritonclient(
     server: RunningServer, pool: ThreadPoolExecutor
 ) -> None:
     runs = executions(server)
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-    try:
+    with grpc_client(server) as client:
         blocker = start_blocker(server, pool)
-        tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
-        tensor.set_data_from_numpy(x(1.0))
         with pytest.raises(InferenceServerException) as info:
-            client.infer("slow", [tensor], timeout=10_000)
+            client.infer("slow", [grpc_input(1.0)], timeout=10_000)
         assert not blocker.done()
         assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         assert "never ran" in info.value.message()
         with pytest.raises(InferenceServerException) as bad:
-            client.infer("slow", [tensor], priority=3)
+            client.infer("slow", [grpc_input(1.0)], priority=3)
         assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert "levels 1 (highest) to 2" in bad.value.message()
         assert blocker.result().status_code == 200
-    finally:
-        client.close()
     assert executions(server) == runs + 1
 
 
 def test_a_grpc_call_past_its_own_deadline_leaves_the_queue_unrun(
     server: RunningServer, pool: ThreadPoolExecutor
 ) -> None:
+    runs, before = executions(server), drops(server, "disconnected")
     batcher = batcher_of(server)
-    runs = executions(server)
-    before = drops(server, "disconnected")
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-    try:
+    with grpc_client(server) as client:
         blocker = start_blocker(server, pool)
-        tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
-        tensor.set_data_from_numpy(x(1.0))
         with pytest.raises(InferenceServerException) as info:
-            client.infer("slow", [tensor], client_timeout=0.05)  # the gRPC deadline
-        assert "Deadline" in str(info.value) or "DEADLINE" in str(info.value)
+            client.infer("slow", [grpc_input(1.0)], client_timeout=0.05)  # the gRPC deadline
+        assert "DEADLINE" in str(info.value).upper()
         wait_for(lambda: batcher.depth == 0, "the cancelled call to leave the queue")
         assert not blocker.done()
         assert blocker.result().status_code == 200
-    finally:
-        client.close()
     wait_for(lambda: batcher.in_flight == 0, "the blocker to finish")
     assert executions(server) == runs + 1
     assert drops(server, "disconnected") - before == 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,41 +29,24 @@ class BatchResult:
     batch_rows: int
 
 
+@dataclass(slots=True, eq=False)
 class Pending:
     """One queued request and its future."""
 
-    __slots__ = (
-        "enqueued_ns",
-        "future",
-        "gone",
-        "inputs",
-        "key",
-        "level",
-        "outputs",
-        "queued",
-        "rows",
-    )
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    future: asyncio.Future[BatchResult]
+    enqueued_ns: int
+    level: int = 0
+    """0-based: priority 1 is level 0."""
+    gone: Callable[[], bool] | None = None
+    """True once the client that sent it is gone (an HTTP connection closed)."""
+    queued: bool = field(default=False, init=False)
+    key: BatchKey | None = field(default=None, init=False)
+    rows: int = field(default=0, init=False)
 
-    def __init__(
-        self,
-        inputs: dict[str, np.ndarray],
-        outputs: list[str],
-        future: asyncio.Future[BatchResult],
-        enqueued_ns: int,
-        *,
-        level: int = 0,
-        gone: Callable[[], bool] | None = None,
-    ) -> None:
-        self.inputs = inputs
-        self.outputs = outputs
-        self.future = future
-        self.enqueued_ns = enqueued_ns
-        self.level = level
-        """0-based: priority 1 is level 0."""
-        self.gone = gone
-        """True once the client that sent it is gone (an HTTP connection closed)."""
-        self.queued = False
-        self.key, self.rows = batch_key(inputs)
+    def __post_init__(self) -> None:
+        self.key, self.rows = batch_key(self.inputs)
 
 
 def batch_key(inputs: Mapping[str, np.ndarray]) -> tuple[BatchKey | None, int]:

@@ -86,17 +86,12 @@ class DeadlineExceeded(ShipyardError):
     status = HTTPStatus.GATEWAY_TIMEOUT
 
     def __init__(self, name: str, *, timeout_us: int, ran: bool) -> None:
-        where = (
-            "it was still running (its outputs are discarded)"
-            if ran
-            else "it expired in the queue and never ran"
-        )
+        where = "was still running (its outputs are discarded)" if ran else "expired in the queue"
         super().__init__(
             f"model {name!r} did not answer within the request's timeout of {timeout_us} µs: "
-            f"{where}; send a longer timeout or retry when the model is less busy"
+            f"it {where if ran else where + ' and never ran'}; send a longer timeout or retry "
+            "when the model is less busy"
         )
-        self.name = name
-        self.timeout_us = timeout_us
         self.ran = ran
 
 
