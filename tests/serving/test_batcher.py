@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from shipyard.errors import InputError
-from shipyard.serving.batching import Batcher, batch_key
+from shipyard.serving.batch_queue import batch_key
+from shipyard.serving.batching import Batcher
 from shipyard.serving.errors import ModelNotReady, Overloaded
 from shipyard.serving.settings import BatchingSettings
 

@@ -26,7 +26,13 @@ from shipyard.codecs.limits import (
 )
 from shipyard.codecs.proto import grpc_service_pb2 as pb
 from shipyard.codecs.tensors import check_datatype, check_shape, datatype_of
-from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
+from shipyard.codecs.types import (
+    InferenceRequest,
+    InferenceResponse,
+    Parameters,
+    RequestedOutput,
+    schedule_parameters,
+)
 from shipyard.package.dtypes import BY_V2
 
 _INT64_MAX = 2**63 - 1
@@ -72,11 +78,15 @@ def decode_infer_request(
             inputs[tensor.name] = _from_raw(raw[position], datatype, shape, position, what)
         else:
             inputs[tensor.name] = _from_contents(tensor.contents, datatype, shape, what)
+    parameters = decode_parameters(message.parameters)
+    timeout_us, priority = schedule_parameters(parameters)
     return InferenceRequest(
         inputs=inputs,
         outputs=[RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs],
         id=message.id or None,
-        parameters=decode_parameters(message.parameters),
+        parameters=parameters,
+        timeout_us=timeout_us,
+        priority=priority,
     )
 
 

@@ -7,9 +7,12 @@ these.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from shipyard.codecs.errors import ProtocolError
 
 Parameter = str | int | float | bool
 Parameters = dict[str, Parameter]
@@ -37,6 +40,10 @@ class InferenceRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
+    timeout_us: int | None = None
+    """The `timeout` parameter (µs; Triton's schedule policy), None when not sent or 0."""
+    priority: int = 0
+    """The `priority` parameter (1 = highest), 0 when not sent."""
 
     @property
     def output_names(self) -> list[str]:
@@ -58,3 +65,21 @@ class InferenceResponse:
     outputs: dict[str, np.ndarray]
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
+
+
+def schedule_parameters(parameters: Mapping[str, Parameter]) -> tuple[int | None, int]:
+    """(timeout_us, priority) from a request's parameters; ProtocolError (400) when either
+    is not a non-negative integer. A timeout of 0 means none, as in Triton."""
+    timeout = _whole(parameters, "timeout", "microseconds")
+    return timeout or None, _whole(parameters, "priority", "level, 1 = highest") or 0
+
+
+def _whole(parameters: Mapping[str, Parameter], key: str, unit: str) -> int | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ProtocolError(
+            f"parameter {key!r} must be a non-negative integer ({unit}), got {value!r}"
+        )
+    return value

@@ -41,7 +41,13 @@ from shipyard.codecs.tensors import (
     check_shape,
     datatype_of,
 )
-from shipyard.codecs.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput
+from shipyard.codecs.types import (
+    InferenceRequest,
+    InferenceResponse,
+    Parameters,
+    RequestedOutput,
+    schedule_parameters,
+)
 
 if TYPE_CHECKING:
     from shipyard.model import Model
@@ -124,11 +130,15 @@ def decode_request(
             f"the body has {len(blobs)} bytes after the JSON header but the inputs' "
             f"binary_data_size add up to {offset}"
         )
+    parameters = _parameters(doc.get("parameters"), what="request")
+    timeout_us, priority = schedule_parameters(parameters)
     return InferenceRequest(
         inputs=inputs,
         outputs=_requested_outputs(doc.get("outputs")),
         id=_request_id(doc.get("id")),
-        parameters=_parameters(doc.get("parameters"), what="request"),
+        parameters=parameters,
+        timeout_us=timeout_us,
+        priority=priority,
     )
 
 

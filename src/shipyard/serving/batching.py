@@ -10,6 +10,13 @@ Rules:
 - A batch runs when it holds `max_batch_size` rows or its oldest request has waited
   `max_queue_delay_us`, whichever comes first; a request larger than the limit runs alone.
 - More than `max_queue_size` waiting requests -> `Overloaded` (HTTP 503 + Retry-After).
+- Priority levels (`batch_queue.RequestQueue`): the head is the oldest request of the
+  highest priority (1); batch-mates are taken in priority order.
+- Deadlines: a request submitted with `timeout_us` that is still queued when it passes
+  leaves the queue and fails with `DeadlineExceeded` (504) at once, never run; one whose
+  batch is still running gets the 504 at its deadline and its outputs are dropped.
+  A request whose client is gone (`gone()`) or whose caller is cancelled leaves unrun.
+  Each request dropped unrun is reported to `on_drop` with its reason (DROP_REASONS).
 - Inputs must be validated before `submit`. If a batch still fails, or its outputs cannot
   be split by dim 0, each request is rerun alone, so one bad request fails only itself.
 - Tiny models run on the event loop: for a model that runs in a few microseconds (a
@@ -27,15 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
+from shipyard.serving.batch_queue import BatchKey, BatchResult, Pending, RequestQueue
 from shipyard.serving.clock import MONOTONIC, Clock
-from shipyard.serving.errors import ModelNotReady, Overloaded
+from shipyard.serving.errors import ClientGone, DeadlineExceeded, ModelNotReady, Overloaded
 from shipyard.serving.run_timing import INLINE_MAX_US, RunTimer
 from shipyard.serving.settings import BatchingSettings
 
@@ -45,44 +51,12 @@ RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 """Runs one (possibly batched) feed; an empty output list means every output."""
 BatchHook = Callable[[int, int, int], None]
 """Called after each batch with (rows, requests, compute_ns)."""
+DropHook = Callable[[str], None]
+"""Called for each request dropped unrun, with its reason (one of DROP_REASONS)."""
 
-BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one request gets back, with where its time went."""
-
-    outputs: dict[str, np.ndarray]
-    queue_ns: int
-    compute_ns: int
-    batch_rows: int
-
-
-class _Pending:
-    __slots__ = ("enqueued_ns", "future", "inputs", "key", "outputs", "rows")
-
-    def __init__(
-        self,
-        inputs: dict[str, np.ndarray],
-        outputs: list[str],
-        future: asyncio.Future[BatchResult],
-        enqueued_ns: int,
-    ) -> None:
-        self.inputs = inputs
-        self.outputs = outputs
-        self.future = future
-        self.enqueued_ns = enqueued_ns
-        self.key, self.rows = batch_key(inputs)
-
-
-def batch_key(inputs: Mapping[str, np.ndarray]) -> tuple[BatchKey | None, int]:
-    """(key, rows): requests with equal keys can be concatenated; None = must run alone."""
-    dims = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
-    if len(dims) != 1 or (rows := dims.pop()) <= 0:
-        return None, 0
-    key = tuple(sorted((n, a.dtype.str, tuple(a.shape[1:])) for n, a in inputs.items()))
-    return key, rows
+DROP_REASONS = ("queue_full", "timeout", "disconnected")
+"""Why a request never ran: the queue was full, its deadline passed while it waited, or its
+client went away (an HTTP connection closed, a gRPC call cancelled) while it waited."""
 
 
 class Batcher:
@@ -96,6 +70,8 @@ class Batcher:
         batching: BatchingSettings,
         workers: int = 1,
         on_batch: BatchHook | None = None,
+        on_drop: DropHook | None = None,
+        priority_levels: int = 0,
         retry_after_s: int = 1,
         inline_max_us: int = INLINE_MAX_US,
         clock: Clock = MONOTONIC,
@@ -109,11 +85,14 @@ class Batcher:
         self.workers = workers
         self._run = run
         self._on_batch = on_batch
+        self._on_drop = on_drop
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"shipyard-{name}"
         )
         self._slots = asyncio.Semaphore(workers)
-        self._pending: deque[_Pending] = deque()
+        self._queue = RequestQueue(priority_levels, on_gone=self._gone)
+        self.in_flight = 0
+        """Requests taken into a batch on the workers and not yet answered."""
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -125,26 +104,66 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Requests queued and not yet dispatched."""
-        return len(self._pending)
+        return self._queue.live
+
+    @property
+    def priority_levels(self) -> int:
+        return self._queue.levels
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], outputs: Sequence[str] = ()
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] = (),
+        *,
+        priority: int = 1,
+        timeout_us: int | None = None,
+        elapsed_ns: int = 0,
+        gone: Callable[[], bool] | None = None,
     ) -> BatchResult:
-        """Queue one validated request and wait for its outputs."""
+        """Queue one validated request and wait for its outputs.
+
+        `priority`: 1 (highest) to `priority_levels`. `timeout_us`: the request's deadline,
+        counted from its arrival `elapsed_ns` ago. `gone`: true once its client has left.
+        """
         if self._closing:
             raise ModelNotReady(self.name, reason="it is being unloaded; retry")
-        if len(self._pending) >= self.max_queue_size:
-            raise Overloaded(
-                self.name, queue_size=len(self._pending), retry_after=self.retry_after_s
-            )
+        if not 1 <= priority <= self._queue.levels:
+            raise ValueError(f"priority {priority} is outside 1..{self._queue.levels}")
+        if self._queue.live >= self.max_queue_size:
+            self._dropped("queue_full")
+            raise Overloaded(self.name, queue_size=self._queue.live, retry_after=self.retry_after_s)
+        remaining_ns = 0 if timeout_us is None else timeout_us * 1000 - elapsed_ns
+        if timeout_us is not None and remaining_ns <= 0:
+            self._dropped("timeout")
+            raise DeadlineExceeded(self.name, timeout_us=timeout_us, ran=False)
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
             self._task.add_done_callback(self._dispatcher_done)
-        item = _Pending(inputs, list(outputs), loop.create_future(), self.clock.now_ns())
-        self._pending.append(item)
+        item = Pending(
+            inputs,
+            list(outputs),
+            loop.create_future(),
+            self.clock.now_ns(),
+            level=priority - 1,
+            gone=gone,
+        )
+        self._queue.push(item)
+        timer = None
+        if timeout_us is not None:
+            timer = self.clock.call_later(
+                remaining_ns / 1e9, lambda: self._expire(item, timeout_us)
+            )
         self._wake()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if self._queue.leave(item):
+                self._dropped("disconnected")
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running one, stop the workers."""
@@ -176,7 +195,7 @@ class Batcher:
 
     async def _dispatch(self) -> None:
         while True:
-            while not self._pending:
+            while not self._queue.live:
                 if self._closing:
                     return
                 await self._sleep(None)
@@ -194,57 +213,49 @@ class Batcher:
                     await asyncio.sleep(0)  # let the loop read and answer between batches
                     continue
                 await self._slots.acquire()  # it failed: rerun it on the workers, one by one
+            self.in_flight += len(batch)
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _form_batch(self) -> list[_Pending]:
-        self._drop_cancelled()
-        if not self._pending:
+    async def _form_batch(self) -> list[Pending]:
+        head = self._queue.head()
+        if head is None:
             return []
-        head = self._pending[0]
         if self.enabled and head.key is not None and head.rows < self.max_batch_size:
             deadline = head.enqueued_ns + self.max_delay_ns
-            while not self._closing and not head.future.done():
+            while not self._closing and head.queued and not head.future.done():
                 remaining = deadline - self.clock.now_ns()
-                if remaining <= 0 or self._rows_like(head) >= self.max_batch_size:
+                if remaining <= 0 or self._queue.rows_like(head) >= self.max_batch_size:
                     break
                 await self._sleep(remaining)
-        return self._take()
+        return self._queue.take(batching=self.enabled, max_rows=self.max_batch_size)
 
-    def _drop_cancelled(self) -> None:
-        while self._pending and self._pending[0].future.done():
-            self._pending.popleft()
-
-    def _rows_like(self, head: _Pending) -> int:
-        return sum(p.rows for p in self._pending if p.key == head.key and not p.future.done())
-
-    def _take(self) -> list[_Pending]:
-        """Pop the oldest live request's batch from the queue, keeping the others' order."""
-        batch: list[_Pending] = []
-        keep: deque[_Pending] = deque()
-        rows, solo = 0, True
-        for item in self._pending:
-            if item.future.done():
-                continue
-            if not batch:
-                batch.append(item)
-                rows, solo = item.rows, not self.enabled or item.key is None
-            elif not solo and item.key == batch[0].key and rows + item.rows <= self.max_batch_size:
-                batch.append(item)
-                rows += item.rows
-            else:
-                keep.append(item)
-        self._pending = keep
-        return batch
-
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[Pending]) -> None:
         try:
             await self._run_batch(batch)
         finally:
+            self.in_flight -= len(batch)
             self._slots.release()
 
-    def _inline(self, batch: list[_Pending]) -> bool:
+    def _expire(self, item: Pending, timeout_us: int) -> None:
+        """The request's deadline passed: it leaves the queue unrun, or is answered 504."""
+        if item.future.done():
+            return
+        queued = self._queue.leave(item)
+        if queued:
+            self._dropped("timeout")
+        _fail(item, DeadlineExceeded(self.name, timeout_us=timeout_us, ran=not queued))
+
+    def _gone(self, item: Pending) -> None:
+        self._dropped("disconnected")
+        _fail(item, ClientGone(self.name))
+
+    def _dropped(self, reason: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reason)
+
+    def _inline(self, batch: list[Pending]) -> bool:
         """Whether this batch is cheap enough, by its key's recent timings, to run on the loop."""
         return self.timer.inline(batch[0].key, sum(i.rows for i in batch))
 
@@ -254,7 +265,7 @@ class Batcher:
         """Run the model (on whichever thread calls this) and note how long it took."""
         return self.timer.timed(key, rows, lambda: self._run(feed, names))
 
-    def _run_inline(self, batch: list[_Pending]) -> bool:
+    def _run_inline(self, batch: list[Pending]) -> bool:
         """Run a cheap batch on the loop and answer it; False (nothing answered) if it fails."""
         dispatched = self.clock.now_ns()
         names = _union(item.outputs for item in batch)
@@ -272,7 +283,7 @@ class Batcher:
         self._deliver(batch, parts, dispatched, compute_ns)
         return True
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, batch: list[Pending]) -> None:
         dispatched = self.clock.now_ns()
         names = _union(item.outputs for item in batch)
         try:
@@ -308,7 +319,7 @@ class Batcher:
 
     def _deliver(
         self,
-        batch: list[_Pending],
+        batch: list[Pending],
         parts: list[dict[str, np.ndarray]],
         dispatched: int,
         compute_ns: int,
@@ -334,12 +345,11 @@ class Batcher:
         exc = task.exception()
         log.error("batcher for %s stopped: %r", self.name, exc)
         self._closing = True
-        for item in self._pending:
+        for item in self._queue.clear():
             _fail(item, ModelNotReady(self.name, reason=f"its batcher failed ({exc!r})"))
-        self._pending.clear()
 
 
-def _feed(batch: list[_Pending]) -> dict[str, np.ndarray]:
+def _feed(batch: list[Pending]) -> dict[str, np.ndarray]:
     if len(batch) == 1:
         return batch[0].inputs
     return {n: np.concatenate([i.inputs[n] for i in batch]) for n in batch[0].inputs}
@@ -350,7 +360,7 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _fail(item: _Pending, exc: BaseException) -> None:
+def _fail(item: Pending, exc: BaseException) -> None:
     if not item.future.done():
         item.future.set_exception(exc)
 

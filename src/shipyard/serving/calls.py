@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from shipyard.codecs.types import InferenceResponse
 from shipyard.errors import ShipyardError
-from shipyard.serving.errors import ModelNotReady, Overloaded
+from shipyard.serving.errors import ClientGone, DeadlineExceeded, ModelNotReady, Overloaded
 from shipyard.serving.logs import request_id
 from shipyard.serving.manager import ModelEvent
 
@@ -176,6 +176,10 @@ def outcome_of_error(exc: BaseException) -> str:
         return "overloaded"
     if isinstance(exc, ModelNotReady):
         return "not_ready"
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, ClientGone):
+        return "cancelled"
     if isinstance(exc, ShipyardError) and 400 <= exc.status < 500:
         return "invalid"
     return "error"

@@ -7,7 +7,8 @@ emits one `calls.CallEvent` per audited call (and a `ModelChange` per model stat
 to the listeners of its `events`, the audit writer among them. Every method either returns
 plain data or raises a `ShipyardError` whose `.status` is the HTTP status (gRPC transports
 map it to a status code):
-`ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `InputError`/`ProtocolError` 400.
+`ModelNotFound` 404, `ModelNotReady`/`Overloaded` 503, `DeadlineExceeded` 504,
+`InputError`/`ProtocolError` 400.
 
 Versions arrive as the strings found in URLs (None = the server picks the highest READY
 version); a version that is not a positive integer is simply not found.
@@ -27,6 +28,7 @@ from shipyard.errors import InputError, ShipyardError, UsageError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
+from shipyard.serving.batch_queue import BatchResult
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.logs import request_id
@@ -190,6 +192,7 @@ class DataPlane:
         received_ns: int | None = None,
         usage: dict[str, int] | None = None,
         call: Call | CallContext | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> InferenceResponse:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
@@ -198,13 +201,20 @@ class DataPlane:
         reported latency include decoding. `usage`, when given, receives `prompt_tokens`
         (the real tokens of processed text inputs). `call`: the call's context (this infer
         is the whole audited call: it emits its event; None: an anonymous one), or the `Call`
-        the transport opened and closes itself.
+        the transport opened and closes itself. `gone`: true once the client has left (a
+        queued request is then dropped unrun). `timeout_us`/`priority`: see queue_policy.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
 
         def run() -> Awaitable[InferenceResponse]:
             return self._infer(
-                name, request, version=version, protocol=protocol, started=started, usage=usage
+                name,
+                request,
+                version=version,
+                protocol=protocol,
+                started=started,
+                usage=usage,
+                gone=gone,
             )
 
         if not self.events.listeners:
@@ -222,14 +232,29 @@ class DataPlane:
         protocol: str,
         started: int,
         usage: dict[str, int] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> InferenceResponse:
         with self.manager.lease(name, _version_number(name, version)) as served:
             model_version = str(served.version)
             try:
+                schedule = served.resolved.queue.schedule(
+                    name, timeout_us=request.timeout_us, priority=request.priority
+                )
+
+                def submit(inputs: dict[str, Any], wanted: list[str]) -> Awaitable[BatchResult]:
+                    return served.batcher.submit(
+                        inputs,
+                        wanted,
+                        priority=schedule.priority,
+                        timeout_us=schedule.timeout_us,
+                        elapsed_ns=time.perf_counter_ns() - started,
+                        gone=gone,
+                    )
+
                 processor = served.model.processor
                 if processor is None:
                     inputs = _validated(served, request.inputs, request.output_names)
-                    result = await served.batcher.submit(inputs, request.output_names)
+                    result = await submit(inputs, request.output_names)
                     outputs = result.outputs
                 else:
                     prepared = await _prepare(processor, request.inputs)
@@ -237,7 +262,7 @@ class DataPlane:
                         usage["prompt_tokens"] = prepared.tokens
                     wanted = processor.graph_outputs(request.output_names)
                     inputs = _validated(served, prepared.inputs, wanted, request.output_names)
-                    result = await served.batcher.submit(inputs, wanted)
+                    result = await submit(inputs, wanted)
                     outputs = processor.postprocess(result.outputs, request.output_names)
                 check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
                 self.manager.drift.observe(name, served.version, inputs, result.outputs)

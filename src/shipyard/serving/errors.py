@@ -9,7 +9,9 @@ ShipyardError (shipyard.errors)
 ├── PayloadTooLarge (413)          a request body over the configured limit
 ├── ModelLoadError (400)           an explicit load left no version able to serve
 ├── ModelNotReady (503)            the model exists but no version of it can serve now
-└── Overloaded (503)               the model's queue is full; retry after `retry_after` s
+├── Overloaded (503)               the model's queue is full; retry after `retry_after` s
+├── DeadlineExceeded (504)         the request's timeout passed before the model answered
+└── ClientGone (400)               the client left while its request waited (no one reads it)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from shipyard.codecs.errors import ProtocolError
 from shipyard.errors import NotFoundError, ShipyardError, UsageError
 
 __all__ = [
+    "ClientGone",
+    "DeadlineExceeded",
     "ModelConfigError",
     "ModelLoadError",
     "ModelNotFound",
@@ -74,6 +78,34 @@ class Overloaded(ShipyardError):
         self.name = name
         self.queue_size = queue_size
         self.retry_after = retry_after
+
+
+class DeadlineExceeded(ShipyardError):
+    """The request's timeout passed: before its batch ran (it never ran) or while it ran."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+    def __init__(self, name: str, *, timeout_us: int, ran: bool) -> None:
+        where = "was still running (its outputs are discarded)" if ran else "expired in the queue"
+        super().__init__(
+            f"model {name!r} did not answer within the request's timeout of {timeout_us} µs: "
+            f"it {where if ran else where + ' and never ran'}; send a longer timeout or retry "
+            "when the model is less busy"
+        )
+        self.ran = ran
+
+
+class ClientGone(ShipyardError):
+    """The client closed its connection while its request waited: it is dropped unrun.
+
+    Nobody reads the answer; metrics and audit records name its outcome `cancelled`.
+    """
+
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r}: the client disconnected while its request was queued")
+        self.name = name
 
 
 class PayloadTooLarge(ShipyardError):

@@ -90,6 +90,9 @@ def build_batcher(
     def on_batch(rows: int, requests: int, compute_ns: int) -> None:
         metrics.observe_batch(model=name, version=version, rows=rows, compute_ns=compute_ns)
 
+    def on_drop(reason: str) -> None:
+        metrics.observe_drop(model=name, version=version, reason=reason)
+
     def run(feed: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # the data plane checked each request's inputs before it joined the batch
         return runtime.run(feed, outputs or None)
@@ -100,5 +103,7 @@ def build_batcher(
         batching=batching,
         workers=resolved.instances,
         on_batch=on_batch,
+        on_drop=on_drop,
+        priority_levels=resolved.queue.priority_levels,
         retry_after_s=resolved.limits.retry_after_s,
     )

@@ -43,7 +43,7 @@ LATENCY_BUCKETS = (
     10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-OUTCOMES = ("success", "invalid", "overloaded", "not_ready", "error")
+OUTCOMES = ("success", "invalid", "overloaded", "not_ready", "timeout", "cancelled", "error")
 AUTH_FAILURE_REASONS = (
     "missing_token",
     "invalid_token",
@@ -148,6 +148,13 @@ class Metrics:
             "Rows per executed batch.",
             labels,
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_drops = Counter(
+            "shipyard_queue_drops",
+            "Requests that never ran, by reason: queue_full (refused, 503), timeout (their "
+            "deadline passed while queued, 504), disconnected (the client left while queued).",
+            (*labels, "reason"),
             registry=self.registry,
         )
         self.queue_depth = Gauge(
@@ -264,6 +271,10 @@ class Metrics:
         stats.execution_count += 1
         stats.inference_count += rows
         stats.batches.setdefault(rows, DurationStat()).add(compute_ns)
+
+    def observe_drop(self, *, model: str, version: str, reason: str) -> None:
+        """One request dropped unrun; `reason` is one of batching.DROP_REASONS."""
+        self.queue_drops.labels(model, version, reason).inc()
 
     def track_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(lambda: float(depth()))

@@ -10,6 +10,11 @@ once, when a version loads)::
     max_batch_size = 16
     max_queue_delay_us = 1000
     max_queue_size = 256
+    [queue]                       # deadlines and priorities (queue_policy.QueuePolicy)
+    default_timeout_us = 50_000
+    allow_timeout_override = true
+    priority_levels = 2
+    default_priority = 2
     [version_policy]              # one of: latest = N | all = true | specific = [1, 3]
     latest = 1
     [runtime]                     # shipyard.RuntimeOptions
@@ -34,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
+from shipyard.serving.queue_policy import QueuePolicy
 from shipyard.serving.settings import validation_details
 
 MODEL_CONFIG_FILE = "model.toml"
@@ -129,6 +135,7 @@ class ModelConfig(BaseModel):
     """true: warm up (a failure on synthesized inputs only warns); "strict": any warm-up
     failure refuses the version; false: no warm-up. Unset: the server's `warmup`."""
     batching: BatchingOverride = BatchingOverride()
+    queue: QueuePolicy = QueuePolicy()
     version_policy: VersionPolicy = VersionPolicy()
     runtime: RuntimeOptions | None = None
     limits: LimitsOverride = LimitsOverride()

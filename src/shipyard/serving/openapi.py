@@ -48,6 +48,7 @@ _ERROR_TEXT = {
     403: "The token's scopes do not grant this operation (only with --auth)",
     413: "Request body over the limit (after decompression)",
     503: "Model not ready, or its queue is full (see Retry-After)",
+    504: "The request's timeout parameter passed before the model answered",
 }
 
 ENDPOINTS: list[Endpoint] = [

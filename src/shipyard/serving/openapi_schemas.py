@@ -113,7 +113,8 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "additionalProperties": {"type": ["string", "number", "boolean"]},
         "description": "Free-form parameters; binary_data_output/binary_data/"
-        "binary_data_size are the binary tensor extension's.",
+        "binary_data_size are the binary tensor extension's; on a request, timeout "
+        "(microseconds) and priority (1 = highest) are Triton's schedule policy.",
     },
     "TensorData": {
         "description": "Row-major elements, flat or nested lists.",

@@ -137,7 +137,8 @@ def _v2_model_routes(base: str, suffix: str) -> list[Route]:
                 (404,), false_status="ModelReady")),
             Route("POST", f"{base}/infer", "v2.infer", "infer", audit="infer",
                   operation=Operation(f"v2_infer{suffix}", "Inference", "V2",
-                                      "InferenceResponse", _POST_MODEL, body="InferenceRequest",
+                                      "InferenceResponse", (*_POST_MODEL, 504),
+                                      body="InferenceRequest",
                                       binary=True)),
             Route("GET", f"{base}/stats", "v2.statistics", "metadata", operation=Operation(
                 f"v2_model_stats{suffix}", "Model statistics", "V2", "Statistics", (404,))),

@@ -2,7 +2,7 @@
 
 A model's `model.toml` overrides single knobs of the server's settings; `resolve` merges
 them into a `VersionConfig` that the served version keeps (limits, decode limits, batching,
-drift, instances, warm-up, runtime options), so a request reads what it needs and merges
+queue policy, drift, instances, warm-up, runtime options), so a request reads what it needs and merges
 nothing. `ceiling_problem` is what a model.toml may not ask for (`max_instances`; with
 `require_signature` nothing above the server's limits or queue size), `downgrade_refusal`
 why a signed-only server does not roll a model back by itself. `check_output_size` applies
@@ -23,6 +23,7 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import ShipyardError
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.model_config import MODEL_CONFIG_FILE, ModelConfig
+from shipyard.serving.queue_policy import QueuePolicy
 from shipyard.serving.settings import (
     BatchingSettings,
     DriftSettings,
@@ -50,6 +51,8 @@ class VersionConfig:
     """The codec-level part of `limits`, built once."""
     batching: BatchingSettings
     """`enabled` None: on when the model's signature and a trial run allow it."""
+    queue: QueuePolicy
+    """Deadlines and priority levels (model.toml [queue]; no server-wide defaults)."""
     drift: DriftSettings
     instances: int
     warmup: bool | Literal["strict"]
@@ -66,6 +69,7 @@ def resolve(config: ModelConfig, settings: ServerSettings) -> VersionConfig:
         limits=limits,
         decode_limits=decode_limits(limits),
         batching=settings.batching.model_copy(update=batching_update),
+        queue=config.queue,
         drift=settings.drift.model_copy(update=drift_update) if drift_update else settings.drift,
         instances=config.instances or settings.instances,
         warmup=settings.warmup if config.warmup is None else config.warmup,

@@ -41,6 +41,9 @@ BODY_LIMIT = "shipyard.body_limit"
 """Scope key: the route's body limit in bytes (set by the dispatcher, read by `read_body`)."""
 CALL = "shipyard.call"
 """Scope key: the audited `calls.Call` this request is (absent when not audited)."""
+CLIENT_GONE = "shipyard.client_gone"
+"""Scope key: a callable, true once the request's connection is closed (set by the guarded
+protocol, `http.guard`; absent under other servers)."""
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -87,6 +90,12 @@ def call_of(request: Request) -> Call | None:
     """The audited call this request is, to pass to the data plane (None: not audited)."""
     call: Call | None = request.scope.get(CALL)
     return call
+
+
+def gone_of(request: Request) -> Callable[[], bool] | None:
+    """Whether the request's client has left, as a probe (None: the server cannot tell)."""
+    gone: Callable[[], bool] | None = request.scope.get(CLIENT_GONE)
+    return gone
 
 
 def client_of(scope: Scope) -> str | None:

@@ -11,7 +11,8 @@ is, and a client that never finishes its headers holds its connection (and memor
   after it opened or after its request began (408 when some bytes came, silence otherwise);
 - closes a connection whose request body stalls: no body bytes for `body_timeout_s` while the
   app waits for them (408 if no response has started);
-- refuses connections past `max_connections` open at once with 503 and closes them.
+- refuses connections past `max_connections` open at once with 503 and closes them;
+- puts `CLIENT_GONE` in each request's scope: true once its connection is closed.
 
 Keep-alive idle connections are closed by uvicorn's own `timeout_keep_alive`.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shipyard.serving.http.common import CLIENT_GONE
 from shipyard.serving.settings import HttpSettings
 
 log = logging.getLogger("shipyard.serving.http.guard")
@@ -126,6 +128,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        # the app's probe for a client that left (a closed connection: the dispatcher drops
+        # its queued request unrun); is_closing is also true after the server closes it
+        self.scope[CLIENT_GONE] = self.transport.is_closing  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

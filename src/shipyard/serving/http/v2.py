@@ -27,6 +27,7 @@ from shipyard.serving.http.common import (
     call_of,
     compress_for,
     endpoint,
+    gone_of,
     json_response,
     read_body,
 )
@@ -83,6 +84,7 @@ class V2Handlers:
             protocol=PROTOCOL,
             received_ns=received,
             call=call_of(request),
+            gone=gone_of(request),
         )
         payload, json_length = encode_response(response, request=decoded)
         headers: dict[str, str] = {}
