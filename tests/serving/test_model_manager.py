@@ -283,7 +283,7 @@ async def test_config_is_resolved_once_at_load_and_inputs_checked_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import shipyard.runtime.onnxrt
-    import shipyard.serving.dataplane
+    import shipyard.serving.request_checks
     from shipyard.runtime.base import check_inputs
 
     pack()
@@ -301,7 +301,7 @@ async def test_config_is_resolved_once_at_load_and_inputs_checked_once(
             calls.append("check")
             return check_inputs(specs, inputs)
 
-        monkeypatch.setattr(shipyard.serving.dataplane, "check_inputs", counted)
+        monkeypatch.setattr(shipyard.serving.request_checks, "check_inputs", counted)
         monkeypatch.setattr(shipyard.runtime.onnxrt, "check_inputs", counted)
         np.testing.assert_array_equal((await infer(plane)).outputs["y"], X * 2)
         assert calls == ["check"]

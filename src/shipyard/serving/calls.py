@@ -20,7 +20,7 @@ from shipyard.codecs.types import InferenceResponse
 from shipyard.errors import ShipyardError
 from shipyard.serving.errors import ClientGone, DeadlineExceeded, ModelNotReady, Overloaded
 from shipyard.serving.logs import request_id
-from shipyard.serving.manager import ModelEvent
+from shipyard.serving.version_state import ModelEvent
 
 ANONYMOUS = "anonymous"
 """Who a call is from when the server runs without auth (or the call needs no token)."""

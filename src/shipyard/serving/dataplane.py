@@ -16,7 +16,6 @@ version); a version that is not a positive integer is simply not found.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,16 +23,20 @@ from typing import Any
 
 from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
-from shipyard.errors import InputError, ShipyardError, UsageError
+from shipyard.errors import ShipyardError
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.processing.runtime import Prepared, Processor
-from shipyard.runtime.base import check_inputs
 from shipyard.serving.batch_queue import BatchResult
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.logs import request_id
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.request_checks import (
+    check_model_name,
+    prepare_inputs,
+    validated,
+    version_number,
+)
 from shipyard.serving.settings import LimitsSettings
 from shipyard.serving.triton_config import triton_config
 from shipyard.serving.version_config import check_output_size, decode_limits
@@ -42,8 +45,6 @@ from shipyard.serving.version_state import IndexEntry, ServedVersion
 SERVER_NAME = "shipyard"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 PLATFORM = "onnx_onnxv1"
-MAX_MODEL_NAME = 128
-"""The longest model name a manifest allows; longer names are refused on every route."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether that model (version) can take requests now (never while shutting down);
         ModelNotFound if unknown."""
-        number = _version_number(name, version)
+        number = version_number(name, version)
         try:
             self.manager.get(name, number)
         except ModelNotReady:
@@ -136,7 +137,7 @@ class DataPlane:
         }
 
     def model_signature(self, name: str, version: str | None = None) -> ModelSignature:
-        served = self.manager.get(name, _version_number(name, version))
+        served = self.manager.get(name, version_number(name, version))
         model, processor = served.model, served.model.processor
         if processor is None:
             return ModelSignature(name, served.version, model.inputs, model.outputs)
@@ -163,11 +164,11 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton's model configuration of the served version (`triton_config`)."""
-        return triton_config(name, self.manager.get(name, _version_number(name, version)))
+        return triton_config(name, self.manager.get(name, version_number(name, version)))
 
     def package_metadata(self, name: str, version: str | None = None) -> dict[str, str]:
         """The served version's package metadata (the manifest's free-form `metadata`)."""
-        served = self.manager.get(name, _version_number(name, version))
+        served = self.manager.get(name, version_number(name, version))
         return dict(served.model.manifest.metadata)
 
     def embedding_target(self, name: str) -> EmbeddingTarget | None:
@@ -234,7 +235,7 @@ class DataPlane:
         usage: dict[str, int] | None = None,
         gone: Callable[[], bool] | None = None,
     ) -> InferenceResponse:
-        with self.manager.lease(name, _version_number(name, version)) as served:
+        with self.manager.lease(name, version_number(name, version)) as served:
             model_version = str(served.version)
             try:
                 schedule = served.resolved.queue.schedule(
@@ -253,15 +254,15 @@ class DataPlane:
 
                 processor = served.model.processor
                 if processor is None:
-                    inputs = _validated(served, request.inputs, request.output_names)
+                    inputs = validated(served, request.inputs, request.output_names)
                     result = await submit(inputs, request.output_names)
                     outputs = result.outputs
                 else:
-                    prepared = await _prepare(processor, request.inputs)
+                    prepared = await prepare_inputs(processor, request.inputs)
                     if usage is not None:
                         usage["prompt_tokens"] = prepared.tokens
                     wanted = processor.graph_outputs(request.output_names)
-                    inputs = _validated(served, prepared.inputs, wanted, request.output_names)
+                    inputs = validated(served, prepared.inputs, wanted, request.output_names)
                     result = await submit(inputs, wanted)
                     outputs = processor.postprocess(result.outputs, request.output_names)
                 check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
@@ -348,59 +349,6 @@ class DataPlane:
     def metrics_text(self) -> bytes:
         """Prometheus text exposition of this server's metrics."""
         return self.metrics.exposition()
-
-
-def check_model_name(name: str) -> str:
-    """`name`, or a 400 when it is longer than any model name can be (MAX_MODEL_NAME, the
-    manifest's own limit): a 5,000-character name reached the file system (a 500)."""
-    if len(name) > MAX_MODEL_NAME:
-        raise UsageError(
-            f"model name of {len(name)} characters: model names are at most "
-            f"{MAX_MODEL_NAME} (letters, digits, '_', '.', '-')"
-        )
-    return name
-
-
-def _version_number(name: str, version: str | None) -> int | None:
-    check_model_name(name)
-    if version is None or version == "":
-        return None
-    if not version.isdigit() or version.startswith("0"):
-        raise ModelNotFound(name, version)
-    return int(version)
-
-
-def _validated(
-    served: ServedVersion,
-    inputs: dict[str, Any],
-    output_names: list[str],
-    asked: list[str] | None = None,
-) -> dict[str, Any]:
-    """Check one request on its own before it can join a batch."""
-    known = [o.name for o in served.model.outputs]
-    unknown = [n for n in output_names if n not in known]
-    if unknown:
-        processor = served.model.processor
-        if processor is not None:
-            known += [s.name for s in processor.output_specs(served.model.outputs)]
-        unknown = [n for n in (asked or output_names) if n not in known]
-        raise InputError(f"unknown output(s) {unknown}; model {served.name!r} has {known}")
-    return check_inputs(served.model.inputs, dict(inputs))
-
-
-async def _prepare(processor: Processor, inputs: dict[str, Any]) -> Prepared:
-    """Processed inputs; big batches and images are tokenized/decoded off the event loop
-    (the tokenizers library and Pillow release the GIL)."""
-    raw = [inputs[s.name] for s in processor.input_specs if s.name in inputs]
-    if not raw:
-        return Prepared(inputs)
-    if processor.spec.image is None and raw[0].size <= _INLINE_TEXTS:
-        return processor.preprocess(inputs)
-    return await asyncio.to_thread(processor.preprocess, inputs)
-
-
-_INLINE_TEXTS = 16
-"""Up to this many texts are tokenized on the event loop (tens of microseconds each)."""
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from shipyard.package.swap import read_stable
@@ -39,6 +39,7 @@ from shipyard.serving.version_config import (
 )
 from shipyard.serving.version_state import (
     IndexEntry,
+    ModelEvent,
     ModelRecord,
     ModelState,
     ServedVersion,
@@ -49,20 +50,6 @@ if TYPE_CHECKING:
     from shipyard.serving.calls import CallContext
 
 log = logging.getLogger("shipyard.serving.manager")
-
-
-@dataclass(frozen=True)
-class ModelEvent:
-    """A version was loaded, reloaded or unloaded (`ok`), or a load or reload `failed`."""
-
-    kind: str
-    """"load", "reload" (a served version replaced by its changed files) or "unload"."""
-    model: str
-    version: int
-    outcome: str
-    detail: str = ""
-    cause: CallContext | None = None
-    """The call an explicit load or unload ran for (None: the repository or start-up)."""
 
 
 class ModelManager:

@@ -102,6 +102,20 @@ class ServedVersion:
         self.model.close()
 
 
+@dataclass(frozen=True)
+class ModelEvent:
+    """A version was loaded, reloaded or unloaded (`ok`), or a load or reload `failed`."""
+
+    kind: str
+    """"load", "reload" (a served version replaced by its changed files) or "unload"."""
+    model: str
+    version: int
+    outcome: str
+    detail: str = ""
+    cause: CallContext | None = None
+    """The call an explicit load or unload ran for (None: the repository or start-up)."""
+
+
 @dataclass
 class ModelRecord:
     """What the manager knows of one model: its config, version states and served versions."""

@@ -31,11 +31,12 @@ from shipyard.codecs.types import InferenceRequest, RequestedOutput
 from shipyard.errors import NotFoundError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.serving.calls import Call
-from shipyard.serving.dataplane import DataPlane, ModelSignature, check_model_name
+from shipyard.serving.dataplane import DataPlane, ModelSignature
 from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.http import common
 from shipyard.serving.http.common import Handler, json_response
 from shipyard.serving.http.v2 import counted
+from shipyard.serving.request_checks import check_model_name
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.version_state import IndexEntry, ModelState
 
