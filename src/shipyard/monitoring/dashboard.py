@@ -35,7 +35,9 @@ def panels(config: MonitoringConfig) -> list[tuple[str, list[Panel]]]:
     dashboard's model and version variables."""
     mv = {"model": "=~$model", "version": "=~$version"}
     req = "shipyard_requests_total" + config.selector(**mv)
-    bad = "shipyard_requests_total" + config.selector(**mv, outcome="=~error|overloaded|not_ready")
+    bad = "shipyard_requests_total" + config.selector(
+        **mv, outcome="=~error|overloaded|not_ready|timeout"
+    )
     job = config.selector()
 
     def quantiles(metric: str, by: str = "model") -> tuple[Target, ...]:

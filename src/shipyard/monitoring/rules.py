@@ -37,7 +37,7 @@ def alerts(config: MonitoringConfig | None = None) -> list[Alert]:
     c = config or MonitoringConfig()
     w = c.rate_window
     req = "shipyard_requests_total" + c.selector()
-    bad = "shipyard_requests_total" + c.selector(outcome="=~error|overloaded|not_ready")
+    bad = "shipyard_requests_total" + c.selector(outcome="=~error|overloaded|not_ready|timeout")
     not_ready = "shipyard_requests_total" + c.selector(outcome="not_ready")
     job = c.selector()
 
@@ -65,7 +65,7 @@ def alerts(config: MonitoringConfig | None = None) -> list[Alert]:
             "critical",
             "{{ $labels.model }}: {{ $value | humanizePercentage }} of requests fail",
             f"More than {c.error_rate:.0%} of the requests to model {{{{ $labels.model }}}} "
-            "were answered error, overloaded or not_ready.",
+            "were answered error, overloaded, not_ready or timeout.",
             "see the outcome split on the dashboard; for overloaded raise "
             "batching.max_queue or add instances, for error read the server log by request id.",
         ),
