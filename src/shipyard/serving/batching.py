@@ -18,7 +18,9 @@ Rules:
   A request whose client is gone (`gone()`) or whose caller is cancelled leaves unrun.
   Each request dropped unrun is reported to `on_drop` with its reason (DROP_REASONS).
 - Inputs must be validated before `submit`. If a batch still fails, or its outputs cannot
-  be split by dim 0, each request is rerun alone, so one bad request fails only itself.
+  be split by dim 0, each request is rerun alone, so one bad request fails only itself;
+  unless `run` raised ModelNotReady (an isolated model's worker died or hung): then every
+  request of the batch gets that error at once.
 - Tiny models run on the event loop: for a model that runs in a few microseconds (a
   scikit-learn classifier) the thread handoff is most of the work, and with batching off
   it serialises every request behind a round trip (measured: 3.1k req/s off the loop, 5.1k
@@ -294,8 +296,9 @@ class Batcher:
                 self._executor, self._timed, batch[0].key, rows, feed, names
             )
         except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch[0], exc)
+            if len(batch) == 1 or isinstance(exc, ModelNotReady):
+                for item in batch:  # a model that cannot run now: no request is at fault
+                    _fail(item, exc)
                 return
             log.warning(
                 "batch of %d requests for %s failed (%s); rerunning them one by one",

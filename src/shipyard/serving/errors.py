@@ -9,6 +9,7 @@ ShipyardError (shipyard.errors)
 ├── PayloadTooLarge (413)          a request body over the configured limit
 ├── ModelLoadError (400)           an explicit load left no version able to serve
 ├── ModelNotReady (503)            the model exists but no version of it can serve now
+│   └── WorkerUnavailable (503)    its worker process died, hung or is restarting (isolation)
 ├── Overloaded (503)               the model's queue is full; retry after `retry_after` s
 ├── DeadlineExceeded (504)         the request's timeout passed before the model answered
 └── ClientGone (400)               the client left while its request waited (no one reads it)
@@ -31,6 +32,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ProtocolError",
+    "WorkerUnavailable",
 ]
 
 
@@ -63,6 +65,16 @@ class ModelNotReady(ShipyardError):
         self.name = name
         self.version = version
         self.reason = reason
+
+
+class WorkerUnavailable(ModelNotReady):
+    """The version's worker process died or hung under a batch, or is being restarted.
+
+    Every request of the batch gets it (the batcher does not rerun them one by one: the
+    worker is gone, not the request at fault)."""
+
+    def __init__(self, name: str, version: int, *, reason: str) -> None:
+        super().__init__(name, version, reason=reason)
 
 
 class Overloaded(ShipyardError):

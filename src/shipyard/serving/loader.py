@@ -2,6 +2,8 @@
 
 `open_version` runs on a worker thread (the manager's `_load_version` calls it); what it
 decides comes from the version's resolved `VersionConfig`, merged once before the load.
+An isolated version (`isolation = "process"`) is opened in its worker process
+(`isolation.open_isolated`); warm-up and the batching check then run there too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import numpy as np
 from shipyard.model import Model, load_model
 from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
+from shipyard.serving.isolation import RESTART_REASONS, ProcessRuntime, open_isolated
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.run_timing import INLINE_MAX_US
 from shipyard.serving.version_config import VersionConfig
 from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
 
@@ -36,9 +40,19 @@ def open_version(
     runs it under `swap.read_stable`: when the version is rewritten meanwhile (`shipyard
     encrypt`, key rotation) it is opened again, so what serves is one version as written.
     """
-    model = load_model(
-        path, version=version, options=resolved.runtime, public_key=public_key, kek=kek
-    )
+    if resolved.worker is not None:
+        model = open_isolated(
+            path,
+            version,
+            resolved.worker,
+            options=resolved.runtime,
+            public_key=public_key,
+            kek=kek,
+        )
+    else:
+        model = load_model(
+            path, version=version, options=resolved.runtime, public_key=public_key, kek=kek
+        )
     mode = resolved.warmup
     feed = None
     try:
@@ -97,6 +111,14 @@ def build_batcher(
         # the data plane checked each request's inputs before it joined the batch
         return runtime.run(feed, outputs or None)
 
+    inline_max_us = INLINE_MAX_US
+    if isinstance(runtime, ProcessRuntime):
+        inline_max_us = 0  # a pipe round trip, and a wait of up to the execution timeout
+        restarts = metrics.worker_restarts
+        for reason in RESTART_REASONS:  # every series from 0, so rate() and alerts see a rise
+            restarts.labels(name, version, reason)
+        runtime.on_restart = lambda reason: restarts.labels(name, version, reason).inc()
+
     return Batcher(
         run,
         name=name,
@@ -106,4 +128,5 @@ def build_batcher(
         on_drop=on_drop,
         priority_levels=resolved.queue.priority_levels,
         retry_after_s=resolved.limits.retry_after_s,
+        inline_max_us=inline_max_us,
     )

@@ -148,11 +148,11 @@ class ModelManager:
         if version is None:
             for number in sorted(record.served, reverse=True):
                 if not record.served[number].closing:
-                    return record.served[number]
+                    return _up(record.served[number])
             raise ModelNotReady(name, reason=record.why_not_ready())
         served = record.served.get(version)
         if served is not None and not served.closing:
-            return served
+            return _up(served)
         status = record.statuses.get(version)
         if status is None:
             raise ModelNotFound(name, version)
@@ -172,7 +172,10 @@ class ModelManager:
             return False
         if not self.settings.strict_readiness:
             return True
-        return all(r.served or r.unloaded_by_request for r in self._records.values())
+        return all(
+            r.unloaded_by_request or any(s.down is None for s in r.served.values())
+            for r in self._records.values()
+        )
 
     async def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
         """Every model and version known or on disk, with its state and reason."""
@@ -401,6 +404,13 @@ class ModelManager:
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))
+
+
+def _up(served: ServedVersion) -> ServedVersion:
+    """`served`, or ModelNotReady while its worker process is down (isolation)."""
+    if served.down is not None:
+        raise ModelNotReady(served.name, served.version, reason=served.down)
+    return served
 
 
 def _log(level: int, message: str, model: str, version: int, *args: object) -> None:

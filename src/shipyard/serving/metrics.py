@@ -209,6 +209,14 @@ class Metrics:
             "Audit records queued and not yet written.",
             registry=self.registry,
         )
+        self.worker_restarts = Counter(
+            "shipyard_worker_restarts",
+            'Worker processes of isolated models (isolation = "process") started again, by '
+            "reason: crashed (the last one died), timeout (killed at its execution timeout), "
+            "start_failed (the previous restart could not load the version).",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         """The labelled series one request outcome updates; `.labels(...)` looks them up

@@ -5,6 +5,11 @@ once, when a version loads)::
 
     instances = 2                 # worker threads running this model
     warmup = true
+    isolation = "process"         # run it in a supervised worker process (default "none")
+    [worker]                      # only with isolation = "process" (isolation.py)
+    execution_timeout_s = 30      # a batch not answered by then: worker killed, 503, restarted
+    max_restart_backoff_s = 10    # restarts back off from 0.1 s, doubling up to this
+    start_timeout_s = 300         # loading the version in a (re)started worker
     [batching]
     enabled = true                # default: on when every input and output has a dynamic dim 0
     max_batch_size = 16
@@ -125,6 +130,16 @@ class VersionPolicy(BaseModel):
         return f"latest = {self.latest}"
 
 
+class WorkerSettings(BaseModel):
+    """The worker process of a model with `isolation = "process"` (serving.isolation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    execution_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_restart_backoff_s: float = Field(default=10.0, ge=0.1, le=3600)
+    start_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+
+
 class ModelConfig(BaseModel):
     """A model's serving config from its optional `model.toml`; unset fields use the server's."""
 
@@ -140,6 +155,10 @@ class ModelConfig(BaseModel):
     runtime: RuntimeOptions | None = None
     limits: LimitsOverride = LimitsOverride()
     drift: DriftOverride = DriftOverride()
+    isolation: Literal["none", "process"] = "none"
+    """"process": the runtime runs in a supervised worker process, restarted when it dies or
+    hangs; "none": in the server's process (the fastest)."""
+    worker: WorkerSettings = WorkerSettings()
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:

@@ -22,7 +22,7 @@ import numpy as np
 from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import ShipyardError
 from shipyard.runtime.base import RuntimeOptions
-from shipyard.serving.model_config import MODEL_CONFIG_FILE, ModelConfig
+from shipyard.serving.model_config import MODEL_CONFIG_FILE, ModelConfig, WorkerSettings
 from shipyard.serving.queue_policy import QueuePolicy
 from shipyard.serving.settings import (
     BatchingSettings,
@@ -57,6 +57,8 @@ class VersionConfig:
     instances: int
     warmup: bool | Literal["strict"]
     runtime: RuntimeOptions
+    worker: WorkerSettings | None = None
+    """Its worker process (`isolation = "process"`); None: it runs in the server's process."""
 
 
 def resolve(config: ModelConfig, settings: ServerSettings) -> VersionConfig:
@@ -74,6 +76,7 @@ def resolve(config: ModelConfig, settings: ServerSettings) -> VersionConfig:
         instances=config.instances or settings.instances,
         warmup=settings.warmup if config.warmup is None else config.warmup,
         runtime=config.runtime or settings.runtime,
+        worker=config.worker if config.isolation == "process" else None,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from shipyard.model import Model
 from shipyard.serving.batching import Batcher
 from shipyard.serving.errors import ModelLoadError
+from shipyard.serving.isolation import ProcessRuntime
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import Fingerprint
 from shipyard.serving.version_config import VersionConfig
@@ -84,6 +85,13 @@ class ServedVersion:
     @property
     def version(self) -> int:
         return self.model.version
+
+    @property
+    def down(self) -> str | None:
+        """Why this loaded version cannot run batches now (its worker process is dead or
+        restarting: isolation = "process"); None when it can."""
+        runtime = self.model.runtime
+        return runtime.down if isinstance(runtime, ProcessRuntime) else None
 
     def acquire(self) -> None:
         self.leases += 1

@@ -1,0 +1,144 @@
+"""The model worker process: loads one version itself, then runs the batches it is sent.
+
+Started by `shipyard.serving.isolation` as a fresh interpreter (`python -c`, never a fork of
+the threaded server, and not multiprocessing's "spawn", which re-runs the parent's main
+script) with one end of a socket pair as its only inherited descriptor, it receives one
+`WorkerSpec` over it (the KEK travels there,
+never in argv or the environment), loads the version with `shipyard.load_model` (every
+hash and the signature checked again, in this process) and answers "ready" with what the
+parent needs to know of it. Then, per batch, a ("run", ...) message names the input
+segment and the tensors' headers; outputs go into the output segment, and when they do not
+fit the worker asks for a larger one ("grow") before it writes. See `shm_tensors`.
+
+Messages (small tuples, pickled by the Connection; never tensors):
+    parent -> worker: WorkerSpec | ("run", in_segment, in_headers, out_segment, outputs)
+                      | ("output", segment) | ("close",)
+    worker -> parent: ("ready", WorkerInfo) | ("ok", out_headers) | ("grow", nbytes)
+                      | ("error", kind, message)
+
+SIGINT is ignored: a Ctrl-C in a terminal reaches the whole process group, and the server
+stops its workers itself once it has drained. When the server dies the pipe reads EOF and
+the worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from shipyard.errors import InputError, ShipyardError
+from shipyard.runtime.base import RuntimeOptions
+from shipyard.runtime.shm_tensors import Attached, Packed, read
+from shipyard.runtime.synthesis import InputHints
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker loads: one version of a model, as the server would load it."""
+
+    path: Path
+    version: int
+    options: RuntimeOptions
+    public_key: Path | None
+    kek: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a loaded worker tells the parent about its version."""
+
+    digest: str
+    """The manifest digest it verified (the parent checks it is the version it serves)."""
+    providers: list[str]
+    graph_hints: dict[str, InputHints]
+
+
+ERROR_KINDS = {"InputError": InputError}
+"""Errors re-raised as themselves in the parent; any other becomes RuntimeBackendError."""
+
+
+COMMAND = "import sys; from shipyard.runtime.worker import main; main(int(sys.argv[1]))"
+"""What `python -c` runs in a worker; the descriptor of its socket follows."""
+
+
+def main(fd: int) -> None:
+    """The worker's whole life: load, then serve batches until told to close or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    from shipyard.model import load_model  # after the signal setup: importing takes a while
+
+    try:
+        spec = conn.recv()
+        model = load_model(
+            spec.path,
+            version=spec.version,
+            options=spec.options,
+            public_key=spec.public_key,
+            kek=spec.kek,
+        )
+    except EOFError:
+        return
+    except Exception as exc:
+        _send_error(conn, exc)
+        return
+    runtime = model.runtime
+    conn.send(("ready", WorkerInfo(model.manifest.digest, runtime.providers, model.graph_hints)))
+    segments = _Segments()
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+            if message[0] != "run":
+                return  # ("close",) or anything unexpected
+            _, in_name, in_headers, out_name, outputs = message
+            try:
+                feed = read(segments.attach("in", in_name), in_headers, copy=False)
+                results = runtime.run(feed, outputs or None)
+                del feed  # views into the input segment
+                packed = Packed(results)
+            except Exception as exc:
+                _send_error(conn, exc)
+                continue
+            out = segments.attach("out", out_name)
+            if packed.size > len(out):
+                conn.send(("grow", packed.size))
+                reply = conn.recv()
+                if reply[0] != "output":
+                    return
+                out = segments.attach("out", reply[1])
+            conn.send(("ok", packed.write(out)))
+            del out
+    finally:
+        segments.close()
+        model.close()
+
+
+class _Segments:
+    """The parent's segments this worker has attached, one per direction (by name)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Attached] = {}
+
+    def attach(self, role: str, name: str) -> memoryview:
+        current = self._open.get(role)
+        if current is None or current.name != name:
+            if current is not None:
+                current.close()
+            current = self._open[role] = Attached(name)
+        return current.buf
+
+    def close(self) -> None:
+        for segment in self._open.values():
+            segment.close()
+        self._open.clear()
+
+
+def _send_error(conn: Connection, exc: BaseException) -> None:
+    message = str(exc) if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(OSError):
+        conn.send(("error", type(exc).__name__, message))
