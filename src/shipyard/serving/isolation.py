@@ -411,13 +411,11 @@ class ProcessRuntime:
             wait([worker.process.sentinel, self._cancel])
             if self._closing:
                 return
-            with self._state:
-                if self._lost is None:  # died between batches: say so before anything else
-                    self._down = "its worker process ended; restarting it"
-            with self._run_lock:  # a batch on it notices the death too: let it finish first
+            with self._state:  # a timeout is marked before its kill; a crash is seen here
                 lost = self._lost or worker._died()
+                self._down = f"{lost.reason}; restarting it"
+            with self._run_lock:  # a batch on it notices the death too: let it finish first
                 with self._state:
-                    self._down = f"{lost.reason}; restarting it"
                     self._lost = None
                 worker.dispose()
             if time.monotonic() - self._up_since >= HEALTHY_S:
