@@ -173,7 +173,7 @@ def _aligned(offset: int, to: int = ALIGN) -> int:
 
 def _part(name: str, array: np.ndarray) -> _Part:
     if array.dtype != object:
-        return _Part(name, np.ascontiguousarray(array), None)
+        return _Part(name, array, None)  # copied into a C-order view: strides do not matter
     return _Part(name, array, _encode(array))
 
 

@@ -3,7 +3,7 @@
 A model that crashes ONNX Runtime (a custom op, an allocator abort, the OOM killer) or
 hangs in it takes the whole server with it when it runs in the server's process. With
 isolation its `ProcessRuntime` (the Runtime interface the batcher calls) hands each batch
-to a worker process (`runtime.worker`, started with the "spawn" context: never fork a
+to a worker process (`worker_process.Worker`: a fresh interpreter, never a fork of the
 threaded server) through shared memory (`runtime.shm_tensors`: no tensor is pickled), and:
 
 - a worker that dies under a batch (its process sentinel or pipe says so) fails that batch
@@ -26,20 +26,13 @@ and checks that its digest is the one the worker verified (`open_isolated`), at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -48,21 +41,18 @@ from shipyard.model import Model
 from shipyard.package.manifest import read_manifest
 from shipyard.package.store import resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.runtime import worker as worker_main
 from shipyard.runtime.base import RuntimeOptions, check_inputs
-from shipyard.runtime.shm_tensors import Packed, create_segment, free_segment, grown, read
 from shipyard.runtime.synthesis import InputHints
-from shipyard.runtime.worker import ERROR_KINDS, WorkerInfo, WorkerSpec
+from shipyard.runtime.worker import WorkerSpec
 from shipyard.serving.errors import WorkerUnavailable
 from shipyard.serving.model_config import WorkerSettings
+from shipyard.serving.worker_process import CLOSE_GRACE_S, Lost, Worker
 
 log = logging.getLogger("shipyard.serving.isolation")
 
 INITIAL_BACKOFF_S = 0.1
 HEALTHY_S = 30.0
 """A worker that stayed up this long resets the restart back-off."""
-CLOSE_GRACE_S = 5.0
-"""How long a closing worker may take to exit before it is killed."""
 RESTART_REASONS = ("crashed", "timeout", "start_failed")
 """Why a worker was (re)started: the last one died, hung past its execution timeout, or
 the previous restart failed to load the version."""
@@ -95,198 +85,6 @@ def open_isolated(
         raise
 
 
-class _Lost(Exception):
-    """The worker cannot answer: `kind` "crashed", "timeout" or "closed", and why."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-class _Worker:
-    """One worker process, its pipe, and the input and output segments this side owns."""
-
-    def __init__(self, spec: WorkerSpec, *, timeout_s: float, cancel: Connection) -> None:
-        """Start a worker and wait until it has loaded the version (or failed to)."""
-        ours, theirs = socket.socketpair()
-        try:
-            self.process = _Process(theirs.fileno())
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
-        self.pid = self.process.pid
-        try:
-            self.conn.send(spec)
-            reply = self._reply(
-                time.monotonic() + timeout_s,
-                cancel=cancel,
-                late=f"did not load the version within start_timeout_s = {timeout_s:g} s",
-            )
-            if reply[0] != "ready":
-                raise RuntimeBackendError(f"its model worker could not load it: {reply[2]}")
-            self.info: WorkerInfo = reply[1]
-            self.inputs = create_segment(0)
-            self.outputs = create_segment(0)
-        except BaseException:
-            self.kill()
-            self.process.join(CLOSE_GRACE_S)
-            self.process.close()
-            self.conn.close()
-            raise
-
-    def run(
-        self, feed: Mapping[str, np.ndarray], names: list[str], *, timeout_s: float
-    ) -> dict[str, np.ndarray]:
-        try:
-            packed = Packed(feed)
-        except TypeError as exc:
-            raise RuntimeBackendError(str(exc)) from exc
-        if packed.size > self.inputs.size:
-            segment = create_segment(grown(self.inputs.size, packed.size))
-            free_segment(self.inputs)
-            self.inputs = segment
-        headers = packed.write(_buf(self.inputs))
-        deadline = time.monotonic() + timeout_s
-        self._send(("run", self.inputs.name, headers, self.outputs.name, names))
-        late = f"did not answer within execution_timeout_s = {timeout_s:g} s and was killed"
-        reply = self._reply(deadline, late=late)
-        if reply[0] == "grow":
-            segment = create_segment(grown(self.outputs.size, int(reply[1])))
-            free_segment(self.outputs)
-            self.outputs = segment
-            self._send(("output", segment.name))
-            reply = self._reply(deadline, late=late)
-        if reply[0] == "ok":
-            return read(_buf(self.outputs), reply[1], copy=True)
-        if reply[0] == "error":
-            raise ERROR_KINDS.get(reply[1], RuntimeBackendError)(reply[2])
-        raise _Lost("crashed", f"its worker process (pid {self.pid}) sent {reply[0]!r}")
-
-    def _send(self, message: tuple[Any, ...]) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:
-            raise self._died() from None
-
-    def _reply(self, deadline: float, *, late: str, cancel: Connection | None = None) -> Any:
-        """The worker's next message; _Lost when it dies, misses `deadline` (`late` says
-        so) or `cancel` is readable (the runtime is closing)."""
-        waitables: list[Any] = [self.conn, self.process.sentinel]
-        if cancel is not None:
-            waitables.append(cancel)
-        ready = wait(waitables, timeout=max(0.0, deadline - time.monotonic()))
-        if self.conn in ready:
-            try:
-                return self.conn.recv()
-            except (EOFError, OSError):
-                raise self._died() from None
-        if self.process.sentinel in ready:
-            raise self._died()
-        if ready:
-            raise _Lost("closed", "the model is being unloaded")
-        raise _Lost("timeout", f"its worker process (pid {self.pid}) {late}")
-
-    def _died(self) -> _Lost:
-        self.process.join(1.0)  # the pipe may close a moment before the exit status is there
-        return _Lost("crashed", f"its worker process (pid {self.pid}) {exit_text(self.process)}")
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-
-    def dispose(self) -> None:
-        """Free what this side holds (after the process ended)."""
-        self.conn.close()
-        self.process.close()
-        for segment in (getattr(self, "inputs", None), getattr(self, "outputs", None)):
-            if segment is not None:
-                free_segment(segment)
-
-    def close(self) -> None:
-        """Ask the worker to exit, kill it after CLOSE_GRACE_S, free its segments."""
-        with contextlib.suppress(OSError):
-            self.conn.send(("close",))
-        self.process.join(CLOSE_GRACE_S)
-        if self.process.is_alive():
-            self.kill()
-            self.process.join(CLOSE_GRACE_S)
-        self.dispose()
-
-
-class _Process:
-    """A worker interpreter, and a descriptor that turns readable once it has exited.
-
-    A fresh `python -c` (multiprocessing's "spawn" would run the parent's main script
-    again, which breaks any `shipyard.serve()` script without a `__main__` guard) in its
-    own session, so a terminal's Ctrl-C reaches the server alone; it inherits only `fd`.
-    A reaper thread waits for it and closes a pipe: that is the `sentinel`.
-    """
-
-    def __init__(self, fd: int) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
-        self._popen = subprocess.Popen(
-            [sys.executable, "-c", worker_main.COMMAND, str(fd)],
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        self.pid = self._popen.pid
-        self.sentinel, exited = os.pipe()
-        threading.Thread(
-            target=self._reap, args=(exited,), name=f"shipyard-reaper-{self.pid}", daemon=True
-        ).start()
-
-    def _reap(self, exited: int) -> None:
-        self._popen.wait()
-        os.close(exited)
-
-    @property
-    def exitcode(self) -> int | None:
-        """None while running; negative: the signal that ended it."""
-        return self._popen.returncode
-
-    def join(self, timeout: float) -> None:
-        if self.sentinel >= 0:
-            wait([self.sentinel], timeout=timeout)
-
-    def is_alive(self) -> bool:
-        return self.sentinel >= 0 and not wait([self.sentinel], timeout=0)
-
-    def kill(self) -> None:
-        self._popen.kill()
-
-    def close(self) -> None:
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
-            self.sentinel = -1
-
-
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
-"""Where this `shipyard` package is imported from: the worker runs the same code."""
-
-
-def exit_text(process: _Process) -> str:
-    """How a worker process ended, for messages ("died of signal 9 (SIGKILL)")."""
-    code = process.exitcode
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown signal"
-        return f"died of signal {-code} ({name})"
-    return "exited" if code == 0 else f"exited with status {code}"
-
-
-def _buf(segment: Any) -> memoryview:
-    buf: memoryview = segment.buf
-    return buf
-
-
 class ProcessRuntime:
     """The Runtime interface over one supervised worker process (one batch at a time)."""
 
@@ -314,10 +112,10 @@ class ProcessRuntime:
         self._cancel, self._cancel_w = multiprocessing.Pipe(duplex=False)
         self._closing = False
         self._down: str | None = None
-        self._lost: _Lost | None = None
+        self._lost: Lost | None = None
         try:
-            first = _Worker(spec, timeout_s=settings.start_timeout_s, cancel=self._cancel)
-        except _Lost as lost:
+            first = Worker(spec, timeout_s=settings.start_timeout_s, cancel=self._cancel)
+        except Lost as lost:
             self._cancel.close()
             self._cancel_w.close()
             raise RuntimeBackendError(f"model worker: {lost.reason}") from None
@@ -325,7 +123,7 @@ class ProcessRuntime:
             self._cancel.close()
             self._cancel_w.close()
             raise
-        self._worker: _Worker | None = first
+        self._worker: Worker | None = first
         self._up_since = time.monotonic()
         self.digest = first.info.digest
         self.graph_hints: dict[str, InputHints] = first.info.graph_hints
@@ -375,7 +173,7 @@ class ProcessRuntime:
                 return worker.run(
                     feed, list(output_names or ()), timeout_s=self.settings.execution_timeout_s
                 )
-            except _Lost as lost:
+            except Lost as lost:
                 reason = self._mark_lost(worker, lost)  # before the kill wakes the supervisor
                 if lost.kind == "timeout":
                     worker.kill()
@@ -395,7 +193,7 @@ class ProcessRuntime:
         self._cancel.close()
         self._cancel_w.close()
 
-    def _mark_lost(self, worker: _Worker, lost: _Lost) -> str:
+    def _mark_lost(self, worker: Worker, lost: Lost) -> str:
         with self._state:
             if self._worker is worker and self._lost is None:
                 self._lost = lost
@@ -412,7 +210,7 @@ class ProcessRuntime:
             if self._closing:
                 return
             with self._state:  # a timeout is marked before its kill; a crash is seen here
-                lost = self._lost or worker._died()
+                lost = self._lost or worker.died()
                 self._down = f"{lost.reason}; restarting it"
             with self._run_lock:  # a batch on it notices the death too: let it finish first
                 with self._state:
@@ -437,7 +235,7 @@ class ProcessRuntime:
                 extra={"model": self.name, "version": self.version},
             )
 
-    def _restart(self, lost: _Lost, backoff: float) -> tuple[_Worker | None, float]:
+    def _restart(self, lost: Lost, backoff: float) -> tuple[Worker | None, float]:
         """A new worker after `backoff` (retried, doubling); None once closing."""
         kind, reason = lost.kind, lost.reason
         while not self._closing:
@@ -457,10 +255,10 @@ class ProcessRuntime:
                 return None, backoff
             backoff = min(backoff * 2, self.settings.max_restart_backoff_s)
             try:
-                new = _Worker(
+                new = Worker(
                     self._spec, timeout_s=self.settings.start_timeout_s, cancel=self._cancel
                 )
-            except _Lost as exc:
+            except Lost as exc:
                 if exc.kind == "closed":
                     return None, backoff
                 kind, reason = "start_failed", f"its restarted worker {exc.reason}"

@@ -107,7 +107,10 @@ class ServedVersion:
         self.closing = True
         await self._idle.wait()
         await self.batcher.close()
-        self.model.close()
+        if isinstance(self.model.runtime, ProcessRuntime):
+            await asyncio.to_thread(self.model.close)  # waits for its worker process to exit
+        else:
+            self.model.close()
 
 
 @dataclass(frozen=True)
