@@ -12,7 +12,7 @@ fit the worker asks for a larger one ("grow") before it writes. See `shm_tensors
 
 Messages (small tuples, pickled by the Connection; never tensors):
     parent -> worker: WorkerSpec | ("run", in_segment, in_headers, out_segment, outputs)
-                      | ("output", segment) | ("close",)
+                      | ("output", segment | None) | ("close",)
     worker -> parent: ("ready", WorkerInfo) | ("ok", out_headers) | ("grow", nbytes)
                       | ("error", kind, message)
 
@@ -110,6 +110,8 @@ def main(fd: int) -> None:
                 reply = conn.recv()
                 if reply[0] != "output":
                     return
+                if reply[1] is None:  # the parent could not make room: drop these outputs
+                    continue
                 out = segments.attach("out", reply[1])
             conn.send(("ok", packed.write(out)))
             del out

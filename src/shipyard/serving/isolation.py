@@ -175,8 +175,7 @@ class ProcessRuntime:
                 )
             except Lost as lost:
                 reason = self._mark_lost(worker, lost)  # before the kill wakes the supervisor
-                if lost.kind == "timeout":
-                    worker.kill()
+                worker.kill()  # hung, or out of step with this side: it cannot be trusted on
                 raise WorkerUnavailable(self.name, self.version, reason=reason) from None
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ class Worker:
         self.conn = Connection(ours.detach())
         self.pid = self.process.pid
         try:
-            self.conn.send(spec)
+            self._send(spec)
             reply = self._reply(
                 time.monotonic() + timeout_s,
                 cancel=cancel,
@@ -66,8 +67,8 @@ class Worker:
             if reply[0] != "ready":
                 raise RuntimeBackendError(f"its model worker could not load it: {reply[2]}")
             self.info: WorkerInfo = reply[1]
-            self.inputs = create_segment(0)
-            self.outputs = create_segment(0)
+            self.inputs = _segment(0)
+            self.outputs = _segment(0)
         except BaseException:
             self.kill()
             self.process.join(CLOSE_GRACE_S)
@@ -83,7 +84,7 @@ class Worker:
         except TypeError as exc:
             raise RuntimeBackendError(str(exc)) from exc
         if packed.size > self.inputs.size:
-            segment = create_segment(grown(self.inputs.size, packed.size))
+            segment = _segment(grown(self.inputs.size, packed.size))
             free_segment(self.inputs)
             self.inputs = segment
         headers = packed.write(_buf(self.inputs))
@@ -92,7 +93,11 @@ class Worker:
         late = f"did not answer within execution_timeout_s = {timeout_s:g} s and was killed"
         reply = self._reply(deadline, late=late)
         if reply[0] == "grow":
-            segment = create_segment(grown(self.outputs.size, int(reply[1])))
+            try:
+                segment = _segment(grown(self.outputs.size, int(reply[1])))
+            except RuntimeBackendError:
+                self._send(("output", None))  # the worker drops this batch's outputs
+                raise
             free_segment(self.outputs)
             self.outputs = segment
             self._send(("output", segment.name))
@@ -103,14 +108,14 @@ class Worker:
             raise ERROR_KINDS.get(reply[1], RuntimeBackendError)(reply[2])
         raise Lost("crashed", f"its worker process (pid {self.pid}) sent {reply[0]!r}")
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: object) -> None:
         try:
             self.conn.send(message)
         except OSError:
             raise self.died() from None
 
     def _reply(self, deadline: float, *, late: str, cancel: Connection | None = None) -> Any:
-        """The worker's next message; _Lost when it dies, misses `deadline` (`late` says
+        """The worker's next message; Lost when it dies, misses `deadline` (`late` says
         so) or `cancel` is readable (the runtime is closing)."""
         waitables: list[Any] = [self.conn, self.process.sentinel]
         if cancel is not None:
@@ -208,6 +213,14 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 """Where this `shipyard` package is imported from: the worker runs the same code."""
 
 
+def _segment(size: int) -> shared_memory.SharedMemory:
+    """A new segment for a batch; a full /dev/shm fails that batch (500), not the worker."""
+    try:
+        return create_segment(size)
+    except OSError as exc:
+        raise RuntimeBackendError(f"{exc}; make /dev/shm larger or send smaller batches") from exc
+
+
 def exit_text(process: WorkerProcess) -> str:
     """How a worker process ended, for messages ("died of signal 9 (SIGKILL)")."""
     code = process.exitcode
@@ -222,6 +235,7 @@ def exit_text(process: WorkerProcess) -> str:
     return "exited" if code == 0 else f"exited with status {code}"
 
 
-def _buf(segment: Any) -> memoryview:
-    buf: memoryview = segment.buf
+def _buf(segment: shared_memory.SharedMemory) -> memoryview:
+    buf = segment.buf
+    assert buf is not None  # None only once closed, and this side closes it last
     return buf
