@@ -60,8 +60,12 @@ ERROR_KINDS = {"InputError": InputError}
 """Errors re-raised as themselves in the parent; any other becomes RuntimeBackendError."""
 
 
-COMMAND = "import sys; from shipyard.runtime.worker import main; main(int(sys.argv[1]))"
-"""What `python -c` runs in a worker; the descriptor of its socket follows."""
+COMMAND = (
+    "import sys; sys.argv[2] in sys.path or sys.path.insert(0, sys.argv[2]); "
+    "from shipyard.runtime.worker import main; main(int(sys.argv[1]))"
+)
+"""What `python -c` runs in a worker, given its socket's descriptor and the folder the
+server imported `shipyard` from (so the worker runs the same code, even from a checkout)."""
 
 
 def main(fd: int) -> None:

@@ -169,13 +169,10 @@ class WorkerProcess:
     """
 
     def __init__(self, fd: int) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
         self._popen = subprocess.Popen(
-            [sys.executable, "-c", worker_main.COMMAND, str(fd)],
+            [sys.executable, "-c", worker_main.COMMAND, str(fd), _SOURCE_ROOT],
             pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
-            env=env,
             start_new_session=True,
         )
         self.pid = self._popen.pid
