@@ -29,6 +29,8 @@ from shipyard.runtime.shm_tensors import (
     free_segment,
     read,
 )
+from shipyard.security.encryption import encrypt_version
+from shipyard.security.keys import encode_secret, new_secret
 from shipyard.serving.errors import WorkerUnavailable
 from shipyard.serving.isolation import ProcessRuntime, open_isolated
 from shipyard.serving.model_config import WorkerSettings
@@ -193,3 +195,31 @@ async def test_a_worker_failure_fails_the_whole_batch_without_reruns() -> None:
     await batcher.close()
     assert calls == [3]  # one try, no one-by-one reruns
     assert all(isinstance(o, WorkerUnavailable) for o in outcomes)
+
+
+def test_an_encrypted_version_gets_its_key_over_the_pipe_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHIPYARD_KEK", raising=False)  # the worker inherits the environment
+    copy = tmp_path / "models"
+    shipyard.pack(scale_graph(3.0), name="scale", repo=copy)
+    kek = new_secret()
+    encrypt_version(copy / "scale" / "1", kek)
+    with pytest.raises(RuntimeBackendError, match="encrypted"):  # no key, no $SHIPYARD_KEK
+        open_isolated(
+            copy / "scale", 1, WorkerSettings(), options=RuntimeOptions(), public_key=None, kek=None
+        )
+    model = open_isolated(
+        copy / "scale", 1, WorkerSettings(), options=RuntimeOptions(), public_key=None, kek=kek
+    )
+    try:
+        runtime = model.runtime
+        assert isinstance(runtime, ProcessRuntime)
+        out = runtime.run({"x": np.ones((1, 4), np.float32)})
+        np.testing.assert_array_equal(out["y"], np.full((1, 4), 3.0, np.float32))
+        seen = Path(f"/proc/{runtime.pid}/cmdline").read_bytes()
+        seen += Path(f"/proc/{runtime.pid}/environ").read_bytes()
+        for form in (kek, encode_secret(kek).encode(), kek.hex().encode()):
+            assert form not in seen
+    finally:
+        model.close()
