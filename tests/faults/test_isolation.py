@@ -6,6 +6,8 @@ native op would. Done means (issue 11): a worker SIGKILLed mid-batch answers its
 requests 503 within 1 s, the model's ready endpoint and /v2/health/ready answer not ready
 and come back, the next requests succeed and the restart is counted; a SIGSTOPped (hung) worker is
 killed at its execution timeout; unload and stop leave no worker and no /dev/shm segment.
+Through `shipyard serve` as a subprocess: SIGTERM finishes the batch in the worker, exits 0
+and stops the worker; a SIGKILLed server leaves no worker and no segment behind.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shipyard.runtime.shm_tensors import SEGMENT_PREFIX
 from shipyard.serving.isolation import ProcessRuntime
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
+from tests.faults._cli_server import cli_server
 from tests.serving.test_acceptance import (
     calibrated_slow_graph,
     scale_graph,
@@ -114,11 +117,34 @@ def segments() -> set[str]:
 
 
 def gone(pid: int) -> bool:
+    """No such process, or a zombie (an orphan whose new parent has not reaped it yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return True
-    return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def workers_of(server_pid: int) -> list[int]:
+    """The model workers a server process started (its children running runtime.worker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == server_pid and b"shipyard.runtime.worker" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def server_segments(server_pid: int) -> list[str]:
+    prefix = f"{SEGMENT_PREFIX}{server_pid}-"
+    return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
 
 
 def x(rows: int, value: float = 1.0) -> np.ndarray:
@@ -245,3 +271,60 @@ def test_unload_and_stop_leave_no_worker_and_no_segment(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
     assert all(gone(pid) for pid in pids)
     assert not segments() - others
+
+
+def test_sigterm_drains_an_isolated_batch_then_stops_its_worker(repo: Path) -> None:
+    with cli_server(_only(repo, "slow")) as served:
+        (worker,) = workers_of(served.proc.pid)
+        assert len(server_segments(served.proc.pid)) == 2
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            doc = v2_json("x", x(1, 4.0))
+            pending = pool.submit(
+                httpx.post, f"{served.url}/v2/models/slow/infer", json=doc, timeout=30
+            )
+            wait_for(lambda: _busy(worker), "the batch to run in the worker")
+            served.proc.send_signal(signal.SIGTERM)
+            answer = pending.result(timeout=30)
+        assert served.proc.wait(30) == 0
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(v2_outputs(answer.json())["y"], x(1, 4.0) * 2.0, rtol=1e-5)
+    assert gone(worker) and not server_segments(served.proc.pid)
+
+
+def test_a_sigkilled_server_leaves_no_worker_and_no_segment(repo: Path) -> None:
+    with cli_server(_only(repo, "slow")) as served:
+        (worker,) = workers_of(served.proc.pid)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            doc = v2_json("x", x(1))
+            pending = pool.submit(
+                httpx.post, f"{served.url}/v2/models/slow/infer", json=doc, timeout=30
+            )
+            wait_for(lambda: _busy(worker), "the batch to run in the worker")
+            served.proc.kill()  # no drain, no cleanup: the OOM killer's way
+            with pytest.raises(httpx.HTTPError):
+                pending.result(timeout=30)
+        served.proc.wait(10)
+        # the worker sees its pipe close (or its watchdog, the server gone); the segments
+        # go with the server's resource tracker, which outlives it to unlink them
+        wait_for(lambda: gone(worker), "the orphaned worker to exit", timeout_s=10)
+        wait_for(lambda: not server_segments(served.proc.pid), "the segments to go", timeout_s=10)
+
+
+def _only(repo: Path, name: str) -> Path:
+    """A repository holding just `name` from the module's (a CLI server loads every model)."""
+    alone = repo.parent / f"only-{name}"
+    if not alone.exists():
+        alone.mkdir()
+        (alone / name).symlink_to(repo / name, target_is_directory=True)
+    return alone
+
+
+def _busy(pid: int) -> bool:
+    """Whether the process is using CPU now: its user time grows over 50 ms."""
+
+    def user_ticks() -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11])
+
+    before = user_ticks()
+    time.sleep(0.05)
+    return user_ticks() > before

@@ -16,15 +16,18 @@ Messages (small tuples, pickled by the Connection; never tensors):
     worker -> parent: ("ready", WorkerInfo) | ("ok", out_headers) | ("grow", nbytes)
                       | ("error", kind, message)
 
-SIGINT is ignored: a Ctrl-C in a terminal reaches the whole process group, and the server
-stops its workers itself once it has drained. When the server dies the pipe reads EOF and
-the worker exits.
+SIGINT is ignored (the server stops its workers itself once it has drained). When the
+server dies the pipe reads EOF and the worker exits; a watchdog thread also exits it within
+PARENT_CHECK_S of the server's death when a batch never ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import threading
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -56,6 +59,8 @@ class WorkerInfo:
     graph_hints: dict[str, InputHints]
 
 
+PARENT_CHECK_S = 1.0
+"""How often a worker checks that the server that started it is still there."""
 ERROR_KINDS = {"InputError": InputError}
 """Errors re-raised as themselves in the parent; any other becomes RuntimeBackendError."""
 
@@ -71,6 +76,7 @@ server imported `shipyard` from (so the worker runs the same code, even from a c
 def main(fd: int) -> None:
     """The worker's whole life: load, then serve batches until told to close or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_server, args=(os.getppid(),), daemon=True).start()
     conn = Connection(fd)
     from shipyard.model import load_model  # after the signal setup: importing takes a while
 
@@ -142,6 +148,16 @@ class _Segments:
         for segment in self._open.values():
             segment.close()
         self._open.clear()
+
+
+def _exit_with_server(server: int) -> None:
+    """Exit once the server is gone, even in the middle of a batch that never ends (a
+    SIGKILLed server cannot stop its workers; a worker stuck in a native call would never
+    read the EOF on its pipe)."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != server:
+            os._exit(1)
 
 
 def _send_error(conn: Connection, exc: BaseException) -> None:

@@ -246,7 +246,12 @@ class ProcessRuntime:
                 reason,
                 backoff,
                 self.restarts,
-                extra={"model": self.name, "version": self.version, "reason": kind},
+                extra={
+                    "model": self.name,
+                    "version": self.version,
+                    "reason": kind,
+                    "restarts": self.restarts,
+                },
             )
             if self.on_restart is not None:
                 self.on_restart(kind)
