@@ -30,7 +30,17 @@ from shipyard.serving.loader import build_batcher, open_version
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import ModelOnDisk, ModelRepository
+from shipyard.serving.rollout import Action, Decision
 from shipyard.serving.settings import ServerSettings
+from shipyard.serving.steering import Steering
+from shipyard.serving.traffic import (
+    Plan,
+    RouteKey,
+    mirror_of,
+    plan,
+    primary,
+    wanted_versions,
+)
 from shipyard.serving.version_config import (
     VersionConfig,
     ceiling_problem,
@@ -72,6 +82,8 @@ class ModelManager:
         self.drift = DriftMonitor(metrics.registry)
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
+        self.steering = Steering(metrics, emit=self._emit, settle=self._settle)
+        """Rollouts and failover: routing decisions and what they decide."""
         self._poller: asyncio.Task[None] | None = None
         self.started = False
 
@@ -146,10 +158,10 @@ class ModelManager:
         if record is None:
             raise ModelNotFound(name)
         if version is None:
-            for number in sorted(record.served, reverse=True):
-                if not record.served[number].closing:
-                    return record.served[number]
-            raise ModelNotReady(name, reason=record.why_not_ready())
+            served = primary(record)
+            if served is None:
+                raise ModelNotReady(name, reason=record.why_not_ready())
+            return served
         served = record.served.get(version)
         if served is not None and not served.closing:
             return served
@@ -157,6 +169,51 @@ class ModelManager:
         if status is None:
             raise ModelNotFound(name, version)
         raise ModelNotReady(name, version, reason=status.reason or status.state.value)
+
+    def plan(self, name: str, version: int | None, route_key: RouteKey | None = None) -> Plan:
+        """Where one request goes: the version it names, else as the model's rollout and
+        failover route it (`traffic.plan`); ModelNotFound / ModelNotReady as `get`."""
+        if version is not None:
+            return Plan(self.get(name, version))
+        record = self._records.get(name)
+        found = plan(record, route_key) if record is not None else None
+        return found if found is not None else Plan(self.get(name), routed=True)
+
+    def observe(self, route: Plan, outcome: str, latency_ms: float) -> None:
+        """A routed request's outcome, for its model's rollout gate and failover watch."""
+        record = self._records.get(route.served.name)
+        if record is not None and route.routed:
+            self.steering.observe(record, route, outcome, latency_ms)
+
+    def mirror_of(self, route: Plan) -> ServedVersion | None:
+        """The rollout's other version, when this answered request is also to be mirrored."""
+        record = self._records.get(route.served.name)
+        return mirror_of(record, route) if record is not None else None
+
+    def compared(self, route: Plan, decision: Decision | None) -> None:
+        """A mirrored call finished: export its agreement, carry out a gate decision."""
+        record = self._records.get(route.served.name)
+        if record is not None and route.rollout is not None and record.rollout is route.rollout:
+            self.steering.compared(record, route.rollout, decision)
+
+    def rollout_status(self, name: str) -> dict[str, object]:
+        """The model's rollout: phase, versions, gate, evidence, decision."""
+        return self.steering.status(self._records.get(name), name)
+
+    async def decide_rollout(
+        self, name: str, action: Action, *, cause: CallContext | None = None
+    ) -> dict[str, object]:
+        """Promote or roll back the model's rollout by hand; its status once carried out."""
+        status = self.steering.decide(self._records.get(name), name, action, cause)
+        await self.steering.wait()
+        return {**status, **self.rollout_status(name)}
+
+    async def _settle(self, name: str, cause: CallContext | None) -> None:
+        """After a rollout decision: load or unload what it changed."""
+        try:
+            await self._reconcile(name, cause=cause)
+        except Exception:
+            log.exception("could not apply the rollout decision for %s", name)
 
     def served_versions(self, name: str) -> list[int]:
         record = self._records.get(name)
@@ -244,10 +301,10 @@ class ModelManager:
             and s.fingerprint == disk.versions.get(v)
         }
         resolved = resolve(config, self.settings)
+        self.steering.sync(record, disk)
         while True:
-            wanted = set(
-                config.version_policy.select([v for v in disk.versions if v not in broken])
-            )
+            loadable = [v for v in disk.versions if v not in broken]
+            wanted, stable = wanted_versions(config, loadable, record.rollout)
             refusal = downgrade_refusal(self.settings, wanted, record.high_water, force=force)
             if refusal is not None:
                 self._refuse_downgrade(record, disk, wanted, refusal)
@@ -266,6 +323,7 @@ class ModelManager:
                     continue
                 if await self._load_version(record, disk, version, config, resolved):
                     record.failed_reloads.pop(version, None)
+                    self.steering.loaded(record, record.served[version])
                 elif current is not None:  # a reload failed: keep serving what works
                     record.failed_reloads[version] = target
                     why = record.statuses[version].reason
@@ -277,15 +335,19 @@ class ModelManager:
                 else:
                     broken.add(version)
                     failed = True
+                    self.steering.failed_to_load(record, version, record.statuses[version].reason)
             if not failed:
                 break
+        self.steering.begin(record, stable)
         await self._retire_removed(record, gone)
         not_selected = f"not selected by the version policy ({config.version_policy.describe()})"
-        await self._retire(record, set(record.served) - wanted, reason=not_selected)
+        for version in sorted(set(record.served) - wanted):
+            await self._retire(record, {version}, reason=unwanted(record, version, not_selected))
         for version in disk.versions:
             status = record.statuses.get(version)
             if version not in wanted and (status is None or not status.failed):
-                record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, not_selected)
+                why = unwanted(record, version, not_selected)
+                record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, why)
         if record.served:
             # an explicit load (force) is the operator's word: what it serves is the new mark
             top = max(record.served)
@@ -401,6 +463,17 @@ class ModelManager:
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))
+
+
+def unwanted(record: ModelRecord, version: int, not_selected: str) -> str:
+    """Why a version on disk is not loaded: its rollout's decision, else the version policy."""
+    rollout = record.rollout
+    if rollout is not None and rollout.decision is not None:
+        if rollout.phase == "rolled_back" and version == rollout.candidate:
+            return f"rolled back: {rollout.decision.reason}"
+        if rollout.phase == "promoted" and version == rollout.stable:
+            return f"replaced by the promoted candidate, version {rollout.candidate}"
+    return not_selected
 
 
 def _log(level: int, message: str, model: str, version: int, *args: object) -> None:
