@@ -117,6 +117,23 @@ class Decision:
     evidence: dict[str, Any]
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
+    def audit_detail(self) -> dict[str, Any]:
+        """The decision and the figures that decided it, flat (one audit record's detail)."""
+        ev = self.evidence
+        cand, stable = ev.get("candidate", {}), ev.get("stable", {})
+        return {
+            "action": self.action,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "candidate_requests": cand.get("requests"),
+            "candidate_error_rate": cand.get("error_rate"),
+            "stable_requests": stable.get("requests"),
+            "p99_ratio": ev.get("p99_ratio"),
+            "compared_rows": ev.get("compared_rows"),
+            "agreement": ev.get("agreement"),
+            "max_abs_diff": ev.get("max_abs_diff"),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "action": self.action,

@@ -202,7 +202,7 @@ class Steering:
             json.dumps(decision.evidence, sort_keys=True),
             extra={"model": record.name, "version": candidate},
         )
-        detail = json.dumps(decision.to_json(), sort_keys=True)
+        detail = json.dumps(decision.audit_detail())
         event = ModelEvent("rollout", record.name, candidate, decision.action, detail, cause)
         self._emit(record, event)
         if decision.action != "hold":
