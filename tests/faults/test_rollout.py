@@ -356,3 +356,24 @@ window_s = 60
         named = client.post("/v2/models/iris/versions/2/infer", json=body(x[0]))
         assert named.status_code == 500
     assert [r["version"] for r in audit_records(audit, "model.failover")] == [2]
+
+
+def test_cli_status_promote_and_refusals(
+    tmp_path: Path, data: Data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shipyard.cli.app import main
+
+    repo = make_repo(tmp_path, data, "same", canary(10, 1_000_000))
+    with serving(repo, tmp_path) as (running, client, _audit):
+        for i in range(20):
+            answered_by(infer(client, data[0][i]))
+        url = running.url
+        assert main(["rollout", "status", str(repo / "iris"), "--url", url]) == 0
+        shown = capsys.readouterr().out
+        assert "iris: canary (canary at 10%), stable 1, candidate 2, answering 1" in shown
+        assert main(["rollout", "promote", "iris", "--url", url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["phase"] == "promoted"
+        assert main(["rollout", "promote", "iris", "--url", url]) == 1
+        assert "HTTP 409: the rollout of 'iris' is already promoted" in capsys.readouterr().err
+        assert main(["rollout", "status", "nope", "--url", url]) == 1
+        assert "HTTP 404" in capsys.readouterr().err

@@ -89,7 +89,7 @@ class DataPlane:
         """True once the server is shutting down: it still answers, but is not ready."""
         self._server_limits = manager.settings.limits
         self._server_decode_limits = decode_limits(self._server_limits)
-        self.mirrors = Mirrors(compared=manager.compared, observe=self._observe_mirror)
+        self.mirrors = Mirrors(compared=manager.router.compared, observe=self._observe_mirror)
         """A rollout's mirrored calls (shadow traffic, canary agreement checks)."""
 
     # -- health ---------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class DataPlane:
     def route(self, name: str, version: str | None, route_key: RouteKey | None = None) -> Plan:
         """Where a request for that model (version) goes, as `infer` would route it; a
         transport that must type the request first (TF Serving) routes, then passes it."""
-        return self.manager.plan(name, version_number(name, version), route_key)
+        return self.manager.router.plan(name, version_number(name, version), route_key)
 
     def model_signature(
         self, name: str, version: str | None = None, *, route: Plan | None = None
@@ -263,7 +263,7 @@ class DataPlane:
         route: Plan | None = None,
     ) -> InferenceResponse:
         if route is None:
-            route = self.manager.plan(name, version_number(name, version), route_key)
+            route = self.manager.router.plan(name, version_number(name, version), route_key)
         with route.served.leased() as served:
             model_version = str(served.version)
             try:
@@ -272,7 +272,7 @@ class DataPlane:
             except Exception as exc:
                 outcome = outcome_of_error(exc)
                 total_ns = time.perf_counter_ns() - started
-                self.manager.observe(route, outcome, total_ns / 1e6)
+                self.manager.router.observe(route, outcome, total_ns / 1e6)
                 self.metrics.observe_request(
                     model=name,
                     version=model_version,
@@ -291,9 +291,9 @@ class DataPlane:
             queue_ns=ran.result.queue_ns,
             compute_ns=ran.result.compute_ns,
         )
-        self.manager.observe(route, "success", total_ns / 1e6)
+        self.manager.router.observe(route, "success", total_ns / 1e6)
         if route.rollout is not None:
-            mirror = self.manager.mirror_of(route)
+            mirror = self.manager.router.mirror_of(route)
             if mirror is not None:
                 self.mirrors.start(route, mirror, request, ran.outputs)
         return InferenceResponse(
@@ -307,13 +307,13 @@ class DataPlane:
 
     def rollout_status(self, name: str) -> dict[str, Any]:
         """`GET /v2/models/{m}/rollout`: the model's rollout phase, gate, evidence, decision."""
-        return self.manager.rollout_status(check_model_name(name))
+        return self.manager.router.status(check_model_name(name))
 
     async def decide_rollout(
         self, name: str, action: Action, *, call: Call | CallContext | None = None
     ) -> dict[str, Any]:
         """Promote or roll back the model's rollout by hand (audited as a model change)."""
-        return await self.manager.decide_rollout(
+        return await self.manager.router.decide(
             check_model_name(name), action, cause=_context_of(call)
         )
 

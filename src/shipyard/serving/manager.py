@@ -30,17 +30,9 @@ from shipyard.serving.loader import build_batcher, open_version
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import ModelOnDisk, ModelRepository
-from shipyard.serving.rollout import Action, Decision
 from shipyard.serving.settings import ServerSettings
-from shipyard.serving.steering import Steering
-from shipyard.serving.traffic import (
-    Plan,
-    RouteKey,
-    mirror_of,
-    plan,
-    primary,
-    wanted_versions,
-)
+from shipyard.serving.steering import Router, Steering
+from shipyard.serving.traffic import primary, wanted_versions
 from shipyard.serving.version_config import (
     VersionConfig,
     ceiling_problem,
@@ -83,7 +75,9 @@ class ModelManager:
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
         self.steering = Steering(metrics, emit=self._emit, settle=self._settle)
-        """Rollouts and failover: routing decisions and what they decide."""
+        """Rollouts and failover: what they decide, carried out."""
+        self.router = Router(self._records, self.steering, self.get)
+        """Where each request goes (rollouts, failover), and what its outcome tells them."""
         self._poller: asyncio.Task[None] | None = None
         self.started = False
 
@@ -169,44 +163,6 @@ class ModelManager:
         if status is None:
             raise ModelNotFound(name, version)
         raise ModelNotReady(name, version, reason=status.reason or status.state.value)
-
-    def plan(self, name: str, version: int | None, route_key: RouteKey | None = None) -> Plan:
-        """Where one request goes: the version it names, else as the model's rollout and
-        failover route it (`traffic.plan`); ModelNotFound / ModelNotReady as `get`."""
-        if version is not None:
-            return Plan(self.get(name, version))
-        record = self._records.get(name)
-        found = plan(record, route_key) if record is not None else None
-        return found if found is not None else Plan(self.get(name), routed=True)
-
-    def observe(self, route: Plan, outcome: str, latency_ms: float) -> None:
-        """A routed request's outcome, for its model's rollout gate and failover watch."""
-        record = self._records.get(route.served.name)
-        if record is not None and route.routed:
-            self.steering.observe(record, route, outcome, latency_ms)
-
-    def mirror_of(self, route: Plan) -> ServedVersion | None:
-        """The rollout's other version, when this answered request is also to be mirrored."""
-        record = self._records.get(route.served.name)
-        return mirror_of(record, route) if record is not None else None
-
-    def compared(self, route: Plan, decision: Decision | None) -> None:
-        """A mirrored call finished: export its agreement, carry out a gate decision."""
-        record = self._records.get(route.served.name)
-        if record is not None and route.rollout is not None and record.rollout is route.rollout:
-            self.steering.compared(record, route.rollout, decision)
-
-    def rollout_status(self, name: str) -> dict[str, object]:
-        """The model's rollout: phase, versions, gate, evidence, decision."""
-        return self.steering.status(self._records.get(name), name)
-
-    async def decide_rollout(
-        self, name: str, action: Action, *, cause: CallContext | None = None
-    ) -> dict[str, object]:
-        """Promote or roll back the model's rollout by hand; its status once carried out."""
-        status = self.steering.decide(self._records.get(name), name, action, cause)
-        await self.steering.wait()
-        return {**status, **self.rollout_status(name)}
 
     async def _settle(self, name: str, cause: CallContext | None) -> None:
         """After a rollout decision: load or unload what it changed."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from shipyard.serving.errors import ModelNotFound, RolloutError
 from shipyard.serving.metrics import Metrics
 from shipyard.serving.rollout import Action, Decision, Rollout
-from shipyard.serving.traffic import FailoverWatch, Plan
+from shipyard.serving.traffic import FailoverWatch, Plan, RouteKey, mirror_of, plan
 from shipyard.serving.version_state import ModelEvent, ModelRecord, ServedVersion
 
 if TYPE_CHECKING:
@@ -240,3 +240,56 @@ class Steering:
 
 def _open(rollout: Rollout) -> bool:
     return rollout.phase in ("waiting", "canary", "shadow", "passed")
+
+
+class Router:
+    """Routes each request of the manager's models and feeds its outcome back (the data
+    plane's side of rollouts and failover)."""
+
+    def __init__(
+        self,
+        records: Mapping[str, ModelRecord],
+        steering: Steering,
+        get: Callable[[str, int | None], ServedVersion],
+    ) -> None:
+        self._records = records
+        self._steering = steering
+        self._get = get
+
+    def plan(self, name: str, version: int | None, route_key: RouteKey | None = None) -> Plan:
+        """Where one request goes: the version it names, else as the model's rollout and
+        failover route it (`traffic.plan`); ModelNotFound / ModelNotReady as `get`."""
+        if version is not None:
+            return Plan(self._get(name, version))
+        record = self._records.get(name)
+        found = plan(record, route_key) if record is not None else None
+        return found if found is not None else Plan(self._get(name, None), routed=True)
+
+    def observe(self, route: Plan, outcome: str, latency_ms: float) -> None:
+        """A routed request's outcome, for its model's rollout gate and failover watch."""
+        record = self._records.get(route.served.name)
+        if record is not None and route.routed:
+            self._steering.observe(record, route, outcome, latency_ms)
+
+    def mirror_of(self, route: Plan) -> ServedVersion | None:
+        """The rollout's other version, when this answered request is also to be mirrored."""
+        record = self._records.get(route.served.name)
+        return mirror_of(record, route) if record is not None else None
+
+    def compared(self, route: Plan, decision: Decision | None) -> None:
+        """A mirrored call finished: export its agreement, carry out a gate decision."""
+        record = self._records.get(route.served.name)
+        if record is not None and route.rollout is not None and record.rollout is route.rollout:
+            self._steering.compared(record, route.rollout, decision)
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The model's rollout: phase, versions, gate, evidence, decision."""
+        return self._steering.status(self._records.get(name), name)
+
+    async def decide(
+        self, name: str, action: Action, *, cause: CallContext | None = None
+    ) -> dict[str, Any]:
+        """Promote or roll back the model's rollout by hand; its status once carried out."""
+        self._steering.decide(self._records.get(name), name, action, cause)
+        await self._steering.wait()
+        return self.status(name)
