@@ -11,6 +11,10 @@ For each request, in order (`routes.ROUTES` says what each route needs):
 6. the handler runs with the call's context in the scope; an audited call becomes one event
    (who, status, bytes in and out, latency) through `DataPlane.events`.
 
+While the server drains, every response says `Connection: close`, so clients open a new
+connection for their next request (refused once the listener closes) instead of reusing one
+the server is about to close.
+
 It sits inside the request-id middleware and replaces a router: inference, nearly all of a
 server's traffic, costs one memoised look-up and no per-route regular expressions.
 """
@@ -73,10 +77,12 @@ class HttpDispatcher:
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._dispatch(scope, receive, send)
-        else:  # the lifespan
+        if scope["type"] != "http":  # the lifespan
             await self.app(scope, receive, send)
+        elif self.dataplane.draining:
+            await self._dispatch(scope, receive, _closing(send))
+        else:
+            await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -192,6 +198,20 @@ class _Admitted:
     """The model the route's scope names, if one."""
     limit: int
     """The route's body limit in bytes."""
+
+
+def _closing(send: Send) -> Send:
+    """`send` that ends each response with `Connection: close`: while the server drains,
+    a client must not reuse a connection that is about to close (a request sent on an idle
+    keep-alive connection as the server closes it is lost, and POSTs are not retried)."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 def _protocol(handler: str) -> str:
