@@ -21,6 +21,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 Record = dict[str, Any]
@@ -40,6 +41,8 @@ class AuditBacklog:
         self._stopping = False
         self.waits = 0
         """Calls that had to wait for room (the backpressure at work)."""
+        self.on_wait: Callable[[], None] | None = None
+        """Called as a call starts waiting (a metric counts them)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -69,6 +72,8 @@ class AuditBacklog:
             if not waited:
                 self.waits += 1
                 waited = True
+                if self.on_wait is not None:
+                    self.on_wait()
             try:
                 await future
             finally:

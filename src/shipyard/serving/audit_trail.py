@@ -131,6 +131,7 @@ class AuditWriter:
             settings.audit_log,
             key,
             new_chain=settings.audit_new_chain,
+            queue_size=settings.audit_queue_size,
             close_timeout_s=settings.drain_timeout_s,
         )
         writer.prepare()  # a broken chain stops the server here, before it serves anything
@@ -184,6 +185,7 @@ class AuditWriter:
         dataplane.readiness_checks.append(self.readiness)
         metrics.audit_healthy.set_function(lambda: 0.0 if self.problem else 1.0)
         metrics.audit_pending.set_function(lambda: float(len(self._backlog)))
+        self._backlog.on_wait = metrics.audit_waits.inc
 
     @property
     def running(self) -> bool:
@@ -211,8 +213,7 @@ class AuditWriter:
     async def wait_for_room(self) -> None:
         """Backpressure for audited calls: wait, off the loop's back, until the backlog has
         room (at once while the log cannot be written: new calls are refused instead)."""
-        if await self._backlog.wait_for_room() and self._metrics is not None:
-            self._metrics.audit_waits.inc()
+        await self._backlog.wait_for_room()
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every queued record is written (only while running); False on timeout."""
