@@ -33,6 +33,8 @@ from shipyard.codecs import encode_request
 from shipyard.security.audit_chain import verify_log
 from shipyard.security.audit_log import AuditLog
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
+from shipyard.serving.audit_trail import AuditWriter
+from shipyard.serving.calls import Call, CallContext, CallEvent, Event, Events
 from shipyard.serving.server import RunningServer, start_in_thread
 from shipyard.serving.settings import load_settings
 from tests.conftest import make_affine_onnx
@@ -85,7 +87,11 @@ def metric(client: httpx.Client, name: str) -> float:
 
 def written(log: Path, keys: KeyPaths) -> list[dict[str, Any]]:
     """The log's records, after checking the whole chain."""
-    result = verify_log(log, read_secret(keys.audit_key))
+    return written_with(log, read_secret(keys.audit_key))
+
+
+def written_with(log: Path, key: bytes) -> list[dict[str, Any]]:
+    result = verify_log(log, key)
     assert result.ok, result.problem
     return [json.loads(line) for line in log.read_text().splitlines()]
 
@@ -304,3 +310,56 @@ def test_a_dead_writer_refuses_audited_calls_until_its_restart_writes_again(
     infers = [r for r in written(log, keys) if r["event"] == "infer"]
     assert len(infers) == 3  # the record it died on was written by its successor, once
     assert writer.restarts == 1
+
+
+def test_a_write_blocked_at_stop_is_given_up_on_in_time_and_its_records_follow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = b"k" * 32
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter(log, key)
+    writer.start()
+    writer.submit("server.start")
+    assert writer.flush(10)
+    fd = os.open(log, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        writer.submit("infer", who="a")
+        writer.submit("server.stop")
+        started = time.monotonic()
+        writer.close(timeout_s=0.5)
+        assert time.monotonic() - started < 3
+        assert writer.unwritten == 2
+        assert "stopping with 2 audit records unwritten: the writer is still writing" in caplog.text
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    wait_for(lambda: writer.pending == 0)  # the process lived on: they were written after all
+    assert [r["event"] for r in written_with(log, key)] == ["server.start", "infer", "server.stop"]
+
+
+def test_an_audited_call_cancelled_while_waiting_for_room_still_emits_its_event() -> None:
+    events = Events()
+    seen: list[Event] = []
+    events.listeners.append(seen.append)
+    never: asyncio.Future[None] | None = None
+
+    async def full() -> None:
+        nonlocal never
+        never = asyncio.get_running_loop().create_future()
+        await never
+
+    events.backpressure.append(full)
+
+    async def main() -> None:
+        call = Call(CallContext(), action="infer", model="m", version=None)
+        task = asyncio.create_task(events.finish(call, status=200))
+        while never is None:
+            await asyncio.sleep(0)
+        assert not seen  # waiting for room
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert len(seen) == 1 and isinstance(seen[0], CallEvent) and seen[0].status == 200

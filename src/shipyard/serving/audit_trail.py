@@ -240,11 +240,11 @@ class AuditWriter:
         assert thread is not None
         thread.join(wait_s + 1.0)
         left = len(self._backlog)
-        if thread.is_alive():  # blocked in a write (a hung disk): leave it, never close under it
+        if thread.is_alive():  # a slow or hung disk: leave it writing, never close under it
             self.unwritten = left
             log.error(
-                "stopping with %d audit records unwritten: a write to %s has been blocked "
-                "for more than %.0f s",
+                "stopping with %d audit records unwritten: the writer is still writing to %s "
+                "after %.1f s (a slow or blocked disk)",
                 left,
                 self.path,
                 wait_s,
@@ -253,10 +253,10 @@ class AuditWriter:
         if left:
             self.unwritten = left
             log.error(
-                "stopping with %d audit records unwritten after %.0f s: %s",
+                "stopping with %d audit records unwritten after %.1f s: %s",
                 left,
                 wait_s,
-                self._problem or "the writer stopped",
+                self._problem or "writing them took longer than the drain timeout",
             )
         self._thread = None
         if self._log is not None:
@@ -336,7 +336,8 @@ class AuditWriter:
                 left = self._deadline - time.monotonic()
                 if self._closing.is_set() and left <= 0:
                     return False
-                self._nudge.wait(min(delay, left))
+                if self._nudge.wait(min(delay, left)):
+                    self._nudge.clear()  # one prompt retry for close(), then the back-off
                 delay = min(delay * 2, self._retry_max_s)
                 continue
             self._deaths = 0
