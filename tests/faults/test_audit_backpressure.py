@@ -363,3 +363,25 @@ def test_an_audited_call_cancelled_while_waiting_for_room_still_emits_its_event(
 
     asyncio.run(main())
     assert len(seen) == 1 and isinstance(seen[0], CallEvent) and seen[0].status == 200
+
+
+def test_a_record_that_kills_the_writer_three_times_is_replaced_by_one_naming_it(
+    tmp_path: Path,
+) -> None:
+    key = b"k" * 32
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter(log, key, restart_s=0.01)
+    writer.start()
+    writer.submit("infer", who="a", request_id="r-1", bytes_in=object())  # a bug: not JSON
+    writer.submit("server.stop")
+    assert writer.flush(10)
+    writer.close()
+    assert writer.restarts == 3 and writer.problem is None
+    first, second = written_with(log, key)
+    assert (first["event"], first["outcome"], first["request_id"]) == (
+        "audit.unwritable",
+        "error",
+        "r-1",
+    )
+    assert first["detail"].startswith("a infer record could not be written (TypeError: ")
+    assert second["event"] == "server.stop"

@@ -101,6 +101,11 @@ class AuditBacklog:
                 self._cond.wait()
             return self._items[0] if self._items else None
 
+    def peek(self) -> Record | None:
+        """The oldest record, or None when the backlog is empty (never waits)."""
+        with self._cond:
+            return self._items[0] if self._items else None
+
     def pop(self) -> None:
         """Remove the oldest record (written) and wake the callers it made room for."""
         with self._cond:

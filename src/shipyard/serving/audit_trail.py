@@ -359,7 +359,7 @@ class AuditWriter:
         cause = f"{type(exc).__name__}: {exc}"
         self._set_problem(f"its writer thread died ({cause})")
         log.error("the audit writer died (%s); restarting it in %.1f s", cause, delay, exc_info=exc)
-        if self._deaths >= _POISON_DEATHS and (item := self._backlog.head()) is not None:
+        if self._deaths >= _POISON_DEATHS and (item := self._backlog.peek()) is not None:
             self._backlog.replace_head(unwritable(item, cause))
             log.error(
                 "the audit writer died %d times on one %s record", self._deaths, item["event"]
