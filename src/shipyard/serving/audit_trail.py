@@ -97,7 +97,9 @@ class AuditWriter:
         self._problem: str | None = None
         self._failing_since = 0.0
         self._deaths = 0
-        """Writer deaths since the last successful write."""
+        """Writer deaths since the last successful write (the restart back-off)."""
+        self._strikes = 0
+        """Deaths on the record now first in the backlog."""
         self._metrics: Metrics | None = None
         self._prepared: Preparation | None = None
         self.write_failures = 0
@@ -151,8 +153,8 @@ class AuditWriter:
             and thread is not None
             and not thread.is_alive()
             and not self._closing.is_set()
-        ):  # a death that bypassed _run's handler (none known): still refuse, and say so
-            self._set_problem("its writer thread stopped unexpectedly")
+        ):  # a death that bypassed _run's handler (none known): refuse, say so, restart
+            self._died(RuntimeError("the writer thread stopped unexpectedly"))
         return self._problem
 
     def refusal(self) -> str | None:
@@ -340,7 +342,7 @@ class AuditWriter:
                     self._nudge.clear()  # one prompt retry for close(), then the back-off
                 delay = min(delay * 2, self._retry_max_s)
                 continue
-            self._deaths = 0
+            self._deaths = self._strikes = 0
             if self._problem is not None:
                 self._recovered()
             return True
@@ -359,10 +361,12 @@ class AuditWriter:
         cause = f"{type(exc).__name__}: {exc}"
         self._set_problem(f"its writer thread died ({cause})")
         log.error("the audit writer died (%s); restarting it in %.1f s", cause, delay, exc_info=exc)
-        if self._deaths >= _POISON_DEATHS and (item := self._backlog.peek()) is not None:
+        self._strikes += 1
+        if self._strikes >= _POISON_DEATHS and (item := self._backlog.peek()) is not None:
+            self._strikes = 0  # each record gets its own three tries
             self._backlog.replace_head(unwritable(item, cause))
             log.error(
-                "the audit writer died %d times on one %s record", self._deaths, item["event"]
+                "the audit writer died %d times on one %s record", _POISON_DEATHS, item["event"]
             )
         if not self._closing.is_set():
             timer = threading.Timer(delay, self._restart)
