@@ -8,7 +8,8 @@ after a promotion the candidate, else the highest loaded version that has not fa
 Failover (`[failover]` in model.toml): every unversioned request's outcome on the primary is
 kept for `window_s`; once at least `min_requests` are in the window and the share that
 failed through the version's own fault (not a client's bad request) reaches
-`max_error_rate`, the version is marked failed over and unversioned traffic moves to the
+`max_error_rate` (errors and a dead worker; a full queue or a passed deadline count as
+neither), the version is marked failed over and unversioned traffic moves to the
 next lower loaded version (the last good one, kept loaded as a standby unless
 `standby = false`). It stays failed over until its files change or an explicit load asks
 for it again; it still answers requests that name it.
@@ -25,6 +26,10 @@ from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.rollout import NOT_THE_VERSIONS_FAULT, Role, Rollout
 from shipyard.serving.rollout_config import FailoverConfig
 from shipyard.serving.version_state import ModelRecord, ServedVersion
+
+LOAD_NOT_FAULT = frozenset({"overloaded", "timeout"})
+"""Outcomes failover leaves out: a full queue or a passed deadline says the model has too
+much work, not that it is broken (and moving the load to another version would not help)."""
 
 RouteKey = Callable[[str], str | None]
 """Looks up a request header (HTTP) or metadata key (gRPC) by its lower-case name."""
@@ -135,7 +140,7 @@ class FailoverWatch:
 
     def observe(self, outcome: str) -> str | None:
         """Note one outcome; the reason to fail over when the threshold is crossed, else None."""
-        if outcome in NOT_THE_VERSIONS_FAULT:
+        if outcome in NOT_THE_VERSIONS_FAULT or outcome in LOAD_NOT_FAULT:
             return None
         now = self._clock()
         failed = outcome != "success"
