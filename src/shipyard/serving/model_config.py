@@ -31,6 +31,10 @@ once, when a version loads)::
     enabled = true
     sample_rate = 0.1
     window = 1000
+    [rollout]                     # a candidate on trial (rollout_config; docs/reliability.md)
+    candidate = 2
+    [failover]                    # hand traffic back to the last good version
+    max_error_rate = 0.5
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
 from shipyard.serving.queue_policy import QueuePolicy
+from shipyard.serving.rollout_config import FailoverConfig, RolloutConfig
 from shipyard.serving.settings import validation_details
 
 MODEL_CONFIG_FILE = "model.toml"
@@ -155,6 +160,8 @@ class ModelConfig(BaseModel):
     runtime: RuntimeOptions | None = None
     limits: LimitsOverride = LimitsOverride()
     drift: DriftOverride = DriftOverride()
+    rollout: RolloutConfig | None = None
+    failover: FailoverConfig | None = None
     isolation: Literal["none", "process"] = "none"
     """"process": the runtime runs in a supervised worker process, restarted when it dies or
     hangs; "none": in the server's process (the fastest)."""
