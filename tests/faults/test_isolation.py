@@ -6,6 +6,7 @@ native op would. Done means (issue 11): a worker SIGKILLed mid-batch answers its
 requests 503 within 1 s, the model's ready endpoint and /v2/health/ready answer not ready
 and come back, the next requests succeed and the restart is counted; a SIGSTOPped (hung) worker is
 killed at its execution timeout; unload and stop leave no worker and no /dev/shm segment.
+With two versions loaded, unversioned requests go to the one whose worker is up meanwhile.
 Through `shipyard serve` as a subprocess: SIGTERM finishes the batch in the worker, exits 0
 and stops the worker; a SIGKILLed server leaves no worker and no segment behind.
 """
@@ -328,3 +329,42 @@ def _busy(pid: int) -> bool:
     before = user_ticks()
     time.sleep(0.05)
     return user_ticks() > before
+
+
+def test_while_a_worker_is_down_unversioned_requests_go_to_a_version_that_can_answer(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "models"
+    shipyard.pack(scale_graph(2.0), name="two", repo=repo)  # version 1: y = 2x
+    shipyard.pack(scale_graph(3.0), name="two", repo=repo)  # version 2: y = 3x
+    write_model_toml(repo / "two", ISOLATED + "[version_policy]\nlatest = 2\n")
+    onnx_file = repo / "two" / "2" / "model.onnx"
+    good = onnx_file.read_bytes()
+    settings = load_settings(repository=repo, port=0, grpc_port=0, poll_interval_s=0)
+    doc = v2_json("x", x(1))
+    with start_in_thread(settings=settings) as running:
+        newest = running.server.dataplane.manager.get("two", 2).model.runtime
+        assert isinstance(newest, ProcessRuntime)
+        pid = newest.pid
+        assert pid is not None
+
+        def answered_by() -> str:
+            response = httpx.post(f"{running.url}/v2/models/two/infer", json=doc, timeout=30)
+            assert response.status_code == 200, response.text
+            return str(response.json()["model_version"])
+
+        assert answered_by() == "2"
+        onnx_file.write_bytes(good + b"\0")  # its restarts fail until the file is back
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: newest.restarts >= 2, "version 2's restarts to fail")
+        named = httpx.post(f"{running.url}/v2/models/two/versions/2/infer", json=doc, timeout=30)
+        assert named.status_code == 503
+        assert "could not be restarted" in named.json()["error"]
+        ready = httpx.get(f"{running.url}/v2/models/two/versions/2/ready", timeout=5)
+        assert ready.status_code == 400
+        assert answered_by() == "1"  # the router skips the version that cannot answer
+        assert httpx.get(f"{running.url}/v2/models/two/ready", timeout=5).status_code == 200
+        assert httpx.get(f"{running.url}/v2/health/ready", timeout=5).status_code == 200
+        onnx_file.write_bytes(good)
+        wait_for(lambda: newest.down is None, "version 2's worker to be back")
+        assert answered_by() == "2"
