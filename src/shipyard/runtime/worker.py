@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 from shipyard.errors import InputError, ShipyardError
-from shipyard.runtime.base import RuntimeOptions
+from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.shm_tensors import Attached, Packed, read
 from shipyard.runtime.synthesis import InputHints
 
@@ -95,39 +97,46 @@ def main(fd: int) -> None:
         _send_error(conn, exc)
         return
     runtime = model.runtime
-    conn.send(("ready", WorkerInfo(model.manifest.digest, runtime.providers, model.graph_hints)))
     segments = _Segments()
     try:
-        while True:
-            try:
-                message = conn.recv()
-            except EOFError:
-                return
-            if message[0] != "run":
-                return  # ("close",) or anything unexpected
-            _, in_name, in_headers, out_name, outputs = message
-            try:
-                feed = read(segments.attach("in", in_name), in_headers, copy=False)
-                results = runtime.run(feed, outputs or None)
-                del feed  # views into the input segment
-                packed = Packed(results)
-            except Exception as exc:
-                _send_error(conn, exc)
-                continue
-            out = segments.attach("out", out_name)
-            if packed.size > len(out):
-                conn.send(("grow", packed.size))
-                reply = conn.recv()
-                if reply[0] != "output":
-                    return
-                if reply[1] is None:  # the parent could not make room: drop these outputs
-                    continue
-                out = segments.attach("out", reply[1])
-            conn.send(("ok", packed.write(out)))
-            del out
+        conn.send(
+            ("ready", WorkerInfo(model.manifest.digest, runtime.providers, model.graph_hints))
+        )
+        while _serve_one(conn, runtime, segments):
+            pass
+    except (EOFError, OSError):  # the server is gone
+        pass
     finally:
         segments.close()
         model.close()
+
+
+def _serve_one(conn: Connection, runtime: Runtime, segments: _Segments) -> bool:
+    """Run one batch and answer it; False when told to close."""
+    message = conn.recv()
+    if message[0] != "run":
+        return False  # ("close",) or anything unexpected
+    _, in_name, in_headers, out_name, outputs = message
+    feed: dict[str, np.ndarray] | None = None
+    try:
+        feed = read(segments.attach("in", in_name), in_headers, copy=False)
+        packed = Packed(runtime.run(feed, outputs or None))
+    except Exception as exc:
+        _send_error(conn, exc)
+        return True
+    finally:
+        feed = None  # views into the input segment: it cannot be unmapped while they live
+    out = segments.attach("out", out_name)
+    if packed.size > len(out):
+        conn.send(("grow", packed.size))
+        reply = conn.recv()
+        if reply[0] != "output":
+            return False
+        if reply[1] is None:  # the parent could not make room: these outputs are dropped
+            return True
+        out = segments.attach("out", reply[1])
+    conn.send(("ok", packed.write(out)))
+    return True
 
 
 class _Segments:
