@@ -32,6 +32,7 @@ class Model:
         runtime: Runtime,
         *,
         graph_hints: Mapping[str, InputHints] | None = None,
+        assets: Mapping[str, bytes] | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -40,13 +41,16 @@ class Model:
         """What the graph says about valid input values (for synthesized warm-up inputs)."""
         self.processor: Processor | None = None
         """The declared text/image/label processing (manifest `processing`), loaded now so
-        a bad tokenizer refuses the version at load."""
+        a bad tokenizer refuses the version at load. `assets`: an encrypted package's
+        processing assets, decrypted in memory."""
         if manifest.processing is not None:
             try:
                 self.processor = Processor.load(
                     manifest.processing,
                     read_file=verified_reader(
-                        {p: f.sha256 for p, f in manifest.files.items()}, str(path)
+                        {p: f.sha256 for p, f in manifest.files.items()},
+                        str(path),
+                        decrypted=assets,
                     ),
                     where=str(path),
                 )
@@ -128,6 +132,7 @@ def _load(
     manifest = read_verified(version_dir)
     model_path = version_dir / MODEL_FILE
     external: dict[str, bytes] = {}
+    assets: dict[str, bytes] = {}
     payload: bytes | Path
     if manifest.external_data and manifest.encryption is None:
         # Weights past 2 GB stay in their files: ONNX Runtime reads them from the paths whose
@@ -140,7 +145,7 @@ def _load(
     else:
         if manifest.encryption is not None:
             model_path = version_dir / manifest.encryption.file
-            payload, external = _decrypt(version_dir, manifest, kek)
+            payload, external, assets = _decrypt(version_dir, manifest, kek)
         else:
             payload = model_path.read_bytes()
             # Re-hash the exact bytes handed to the runtime: a swap after verification is caught.
@@ -164,14 +169,18 @@ def _load(
         source=str(model_path),
         external_data=external,
     )
-    return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto))
+    return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto), assets=assets)
 
 
 def _decrypt(
     version_dir: Path, manifest: Manifest, kek: bytes | None
-) -> tuple[bytes, dict[str, bytes]]:
-    """The model and its external data files, decrypted in memory."""
-    from shipyard.security.encryption import decrypt_external_data, decrypt_model_bytes
+) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+    """The model, its external data files and its processing assets, decrypted in memory."""
+    from shipyard.security.encryption import (
+        decrypt_assets,
+        decrypt_external_data,
+        decrypt_model_bytes,
+    )
     from shipyard.security.errors import KeyRequiredError
     from shipyard.security.keys import kek_from_env
 
@@ -182,7 +191,8 @@ def _decrypt(
             "pass --key-file or set SHIPYARD_KEK"
         )
     model = decrypt_model_bytes(version_dir, manifest, kek)
-    return model, decrypt_external_data(version_dir, manifest, kek)
+    external = decrypt_external_data(version_dir, manifest, kek)
+    return model, external, decrypt_assets(version_dir, manifest, kek)
 
 
 def _check_graph(path: Path, manifest: Manifest, proto: onnx.ModelProto) -> None:

@@ -125,12 +125,22 @@ class Processor:
         return {n: combined[n] for n in requested}
 
 
-def verified_reader(version_dir_files: Mapping[str, str], root: str) -> ReadFile:
-    """A reader that re-hashes each file it reads against the manifest's sha256."""
+def verified_reader(
+    version_dir_files: Mapping[str, str],
+    root: str,
+    *,
+    decrypted: Mapping[str, bytes] | None = None,
+) -> ReadFile:
+    """A reader that re-hashes each file it reads against the manifest's sha256.
+
+    `decrypted`: an encrypted package's assets, decrypted in memory (their plaintext sha256
+    was checked on decryption); such an asset is never read from, or written to, disk."""
     import hashlib
     from pathlib import Path
 
     def read(relative: str) -> bytes:
+        if decrypted is not None and relative in decrypted:
+            return decrypted[relative]
         expected = version_dir_files.get(relative)
         path = Path(root) / relative
         if expected is None:

@@ -18,6 +18,8 @@ LABEL_OUTPUT = "label"
 TOP_LABELS_OUTPUT = "top_labels"
 TOP_SCORES_OUTPUT = "top_scores"
 TOKENIZER_FILE = "assets/tokenizer.json"
+ASSETS_DIR = "assets/"
+"""Package files under this folder are processing assets: encrypted with the model."""
 
 Pooling = Literal["mean", "cls"]
 
@@ -112,6 +114,10 @@ class Processing(BaseModel):
     text: TextProcessing | None = None
     image: ImageProcessing | None = None
     labels: LabelProcessing | None = None
+
+    def files(self) -> list[str]:
+        """The package files this processing reads at load time."""
+        return [self.text.tokenizer] if self.text is not None else []
 
     @model_validator(mode="after")
     def _one_input_kind(self) -> Processing:
