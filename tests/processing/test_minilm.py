@@ -155,3 +155,30 @@ def test_openai_client(server: RunningServer, expected: np.ndarray) -> None:
     assert cosine(np.array([floats.data[0].embedding]), expected[2:3])[0] >= MIN_COSINE
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="nope", input="x")
+
+
+def test_openai_client_token_ids_equal_text(server: RunningServer, expected: np.ndarray) -> None:
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    from tokenizers import Tokenizer
+
+    from shipyard.demo.text import model_dir
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    rows = [e.ids for e in tokenizer.encode_batch(SENTENCES)]
+    with openai.OpenAI(
+        base_url=url(server, "/v1"), api_key="unused", timeout=60, max_retries=0
+    ) as client:
+        response = client.embeddings.create(model="minilm", input=rows)
+        got = np.array([d.embedding for d in response.data])
+        assert cosine(got, expected[: len(SENTENCES)]).min() >= MIN_COSINE
+        assert response.usage.prompt_tokens == sum(len(r) for r in rows)
+        one = client.embeddings.create(model="minilm", input=rows[2], encoding_format="float")
+        assert cosine(np.array([one.data[0].embedding]), expected[2:3])[0] >= MIN_COSINE
+        for bad, needle in (
+            ([[101] * 300], '"input"[0] has 300 tokens; this model takes at most 256'),
+            ([[101, 30522, 102]], "integers 0..30521"),
+        ):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.embeddings.create(model="minilm", input=bad)
+            assert needle in str(caught.value.body)  # the client hands over our "error"

@@ -17,7 +17,7 @@ from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing import labels as labels_mod
 from shipyard.processing.image import decode_images
 from shipyard.processing.spec import TOP_LABELS_OUTPUT, TOP_SCORES_OUTPUT, Processing
-from shipyard.processing.text import encode, load_tokenizer, texts_of
+from shipyard.processing.text import encode, encode_ids, load_tokenizer, texts_of
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -100,6 +100,16 @@ class Processor:
         image = self.spec.image
         assert image is not None
         return Prepared({image.tensor: decode_images(array, spec=image)}, processed=True)
+
+    def token_inputs(self, rows: Sequence[Sequence[int]], *, name: str = "input") -> Prepared:
+        """Graph tensors for token ids sent as such (checked against the vocabulary and
+        `max_length`, padded like tokenized text); InputError without text processing."""
+        text = self.spec.text
+        if text is None or self.tokenizer is None:
+            raise InputError("this model takes no token ids (its package has no tokenizer)")
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        tensors, tokens = encode_ids(rows, spec=text, vocab_size=vocab, name=name)
+        return Prepared(tensors, tokens=tokens, processed=True)
 
     def graph_outputs(self, requested: Sequence[str]) -> list[str]:
         """The graph outputs to compute for `requested` (empty: all) output names."""
