@@ -16,6 +16,8 @@ from shipyard.package.manifest import MODEL_FILE, Manifest
 from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.swap import read_stable
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing import padding
+from shipyard.processing.padding import BatchPadding
 from shipyard.processing.runtime import Processor, verified_reader
 from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
@@ -33,6 +35,7 @@ class Model:
         *,
         graph_hints: Mapping[str, InputHints] | None = None,
         assets: Mapping[str, bytes] | None = None,
+        batch_padding: BatchPadding | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -42,7 +45,8 @@ class Model:
         self.processor: Processor | None = None
         """The declared text/image/label processing (manifest `processing`), loaded now so
         a bad tokenizer refuses the version at load. `assets`: an encrypted package's
-        processing assets, decrypted in memory."""
+        processing assets, decrypted in memory; `batch_padding`: what the graph allows the
+        batcher to pad (`shipyard.processing.padding.batch_padding`)."""
         if manifest.processing is not None:
             try:
                 self.processor = Processor.load(
@@ -53,6 +57,7 @@ class Model:
                         decrypted=assets,
                     ),
                     where=str(path),
+                    batch_padding=batch_padding,
                 )
             except BaseException:
                 runtime.close()
@@ -169,7 +174,15 @@ def _load(
         source=str(model_path),
         external_data=external,
     )
-    return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto), assets=assets)
+    text = manifest.processing.text if manifest.processing is not None else None
+    return Model(
+        version_dir,
+        manifest,
+        runtime,
+        graph_hints=graph_hints(proto),
+        assets=assets,
+        batch_padding=padding.batch_padding(text, proto) if text is not None else None,
+    )
 
 
 def _decrypt(

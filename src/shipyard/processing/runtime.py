@@ -16,6 +16,7 @@ from shipyard.errors import InputError, IntegrityError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing import labels as labels_mod
 from shipyard.processing.image import decode_images
+from shipyard.processing.padding import BatchPadding
 from shipyard.processing.spec import TOP_LABELS_OUTPUT, TOP_SCORES_OUTPUT, Processing
 from shipyard.processing.text import encode, encode_ids, load_tokenizer, texts_of
 
@@ -39,17 +40,33 @@ class Prepared:
 class Processor:
     """Runs one version's declared processing; built once at load time."""
 
-    def __init__(self, spec: Processing, *, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(
+        self,
+        spec: Processing,
+        *,
+        tokenizer: Tokenizer | None = None,
+        batch_padding: BatchPadding | None = None,
+    ) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
+        self.batch_padding = batch_padding
+        """How the batcher may pad tokenized requests of different lengths into one batch
+        (`shipyard.processing.padding`); None: requests batch only with equal lengths."""
 
     @classmethod
-    def load(cls, spec: Processing, *, read_file: ReadFile, where: str) -> Processor:
+    def load(
+        cls,
+        spec: Processing,
+        *,
+        read_file: ReadFile,
+        where: str,
+        batch_padding: BatchPadding | None = None,
+    ) -> Processor:
         tokenizer = None
         if spec.text is not None:
             data = read_file(spec.text.tokenizer)
             tokenizer = load_tokenizer(data, spec=spec.text, where=f"{where}/{spec.text.tokenizer}")
-        return cls(spec, tokenizer=tokenizer)
+        return cls(spec, tokenizer=tokenizer, batch_padding=batch_padding)
 
     # -- signature ------------------------------------------------------------------------
 

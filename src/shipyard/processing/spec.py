@@ -39,7 +39,7 @@ class TextProcessing(BaseModel):
     """Cut longer texts to max_length; when false such a text is a 400."""
     pad_to_multiple: int = Field(default=16, ge=1)
     """Pad each request to the next multiple of this (capped at max_length), so requests of
-    similar length share a shape and the batcher joins them."""
+    similar length share a shape even where the batcher cannot pad per batch."""
     pad_id: int = Field(default=0, ge=0)
     input_ids: str = "input_ids"
     attention_mask: str | None = "attention_mask"

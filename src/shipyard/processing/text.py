@@ -1,8 +1,9 @@
 """Texts to token tensors with a package's tokenizer.json (the Rust `tokenizers` library).
 
 Each request is padded to its own longest text rounded up to `pad_to_multiple` (capped at
-`max_length`): the batcher only joins requests whose trailing dims agree, so rounding lets
-requests of similar length share a batch, while a request never pays for a longer one.
+`max_length`). Where the graph allows it the batcher pads further, to the batch's longest
+(`shipyard.processing.padding`); where it does not, it joins only equal trailing dims, and
+rounding still lets requests of similar length share a batch.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import ShipyardError
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.padding import BatchPadding
 from shipyard.processing.runtime import Processor
 from shipyard.serving.batch_queue import BatchResult
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
@@ -245,7 +246,9 @@ class DataPlane:
                     name, timeout_us=request.timeout_us, priority=request.priority
                 )
 
-                def submit(inputs: dict[str, Any], wanted: list[str]) -> Awaitable[BatchResult]:
+                def submit(
+                    inputs: dict[str, Any], wanted: list[str], pad: BatchPadding | None = None
+                ) -> Awaitable[BatchResult]:
                     return served.batcher.submit(
                         inputs,
                         wanted,
@@ -253,6 +256,7 @@ class DataPlane:
                         timeout_us=schedule.timeout_us,
                         elapsed_ns=time.perf_counter_ns() - started,
                         gone=gone,
+                        pad=pad,
                     )
 
                 processor = served.model.processor
@@ -266,7 +270,9 @@ class DataPlane:
                         usage["prompt_tokens"] = prepared.tokens
                     wanted = processor.graph_outputs(request.output_names)
                     inputs = validated(served, prepared.inputs, wanted, request.output_names)
-                    result = await submit(inputs, wanted)
+                    # Tokenized here: the batcher may pad it to a longer batch-mate's length.
+                    pad = processor.batch_padding if prepared.processed else None
+                    result = await submit(inputs, wanted, pad)
                     outputs = processor.postprocess(result.outputs, request.output_names)
                 check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
                 self.manager.drift.observe(name, served.version, inputs, result.outputs)
