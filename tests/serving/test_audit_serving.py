@@ -242,11 +242,14 @@ def test_writer_flushes_on_close_and_never_blocks_forever(tmp_path: Path) -> Non
     assert len(records(tmp_path / "a.jsonl")) == 500
     assert verify_log(tmp_path / "a.jsonl", key).ok
 
-    stalled = AuditWriter(tmp_path / "b.jsonl", key, queue_size=1, put_timeout_s=0.05)
-    stalled.submit("x")  # not started: the queue fills up
+    stalled = AuditWriter(tmp_path / "b.jsonl", key, queue_size=1)
+    stalled.submit("x")  # not started: the backlog is past its bound
     started = time.perf_counter()
-    stalled.submit("y")
-    assert stalled.dropped == 1 and time.perf_counter() - started < 2
+    stalled.submit("y")  # neither blocks nor drops: the bound is for audited calls to wait on
+    assert stalled.pending == 2 and time.perf_counter() - started < 2
+    stalled.start()
+    stalled.close()
+    assert [r["event"] for r in records(tmp_path / "b.jsonl")] == ["x", "y"]
 
 
 def test_writer_runs_off_the_calling_thread(tmp_path: Path) -> None:

@@ -50,6 +50,9 @@ def models(repo: Path, pack: Callable[..., Path]) -> Path:
     metadata = {"classes": [0, 1], "class_names": ["no", "yes"], "feature_names": ["a", "b"]}
     shipyard.pack(classifier_graph(), name="clf", repo=repo, metadata=metadata)
     shipyard.pack(regressor_graph(), name="reg", repo=repo, metadata={"task": "regression"})
+    for _ in range(2):  # a rollout of version 2 beside version 1
+        shipyard.pack(classifier_graph(), name="ro", repo=repo, metadata=metadata)
+    (repo / "ro" / "model.toml").write_text("[rollout]\ncandidate = 2\n", encoding="utf-8")
     from tests.processing.tiny import tiny_encoder, tiny_sample, write_tiny_tokenizer
 
     from shipyard.processing.build import text_plan
@@ -220,6 +223,12 @@ TOUR: list[Step] = [
     ),
     step("post", "/v1/embeddings", {"model": "tiny", "input": ["hello world", "a"]}),
     step("post", "/v1/embeddings", {"model": "tiny", "input": "a", "encoding_format": "base64"}),
+    step("get", "/v2/models/{name}/rollout", name="ro"),
+    step("post", "/v2/models/{name}/rollout/promote", name="ro"),
+    step("post", "/v2/models/{name}/rollout/promote", status=409, name="ro"),
+    step("post", "/v2/models/{name}/rollout/rollback", name="ro"),
+    step("get", "/v2/models/{name}/rollout", status=409),
+    step("get", "/v2/models/{name}/rollout", status=404, name="nope"),
     step("get", "/metrics"),
     step("get", OPENAPI_PATH),
     # errors

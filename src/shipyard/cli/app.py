@@ -15,12 +15,13 @@ from shipyard.cli import (
     monitoring,
     output,
     package,
+    rollout,
     serve,
 )
 from shipyard.cli.failures import USAGE, error_line, exit_code
 from shipyard.cli.parsing import Handler, show_children_examples
 
-COMMANDS = (package, serve, compression, keys, access, monitoring, drift, analysis)
+COMMANDS = (package, serve, rollout, compression, keys, access, monitoring, drift, analysis)
 """The modules that declare commands, in the order `shipyard --help` lists them."""
 
 

@@ -32,7 +32,7 @@ from shipyard.security.audit_chain import (
 )
 from shipyard.security.errors import AuditError
 
-_DETAIL_MAX = 200
+_DETAIL_MAX = 1000
 
 
 class AuditLog:

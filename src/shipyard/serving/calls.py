@@ -6,7 +6,8 @@ id, protocol, client). Audited calls become one `CallEvent` each, emitted by the
 `Events` to its listeners (the audit writer): a transport that knows more than the data
 plane (HTTP: the status it answered, bytes in and out) opens a `Call` (`Events.open`),
 passes it down and closes it; otherwise `DataPlane.infer` given a context opens and closes
-its own. Loads, unloads and reloads reach the listeners as `ModelChange`s naming the call
+its own. Either way the event is emitted before the call's response is sent, after waiting
+for room in the listeners that cannot keep up (`Events.backpressure`: the audit backlog). Loads, unloads and reloads reach the listeners as `ModelChange`s naming the call
 that caused them (None: the server itself).
 """
 
@@ -96,6 +97,10 @@ class Events:
     def __init__(self) -> None:
         self.listeners: list[Listener] = []
         """Called on the event loop with every `CallEvent` and `ModelChange`."""
+        self.backpressure: list[Callable[[], Awaitable[None]]] = []
+        """Awaited before an audited call's event is emitted (`finish`): a listener that
+        cannot keep up (the audit writer's backlog is full) makes the call wait for room,
+        so its event is never dropped and the loop is never blocked."""
 
     def open(
         self, context: CallContext, *, action: str, model: str | None, version: str | None
@@ -104,6 +109,23 @@ class Events:
         if not self.listeners:
             return None
         return Call(context, action=action, model=model, version=version)
+
+    async def finish(
+        self,
+        call: Call,
+        *,
+        outcome: str = "success",
+        status: int | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+    ) -> None:
+        """Wait for room in every listener (`backpressure`), then `close` the call. The
+        event is emitted even when the wait is cancelled: a call that ran is never lost."""
+        try:
+            for wait in self.backpressure:
+                await wait()
+        finally:
+            self.close(call, outcome=outcome, status=status, bytes_in=bytes_in, bytes_out=bytes_out)
 
     def close(
         self,
@@ -157,8 +179,8 @@ class Events:
             outcome = outcome_of_error(exc)
             raise
         finally:
-            if own:
-                self.close(tracked, outcome=outcome)
+            if own:  # emitted (waiting for room if need be) before the response goes out
+                await self.finish(tracked, outcome=outcome)
 
     def model_changed(self, event: ModelEvent) -> None:
         """The manager's listener: a `ModelChange` naming the call that caused it."""

@@ -25,27 +25,31 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import ShipyardError
 from shipyard.package.tensorspec import TensorSpec
-from shipyard.processing.padding import BatchPadding
 from shipyard.processing.runtime import Processor
-from shipyard.serving.batch_queue import BatchResult
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.logs import request_id
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.request_checks import (
-    check_model_name,
-    prepare_inputs,
-    validated,
-    version_number,
-)
+from shipyard.serving.request_checks import check_model_name, version_number
+from shipyard.serving.rollout import Action
 from shipyard.serving.settings import LimitsSettings
+from shipyard.serving.traffic import Plan, RouteKey
 from shipyard.serving.triton_config import triton_config
-from shipyard.serving.version_config import check_output_size, decode_limits
+from shipyard.serving.version_config import decode_limits
+from shipyard.serving.version_run import MIRROR_PROTOCOL, Mirrors, run_on
 from shipyard.serving.version_state import IndexEntry, ServedVersion
 
 SERVER_NAME = "shipyard"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "schedule_policy",
+    "shipyard_rollout",
+)
+"""V2 extensions, Triton's names; `shipyard_rollout` is ours: `GET /v2/models/{m}/rollout`."""
 PLATFORM = "onnx_onnxv1"
 
 
@@ -88,6 +92,8 @@ class DataPlane:
         """True once the server is shutting down: it still answers, but is not ready."""
         self._server_limits = manager.settings.limits
         self._server_decode_limits = decode_limits(self._server_limits)
+        self.mirrors = Mirrors(compared=manager.router.compared, observe=self._observe_mirror)
+        """A rollout's mirrored calls (shadow traffic, canary agreement checks)."""
 
     # -- health ---------------------------------------------------------------------------
 
@@ -140,8 +146,19 @@ class DataPlane:
             "extensions": list(EXTENSIONS),
         }
 
-    def model_signature(self, name: str, version: str | None = None) -> ModelSignature:
-        served = self.manager.get(name, version_number(name, version))
+    def route(self, name: str, version: str | None, route_key: RouteKey | None = None) -> Plan:
+        """Where a request for that model (version) goes, as `infer` would route it; a
+        transport that must type the request first (TF Serving) routes, then passes it."""
+        return self.manager.router.plan(name, version_number(name, version), route_key)
+
+    def model_signature(
+        self, name: str, version: str | None = None, *, route: Plan | None = None
+    ) -> ModelSignature:
+        served = (
+            route.served
+            if route is not None
+            else self.manager.get(name, version_number(name, version))
+        )
         model, processor = served.model, served.model.processor
         if processor is None:
             return ModelSignature(name, served.version, model.inputs, model.outputs)
@@ -198,6 +215,8 @@ class DataPlane:
         usage: dict[str, int] | None = None,
         call: Call | CallContext | None = None,
         gone: Callable[[], bool] | None = None,
+        route_key: RouteKey | None = None,
+        route: Plan | None = None,
     ) -> InferenceResponse:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
@@ -207,7 +226,10 @@ class DataPlane:
         (the real tokens of processed text inputs). `call`: the call's context (this infer
         is the whole audited call: it emits its event; None: an anonymous one), or the `Call`
         the transport opened and closes itself. `gone`: true once the client has left (a
-        queued request is then dropped unrun). `timeout_us`/`priority`: see queue_policy.
+        queued request is then dropped unrun). `route_key`: looks up a request header by
+        name (a canary's `sticky_header`). A request naming no version is routed by the
+        model's rollout and failover (`traffic`), or goes where `route` (from `route()`)
+        says; the response names the version that answered.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
 
@@ -220,6 +242,8 @@ class DataPlane:
                 started=started,
                 usage=usage,
                 gone=gone,
+                route_key=route_key,
+                route=route,
             )
 
         if not self.events.listeners:
@@ -238,67 +262,71 @@ class DataPlane:
         started: int,
         usage: dict[str, int] | None = None,
         gone: Callable[[], bool] | None = None,
+        route_key: RouteKey | None = None,
+        route: Plan | None = None,
     ) -> InferenceResponse:
-        with self.manager.lease(name, version_number(name, version)) as served:
+        if route is None:
+            route = self.manager.router.plan(name, version_number(name, version), route_key)
+        with route.served.leased() as served:
             model_version = str(served.version)
             try:
-                schedule = served.resolved.queue.schedule(
-                    name, timeout_us=request.timeout_us, priority=request.priority
-                )
-
-                def submit(
-                    inputs: dict[str, Any], wanted: list[str], pad: BatchPadding | None = None
-                ) -> Awaitable[BatchResult]:
-                    return served.batcher.submit(
-                        inputs,
-                        wanted,
-                        priority=schedule.priority,
-                        timeout_us=schedule.timeout_us,
-                        elapsed_ns=time.perf_counter_ns() - started,
-                        gone=gone,
-                        pad=pad,
-                    )
-
-                processor = served.model.processor
-                if processor is None:
-                    inputs = validated(served, request.inputs, request.output_names)
-                    result = await submit(inputs, request.output_names)
-                    outputs = result.outputs
-                else:
-                    prepared = await prepare_inputs(processor, request.inputs)
-                    if usage is not None:
-                        usage["prompt_tokens"] = prepared.tokens
-                    wanted = processor.graph_outputs(request.output_names)
-                    inputs = validated(served, prepared.inputs, wanted, request.output_names)
-                    # Tokenized here: the batcher may pad it to a longer batch-mate's length.
-                    pad = processor.batch_padding if prepared.processed else None
-                    result = await submit(inputs, wanted, pad)
-                    outputs = processor.postprocess(result.outputs, request.output_names)
-                check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
-                self.manager.drift.observe(name, served.version, inputs, result.outputs)
+                ran = await run_on(served, request, started=started, usage=usage, gone=gone)
+                self.manager.drift.observe(name, served.version, ran.inputs, ran.result.outputs)
             except Exception as exc:
+                outcome = outcome_of_error(exc)
+                total_ns = time.perf_counter_ns() - started
+                self.manager.router.observe(route, outcome, total_ns / 1e6)
                 self.metrics.observe_request(
                     model=name,
                     version=model_version,
                     protocol=protocol,
-                    outcome=outcome_of_error(exc),
-                    total_ns=time.perf_counter_ns() - started,
+                    outcome=outcome,
+                    total_ns=total_ns,
                 )
                 raise
+        total_ns = time.perf_counter_ns() - started
         self.metrics.observe_request(
             model=name,
             version=model_version,
             protocol=protocol,
             outcome="success",
-            total_ns=time.perf_counter_ns() - started,
-            queue_ns=result.queue_ns,
-            compute_ns=result.compute_ns,
+            total_ns=total_ns,
+            queue_ns=ran.result.queue_ns,
+            compute_ns=ran.result.compute_ns,
         )
+        self.manager.router.observe(route, "success", total_ns / 1e6)
+        if route.rollout is not None:
+            mirror = self.manager.router.mirror_of(route)
+            if mirror is not None:
+                self.mirrors.start(route, mirror, request, ran.outputs)
         return InferenceResponse(
             model_name=name,
             model_version=model_version,
-            outputs=outputs,
+            outputs=ran.outputs,
             id=request.id,
+        )
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    def rollout_status(self, name: str) -> dict[str, Any]:
+        """`GET /v2/models/{m}/rollout`: the model's rollout phase, gate, evidence, decision."""
+        return self.manager.router.status(check_model_name(name))
+
+    async def decide_rollout(
+        self, name: str, action: Action, *, call: Call | CallContext | None = None
+    ) -> dict[str, Any]:
+        """Promote or roll back the model's rollout by hand (audited as a model change)."""
+        return await self.manager.router.decide(
+            check_model_name(name), action, cause=_context_of(call)
+        )
+
+    def _observe_mirror(self, served: ServedVersion, outcome: str, total_ns: int) -> None:
+        self.metrics.observe_request(
+            model=served.name,
+            version=str(served.version),
+            protocol=MIRROR_PROTOCOL,
+            outcome=outcome,
+            total_ns=total_ns,
         )
 
     def limits_for(self, name: str | None) -> LimitsSettings:

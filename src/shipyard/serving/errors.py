@@ -138,3 +138,10 @@ class AuditUnavailable(ShipyardError):
     """The audit log cannot be written: audited calls are refused until it can (fail closed)."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class RolloutError(ShipyardError):
+    """A rollout call that does not fit the model's state: it has no rollout, or the rollout
+    is already where the call would take it."""
+
+    status = HTTPStatus.CONFLICT

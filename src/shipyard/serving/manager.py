@@ -31,6 +31,8 @@ from shipyard.serving.metrics import Metrics
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import ModelOnDisk, ModelRepository
 from shipyard.serving.settings import ServerSettings
+from shipyard.serving.steering import Router, Steering
+from shipyard.serving.traffic import primary, wanted_versions
 from shipyard.serving.version_config import (
     VersionConfig,
     ceiling_problem,
@@ -72,6 +74,10 @@ class ModelManager:
         self.drift = DriftMonitor(metrics.registry)
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
+        self.steering = Steering(metrics, emit=self._emit, settle=self._settle)
+        """Rollouts and failover: what they decide, carried out."""
+        self.router = Router(self._records, self.steering, self.get)
+        """Where each request goes (rollouts, failover), and what its outcome tells them."""
         self._poller: asyncio.Task[None] | None = None
         self.started = False
 
@@ -146,10 +152,10 @@ class ModelManager:
         if record is None:
             raise ModelNotFound(name)
         if version is None:
-            for number in sorted(record.served, reverse=True):
-                if not record.served[number].closing:
-                    return record.served[number]
-            raise ModelNotReady(name, reason=record.why_not_ready())
+            served = primary(record)
+            if served is None:
+                raise ModelNotReady(name, reason=record.why_not_ready())
+            return served
         served = record.served.get(version)
         if served is not None and not served.closing:
             return served
@@ -157,6 +163,13 @@ class ModelManager:
         if status is None:
             raise ModelNotFound(name, version)
         raise ModelNotReady(name, version, reason=status.reason or status.state.value)
+
+    async def _settle(self, name: str, cause: CallContext | None) -> None:
+        """After a rollout decision: load or unload what it changed."""
+        try:
+            await self._reconcile(name, cause=cause)
+        except Exception:
+            log.exception("could not apply the rollout decision for %s", name)
 
     def served_versions(self, name: str) -> list[int]:
         record = self._records.get(name)
@@ -244,10 +257,10 @@ class ModelManager:
             and s.fingerprint == disk.versions.get(v)
         }
         resolved = resolve(config, self.settings)
+        self.steering.sync(record, disk)
         while True:
-            wanted = set(
-                config.version_policy.select([v for v in disk.versions if v not in broken])
-            )
+            loadable = [v for v in disk.versions if v not in broken]
+            wanted, stable = wanted_versions(config, loadable, record.rollout)
             refusal = downgrade_refusal(self.settings, wanted, record.high_water, force=force)
             if refusal is not None:
                 self._refuse_downgrade(record, disk, wanted, refusal)
@@ -266,6 +279,7 @@ class ModelManager:
                     continue
                 if await self._load_version(record, disk, version, config, resolved):
                     record.failed_reloads.pop(version, None)
+                    self.steering.loaded(record, record.served[version])
                 elif current is not None:  # a reload failed: keep serving what works
                     record.failed_reloads[version] = target
                     why = record.statuses[version].reason
@@ -277,15 +291,19 @@ class ModelManager:
                 else:
                     broken.add(version)
                     failed = True
+                    self.steering.failed_to_load(record, version, record.statuses[version].reason)
             if not failed:
                 break
+        self.steering.begin(record, stable)
         await self._retire_removed(record, gone)
         not_selected = f"not selected by the version policy ({config.version_policy.describe()})"
-        await self._retire(record, set(record.served) - wanted, reason=not_selected)
+        for version in sorted(set(record.served) - wanted):
+            await self._retire(record, {version}, reason=unwanted(record, version, not_selected))
         for version in disk.versions:
             status = record.statuses.get(version)
             if version not in wanted and (status is None or not status.failed):
-                record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, not_selected)
+                why = unwanted(record, version, not_selected)
+                record.statuses[version] = VersionStatus(ModelState.UNAVAILABLE, why)
         if record.served:
             # an explicit load (force) is the operator's word: what it serves is the new mark
             top = max(record.served)
@@ -401,6 +419,17 @@ class ModelManager:
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))
+
+
+def unwanted(record: ModelRecord, version: int, not_selected: str) -> str:
+    """Why a version on disk is not loaded: its rollout's decision, else the version policy."""
+    rollout = record.rollout
+    if rollout is not None and rollout.decision is not None:
+        if rollout.phase == "rolled_back" and version == rollout.candidate:
+            return f"rolled back: {rollout.decision.reason}"
+        if rollout.phase == "promoted" and version == rollout.stable:
+            return f"replaced by the promoted candidate, version {rollout.candidate}"
+    return not_selected
 
 
 def _log(level: int, message: str, model: str, version: int, *args: object) -> None:

@@ -191,7 +191,7 @@ class Metrics:
             self.not_found.labels(kind)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory…
         PlatformCollector(registry=self.registry)  # python_info
-        # -- audit log health (fed by serving.audit.AuditWriter.track) --
+        # -- audit log health (fed by serving.audit_trail.AuditWriter.attach) --
         self.audit_healthy = Gauge(
             "shipyard_audit_healthy",
             "1 while the audit log can be written (or there is none), 0 while audited calls "
@@ -207,6 +207,16 @@ class Metrics:
         self.audit_pending = Gauge(
             "shipyard_audit_pending_records",
             "Audit records queued and not yet written.",
+            registry=self.registry,
+        )
+        self.audit_waits = Counter(
+            "shipyard_audit_backpressure_waits",
+            "Audited calls that waited for room in the audit backlog (the disk is slow).",
+            registry=self.registry,
+        )
+        self.audit_restarts = Counter(
+            "shipyard_audit_writer_restarts",
+            "Audit writer threads restarted after one died.",
             registry=self.registry,
         )
         self._stats: dict[tuple[str, str], VersionStats] = {}

@@ -26,6 +26,10 @@ once, when a version loads)::
     enabled = true
     sample_rate = 0.1
     window = 1000
+    [rollout]                     # a candidate on trial (rollout_config; docs/reliability.md)
+    candidate = 2
+    [failover]                    # hand traffic back to the last good version
+    max_error_rate = 0.5
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
 from shipyard.serving.queue_policy import QueuePolicy
+from shipyard.serving.rollout_config import FailoverConfig, RolloutConfig
 from shipyard.serving.settings import validation_details
 
 MODEL_CONFIG_FILE = "model.toml"
@@ -140,6 +145,8 @@ class ModelConfig(BaseModel):
     runtime: RuntimeOptions | None = None
     limits: LimitsOverride = LimitsOverride()
     drift: DriftOverride = DriftOverride()
+    rollout: RolloutConfig | None = None
+    failover: FailoverConfig | None = None
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:

@@ -47,6 +47,7 @@ _ERROR_TEXT = {
     401: "No token, or an unknown, revoked or expired one (only with --auth)",
     403: "The token's scopes do not grant this operation (only with --auth)",
     413: "Request body over the limit (after decompression)",
+    409: "The model has no rollout, or its rollout is already where this call would take it",
     503: "Model not ready, or its queue is full (see Retry-After)",
     504: "The request's timeout parameter passed before the model answered",
 }

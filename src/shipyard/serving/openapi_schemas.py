@@ -203,6 +203,28 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Statistics": closed_object({"model_stats": {"type": "array", "items": ref("ModelStats")}}),
+    "Rollout": {
+        "type": "object",
+        "description": "A model's rollout (Shipyard's extension): phase, versions, gate, "
+        "evidence, decision.",
+        "required": ["model", "phase", "mode", "percent", "candidate_version", "gate"],
+        "properties": {
+            "model": STRING,
+            "phase": {
+                "type": "string",
+                "enum": ["waiting", "canary", "shadow", "passed", "promoted", "rolled_back"],
+            },
+            "mode": {"type": "string", "enum": ["canary", "shadow"]},
+            "percent": {"type": "number"},
+            "stable_version": {"type": ["string", "null"]},
+            "candidate_version": STRING,
+            "serving_version": {"type": ["string", "null"]},
+            "elapsed_s": {"type": "number"},
+            "gate": {"type": "object"},
+            "evidence": {"type": "object"},
+            "decision": {"type": ["object", "null"]},
+        },
+    },
     **TF_SCHEMAS,
     "EmbeddingsRequest": closed_object(
         {

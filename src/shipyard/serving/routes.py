@@ -194,6 +194,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/models/stats", "v2.statistics", "metadata", target="all", body="server",
           operation=Operation("v2_stats", "Statistics of every model", "V2", "Statistics")),
     *_per_version("/v2/models/", _v2_model_routes),
+    Route("GET", "/v2/models/{name}/rollout", "v2.rollout", "metadata", operation=Operation(
+        "v2_rollout", "Rollout status (Shipyard extension shipyard_rollout)", "V2", "Rollout",
+        (404, 409))),
+    Route("POST", "/v2/models/{name}/rollout/promote", "v2.rollout_promote", "admin",
+          audit="admin", operation=Operation(
+              "v2_rollout_promote", "Promote the rollout's candidate now", "V2", "Rollout",
+              (400, 404, 409, 413), body="Empty", body_required=False)),
+    Route("POST", "/v2/models/{name}/rollout/rollback", "v2.rollout_rollback", "admin",
+          audit="admin", operation=Operation(
+              "v2_rollout_rollback", "Roll the rollout's candidate back now", "V2", "Rollout",
+              (400, 404, 409, 413), body="Empty", body_required=False)),
     Route("POST", "/v2/repository/index", "v2.repository_index", "admin", target="all",
           body="server", audit="admin",
           operation=Operation("v2_repository_index", "Repository index", "V2", None, (400, 413),

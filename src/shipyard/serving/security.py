@@ -183,6 +183,7 @@ class ServerSecurity:
         if self.audit is not None:
             self.audit.attach(self.dataplane)  # readiness and metrics follow the log's health
             self.dataplane.events.listeners.append(self.audit.record)
+            self.dataplane.events.backpressure.append(self.audit.wait_for_room)
             self.audit.start()
             self.audit.submit("server.start", who=SERVER, detail=self._describe_server())
 
@@ -192,6 +193,7 @@ class ServerSecurity:
             self.dataplane.readiness_checks.remove(self.guard.problem)
         if self.audit is not None:
             self.dataplane.events.listeners.remove(self.audit.record)
+            self.dataplane.events.backpressure.remove(self.audit.wait_for_room)
             self.audit.submit("server.stop", who=SERVER)
             self.audit.close()
 
@@ -206,8 +208,10 @@ class ServerSecurity:
         """The gRPC servicer's hook: who calls (a token name or ANONYMOUS) when `method` on
         `model` is allowed, else a 401/403 error (503 while audited calls cannot be logged)."""
         spec = GRPC_METHODS.get(method)
-        if self.audit is not None and self.audit.problem is not None and spec and spec.audited:
-            raise AuditUnavailable(self.audit.problem)  # fail closed, as over HTTP
+        if self.audit is not None and spec and spec.audited:
+            refusal = self.audit.refusal()
+            if refusal is not None:
+                raise AuditUnavailable(refusal)  # fail closed, as over HTTP
         access = grpc_access(method, model)
         if self.guard is None or access is None:
             return ANONYMOUS

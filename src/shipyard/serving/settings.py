@@ -239,6 +239,9 @@ class ServerSettings(BaseSettings):
     audit_new_chain: bool = False
     """At start, when the audit log's chain does not verify, move the file aside and start a
     new chain whose first record names the problem (default: refuse to start)."""
+    audit_queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Audit records that may wait in memory for a slow disk; past it audited calls wait for
+    room before they answer (backpressure: no record is ever dropped)."""
     allow_downgrade: bool = False
     """With `require_signature`: serve a version older than the highest one this server has
     served for that model (after a model.toml policy change or a removed folder); refused

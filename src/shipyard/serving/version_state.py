@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -23,6 +23,8 @@ from shipyard.serving.version_config import VersionConfig
 
 if TYPE_CHECKING:
     from shipyard.serving.calls import CallContext
+    from shipyard.serving.rollout import Rollout
+    from shipyard.serving.traffic import FailoverWatch
 
 
 class ModelState(StrEnum):
@@ -74,6 +76,9 @@ class ServedVersion:
         self.fingerprint = fingerprint
         self.leases = 0
         self.closing = False
+        self.failed_over: str | None = None
+        """Why unversioned traffic left this version (`traffic`), None while it takes it."""
+        self.failover: FailoverWatch | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -84,6 +89,19 @@ class ServedVersion:
     @property
     def version(self) -> int:
         return self.model.version
+
+    def down_reason(self) -> str | None:
+        """Why this loaded version cannot answer right now, or None."""
+        return None
+
+    @contextlib.contextmanager
+    def leased(self) -> Iterator[ServedVersion]:
+        """Hold this version for one request (it is not closed meanwhile)."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
 
     def acquire(self) -> None:
         self.leases += 1
@@ -133,6 +151,8 @@ class ModelRecord:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cause: CallContext | None = None
     """While an explicit load or unload holds the lock: the call it runs for."""
+    rollout: Rollout | None = None
+    """The candidate on trial from the model.toml's [rollout], with its phase and evidence."""
 
     @contextlib.asynccontextmanager
     async def locked(self, cause: CallContext | None = None) -> AsyncIterator[None]:
@@ -154,6 +174,9 @@ class ModelRecord:
             reason = status.reason
             if self.config_error and status.state is ModelState.READY:
                 reason = f"serving with the previous config; {self.config_error}"
+            served = self.served.get(version)
+            if served is not None and served.failed_over is not None:
+                reason = "; ".join(r for r in (reason, served.failed_over) if r)
             entries.append(IndexEntry(self.name, version, status.state, reason))
         return entries
 

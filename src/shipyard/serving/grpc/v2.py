@@ -129,7 +129,10 @@ class V2GrpcServicer:
     # -- inference ------------------------------------------------------------------------
 
     async def model_infer(
-        self, request: pb.ModelInferRequest, call: CallContext | None = None
+        self,
+        request: pb.ModelInferRequest,
+        call: CallContext | None = None,
+        route_key: Callable[[str], str | None] | None = None,
     ) -> pb.ModelInferResponse:
         received = time.perf_counter_ns()
         limits = self.dataplane.decode_limits_for(request.model_name)
@@ -141,6 +144,7 @@ class V2GrpcServicer:
             protocol=PROTOCOL,
             received_ns=received,
             call=call,
+            route_key=route_key,
         )
         return grpc_codec.encode_infer_response(response)
 
@@ -166,7 +170,7 @@ class V2GrpcServicer:
             request_id.set(rid)
             call = CallContext(principal=who, request_id=rid, protocol=PROTOCOL, client=client)
             try:
-                infer_response = await self.model_infer(request, call)
+                infer_response = await self.model_infer(request, call, metadata.get)
                 reply = pb.ModelStreamInferResponse(infer_response=infer_response)
             except ShipyardError as exc:
                 reply = pb.ModelStreamInferResponse(error_message=exc.message)
@@ -277,10 +281,13 @@ class V2GrpcServicer:
             token = request_id.set(rid)
             try:
                 client = client_address(context.peer())
-                who = await self._check(_metadata(context), name, rpc.model(request), client)
+                metadata = _metadata(context)
+                who = await self._check(metadata, name, rpc.model(request), client)
                 if not rpc.with_call:
                     return await rpc.call(request)
                 call = CallContext(principal=who, request_id=rid, protocol=PROTOCOL, client=client)
+                if name == "ModelInfer":  # a canary's sticky key may be in the metadata
+                    return await rpc.call(request, call, metadata.get)
                 return await rpc.call(request, call)
             except ShipyardError as exc:
                 if isinstance(exc, ModelNotFound):  # counted like HTTP's 404s

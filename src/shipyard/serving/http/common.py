@@ -46,6 +46,11 @@ CLIENT_GONE = "shipyard.client_gone"
 protocol, `http.guard`; absent under other servers)."""
 
 
+def header_of(request: Request) -> Callable[[str], str | None]:
+    """Looks up one of the request's headers by name (a canary's sticky header)."""
+    return request.headers.get
+
+
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(doc), status_code=status, headers=headers, media_type="application/json"

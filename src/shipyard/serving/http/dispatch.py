@@ -9,7 +9,12 @@ For each request, in order (`routes.ROUTES` says what each route needs):
    limit is kept in the scope for `read_body`, which enforces it while reading);
 5. no route: 404; a route without this method: 405 with `Allow`;
 6. the handler runs with the call's context in the scope; an audited call becomes one event
-   (who, status, bytes in and out, latency) through `DataPlane.events`.
+   (who, status, bytes in and out, latency) through `DataPlane.events`, emitted before the
+   response's last body is sent (waiting for room when the audit backlog is full).
+
+While the server drains, every response says `Connection: close`, so clients open a new
+connection for their next request (refused once the listener closes) instead of reusing one
+the server is about to close.
 
 It sits inside the request-id middleware and replaces a router: inference, nearly all of a
 server's traffic, costs one memoised look-up and no per-route regular expressions.
@@ -73,10 +78,12 @@ class HttpDispatcher:
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._dispatch(scope, receive, send)
-        else:  # the lifespan
+        if scope["type"] != "http":  # the lifespan
             await self.app(scope, receive, send)
+        elif self.dataplane.draining:
+            await self._dispatch(scope, receive, _closing(send))
+        else:
+            await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -123,9 +130,9 @@ class HttpDispatcher:
             audited = (route or next(iter(found.routes.values()))).audit is not None
         else:
             access, audited = unrouted_access(path), False
-        if audited and self.audit is not None and self.audit.problem is not None:
+        if audited and self.audit is not None and (closed := self.audit.refusal()) is not None:
             # fail closed: an audited call the log cannot record is not served at all
-            return json_response({"error": self.audit.problem}, 503, {"Retry-After": "1"})
+            return json_response({"error": closed}, 503, {"Retry-After": "1"})
         who = ANONYMOUS
         if self.guard is not None and access is not None:
             try:
@@ -149,6 +156,17 @@ class HttpDispatcher:
         self, call: Call, handler: Handler, scope: Scope, receive: Receive, send: Send
     ) -> None:
         status, bytes_in, bytes_out = 500, 0, 0
+        finished = False
+
+        async def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            if status not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):  # auth.denied
+                await self.dataplane.events.finish(
+                    call, status=status, bytes_in=bytes_in, bytes_out=bytes_out
+                )
 
         async def counting_receive() -> Message:
             nonlocal bytes_in
@@ -163,16 +181,15 @@ class HttpDispatcher:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 bytes_out += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await finish()  # the record is queued before the response is complete
             await send(message)
 
         try:
             response = await handler(Request(scope, counting_receive, counting_send))
             await response(scope, counting_receive, counting_send)
         finally:
-            if status not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):  # auth.denied
-                self.dataplane.events.close(
-                    call, status=status, bytes_in=bytes_in, bytes_out=bytes_out
-                )
+            await finish()  # the handler failed before its last body
 
     def _no_route(self, found: Found | None, scope: Scope) -> Response:
         """405 with `Allow` for a path served under other methods, else 404."""
@@ -192,6 +209,20 @@ class _Admitted:
     """The model the route's scope names, if one."""
     limit: int
     """The route's body limit in bytes."""
+
+
+def _closing(send: Send) -> Send:
+    """`send` that ends each response with `Connection: close`: while the server drains,
+    a client must not reuse a connection that is about to close (a request sent on an idle
+    keep-alive connection as the server closes it is lost, and POSTs are not retried)."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 def _protocol(handler: str) -> str:

@@ -38,6 +38,7 @@ from shipyard.serving.http.common import Handler, json_response
 from shipyard.serving.http.v2 import counted
 from shipyard.serving.request_checks import check_model_name
 from shipyard.serving.settings import ServerSettings
+from shipyard.serving.traffic import Plan
 from shipyard.serving.version_state import IndexEntry, ModelState
 
 PROTOCOL = "tfserving_http"
@@ -79,6 +80,8 @@ class _Job:
     """time.perf_counter_ns() when the request arrived (latency includes decoding)."""
     call: Call | None
     """The audited call this request is, if any."""
+    route: Plan
+    """The version that typed the request and runs it (a rollout may have picked it)."""
 
 
 Verb = Callable[[bytes, ModelSignature, _Job], Awaitable[bytes]]
@@ -137,9 +140,11 @@ class TFServingHandlers:
             received = time.perf_counter_ns()
             name, version = _target(request)
             body = await common.read_body(request)
-            signature = self.dataplane.model_signature(name, version)
+            route = self.dataplane.route(name, version, common.header_of(request))
+            signature = self.dataplane.model_signature(name, version, route=route)
             limits = self.dataplane.decode_limits_for(name)
-            payload = await run(body, signature, _Job(limits, received, common.call_of(request)))
+            job = _Job(limits, received, common.call_of(request), route)
+            payload = await run(body, signature, job)
             payload, headers = common.compress_for(
                 request, payload, min_bytes=self.compress_min_bytes
             )
@@ -199,6 +204,7 @@ class TFServingHandlers:
             protocol=PROTOCOL,
             received_ns=job.received_ns,
             call=job.call,
+            route=job.route,
         )
         return response.outputs
 

@@ -28,10 +28,12 @@ from shipyard.serving.http.common import (
     compress_for,
     endpoint,
     gone_of,
+    header_of,
     json_response,
     read_body,
 )
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.rollout import Action
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "v2_http"
@@ -85,6 +87,7 @@ class V2Handlers:
             received_ns=received,
             call=call_of(request),
             gone=gone_of(request),
+            route_key=header_of(request),
         )
         payload, json_length = encode_response(response, request=decoded)
         headers: dict[str, str] = {}
@@ -122,6 +125,21 @@ class V2Handlers:
         await self.dataplane.unload_model(request.path_params["name"], call=call_of(request))
         return json_response({})
 
+    async def rollout(self, request: Request) -> Response:
+        return json_response(self.dataplane.rollout_status(request.path_params["name"]))
+
+    async def rollout_promote(self, request: Request) -> Response:
+        return await self._decide(request, "promote")
+
+    async def rollout_rollback(self, request: Request) -> Response:
+        return await self._decide(request, "rollback")
+
+    async def _decide(self, request: Request, action: Action) -> Response:
+        await self._optional_json(request)
+        name = request.path_params["name"]
+        status = await self.dataplane.decide_rollout(name, action, call=call_of(request))
+        return json_response(status)
+
     async def statistics(self, request: Request) -> Response:
         name = request.path_params.get("name")
         version = request.path_params.get("version")
@@ -156,6 +174,9 @@ def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Han
         "v2.repository_index": h.repository_index,
         "v2.load": h.load,
         "v2.unload": h.unload,
+        "v2.rollout": h.rollout,
+        "v2.rollout_promote": h.rollout_promote,
+        "v2.rollout_rollback": h.rollout_rollback,
     }
     return {name: endpoint(counted(metrics, handler)) for name, handler in bound.items()}
 
