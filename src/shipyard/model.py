@@ -16,6 +16,8 @@ from shipyard.package.manifest import MODEL_FILE, Manifest
 from shipyard.package.store import read_verified, resolve_version_dir
 from shipyard.package.swap import read_stable
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing import padding
+from shipyard.processing.padding import BatchPadding
 from shipyard.processing.runtime import Processor, verified_reader
 from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.onnxrt import OnnxRuntime
@@ -32,6 +34,8 @@ class Model:
         runtime: Runtime,
         *,
         graph_hints: Mapping[str, InputHints] | None = None,
+        assets: Mapping[str, bytes] | None = None,
+        batch_padding: BatchPadding | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -40,15 +44,20 @@ class Model:
         """What the graph says about valid input values (for synthesized warm-up inputs)."""
         self.processor: Processor | None = None
         """The declared text/image/label processing (manifest `processing`), loaded now so
-        a bad tokenizer refuses the version at load."""
+        a bad tokenizer refuses the version at load. `assets`: an encrypted package's
+        processing assets, decrypted in memory; `batch_padding`: what the graph allows the
+        batcher to pad (`shipyard.processing.padding.batch_padding`)."""
         if manifest.processing is not None:
             try:
                 self.processor = Processor.load(
                     manifest.processing,
                     read_file=verified_reader(
-                        {p: f.sha256 for p, f in manifest.files.items()}, str(path)
+                        {p: f.sha256 for p, f in manifest.files.items()},
+                        str(path),
+                        decrypted=assets,
                     ),
                     where=str(path),
+                    batch_padding=batch_padding,
                 )
             except BaseException:
                 runtime.close()
@@ -128,6 +137,7 @@ def _load(
     manifest = read_verified(version_dir)
     model_path = version_dir / MODEL_FILE
     external: dict[str, bytes] = {}
+    assets: dict[str, bytes] = {}
     payload: bytes | Path
     if manifest.external_data and manifest.encryption is None:
         # Weights past 2 GB stay in their files: ONNX Runtime reads them from the paths whose
@@ -140,7 +150,7 @@ def _load(
     else:
         if manifest.encryption is not None:
             model_path = version_dir / manifest.encryption.file
-            payload, external = _decrypt(version_dir, manifest, kek)
+            payload, external, assets = _decrypt(version_dir, manifest, kek)
         else:
             payload = model_path.read_bytes()
             # Re-hash the exact bytes handed to the runtime: a swap after verification is caught.
@@ -164,14 +174,26 @@ def _load(
         source=str(model_path),
         external_data=external,
     )
-    return Model(version_dir, manifest, runtime, graph_hints=graph_hints(proto))
+    text = manifest.processing.text if manifest.processing is not None else None
+    return Model(
+        version_dir,
+        manifest,
+        runtime,
+        graph_hints=graph_hints(proto),
+        assets=assets,
+        batch_padding=padding.batch_padding(text, proto) if text is not None else None,
+    )
 
 
 def _decrypt(
     version_dir: Path, manifest: Manifest, kek: bytes | None
-) -> tuple[bytes, dict[str, bytes]]:
-    """The model and its external data files, decrypted in memory."""
-    from shipyard.security.encryption import decrypt_external_data, decrypt_model_bytes
+) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+    """The model, its external data files and its processing assets, decrypted in memory."""
+    from shipyard.security.encryption import (
+        decrypt_assets,
+        decrypt_external_data,
+        decrypt_model_bytes,
+    )
     from shipyard.security.errors import KeyRequiredError
     from shipyard.security.keys import kek_from_env
 
@@ -182,7 +204,8 @@ def _decrypt(
             "pass --key-file or set SHIPYARD_KEK"
         )
     model = decrypt_model_bytes(version_dir, manifest, kek)
-    return model, decrypt_external_data(version_dir, manifest, kek)
+    external = decrypt_external_data(version_dir, manifest, kek)
+    return model, external, decrypt_assets(version_dir, manifest, kek)
 
 
 def _check_graph(path: Path, manifest: Manifest, proto: onnx.ModelProto) -> None:

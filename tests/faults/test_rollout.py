@@ -328,7 +328,7 @@ def test_manual_promote_and_rollback(tmp_path: Path, data: Data) -> None:
 
 def test_failover_to_the_last_good_version(tmp_path: Path, data: Data) -> None:
     toml = """[failover]
-min_requests = 10
+window_requests = 10
 max_error_rate = 0.5
 window_s = 60
 """

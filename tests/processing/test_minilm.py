@@ -155,3 +155,60 @@ def test_openai_client(server: RunningServer, expected: np.ndarray) -> None:
     assert cosine(np.array([floats.data[0].embedding]), expected[2:3])[0] >= MIN_COSINE
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="nope", input="x")
+
+
+def test_openai_client_token_ids_equal_text(server: RunningServer, expected: np.ndarray) -> None:
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    from tokenizers import Tokenizer
+
+    from shipyard.demo.text import model_dir
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    rows = [e.ids for e in tokenizer.encode_batch(SENTENCES)]
+    with openai.OpenAI(
+        base_url=url(server, "/v1"), api_key="unused", timeout=60, max_retries=0
+    ) as client:
+        response = client.embeddings.create(model="minilm", input=rows)
+        got = np.array([d.embedding for d in response.data])
+        assert cosine(got, expected[: len(SENTENCES)]).min() >= MIN_COSINE
+        assert response.usage.prompt_tokens == sum(len(r) for r in rows)
+        one = client.embeddings.create(model="minilm", input=rows[2], encoding_format="float")
+        assert cosine(np.array([one.data[0].embedding]), expected[2:3])[0] >= MIN_COSINE
+        for bad, needle in (
+            ([[101] * 300], '"input"[0] has 300 tokens; this model takes at most 256'),
+            ([[101, 30522, 102]], "integers 0..30521"),
+        ):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.embeddings.create(model="minilm", input=bad)
+            assert needle in str(caught.value.body)  # the client hands over our "error"
+
+
+def test_texts_of_different_lengths_share_a_batch(minilm_repo: Path, expected: np.ndarray) -> None:
+    import shipyard
+
+    model = shipyard.load(minilm_repo / "minilm")
+    assert model.processor is not None and model.processor.batch_padding is not None
+    model.close()
+    texts = [SENTENCES[2], SENTENCES[3], LONG]  # 3, ~20 and 256 tokens
+    settings = load_settings(
+        repository=minilm_repo,
+        poll_interval_s=0,
+        port=0,
+        batching={"max_batch_size": len(texts), "max_queue_delay_us": 60_000_000},
+    )
+    with start_in_thread(settings=settings) as running:
+
+        def one(text: str) -> np.ndarray:
+            body = {"model": "minilm", "input": text}
+            reply = httpx.post(url(running, "/v1/embeddings"), json=body, timeout=60)
+            assert reply.status_code == 200, reply.text
+            return np.array(reply.json()["data"][0]["embedding"])
+
+        with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+            got = np.stack(list(pool.map(one, texts)))
+        stats = httpx.get(url(running, "/v2/models/minilm/stats"), timeout=10).json()
+    batches = stats["model_stats"][0]["batch_stats"]
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in batches] == [(3, 1)]
+    want = expected[[2, 3, len(SENTENCES)]]
+    assert cosine(got, want).min() >= MIN_COSINE

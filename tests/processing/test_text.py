@@ -253,13 +253,61 @@ async def test_v2_tf_and_embeddings_routes_take_text(tiny_text_repo: Path) -> No
         for payload, status, needle in (
             ({"model": "nope", "input": "a"}, 404, "nope"),
             ({"model": "tiny", "input": []}, 400, "non-empty list"),
-            ({"model": "tiny", "input": [1, 2]}, 400, "not a string"),
+            ({"model": "tiny", "input": ["a", 1]}, 400, "not a mix"),
             ({"model": "tiny", "input": "a", "encoding_format": "int8"}, 400, "encoding_format"),
             ({"input": "a"}, 400, '"model"'),
         ):
             reply = await client.post("/v1/embeddings", json=payload)
             assert reply.status_code == status, (payload, reply.text)
             assert needle in reply.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_embeddings_take_token_ids_like_openai(tiny_text_repo: Path) -> None:
+    sample = (
+        tiny_sample()
+    )  # [CLS] hello world [SEP] and [CLS] a [SEP]: what "hello world", "a" make
+    want = reference_embedding(sample["input_ids"], sample["attention_mask"])
+    rows = [[2, 4, 5, 3], [2, 6, 3]]
+    async with app_client(tiny_text_repo) as client:
+
+        async def embed(value: object) -> httpx.Response:
+            return await client.post("/v1/embeddings", json={"model": "tiny", "input": value})
+
+        by_text = (await embed(["hello world", "a"])).json()
+        reply = await embed(rows)
+        assert reply.status_code == 200, reply.text
+        doc = reply.json()
+        assert doc["usage"] == {"prompt_tokens": 7, "total_tokens": 7} == by_text["usage"]
+        got = np.array([d["embedding"] for d in doc["data"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(got, [d["embedding"] for d in by_text["data"]], atol=1e-6)
+        # One input as a flat list of ids; base64 too.
+        reply = await client.post(
+            "/v1/embeddings",
+            json={"model": "tiny", "input": [2, 6, 3], "encoding_format": "base64"},
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["prompt_tokens"] == 3
+        vector = np.frombuffer(base64.b64decode(reply.json()["data"][0]["embedding"]), "<f4")
+        np.testing.assert_allclose(vector, want[1], atol=1e-5)
+        # Ids are fed as sent: without [CLS]/[SEP] the answer differs from the text's.
+        bare = (await embed([[6]])).json()["data"][0]["embedding"]
+        assert not np.allclose(bare, want[1], atol=1e-3)
+        for value, needle in (
+            ([[2, 8, 3]], '"input"[0] holds 8, not a token id of this model\'s vocabulary '
+                          "(integers 0..7)"),
+            ([[2, 4], [-1]], '"input"[1] holds -1'),
+            ([[2, 4], [2, *[4] * 8]], '"input"[1] has 9 tokens; this model takes at most 8'),
+            ([[2, 4], []], '"input"[1] is an empty list of token ids'),
+            ([[2, True]], '"input"[0] holds True, not a token id (an integer)'),
+            ([[2, 4.0]], '"input"[0] holds 4.0, not a token id'),
+            ([[2, 4], "a"], '"input"[0] is not a string'),
+        ):  # fmt: skip
+            reply = await embed(value)
+            assert reply.status_code == 400, (value, reply.text)
+            assert needle in reply.json()["error"], (value, reply.text)
+            assert "\n" not in reply.json()["error"]
 
 
 @pytest.mark.anyio

@@ -223,6 +223,8 @@ TOUR: list[Step] = [
     ),
     step("post", "/v1/embeddings", {"model": "tiny", "input": ["hello world", "a"]}),
     step("post", "/v1/embeddings", {"model": "tiny", "input": "a", "encoding_format": "base64"}),
+    step("post", "/v1/embeddings", {"model": "tiny", "input": [[2, 4, 5, 3], [2, 6, 3]]}),
+    step("post", "/v1/embeddings", {"model": "tiny", "input": [2, 6, 3]}),
     step("get", "/v2/models/{name}/rollout", name="ro"),
     step("post", "/v2/models/{name}/rollout/promote", name="ro"),
     step("post", "/v2/models/{name}/rollout/promote", status=409, name="ro"),

@@ -320,12 +320,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for r in results:
             name = r.manifest.name
             failures += _demo_request(server.url, name, r.request.read_bytes())
-            text = r.manifest.processing.text if r.manifest.processing is not None else None
+            processing = r.manifest.processing
+            text = processing.text if processing is not None else None
             if text is not None:
                 from shipyard.demo.text import text_request
 
                 body = json.dumps(text_request()).encode()
                 failures += _demo_request(server.url, name, body, what=f"{name} ({text.input})")
+            image = processing.image if processing is not None else None
+            sample = next((p for n, p in r.data.items() if n.endswith(".png")), None)
+            if image is not None and sample is not None:
+                from shipyard.demo.images import image_request
+
+                body, head = image_request([sample.read_bytes()], input_name=image.input)
+                failures += _demo_request(
+                    server.url, name, body, what=f"{name} ({image.input}: {sample.name})",
+                    headers={"Inference-Header-Content-Length": str(head)},
+                )  # fmt: skip
         output.say(
             f"metrics: curl {server.url}/metrics   repository: curl -X POST {server.url}/v2/repository/index"
         )
@@ -341,10 +352,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         server.stop()
 
 
-def _demo_request(url: str, name: str, body: bytes, *, what: str | None = None) -> int:
+def _demo_request(
+    url: str,
+    name: str,
+    body: bytes,
+    *,
+    what: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> int:
     what = what or name
     req = urllib.request.Request(f"{url}/v2/models/{name}/infer", data=body, method="POST")
-    req.add_header("Content-Type", "application/json")
+    req.add_header("Content-Type", "application/octet-stream" if headers else "application/json")
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:

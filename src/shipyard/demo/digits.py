@@ -1,4 +1,11 @@
-"""Demo PyTorch model: a small CNN trained on scikit-learn's 8×8 digits, packed as `digits`."""
+"""Demo PyTorch model: a small CNN trained on scikit-learn's 8×8 digits, packed as `digits`.
+
+The package declares image processing and labels: a client sends a PNG/JPEG (BYTES input
+`image`, decoded by Pillow to 8×8 grey-scale, pixel / 255) and gets `label` ("7") and the
+top 3 beside the logits; the raw tensor input [N, 1, 8, 8] keeps working. The dataset's 17
+grey levels (0..16) are stored as PNG levels 0..255, so a PNG drawn by hand (white ink on
+black, like the dataset) is read the same way.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from shipyard.api import PackResult, pack
+from shipyard.demo.images import png_bytes
+from shipyard.processing.build import ProcessingPlan, combine, image_plan
 
 SEED = 0
 TEST_SIZE = 0.25
@@ -24,7 +33,12 @@ CALIBRATION_ROWS = 128
 EVAL_FILE = "digits_eval.npz"
 CALIBRATION_FILE = "digits_calibration.npz"
 WEIGHTS_FILE = "digits_weights.npz"
+SAMPLE_IMAGE = "digits_sample.png"
+"""The first test image as a PNG: what the demo sends as BYTES."""
 CLASS_NAMES = [str(d) for d in range(10)]
+IMAGE = "size=8x8,mode=L,scale=1/255"
+"""`--image`: the dataset's [0, 1] pixels, from 8-bit grey levels."""
+TOP_K = 3
 
 
 class DigitsCNN(nn.Module):
@@ -132,8 +146,15 @@ def load_weights(path: Path) -> DigitsCNN:
     return model
 
 
+def to_png(x: np.ndarray) -> bytes:
+    """One [1, 8, 8] (or [8, 8]) image in [0, 1] as an 8-bit grey PNG."""
+    levels = np.rint(np.asarray(x, dtype=np.float64).reshape(8, 8) * 255)
+    return png_bytes(np.clip(levels, 0, 255).astype(np.uint8))
+
+
 def build_digits(repo: Path, data_dir: Path) -> tuple[PackResult, dict[str, np.ndarray]]:
-    """Train and pack `digits`; also writes the eval set, a calibration set and the weights."""
+    """Train and pack `digits`; also writes the eval set, a calibration set, the weights and
+    a sample PNG."""
     data = load_data()
     model = train(data)
     test_accuracy = accuracy(logits(model, data.x_test), data.y_test)
@@ -147,15 +168,18 @@ def build_digits(repo: Path, data_dir: Path) -> tuple[PackResult, dict[str, np.n
             "dataset": "sklearn.datasets.load_digits",
             "class_names": CLASS_NAMES,
             "test_accuracy": round(test_accuracy, 6),
-            "input": "8×8 grey image, float32 [N, 1, 8, 8] scaled to [0, 1] (pixel / 16)",
+            "input": "a PNG/JPEG (BYTES `image`, read as 8×8 grey, pixel / 255), or float32 "
+            "[N, 1, 8, 8] in [0, 1] (the dataset's pixel / 16)",
             "train_rows": len(data.x_train),
             "test_rows": len(data.x_test),
             "training": {"epochs": EPOCHS, "batch": BATCH, "lr": LEARNING_RATE, "seed": SEED},
         },
+        processing=combine(image_plan(IMAGE), ProcessingPlan(labels=CLASS_NAMES, top_k=TOP_K)),
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     np.savez(data_dir / EVAL_FILE, x=data.x_test, y=data.y_test)
     np.savez(data_dir / CALIBRATION_FILE, x=data.x_train[:CALIBRATION_ROWS])
     save_weights(model, data_dir / WEIGHTS_FILE)
+    (data_dir / SAMPLE_IMAGE).write_bytes(to_png(data.x_test[0]))
     input_name = result.manifest.inputs[0].name
     return result, {input_name: data.x_test[:2]}

@@ -85,6 +85,9 @@ class Encryption(BaseModel):
     plaintext_size: int = Field(ge=0)
     data_files: list[EncryptedFile] = Field(default_factory=list, exclude_if=lambda v: not v)
     """External data files, each under its own key derived from the data key."""
+    assets: list[EncryptedFile] = Field(default_factory=list, exclude_if=lambda v: not v)
+    """Processing assets (tokenizer.json, `assets/*`), encrypted the same way; the server
+    decrypts them in memory (see shipyard.processing.runtime)."""
 
 
 class Blessing(BaseModel):

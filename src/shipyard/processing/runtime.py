@@ -16,8 +16,9 @@ from shipyard.errors import InputError, IntegrityError
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.processing import labels as labels_mod
 from shipyard.processing.image import decode_images
+from shipyard.processing.padding import BatchPadding
 from shipyard.processing.spec import TOP_LABELS_OUTPUT, TOP_SCORES_OUTPUT, Processing
-from shipyard.processing.text import encode, load_tokenizer, texts_of
+from shipyard.processing.text import encode, encode_ids, load_tokenizer, texts_of
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -39,17 +40,33 @@ class Prepared:
 class Processor:
     """Runs one version's declared processing; built once at load time."""
 
-    def __init__(self, spec: Processing, *, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(
+        self,
+        spec: Processing,
+        *,
+        tokenizer: Tokenizer | None = None,
+        batch_padding: BatchPadding | None = None,
+    ) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
+        self.batch_padding = batch_padding
+        """How the batcher may pad tokenized requests of different lengths into one batch
+        (`shipyard.processing.padding`); None: requests batch only with equal lengths."""
 
     @classmethod
-    def load(cls, spec: Processing, *, read_file: ReadFile, where: str) -> Processor:
+    def load(
+        cls,
+        spec: Processing,
+        *,
+        read_file: ReadFile,
+        where: str,
+        batch_padding: BatchPadding | None = None,
+    ) -> Processor:
         tokenizer = None
         if spec.text is not None:
             data = read_file(spec.text.tokenizer)
             tokenizer = load_tokenizer(data, spec=spec.text, where=f"{where}/{spec.text.tokenizer}")
-        return cls(spec, tokenizer=tokenizer)
+        return cls(spec, tokenizer=tokenizer, batch_padding=batch_padding)
 
     # -- signature ------------------------------------------------------------------------
 
@@ -101,6 +118,16 @@ class Processor:
         assert image is not None
         return Prepared({image.tensor: decode_images(array, spec=image)}, processed=True)
 
+    def token_inputs(self, rows: Sequence[Sequence[int]], *, name: str = "input") -> Prepared:
+        """Graph tensors for token ids sent as such (checked against the vocabulary and
+        `max_length`, padded like tokenized text); InputError without text processing."""
+        text = self.spec.text
+        if text is None or self.tokenizer is None:
+            raise InputError("this model takes no token ids (its package has no tokenizer)")
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        tensors, tokens = encode_ids(rows, spec=text, vocab_size=vocab, name=name)
+        return Prepared(tensors, tokens=tokens, processed=True)
+
     def graph_outputs(self, requested: Sequence[str]) -> list[str]:
         """The graph outputs to compute for `requested` (empty: all) output names."""
         labels = self.spec.labels
@@ -125,12 +152,22 @@ class Processor:
         return {n: combined[n] for n in requested}
 
 
-def verified_reader(version_dir_files: Mapping[str, str], root: str) -> ReadFile:
-    """A reader that re-hashes each file it reads against the manifest's sha256."""
+def verified_reader(
+    version_dir_files: Mapping[str, str],
+    root: str,
+    *,
+    decrypted: Mapping[str, bytes] | None = None,
+) -> ReadFile:
+    """A reader that re-hashes each file it reads against the manifest's sha256.
+
+    `decrypted`: an encrypted package's assets, decrypted in memory (their plaintext sha256
+    was checked on decryption); such an asset is never read from, or written to, disk."""
     import hashlib
     from pathlib import Path
 
     def read(relative: str) -> bytes:
+        if decrypted is not None and relative in decrypted:
+            return decrypted[relative]
         expected = version_dir_files.get(relative)
         path = Path(root) / relative
         if expected is None:

@@ -18,6 +18,8 @@ LABEL_OUTPUT = "label"
 TOP_LABELS_OUTPUT = "top_labels"
 TOP_SCORES_OUTPUT = "top_scores"
 TOKENIZER_FILE = "assets/tokenizer.json"
+ASSETS_DIR = "assets/"
+"""Package files under this folder are processing assets: encrypted with the model."""
 
 Pooling = Literal["mean", "cls"]
 
@@ -37,7 +39,7 @@ class TextProcessing(BaseModel):
     """Cut longer texts to max_length; when false such a text is a 400."""
     pad_to_multiple: int = Field(default=16, ge=1)
     """Pad each request to the next multiple of this (capped at max_length), so requests of
-    similar length share a shape and the batcher joins them."""
+    similar length share a shape even where the batcher cannot pad per batch."""
     pad_id: int = Field(default=0, ge=0)
     input_ids: str = "input_ids"
     attention_mask: str | None = "attention_mask"
@@ -112,6 +114,10 @@ class Processing(BaseModel):
     text: TextProcessing | None = None
     image: ImageProcessing | None = None
     labels: LabelProcessing | None = None
+
+    def files(self) -> list[str]:
+        """The package files this processing reads at load time."""
+        return [self.text.tokenizer] if self.text is not None else []
 
     @model_validator(mode="after")
     def _one_input_kind(self) -> Processing:

@@ -1,8 +1,9 @@
 """Texts to token tensors with a package's tokenizer.json (the Rust `tokenizers` library).
 
 Each request is padded to its own longest text rounded up to `pad_to_multiple` (capped at
-`max_length`): the batcher only joins requests whose trailing dims agree, so rounding lets
-requests of similar length share a batch, while a request never pays for a longer one.
+`max_length`). Where the graph allows it the batcher pads further, to the batch's longest
+(`shipyard.processing.padding`); where it does not, it joins only equal trailing dims, and
+rounding still lets requests of similar length share a batch.
 """
 
 from __future__ import annotations
@@ -76,18 +77,52 @@ def encode(
             f"text {index} has {len(encodings[index].ids)} tokens; this model takes at most "
             f"{spec.max_length} (truncation is off): shorten it"
         )
+    return padded([e.ids for e in encodings], [e.type_ids for e in encodings], spec=spec)
+
+
+def encode_ids(
+    rows: Sequence[Sequence[int]], *, spec: TextProcessing, vocab_size: int, name: str = "input"
+) -> tuple[dict[str, np.ndarray], int]:
+    """Token tensors for token ids a client tokenized itself (`/v1/embeddings`), fed to the
+    graph as sent (no special tokens added); each id must be in the vocabulary and each
+    row at most `max_length` long, else a 400 naming the row."""
+    if not rows:
+        raise InputError(f"{name} holds no token ids; send at least one list")
+    for index, row in enumerate(rows):
+        if not row:
+            raise InputError(f"{name}[{index}] is an empty list of token ids")
+        if len(row) > spec.max_length:
+            raise InputError(
+                f"{name}[{index}] has {len(row)} tokens; this model takes at most "
+                f"{spec.max_length}: shorten it"
+            )
+        bad = next((v for v in row if type(v) is not int or not 0 <= v < vocab_size), None)
+        if bad is not None:
+            raise InputError(
+                f"{name}[{index}] holds {bad!r}, not a token id of this model's vocabulary "
+                f"(integers 0..{vocab_size - 1})"
+            )
+    return padded(rows, [[0] * len(row) for row in rows], spec=spec)
+
+
+def padded(
+    id_rows: Sequence[Sequence[int]], type_rows: Sequence[Sequence[int]], *, spec: TextProcessing
+) -> tuple[dict[str, np.ndarray], int]:
+    """int64 [N, L] tensors: each row, then `pad_id` (mask 0) up to the longest row rounded
+    up to `pad_to_multiple`, capped at `max_length`; and the number of real tokens."""
+    longest = max(len(ids) for ids in id_rows)
     step = spec.pad_to_multiple
     length = min(spec.max_length, max(step, -(-longest // step) * step))
-    ids = np.full((len(encodings), length), spec.pad_id, dtype=np.int64)
-    mask = np.zeros((len(encodings), length), dtype=np.int64)
-    types = np.zeros((len(encodings), length), dtype=np.int64)
+    ids = np.full((len(id_rows), length), spec.pad_id, dtype=np.int64)
+    mask = np.zeros((len(id_rows), length), dtype=np.int64)
+    types = np.zeros((len(id_rows), length), dtype=np.int64)
     tokens = 0
-    for row, encoding in enumerate(encodings):
-        n = len(encoding.ids)
+    for row, (row_ids, row_types) in enumerate(zip(id_rows, type_rows, strict=True)):
+        n = len(row_ids)
         tokens += n
-        ids[row, :n] = encoding.ids
+        ids[row, :n] = row_ids
         mask[row, :n] = 1
-        types[row, :n] = encoding.type_ids
+        types[row, :n] = row_types
     tensors = {spec.input_ids: ids}
     if spec.attention_mask is not None:
         tensors[spec.attention_mask] = mask

@@ -1,24 +1,23 @@
-"""Envelope encryption of model.onnx: a per-package AES-256-GCM data key, chunked, wrapped by a KEK.
+"""Envelope encryption of a package: a per-package AES-256-GCM data key, chunked, wrapped by a KEK.
 
-File `model.onnx.enc` = MAGIC, then one record per chunk: AES-256-GCM(ciphertext ‖ 16-byte tag).
-Each chunk's nonce is its index (the data key is fresh for every package, so nonces never
-repeat under one key) and its associated data binds the package name, version, chunk index
-and chunk count, so reordered, truncated, appended or transplanted chunks fail to
-authenticate. The data key is wrapped with AES-256-GCM under the key-encryption key (KEK),
-with the package name and version as associated data, and stored in the manifest with the
-KEK's id; rotating the KEK rewrites only that wrapped key.
+`model.onnx` becomes `model.onnx.enc` (format: `shipyard.security.chunked`); external data
+files and processing assets (the tokenizer.json, `assets/*`) become `NAME.enc`, each under
+its own key derived from the data key and its path. Chunk nonces are chunk indexes (the
+data key is fresh for every package, so nonces never repeat under one key) and each chunk's
+associated data binds the package name, version, chunk index and count (and the file), so
+reordered, truncated, appended or transplanted chunks fail to authenticate. The data key is
+wrapped with AES-256-GCM under the key-encryption key (KEK), with the package name and
+version as associated data, and stored in the manifest with the KEK's id; rotating the KEK
+rewrites only that wrapped key. The manifest lists the encrypted files' hashes (a signature
+covers them) and records each plaintext's sha256, checked after decryption in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import struct
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -37,15 +36,21 @@ from shipyard.package.manifest import (
     read_manifest,
 )
 from shipyard.package.store import SIGNATURE_FILE, read_verified, rewrite_version
+from shipyard.processing.spec import ASSETS_DIR
+from shipyard.security.chunked import (
+    MAGIC,
+    NONCE_BYTES,
+    TAG_BYTES,
+    decrypt_file,
+    encrypt_file,
+)
 from shipyard.security.errors import DecryptionError, KeyFileError
-from shipyard.security.fileio import copy_mode
 from shipyard.security.keys import SECRET_BYTES, key_id
+
+__all__ = ["MAGIC", "TAG_BYTES", "decrypt_model_bytes", "encrypt_version", "rewrap"]
 
 SCHEME = "aes-256-gcm-chunked-v1+aes-256-gcm-wrap"
 ENCRYPTED_FILE = MODEL_FILE + ".enc"
-MAGIC = b"SHPYENC1"
-TAG_BYTES = 16
-NONCE_BYTES = 12
 DEFAULT_CHUNK = 4 << 20
 _CHUNK_AD = b"shipyard/model-chunk/v1\0"
 _WRAP_AD = b"shipyard/data-key-wrap/v1\0"
@@ -60,11 +65,12 @@ def encrypt_version(
 ) -> Manifest:
     """Replace model.onnx by model.onnx.enc, without the plaintext; returns the new manifest.
 
-    External data files (models past 2 GB) are encrypted the same way, each to `NAME.enc`
-    under its own key derived from the data key; the warm-up sample is removed. The version
-    is rewritten as a whole (`store.rewrite_version`): a server watching the repository sees
-    it plain or encrypted, never half-encrypted, and a crash leaves it plain. Streams chunk
-    by chunk (memory stays O(chunk_size)). Encrypting again under the same key does nothing.
+    External data files (models past 2 GB) and processing assets are encrypted the same
+    way; the warm-up sample is removed. The version is rewritten as a whole
+    (`store.rewrite_version`): a server watching the repository sees it plain or encrypted,
+    never half-encrypted, and a crash leaves it plain. Streams chunk by chunk (memory stays
+    O(chunk_size)). Encrypting again under the same key only encrypts assets a version
+    encrypted before assets were leaves in plaintext.
     """
     version_dir = Path(version_dir)
     _check_kek(kek)
@@ -74,16 +80,32 @@ def encrypt_version(
     if current.encryption is not None:
         _check_same_kek(version_dir, current, kek)
         read_verified(version_dir)
-        return current
+        if not plain_assets(current):
+            return current
     _check_signature_policy(version_dir, remove_signature)
 
     def encrypt(staging: Path, manifest: Manifest) -> Manifest:
-        if manifest.encryption is not None:  # another run got there first
+        if manifest.encryption is not None:  # encrypted before (or by another run)
             _check_same_kek(version_dir, manifest, kek)
-            return manifest
+            return _encrypt_assets(staging, manifest, kek)
         return _encrypt_staged(staging, manifest, kek, chunk_size=chunk_size)
 
     return rewrite_version(version_dir, encrypt, remove_signature=remove_signature)
+
+
+def _encrypt_assets(staging: Path, manifest: Manifest, kek: bytes) -> Manifest:
+    """An encrypted version's plaintext assets encrypted under its data key."""
+    assert manifest.encryption is not None
+    rels = plain_assets(manifest)
+    if not rels:
+        return manifest
+    info = manifest.encryption
+    data_key = unwrap_data_key(staging, manifest, kek)
+    added = _encrypt_files(staging, manifest, data_key, rels, chunk_size=info.chunk_size)
+    for rel in rels:
+        (staging / rel).unlink()
+    assets = info.model_copy(update={"assets": [*info.assets, *added]})
+    return manifest.model_copy(update={"encryption": assets})
 
 
 def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size: int) -> Manifest:
@@ -91,7 +113,7 @@ def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size
     if MODEL_FILE not in manifest.files:
         raise IntegrityError(str(staging / MANIFEST_NAME), f"does not list {MODEL_FILE}")
     data_key = AESGCM.generate_key(bit_length=256)
-    model = _encrypt_file(
+    model = encrypt_file(
         staging / MODEL_FILE,
         staging / ENCRYPTED_FILE,
         AESGCM(data_key),
@@ -99,26 +121,7 @@ def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size
         chunk_size=chunk_size,
         expected_sha256=manifest.files[MODEL_FILE].sha256,
     )
-    data_files: list[EncryptedFile] = []
-    for rel in manifest.external_data:
-        target = f"{rel}.enc"
-        done = _encrypt_file(
-            staging / rel,
-            staging / target,
-            AESGCM(_file_key(data_key, rel)),
-            partial(_data_ad, manifest.name, manifest.version, rel),
-            chunk_size=chunk_size,
-            expected_sha256=manifest.files[rel].sha256,
-        )
-        data_files.append(
-            EncryptedFile(
-                plain=rel,
-                file=target,
-                chunk_count=done.chunk_count,
-                plaintext_sha256=done.plaintext_sha256,
-                plaintext_size=done.plaintext_size,
-            )
-        )
+    encrypt = partial(_encrypt_files, staging, manifest, data_key, chunk_size=chunk_size)
     info = Encryption(
         scheme=SCHEME,
         file=ENCRYPTED_FILE,
@@ -128,11 +131,12 @@ def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size
         chunk_count=model.chunk_count,
         plaintext_sha256=model.plaintext_sha256,
         plaintext_size=model.plaintext_size,
-        data_files=data_files,
+        data_files=encrypt(manifest.external_data),
+        assets=encrypt(plain_assets(manifest)),
     )
     # The warm-up sample may be real data: it does not stay beside an encrypted model in
     # plaintext (the server warms an encrypted version up on synthesized inputs).
-    dropped = [MODEL_FILE, *manifest.external_data]
+    dropped = [MODEL_FILE, *manifest.external_data, *plain_assets(manifest)]
     if manifest.warmup:
         dropped.append(manifest.warmup.file)
     for rel in dropped:
@@ -140,71 +144,60 @@ def _encrypt_staged(staging: Path, manifest: Manifest, kek: bytes, *, chunk_size
     return manifest.model_copy(update={"encryption": info, "warmup": None})
 
 
-@dataclass(frozen=True)
-class _Encrypted:
-    chunk_count: int
-    plaintext_sha256: str
-    plaintext_size: int
+def plain_assets(manifest: Manifest) -> list[str]:
+    """Processing assets still in plaintext: files under `assets/` and those processing reads."""
+    declared = manifest.processing.files() if manifest.processing is not None else []
+    skip = {MODEL_FILE, *manifest.external_data}
+    if manifest.encryption is not None:
+        info = manifest.encryption
+        skip |= {info.file, *(e.file for e in (*info.data_files, *info.assets))}
+    return sorted(
+        rel
+        for rel in manifest.files
+        if (rel.startswith(ASSETS_DIR) or rel in declared) and rel not in skip
+    )
 
 
-def _encrypt_file(
-    plain: Path,
-    target: Path,
-    aead: AESGCM,
-    ad_for: Callable[[int, int], bytes],
-    *,
-    chunk_size: int,
-    expected_sha256: str,
-) -> _Encrypted:
-    """Stream `plain` chunk by chunk into `target` (temp file + rename); O(chunk) memory."""
-    size = plain.stat().st_size
-    count = max(1, -(-size // chunk_size))
-    digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=".enc-", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, plain.open("rb") as src:
-            out.write(MAGIC)
-            for index in range(count):
-                chunk = src.read(chunk_size)
-                digest.update(chunk)
-                out.write(aead.encrypt(_nonce(index), chunk, ad_for(index, count)))
-            if src.read(1):
-                raise IntegrityError(str(plain), "grew while being encrypted")
-            out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != expected_sha256:
-            raise IntegrityError(str(plain), "changed while being encrypted (sha256 mismatch)")
-        copy_mode(plain, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _Encrypted(count, digest.hexdigest(), size)
+def _encrypt_files(
+    staging: Path, manifest: Manifest, data_key: bytes, rels: list[str], *, chunk_size: int
+) -> list[EncryptedFile]:
+    """Each of `rels` to `REL.enc`, under its own key derived from the data key and its path."""
+    entries = []
+    for rel in rels:
+        target = f"{rel}.enc"
+        done = encrypt_file(
+            staging / rel,
+            staging / target,
+            AESGCM(_file_key(data_key, rel)),
+            partial(_data_ad, manifest.name, manifest.version, rel),
+            chunk_size=chunk_size,
+            expected_sha256=manifest.files[rel].sha256,
+        )
+        entries.append(
+            EncryptedFile(
+                plain=rel,
+                file=target,
+                chunk_count=done.chunk_count,
+                plaintext_sha256=done.plaintext_sha256,
+                plaintext_size=done.plaintext_size,
+            )
+        )
+    return entries
 
 
 def decrypt_model_bytes(version_dir: str | Path, manifest: Manifest, kek: bytes) -> bytes:
     """Decrypt the model into memory (never to disk) and check its plaintext sha256."""
     version_dir = Path(version_dir)
     info = _info(version_dir, manifest)
-    aead = AESGCM(unwrap_data_key(version_dir, manifest, kek))
-    label = _label(version_dir, manifest)
-    path = version_dir / info.file
-    expected_size = len(MAGIC) + info.plaintext_size + TAG_BYTES * info.chunk_count
-    actual_size = path.stat().st_size
-    if actual_size != expected_size:
-        problem = "truncated" if actual_size < expected_size else "has trailing data"
-        raise DecryptionError(
-            f"{label}: {info.file} is {actual_size} bytes, expected {expected_size} ({problem})"
-        )
-    return _decrypt_file(
-        path,
-        aead,
+    return decrypt_file(
+        version_dir / info.file,
+        AESGCM(unwrap_data_key(version_dir, manifest, kek)),
         partial(_chunk_ad, manifest.name, manifest.version),
         count=info.chunk_count,
         chunk_size=info.chunk_size,
         size=info.plaintext_size,
         sha256=info.plaintext_sha256,
-        label=f"{label}: {info.file}",
+        label=f"{_label(version_dir, manifest)}: {info.file}",
     )
 
 
@@ -213,17 +206,26 @@ def decrypt_external_data(
 ) -> dict[str, bytes]:
     """Decrypt every external data file into memory, keyed by the location the graph names."""
     version_dir = Path(version_dir)
+    return _decrypt_files(version_dir, manifest, kek, _info(version_dir, manifest).data_files)
+
+
+def decrypt_assets(version_dir: str | Path, manifest: Manifest, kek: bytes) -> dict[str, bytes]:
+    """Decrypt every processing asset into memory (never to disk), keyed by its plain path."""
+    version_dir = Path(version_dir)
+    return _decrypt_files(version_dir, manifest, kek, _info(version_dir, manifest).assets)
+
+
+def _decrypt_files(
+    version_dir: Path, manifest: Manifest, kek: bytes, entries: list[EncryptedFile]
+) -> dict[str, bytes]:
+    if not entries:
+        return {}
     info = _info(version_dir, manifest)
     data_key = unwrap_data_key(version_dir, manifest, kek)
     label = _label(version_dir, manifest)
-    out: dict[str, bytes] = {}
-    for entry in info.data_files:
-        expected = len(MAGIC) + entry.plaintext_size + TAG_BYTES * entry.chunk_count
-        path = version_dir / entry.file
-        if path.stat().st_size != expected:
-            raise DecryptionError(f"{label}: {entry.file} is not {expected} bytes (truncated?)")
-        out[entry.plain] = _decrypt_file(
-            path,
+    return {
+        entry.plain: decrypt_file(
+            version_dir / entry.file,
             AESGCM(_file_key(data_key, entry.plain)),
             partial(_data_ad, manifest.name, manifest.version, entry.plain),
             count=entry.chunk_count,
@@ -232,35 +234,8 @@ def decrypt_external_data(
             sha256=entry.plaintext_sha256,
             label=f"{label}: {entry.file}",
         )
-    return out
-
-
-def _decrypt_file(
-    path: Path,
-    aead: AESGCM,
-    ad_for: Callable[[int, int], bytes],
-    *,
-    count: int,
-    chunk_size: int,
-    size: int,
-    sha256: str,
-    label: str,
-) -> bytes:
-    parts: list[bytes] = []
-    digest = hashlib.sha256()
-    for index, record in _records(path, chunk_size=chunk_size, count=count, size=size):
-        try:
-            chunk = aead.decrypt(_nonce(index), record, ad_for(index, count))
-        except InvalidTag as exc:
-            raise DecryptionError(
-                f"{label}: chunk {index + 1} of {count} fails authentication (the encrypted "
-                "file was modified, reordered, truncated or taken from another package)"
-            ) from exc
-        digest.update(chunk)
-        parts.append(chunk)
-    if digest.hexdigest() != sha256:
-        raise DecryptionError(f"{label}: decrypted content does not match its recorded sha256")
-    return b"".join(parts)
+        for entry in entries
+    }
 
 
 def rewrap(
@@ -306,19 +281,6 @@ def unwrap_data_key(version_dir: Path, manifest: Manifest, kek: bytes) -> bytes:
             f"{label}: cannot unwrap the data key (its wrapped key, name or version was "
             "altered, or the key-encryption key is wrong)"
         ) from exc
-
-
-def _records(path: Path, *, chunk_size: int, count: int, size: int) -> Iterator[tuple[int, bytes]]:
-    last = size - (count - 1) * chunk_size
-    with path.open("rb") as fh:
-        if fh.read(len(MAGIC)) != MAGIC:
-            raise DecryptionError(f"{path}: not a Shipyard encrypted file (bad header)")
-        for index in range(count):
-            length = (chunk_size if index < count - 1 else last) + TAG_BYTES
-            record = fh.read(length)
-            if len(record) != length:
-                raise DecryptionError(f"{path}: truncated at chunk {index + 1}")
-            yield index, record
 
 
 def _info(version_dir: Path, manifest: Manifest) -> Encryption:
@@ -386,10 +348,6 @@ def _file_key(data_key: bytes, rel: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"shipyard-data-file\0" + rel.encode()
     ).derive(data_key)
-
-
-def _nonce(index: int) -> bytes:
-    return index.to_bytes(NONCE_BYTES, "big")
 
 
 def _label(version_dir: Path, manifest: Manifest) -> str:

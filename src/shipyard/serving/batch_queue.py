@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shipyard.processing.padding import BatchPadding
+
 BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
@@ -41,20 +43,36 @@ class Pending:
     """0-based: priority 1 is level 0."""
     gone: Callable[[], bool] | None = None
     """True once the client that sent it is gone (an HTTP connection closed)."""
+    pad: BatchPadding | None = None
+    """Set when its token inputs may be padded to a longer batch-mate's length."""
     queued: bool = field(default=False, init=False)
     key: BatchKey | None = field(default=None, init=False)
     rows: int = field(default=0, init=False)
+    length: int | None = field(default=None, init=False)
+    """Its sequence length when `pad` applies to its inputs, else None."""
 
     def __post_init__(self) -> None:
-        self.key, self.rows = batch_key(self.inputs)
+        self.length = self.pad.length(self.inputs) if self.pad is not None else None
+        padded = frozenset(self.pad.values) if self.length is not None and self.pad else None
+        self.key, self.rows = batch_key(self.inputs, padded=padded)
 
 
-def batch_key(inputs: Mapping[str, np.ndarray]) -> tuple[BatchKey | None, int]:
-    """(key, rows): requests with equal keys can be concatenated; None = must run alone."""
+def batch_key(
+    inputs: Mapping[str, np.ndarray], *, padded: frozenset[str] | None = None
+) -> tuple[BatchKey | None, int]:
+    """(key, rows): requests with equal keys can be concatenated; None = must run alone.
+
+    Inputs in `padded` are [N, L] token inputs the batcher pads: L is left out of the key
+    (-1), so requests of any length join."""
     dims = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
     if len(dims) != 1 or (rows := dims.pop()) <= 0:
         return None, 0
-    key = tuple(sorted((n, a.dtype.str, tuple(a.shape[1:])) for n, a in inputs.items()))
+    key = tuple(
+        sorted(
+            (n, a.dtype.str, (-1,) if padded and n in padded else tuple(a.shape[1:]))
+            for n, a in inputs.items()
+        )
+    )
     return key, rows
 
 

@@ -7,6 +7,9 @@ workers are busy requests keep queueing, so batches grow with load on their own.
 Rules:
 - Requests join a batch only when their inputs agree on everything but dim 0 (names,
   dtypes, trailing dims); the oldest queued request decides which batch forms next.
+  Tokenized text submitted with `pad` (`shipyard.processing.padding`) joins whatever its
+  length: its token inputs are padded to the batch's longest, and outputs that carry the
+  sequence axis are cut back to each request's own length.
 - A batch runs when it holds `max_batch_size` rows or its oldest request has waited
   `max_queue_delay_us`, whichever comes first; a request larger than the limit runs alone.
 - More than `max_queue_size` waiting requests -> `Overloaded` (HTTP 503 + Retry-After).
@@ -36,11 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from shipyard.processing.padding import BatchPadding
+from shipyard.serving.batch_join import joined_inputs, split_outputs, wanted_outputs
 from shipyard.serving.batch_queue import BatchKey, BatchResult, Pending, RequestQueue
 from shipyard.serving.clock import MONOTONIC, Clock
 from shipyard.serving.errors import ClientGone, DeadlineExceeded, ModelNotReady, Overloaded
@@ -121,11 +126,13 @@ class Batcher:
         timeout_us: int | None = None,
         elapsed_ns: int = 0,
         gone: Callable[[], bool] | None = None,
+        pad: BatchPadding | None = None,
     ) -> BatchResult:
         """Queue one validated request and wait for its outputs.
 
         `priority`: 1 (highest) to `priority_levels`. `timeout_us`: the request's deadline,
         counted from its arrival `elapsed_ns` ago. `gone`: true once its client has left.
+        `pad`: its token inputs may be padded to a batch-mate's length.
         """
         if self._closing:
             raise ModelNotReady(self.name, reason="it is being unloaded; retry")
@@ -149,6 +156,7 @@ class Batcher:
             self.clock.now_ns(),
             level=priority - 1,
             gone=gone,
+            pad=pad,
         )
         self._queue.push(item)
         timer = None
@@ -270,16 +278,16 @@ class Batcher:
     def _run_inline(self, batch: list[Pending]) -> bool:
         """Run a cheap batch on the loop and answer it; False (nothing answered) if it fails."""
         dispatched = self.clock.now_ns()
-        names = _union(item.outputs for item in batch)
+        names = wanted_outputs(item.outputs for item in batch)
         rows = sum(i.rows for i in batch)
         try:
-            results, compute_ns = self._timed(batch[0].key, rows, _feed(batch), names)
+            results, compute_ns = self._timed(batch[0].key, rows, joined_inputs(batch), names)
         except Exception as exc:
             if len(batch) > 1:
                 return False  # the workers rerun it with the usual one-by-one fallback
             _fail(batch[0], exc)
             return True
-        parts = _split(results, [i.rows for i in batch]) if len(batch) > 1 else [results]
+        parts = split_outputs(batch, results)
         if parts is None:
             return False  # the workers rerun it, find the same and turn batching off
         self._deliver(batch, parts, dispatched, compute_ns)
@@ -287,9 +295,9 @@ class Batcher:
 
     async def _run_batch(self, batch: list[Pending]) -> None:
         dispatched = self.clock.now_ns()
-        names = _union(item.outputs for item in batch)
+        names = wanted_outputs(item.outputs for item in batch)
         try:
-            feed = _feed(batch)
+            feed = joined_inputs(batch)
             rows = sum(i.rows for i in batch)
             loop = asyncio.get_running_loop()
             results, compute_ns = await loop.run_in_executor(
@@ -309,7 +317,7 @@ class Batcher:
             for item in batch:
                 await self._run_batch([item])
             return
-        parts = _split(results, [i.rows for i in batch]) if len(batch) > 1 else [results]
+        parts = split_outputs(batch, results)
         if parts is None:
             log.warning(
                 "outputs of %s do not follow the batch (dim 0); batching turned off", self.name
@@ -352,12 +360,6 @@ class Batcher:
             _fail(item, ModelNotReady(self.name, reason=f"its batcher failed ({exc!r})"))
 
 
-def _feed(batch: list[Pending]) -> dict[str, np.ndarray]:
-    if len(batch) == 1:
-        return batch[0].inputs
-    return {n: np.concatenate([i.inputs[n] for i in batch]) for n in batch[0].inputs}
-
-
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -366,24 +368,3 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 def _fail(item: Pending, exc: BaseException) -> None:
     if not item.future.done():
         item.future.set_exception(exc)
-
-
-def _union(requested: Iterable[list[str]]) -> list[str]:
-    """Outputs to compute for a batch: all when any request wants all, else the union."""
-    names: dict[str, None] = {}
-    for outputs in requested:
-        if not outputs:
-            return []
-        names.update(dict.fromkeys(outputs))
-    return list(names)
-
-
-def _split(results: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]] | None:
-    """Slice every output back per request along dim 0, or None when shapes do not allow it."""
-    total = sum(rows)
-    if any(a.ndim == 0 or a.shape[0] != total for a in results.values()):
-        return None
-    offsets = np.cumsum([0, *rows]).tolist()
-    return [
-        {n: a[offsets[i] : offsets[i + 1]] for n, a in results.items()} for i in range(len(rows))
-    ]

@@ -25,6 +25,7 @@ from shipyard.codecs.limits import DecodeLimits
 from shipyard.codecs.types import InferenceRequest, InferenceResponse
 from shipyard.errors import ShipyardError
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.runtime import Processor
 from shipyard.serving.calls import Call, CallContext, Events, outcome_of_error
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.logs import request_id
@@ -71,6 +72,8 @@ class EmbeddingTarget:
     version: str
     text_input: str
     output: str
+    processor: Processor
+    """The version's processing: token ids sent as such are checked and padded by it."""
 
 
 class DataPlane:
@@ -197,7 +200,7 @@ class DataPlane:
         output = processor.embedding_output if processor is not None else None
         if processor is None or output is None or processor.spec.text is None:
             return None
-        return EmbeddingTarget(str(served.version), processor.spec.text.input, output)
+        return EmbeddingTarget(str(served.version), processor.spec.text.input, output, processor)
 
     # -- inference ------------------------------------------------------------------------
 

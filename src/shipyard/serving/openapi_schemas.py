@@ -24,6 +24,7 @@ from shipyard.serving.json_schema import (
 from shipyard.serving.openapi_tfserving import TF_SCHEMAS
 
 _DURATION = closed_object({"count": COUNT, "ns": COUNT})
+TOKEN_IDS: Schema = {"type": "array", "items": COUNT, "minItems": 1}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": closed_object({"error": {**STRING, "description": "What went wrong, what to do."}}),
@@ -228,7 +229,15 @@ SCHEMAS: dict[str, Schema] = {
     "EmbeddingsRequest": closed_object(
         {
             "model": STRING,
-            "input": {"oneOf": [STRING, {"type": "array", "items": STRING, "minItems": 1}]},
+            "input": {
+                "oneOf": [
+                    STRING,
+                    {"type": "array", "items": STRING, "minItems": 1},
+                    TOKEN_IDS,
+                    {"type": "array", "items": TOKEN_IDS, "minItems": 1},
+                ],
+                "description": "Texts, or token ids of the package's tokenizer (fed as sent).",
+            },
         },
         {
             "encoding_format": {"type": "string", "enum": ["float", "base64"]},

@@ -33,7 +33,7 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_requests: int = Field(default=500, ge=1, le=10_000_000)
+    min_requests: int = Field(default=500, ge=1, le=100_000_000)
     """Requests the candidate answers (canary) or mirrors (shadow) before it can pass."""
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     """Share of the candidate's requests that may fail (4xx the client caused excluded)."""
@@ -87,8 +87,9 @@ class FailoverConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
-    min_requests: int = Field(default=20, ge=1, le=1_000_000)
-    """Requests in the window before the error rate is judged."""
+    window_requests: int = Field(default=20, ge=1, le=100_000)
+    """The error rate is judged over the last this many requests (once there are that many
+    no older than `window_s`): a few seconds of earlier successes do not delay it."""
     max_error_rate: float = Field(default=0.5, gt=0, le=1)
     window_s: float = Field(default=30.0, gt=0, le=86_400)
     standby: bool = True

@@ -5,10 +5,10 @@ to the model's *primary*: during a rollout the stable version (or, by the canary
 the candidate; `Plan.mirror` is the other version when the request is also to be mirrored),
 after a promotion the candidate, else the highest loaded version that has not failed over.
 
-Failover (`[failover]` in model.toml): every unversioned request's outcome on the primary is
-kept for `window_s`; once at least `min_requests` are in the window and the share that
-failed through the version's own fault (not a client's bad request) reaches
-`max_error_rate` (errors and a dead worker; a full queue or a passed deadline count as
+Failover (`[failover]` in model.toml): the outcomes of the last `window_requests`
+unversioned requests on the primary (none older than `window_s`) are kept; once there are
+that many and the share that failed through the version's own fault (not a client's bad
+request) reaches `max_error_rate` (errors and a dead worker; a full queue or a passed deadline count as
 neither), the version is marked failed over and unversioned traffic moves to the
 next lower loaded version (the last good one, kept loaded as a standby unless
 `standby = false`). It stays failed over until its files change or an explicit load asks
@@ -130,13 +130,12 @@ def mirror_of(record: ModelRecord, plan: Plan) -> ServedVersion | None:
 
 
 class FailoverWatch:
-    """Recent outcomes of a version's unversioned requests, judged against `[failover]`."""
+    """The last outcomes of a version's unversioned requests, judged against `[failover]`."""
 
     def __init__(self, config: FailoverConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self._clock = clock
-        self._outcomes: deque[tuple[float, bool]] = deque()
-        self._failures = 0
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=config.window_requests)
 
     def observe(self, outcome: str) -> str | None:
         """Note one outcome; the reason to fail over when the threshold is crossed, else None."""
@@ -145,18 +144,18 @@ class FailoverWatch:
         now = self._clock()
         failed = outcome != "success"
         self._outcomes.append((now, failed))
-        self._failures += failed
         horizon = now - self.config.window_s
         while self._outcomes and self._outcomes[0][0] < horizon:
-            self._failures -= self._outcomes.popleft()[1]
+            self._outcomes.popleft()
         total = len(self._outcomes)
-        if total < self.config.min_requests or not failed:
+        if total < self.config.window_requests or not failed:
             return None
-        if self._failures / total < self.config.max_error_rate:
+        failures = sum(f for _, f in self._outcomes)
+        if failures / total < self.config.max_error_rate:
             return None
         return (
-            f"{self._failures} of {total} requests failed in the last "
-            f"{self.config.window_s:g} s (failover at {self.config.max_error_rate:.0%})"
+            f"{failures} of the last {total} requests failed "
+            f"(failover at {self.config.max_error_rate:.0%})"
         )
 
 

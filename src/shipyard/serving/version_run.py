@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.codecs.types import InferenceRequest
+from shipyard.processing.padding import BatchPadding
 from shipyard.serving.agreement import compare
 from shipyard.serving.batch_queue import BatchResult
 from shipyard.serving.calls import outcome_of_error
@@ -58,7 +59,9 @@ async def run_on(
         name, timeout_us=request.timeout_us, priority=request.priority
     )
 
-    def submit(inputs: dict[str, Any], wanted: list[str]) -> Awaitable[BatchResult]:
+    def submit(
+        inputs: dict[str, Any], wanted: list[str], pad: BatchPadding | None = None
+    ) -> Awaitable[BatchResult]:
         return served.batcher.submit(
             inputs,
             wanted,
@@ -66,6 +69,7 @@ async def run_on(
             timeout_us=schedule.timeout_us,
             elapsed_ns=time.perf_counter_ns() - started,
             gone=gone,
+            pad=pad,
         )
 
     processor = served.model.processor
@@ -79,7 +83,9 @@ async def run_on(
             usage["prompt_tokens"] = prepared.tokens
         wanted = processor.graph_outputs(request.output_names)
         inputs = validated(served, prepared.inputs, wanted, request.output_names)
-        result = await submit(inputs, wanted)
+        # Tokenized here: the batcher may pad it to a longer batch-mate's length.
+        pad = processor.batch_padding if prepared.processed else None
+        result = await submit(inputs, wanted, pad)
         outputs = processor.postprocess(result.outputs, request.output_names)
     check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
     return Ran(outputs, inputs, result)

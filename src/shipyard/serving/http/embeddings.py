@@ -1,8 +1,11 @@
 """OpenAI-compatible `POST /v1/embeddings` for packages whose processing embeds text.
 
-Body `{"model": NAME, "input": str | [str, ...], "encoding_format": "float" | "base64"}`
-(`dimensions` and `user` are accepted and ignored, `dimensions` only when it equals the
-model's width); answer `{"object": "list", "data": [{"object": "embedding", "index": i,
+Body `{"model": NAME, "input": ..., "encoding_format": "float" | "base64"}`, `input` as
+OpenAI takes it: a string, a list of strings, a list of token ids (one input) or a list of
+such lists. Token ids go to the graph as sent (with an attention mask; no special tokens
+added), checked against the tokenizer's vocabulary and `max_length` (a 400 naming the row).
+`dimensions` and `user` are accepted and ignored, `dimensions` only when it equals the
+model's width; answer `{"object": "list", "data": [{"object": "embedding", "index": i,
 "embedding": [...] | "<base64 float32 LE>"}], "model": NAME, "usage": {"prompt_tokens",
 "total_tokens"}}`. The model named in the body needs the token scope `infer:NAME`; the
 route goes through the same data plane (batching, limits, metrics, audit) as V2.
@@ -75,7 +78,7 @@ class EmbeddingsHandler:
             raise
         if authorize is not None:
             await authorize(request.scope, "infer", name)
-        texts = _texts(doc.get("input"), max_bytes=limits.max_bytes_element)
+        texts, id_rows = _inputs(doc.get("input"), max_bytes=limits.max_bytes_element)
         encoding = doc.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise ProtocolError('"encoding_format" must be "float" or "base64"')
@@ -88,18 +91,23 @@ class EmbeddingsHandler:
                 f"model {name!r} does not turn text into sentence embeddings; pack it with "
                 "--tokenizer (and --pooling) to serve it on /v1/embeddings"
             )
-        inputs = np.empty(len(texts), dtype=object)
-        inputs[:] = texts
         usage: dict[str, int] = {}
+        if id_rows is not None:
+            prepared = target.processor.token_inputs(id_rows, name='"input"')
+            inputs: dict[str, np.ndarray] = prepared.inputs
+            usage["prompt_tokens"] = prepared.tokens
+            counted_usage = None  # the data plane counts tokens of text it tokenizes only
+        else:
+            texts_array = np.empty(len(texts), dtype=object)
+            texts_array[:] = texts
+            inputs, counted_usage = {target.text_input: texts_array}, usage
         response = await self.dataplane.infer(
             name,
-            InferenceRequest(
-                inputs={target.text_input: inputs}, outputs=[RequestedOutput(target.output)]
-            ),
+            InferenceRequest(inputs=inputs, outputs=[RequestedOutput(target.output)]),
             version=target.version,
             protocol=PROTOCOL,
             received_ns=received,
-            usage=usage,
+            usage=counted_usage,
             call=call_of(request),
         )
         vectors = np.asarray(response.outputs[target.output], dtype=np.float32)
@@ -124,21 +132,39 @@ class EmbeddingsHandler:
         )
 
 
-def _texts(value: Any, *, max_bytes: int) -> list[str]:
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not texts:
-        raise ProtocolError('"input" must be a string or a non-empty list of strings')
-    if len(texts) > MAX_INPUTS:
-        raise ProtocolError(f'"input" has {len(texts)} texts; at most {MAX_INPUTS} per call')
-    for index, text in enumerate(texts):
+def _inputs(value: Any, *, max_bytes: int) -> tuple[list[str], list[list[int]] | None]:
+    """(texts, None) or ([], token-id rows) from OpenAI's `input` forms."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ProtocolError(
+            '"input" must be a string, a non-empty list of strings, a list of token ids '
+            "or a list of such lists"
+        )
+    if all(_is_id(v) for v in items):
+        items = [items]  # one input, already tokenized
+    if len(items) > MAX_INPUTS:
+        raise ProtocolError(f'"input" has {len(items)} inputs; at most {MAX_INPUTS} per call')
+    if all(isinstance(v, list) for v in items):
+        rows: list[list[int]] = []
+        for index, row in enumerate(items):
+            bad = next((v for v in row if not _is_id(v)), None)
+            if bad is not None:
+                raise ProtocolError(f'"input"[{index}] holds {bad!r}, not a token id (an integer)')
+            rows.append(row)
+        return [], rows
+    for index, text in enumerate(items):
         if not isinstance(text, str):
             raise ProtocolError(
-                f'"input"[{index}] is not a string (token-id input is not supported; '
-                "send text, or the token tensors to /v2/models/NAME/infer)"
+                f'"input"[{index}] is not a string; send strings, or token ids (lists of '
+                "integers), not a mix"
             )
         if len(text) > max_bytes:
             raise ProtocolError(f'"input"[{index}] is over {max_bytes} characters')
-    return texts
+    return items, None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _encode(row: np.ndarray, encoding: str) -> Any:
