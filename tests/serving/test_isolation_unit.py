@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.processing.tiny import tiny_encoder, tiny_sample, write_tiny_tokenizer
 from tests.serving.test_acceptance import scale_graph, wait_for
 from tests.serving.test_batcher import ManualClock, finish, make, rows
 
 import shipyard
 from shipyard.errors import InputError, RuntimeBackendError
 from shipyard.model import Model
+from shipyard.processing.build import text_plan
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.runtime.shm_tensors import (
     ALIGN,
@@ -223,3 +225,30 @@ def test_an_encrypted_version_gets_its_key_over_the_pipe_only(
             assert form not in seen
     finally:
         model.close()
+
+
+def test_an_encrypted_text_model_keeps_its_tokenizer_and_batch_padding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHIPYARD_KEK", raising=False)
+    repo = tmp_path / "models"
+    tokenizer = write_tiny_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    plan = text_plan(tokenizer, max_length=8, pooling="mean", normalize=True, pad_to_multiple=4)
+    shipyard.pack(tiny_encoder(), name="tiny", repo=repo, processing=plan)
+    kek = new_secret()
+    encrypt_version(repo / "tiny" / "1", kek)
+    local = shipyard.load(repo / "tiny", kek=kek)
+    model = open_isolated(
+        repo / "tiny", 1, WorkerSettings(), options=RuntimeOptions(), public_key=None, kek=kek
+    )
+    try:
+        assert model.processor is not None and local.processor is not None
+        assert model.processor.batch_padding is not None  # the graph, read in the worker
+        assert model.processor.batch_padding == local.processor.batch_padding
+        got, want = model.infer(tiny_sample()), local.infer(tiny_sample())
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    finally:
+        model.close()
+        local.close()

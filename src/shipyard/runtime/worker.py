@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.errors import InputError, ShipyardError
+from shipyard.processing.padding import BatchPadding
 from shipyard.runtime.base import Runtime, RuntimeOptions
 from shipyard.runtime.shm_tensors import Attached, Packed, read
 from shipyard.runtime.synthesis import InputHints
@@ -59,6 +60,9 @@ class WorkerInfo:
     """The manifest digest it verified (the parent checks it is the version it serves)."""
     providers: list[str]
     graph_hints: dict[str, InputHints]
+    batch_padding: BatchPadding | None
+    """What the batcher may pad in tokenized text (read from the graph, which only the
+    worker opens)."""
 
 
 PARENT_CHECK_S = 1.0
@@ -99,9 +103,9 @@ def main(fd: int) -> None:
     runtime = model.runtime
     segments = _Segments()
     try:
-        conn.send(
-            ("ready", WorkerInfo(model.manifest.digest, runtime.providers, model.graph_hints))
-        )
+        padding = model.processor.batch_padding if model.processor is not None else None
+        info = WorkerInfo(model.manifest.digest, runtime.providers, model.graph_hints, padding)
+        conn.send(("ready", info))
         while _serve_one(conn, runtime, segments):
             pass
     except (EOFError, OSError):  # the server is gone

@@ -38,7 +38,7 @@ import numpy as np
 
 from shipyard.errors import RuntimeBackendError
 from shipyard.model import Model
-from shipyard.package.manifest import read_manifest
+from shipyard.package.manifest import Manifest, read_manifest
 from shipyard.package.store import resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import RuntimeOptions, check_inputs
@@ -79,10 +79,30 @@ def open_isolated(
             raise RuntimeBackendError(
                 f"{version_dir}: the version changed while its model worker loaded it; retry"
             )
-        return Model(version_dir, manifest, runtime, graph_hints=runtime.graph_hints)
+        return Model(
+            version_dir,
+            manifest,
+            runtime,
+            graph_hints=runtime.graph_hints,
+            assets=_assets(version_dir, manifest, kek),
+            batch_padding=runtime.batch_padding,
+        )
     except BaseException:
         runtime.close()
         raise
+
+
+def _assets(version_dir: Path, manifest: Manifest, kek: bytes | None) -> dict[str, bytes] | None:
+    """An encrypted package's processing assets (a tokenizer), decrypted in memory: the
+    processing runs here, in the server, before a request joins a batch."""
+    if manifest.encryption is None or manifest.processing is None:
+        return None
+    from shipyard.security.encryption import decrypt_assets
+    from shipyard.security.keys import kek_from_env
+
+    key = kek if kek is not None else kek_from_env()
+    assert key is not None  # the worker could not have loaded it without one
+    return decrypt_assets(version_dir, manifest, key)
 
 
 class ProcessRuntime:
@@ -127,6 +147,7 @@ class ProcessRuntime:
         self._up_since = time.monotonic()
         self.digest = first.info.digest
         self.graph_hints: dict[str, InputHints] = first.info.graph_hints
+        self.batch_padding = first.info.batch_padding
         self._providers = first.info.providers
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"shipyard-{name}-{spec.version}-worker", daemon=True
