@@ -51,7 +51,8 @@ from shipyard.compression.machine import machine_facts
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "reliability.md"
-BASE_TOML = "instances = 1\n[runtime]\nintra_op_threads = 1\n"
+# no [table] header: what follows may add top-level keys (isolation = ...) as well as tables
+BASE_TOML = "instances = 1\nruntime = { intra_op_threads = 1 }\n"
 SHADOW = '[rollout]\ncandidate = 2\nmode = "shadow"\npercent = {p}\n[rollout.gate]\nmin_requests = 10000000\n'
 ISOLATED = 'isolation = "process"\n'
 
@@ -336,8 +337,15 @@ def fault_worker_kill(model: Model, work: Path) -> dict[str, Any]:
 
 
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """The model workers of server `pid`: children of any of its threads (workers start from
+    loader and supervisor threads) running shipyard.runtime.worker (not the resource tracker)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline")
+            if cmdline.exists() and b"shipyard.runtime.worker" in cmdline.read_bytes():
+                found.append(int(child))
+    return found
 
 
 def _count(values: Iterator[int] | Sequence[int]) -> dict[int, int]:
