@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from shipyard.serving.errors import ModelNotFound, RolloutError
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.rollout import Action, Decision, Rollout
+from shipyard.serving.rollout import AFTER, Action, Decision, Rollout
 from shipyard.serving.traffic import FailoverWatch, Plan, RouteKey, mirror_of, plan
 from shipyard.serving.version_state import ModelEvent, ModelRecord, ServedVersion
 
@@ -47,6 +47,9 @@ class Steering:
         self._emit = emit
         self._settle = settle
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_decision: list[Callable[[str, int, str, str], None]] = []
+        """Called with (model, candidate, action, reason) for each decision taken here (not
+        one adopted from a peer worker)."""
         registry = metrics.registry
         self.decisions = Counter(
             "shipyard_rollout_decisions",
@@ -60,6 +63,7 @@ class Steering:
             "Share of compared rows on which a rollout's candidate agrees with stable.",
             ("model", "candidate"),
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.failovers = Counter(
             "shipyard_failovers",
@@ -178,6 +182,15 @@ class Steering:
         self._apply(record, decision, cause)
         return rollout.status()
 
+    def adopt(self, record: ModelRecord | None, action: str, candidate: int, reason: str) -> None:
+        """Another worker decided this model's rollout: decide the same here."""
+        rollout = record.rollout if record is not None else None
+        chosen = next((a for a in AFTER if a == action), None)
+        if record is None or rollout is None or chosen is None or rollout.candidate != candidate:
+            return
+        if rollout.phase != AFTER[chosen]:
+            self._apply(record, rollout.decide(chosen, "peer", reason), None)
+
     async def wait(self) -> None:
         """Let background reconciles started by decisions finish (tests, shutdown)."""
         while self._tasks:
@@ -202,6 +215,9 @@ class Steering:
             json.dumps(decision.evidence, sort_keys=True),
             extra={"model": record.name, "version": candidate},
         )
+        if decision.trigger != "peer":
+            for hook in self.on_decision:
+                hook(record.name, candidate, decision.action, decision.reason)
         detail = json.dumps(decision.audit_detail())
         event = ModelEvent("rollout", record.name, candidate, decision.action, detail, cause)
         self._emit(record, event)
@@ -285,6 +301,10 @@ class Router:
     def status(self, name: str) -> dict[str, Any]:
         """The model's rollout: phase, versions, gate, evidence, decision."""
         return self._steering.status(self._records.get(name), name)
+
+    def adopt(self, name: str, action: str, candidate: int, reason: str) -> None:
+        """A peer worker's rollout decision, taken here too."""
+        self._steering.adopt(self._records.get(name), action, candidate, reason)
 
     async def decide(
         self, name: str, action: Action, *, cause: CallContext | None = None
