@@ -101,7 +101,7 @@ class PeerLink:
                 message = json.loads(line)
                 if message.get("op") == "peer" and isinstance(message.get("message"), dict):
                     await self._apply(server, message["message"])
-        if not self._closing:  # the supervisor is gone: nobody will restart or stop us
+        if not self._closing and not server.dataplane.draining:  # the supervisor is gone
             log.error("the supervisor is gone; draining this worker")
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -59,9 +59,10 @@ def serve(
     settings = _with_repository(settings or load_settings(), repository)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     if settings.workers > 1 and link is None:
-        from shipyard.serving.workers import serve_workers
+        from shipyard.serving.workers import serve_workers, worker_audit_log
 
-        _checks(settings)
+        first = settings.audit_log and worker_audit_log(settings.audit_log, 0)
+        _checks(settings.model_copy(update={"audit_log": first or None}))
         if serve_workers(settings) != 0:
             raise StartupError("the workers stopped with an error; see their log lines above")
         return

@@ -2,27 +2,16 @@
 
 The supervisor (`serving.workers`) passes the resolved settings as JSON, the worker's index
 and the file descriptor of its end of the link in the environment; the worker serves like
-`shipyard serve` (its own signals, drain and logs) on the shared port.
+`shipyard serve` (its own signals, drain and logs) on the shared port. When the supervisor
+dies, however it dies, the link closes and the worker drains itself (`serving.peers`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
 
 from shipyard.errors import ShipyardError
-
-
-def _die_with_supervisor() -> None:
-    """Linux: SIGTERM this worker when the supervisor dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def main() -> int:
@@ -32,7 +21,6 @@ def main() -> int:
     from shipyard.serving.settings import ServerSettings
     from shipyard.serving.workers import FD_ENV, SETTINGS_ENV
 
-    _die_with_supervisor()
     settings = ServerSettings.model_validate_json(os.environ[SETTINGS_ENV])
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     link = PeerLink(int(os.environ[FD_ENV]), int(os.environ[INDEX_ENV]))
