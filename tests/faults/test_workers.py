@@ -1,7 +1,8 @@
 """`shipyard serve --workers 2` as a real process group on 127.0.0.1: one port, two workers.
 
 Every request's `X-Shipyard-Worker` header says which worker answered. Checked: new
-connections reach both workers; one /metrics (from either) sums both and never goes back;
+connections reach both workers; one /metrics and one /v2/models/stats (from either) sum
+both, and /metrics never goes back;
 a taken port fails loudly; an unload by request reaches every worker; a worker killed with
 SIGKILL is started again while the other serves; per-worker audit chains verify together;
 SIGTERM drains both and the group exits 0.
@@ -69,6 +70,13 @@ def test_both_workers_answer_and_metrics_add_up(repo: Path) -> None:
         # one scrape, from either worker, counts every request of both
         totals = [requests_total(server.url) for _ in range(6)]
         assert totals == [120.0] * 6, totals
+
+        def stats_count() -> set[int]:
+            docs = [fresh(server.url, "/v2/models/affine/stats").json() for _ in range(8)]
+            return {d["model_stats"][0]["inference_stats"]["success"]["count"] for d in docs}
+
+        # Triton's statistics too: each worker adds the others' (written once a second)
+        wait_for(lambda: stats_count() == {120}, "statistics summed over the workers")
         # gRPC on the shared port too
         line = server.wait_for_line("(SO_REUSEPORT), gRPC on ")
         grpc_port = int(line.rsplit("gRPC on ", 1)[1].split()[0])

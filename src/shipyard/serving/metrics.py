@@ -10,7 +10,7 @@ and gauges live in prometheus_client's multiprocess files, and `exposition()` su
 worker's (gauges by their `multiprocess_mode`: queue depth and pending audit records add up,
 versions loaded and audit health take the lowest worker); series that only a process can
 compute (drift windows, process CPU and memory, per worker with a `worker` label) come from
-the scraped worker's `local_registry`. `GET /v2/models/stats` stays per worker.
+the scraped worker's `local_registry`. `GET /v2/models/stats` sums every worker's statistics (`shared_stats`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from shipyard.serving import shared_stats
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -341,16 +343,20 @@ class Metrics:
             self.queue_depth.labels(model, version).set(float(depth()))
         for gauge, value in self._functions:
             gauge.set(value())
+        if self.multiprocess_dir is not None:
+            shared_stats.dump(self._stats, self.multiprocess_dir)
 
     def model_stats(
         self, name: str | None = None, version: str | None = None
     ) -> list[dict[str, Any]]:
-        """Triton's `model_stats` list, optionally for one model or one version of it."""
+        """Triton's `model_stats` list, optionally for one model or one version of it
+        (under `--workers N`, every worker's, summed: `shared_stats`)."""
+        every = self._stats
+        if self.multiprocess_dir is not None:
+            every = shared_stats.merged(self._stats, self.multiprocess_dir)
         return [
             stats.to_triton(n, v)
-            for (n, v), stats in sorted(
-                self._stats.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))
-            )
+            for (n, v), stats in sorted(every.items(), key=lambda kv: (kv[0][0], int(kv[0][1])))
             if (name is None or n == name) and (version is None or v == version)
         ]
 
