@@ -191,3 +191,36 @@ def test_sigterm_drains_every_worker_with_requests_in_flight(repo: Path) -> None
         assert answered > 0
         assert server.proc.wait(30) == 0
     assert sum("draining" in line for line in server.lines) >= 1
+
+
+def test_a_rollout_decision_reaches_every_worker(tmp_path: Path) -> None:
+    import shipyard
+    from tests.conftest import make_affine_onnx
+
+    repo = tmp_path / "models"
+    for _ in range(2):
+        shipyard.pack(make_affine_onnx(), name="affine", repo=repo)
+    (repo / "affine" / "model.toml").write_text(
+        "[rollout]\ncandidate = 2\npercent = 50\n[rollout.gate]\nmin_requests = 1000000\n",
+        encoding="utf-8",
+    )
+    with cli_server(repo, "--workers", "2") as server:
+        promoted = fresh(server.url, "/v2/models/affine/rollout/promote", "POST")
+        assert promoted.status_code == 200, promoted.text
+
+        def everywhere_promoted() -> bool:
+            answers = [fresh(server.url, "/v2/models/affine/rollout") for _ in range(30)]
+            workers_seen = {a.headers["x-shipyard-worker"] for a in answers}
+            return len(workers_seen) == 2 and {a.json()["phase"] for a in answers} == {"promoted"}
+
+        wait_for(everywhere_promoted, "the promotion on both workers", timeout_s=10)
+        triggers = {
+            fresh(server.url, "/v2/models/affine/rollout").json()["decision"]["trigger"]
+            for _ in range(30)
+        }
+        assert triggers == {"manual", "peer"}
+        versions = {
+            fresh(server.url, "/v2/models/affine/infer", "POST", json=BODY).json()["model_version"]
+            for _ in range(30)
+        }
+        assert versions == {"2"}
