@@ -68,11 +68,14 @@ class ServingConfig:
     delay_us: int
     instances: int
     intra_op_threads: int
+    workers: int = 1
+    """Shipyard only: `serve --workers`."""
 
     def describe(self) -> str:
+        workers = f"{self.workers} workers, " if self.workers > 1 else ""
         if not self.batching:
-            return "batching off"
-        return f"batching ≤{self.max_batch_size}, {self.delay_us} µs"
+            return f"{workers}batching off"
+        return f"{workers}batching ≤{self.max_batch_size}, {self.delay_us} µs"
 
 
 # -- virtualenvs ---------------------------------------------------------------------------
@@ -246,6 +249,8 @@ def shipyard(model: ModelFiles, config: ServingConfig, *, work: Path) -> tuple[l
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "shipyard.cli"]
     port = free_port()
     argv = [*launcher, "serve", str(repo), "--port", str(port), "--poll-interval", "0"]
+    if config.workers > 1:
+        argv += ["--workers", str(config.workers)]
     return argv, port
 
 
