@@ -224,3 +224,47 @@ def test_a_rollout_decision_reaches_every_worker(tmp_path: Path) -> None:
             for _ in range(30)
         }
         assert versions == {"2"}
+
+
+def test_drift_windows_add_up_across_workers(tmp_path: Path) -> None:
+    import shipyard
+    from tests.serving.conftest import scale_graph
+
+    repo = tmp_path / "models"
+    rng = np.random.default_rng(0)
+    reference = {"x": rng.normal(size=(5000, 4)).astype(np.float32)}
+    shipyard.pack(scale_graph(), name="scale", repo=repo, reference_data=reference)
+    (repo / "scale" / "model.toml").write_text(
+        "[drift]\nenabled = true\nsample_rate = 1.0\nwindow = 100000\n", encoding="utf-8"
+    )
+    rows, sent = 10, 0
+    with cli_server(repo, "--workers", "2") as server:
+        seen: set[str] = set()
+        for i in range(60):
+            x = rng.normal(size=(rows, 4)).astype(np.float32)
+            x[:, 0] += 3.0  # one feature shifted
+            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4],
+                                "data": x.ravel().tolist()}]}  # fmt: skip
+            response = fresh(server.url, "/v2/models/scale/infer", "POST", json=body)
+            assert response.status_code == 200, response.text
+            seen.add(response.headers["x-shipyard-worker"])
+            sent += rows
+        assert seen == {"1", "2"}
+
+        def drift_seen() -> set[tuple[float, bool]]:
+            found = set()
+            for _ in range(8):
+                families = text_string_to_metric_families(fresh(server.url, "/metrics").text)
+                values = {
+                    (s.name, s.labels["feature"]): s.value
+                    for f in families
+                    for s in f.samples
+                    if s.name.startswith("shipyard_drift_")
+                }
+                shifted = values.get(("shipyard_drift_psi", "x[0]"), 0) > 0.25
+                calm = values.get(("shipyard_drift_psi", "x[1]"), 1) < 0.1
+                found.add((values.get(("shipyard_drift_samples", "x[0]"), 0.0), shifted and calm))
+            return found
+
+        # every scrape, whichever worker answers it, judges the window of both
+        wait_for(lambda: drift_seen() == {(float(sent), True)}, "drift summed over workers")

@@ -9,8 +9,9 @@ Under `--workers N` (PROMETHEUS_MULTIPROC_DIR set by the supervisor) counters, h
 and gauges live in prometheus_client's multiprocess files, and `exposition()` sums every
 worker's (gauges by their `multiprocess_mode`: queue depth and pending audit records add up,
 versions loaded and audit health take the lowest worker); series that only a process can
-compute (drift windows, process CPU and memory, per worker with a `worker` label) come from
-the scraped worker's `local_registry`. `GET /v2/models/stats` sums every worker's statistics (`shared_stats`).
+compute at scrape time (drift, on every live worker's window summed: `shared_drift`; process
+CPU and memory, per worker with a `worker` label) come from the scraped worker's
+`local_registry`. `GET /v2/models/stats` sums every worker's statistics (`shared_stats`).
 """
 
 from __future__ import annotations

@@ -68,9 +68,10 @@ class PeerLink:
 
     async def _refresh(self, server: Server) -> None:
         """Gauges a function computes, written for the other workers' scrapes."""
-        metrics = server.dataplane.metrics
+        metrics, drift = server.dataplane.metrics, server.dataplane.manager.drift
         while True:
             metrics.refresh()
+            drift.share()
             await asyncio.sleep(REFRESH_S)
 
     # -- out ----------------------------------------------------------------------------------
