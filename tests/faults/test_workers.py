@@ -240,7 +240,7 @@ def test_drift_windows_add_up_across_workers(tmp_path: Path) -> None:
     rows, sent = 10, 0
     with cli_server(repo, "--workers", "2") as server:
         seen: set[str] = set()
-        for i in range(60):
+        for _ in range(60):
             x = rng.normal(size=(rows, 4)).astype(np.float32)
             x[:, 0] += 3.0  # one feature shifted
             body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4],
