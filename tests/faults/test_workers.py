@@ -61,6 +61,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_both_workers_answer_and_metrics_add_up(repo: Path) -> None:
     with cli_server(repo, "--workers", "2", "--grpc-port", "0") as server:
+        server.wait_for_line("with 2 workers", timeout_s=30)
         seen: Counter[str] = Counter()
         for _ in range(120):
             response = fresh(server.url, "/v2/models/affine/infer", "POST", json=BODY)
@@ -121,6 +122,9 @@ def test_unload_reaches_every_worker_and_a_killed_worker_comes_back(
     audit = tmp_path / "audit" / "audit.jsonl"
     flags = ("--workers", "2", "--audit-log", str(audit), "--audit-key-file", str(keys.audit_key))
     with cli_server(repo, *flags) as server:
+        server.wait_for_line(
+            "with 2 workers", timeout_s=30
+        )  # both listen (ready is one worker's word)
         workers = children(server.proc.pid)
         assert len(workers) == 2
         # SIGKILL one worker: the other keeps answering; the supervisor starts a new one
@@ -147,6 +151,14 @@ def test_unload_reaches_every_worker_and_a_killed_worker_comes_back(
             "both workers answering again",
         )
         assert any("starting it again" in line for line in server.lines)
+        text = fresh(server.url, "/metrics").text
+        restarts = {
+            s.labels["worker"]: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "shipyard_server_worker_restarts_total"
+        }
+        assert sorted(restarts.values()) == [0.0, 1.0], restarts
         # an unload through one worker is done by both
         unloaded = fresh(server.url, "/v2/repository/models/affine/unload", "POST")
         assert unloaded.status_code == 200, unloaded.text
@@ -181,7 +193,7 @@ def test_unload_reaches_every_worker_and_a_killed_worker_comes_back(
 
 def test_sigterm_drains_every_worker_with_requests_in_flight(repo: Path) -> None:
     with cli_server(repo, "--workers", "2", "--shutdown-delay", "1") as server:
-        time.sleep(0.2)
+        server.wait_for_line("with 2 workers", timeout_s=30)
         server.proc.send_signal(signal.SIGTERM)
         answered = 0
         deadline = time.monotonic() + 0.8  # within the shutdown delay
@@ -205,6 +217,7 @@ def test_a_rollout_decision_reaches_every_worker(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     with cli_server(repo, "--workers", "2") as server:
+        server.wait_for_line("with 2 workers", timeout_s=30)
         promoted = fresh(server.url, "/v2/models/affine/rollout/promote", "POST")
         assert promoted.status_code == 200, promoted.text
 
@@ -239,6 +252,7 @@ def test_drift_windows_add_up_across_workers(tmp_path: Path) -> None:
     )
     rows, sent = 10, 0
     with cli_server(repo, "--workers", "2") as server:
+        server.wait_for_line("with 2 workers", timeout_s=30)
         seen: set[str] = set()
         for _ in range(60):
             x = rng.normal(size=(rows, 4)).astype(np.float32)

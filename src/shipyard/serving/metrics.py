@@ -374,7 +374,8 @@ class Metrics:
 
 class WorkersProcessCollector:
     """process_cpu_seconds_total, process_resident_memory_bytes, ... of every live worker,
-    labelled `worker` (the supervisor lists their PIDs in the metrics folder)."""
+    labelled `worker`, and `shipyard_server_worker_restarts_total{worker}` (the supervisor
+    lists their PIDs and restart counts in the metrics folder)."""
 
     PIDS_FILE = "workers.json"
 
@@ -382,13 +383,21 @@ class WorkersProcessCollector:
         self.folder = folder
 
     def collect(self) -> Any:
-        from prometheus_client.core import Metric
+        from prometheus_client.core import CounterMetricFamily, Metric
 
         try:
-            pids = json.loads((self.folder / self.PIDS_FILE).read_text(encoding="utf-8"))
+            doc = json.loads((self.folder / self.PIDS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pids = {"": os.getpid()}
-        families: dict[str, Metric] = {}
+            doc = {"pids": {"": os.getpid()}, "restarts": {}}
+        pids, restarts = doc.get("pids", {}), doc.get("restarts", {})
+        counter = CounterMetricFamily(
+            "shipyard_server_worker_restarts",
+            "Times the supervisor started a dead server worker (serve --workers) again.",
+            labels=["worker"],
+        )
+        for worker, count in sorted(restarts.items()):
+            counter.add_metric([str(worker)], float(count))
+        families: dict[str, Metric] = {counter.name: counter}
         for worker, pid in sorted(pids.items()):
             collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
             for family in collector.collect():

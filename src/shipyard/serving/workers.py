@@ -51,7 +51,7 @@ log = logging.getLogger("shipyard.serving.workers")
 SETTINGS_ENV = "SHIPYARD_WORKER_SETTINGS"
 FD_ENV = "SHIPYARD_WORKER_FD"
 PIDS_FILE = "workers.json"
-"""In the metrics folder: {index: pid} of the live workers (their process metrics)."""
+"""In the metrics folder: each worker's PID (its process metrics) and restart count."""
 BACKOFF_S = (1.0, 30.0)
 """First and longest pause before a dead worker is started again."""
 HEALTHY_S = 60.0
@@ -103,6 +103,9 @@ class Worker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
     restarts: int = 0
+    """Deaths in a row (the back-off)."""
+    restarted: int = 0
+    """Times started again since the supervisor started (exported per worker)."""
     ever_ready: bool = False
 
 
@@ -265,6 +268,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped(), pause)
         if not self.stopping:
+            worker.restarted += 1
             await self._start(worker)
 
     async def _stopped(self) -> None:
@@ -320,10 +324,14 @@ class Supervisor:
                     worker.proc.send_signal(sig)
 
     def _write_pids(self) -> None:
-        pids = {str(w.index + 1): w.proc.pid for w in self.workers if w.proc is not None}
+        live = [w for w in self.workers if w.proc is not None]
+        doc = {
+            "pids": {str(w.index + 1): w.proc.pid for w in live if w.proc is not None},
+            "restarts": {str(w.index + 1): w.restarted for w in self.workers},
+        }
         target = self.metrics_dir / PIDS_FILE
         temporary = target.with_suffix(".tmp")
-        temporary.write_text(json.dumps(pids), encoding="utf-8")
+        temporary.write_text(json.dumps(doc), encoding="utf-8")
         temporary.replace(target)
 
     def _spawn(self, coroutine: Any) -> None:
