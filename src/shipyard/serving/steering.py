@@ -85,6 +85,20 @@ class Steering:
         if current is not None and current.identity == (config, fingerprint):
             return
         record.rollout = Rollout(record.name, config, fingerprint=fingerprint)
+        newer = sorted(v for v in disk.versions if v > config.candidate)
+        if newer:
+            log.warning(
+                "%s: versions %s are newer than the rollout's candidate %d; while [rollout] "
+                "names version %d the version policy picks stable among the others, and after "
+                "a decision the rollout alone decides what serves: give the newest version "
+                "its own rollout (candidate = %d) or remove [rollout]",
+                record.name,
+                newer,
+                config.candidate,
+                config.candidate,
+                newer[-1],
+                extra={"model": record.name},
+            )
         where = "" if fingerprint is not None else " (not in the repository yet)"
         log.info(
             "rollout of %s version %d: %s at %g%%%s",
