@@ -35,9 +35,13 @@ def _pod(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("extra", [(), ("--hpa", "--no-auth", "--models-pvc", "models")])
-def test_every_object_validates_strictly(models: Path, tmp_path: Path, extra: tuple[str, ...]) -> None:
+def test_every_object_validates_strictly(
+    models: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
     docs = _generate(models, tmp_path / "k8s", *extra)
-    expected = {"Deployment", "Service", "PodDisruptionBudget"} | ({"HorizontalPodAutoscaler"} if extra else set())
+    expected = {"Deployment", "Service", "PodDisruptionBudget"} | (
+        {"HorizontalPodAutoscaler"} if extra else set()
+    )
     assert set(docs) == expected
     for version in VERSIONS:
         for doc in docs.values():
@@ -80,8 +84,14 @@ def test_the_pod_is_locked_down(models: Path, tmp_path: Path) -> None:
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert "/tmp" in mounts and mounts["/run/shipyard"]["readOnly"] is True
-    annotations = _generate(models, tmp_path / "again")["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
+    annotations = _generate(models, tmp_path / "again")["Deployment"]["spec"]["template"][
+        "metadata"
+    ]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def test_auth_is_on_unless_turned_off(models: Path, tmp_path: Path) -> None:
@@ -97,8 +107,13 @@ def test_auth_is_on_unless_turned_off(models: Path, tmp_path: Path) -> None:
 def test_memory_is_sized_from_the_packages(models: Path, tmp_path: Path) -> None:
     plan = read_repository(models)
     assert [(m.name, [v.number for v in m.versions]) for m in plan.models] == [
-        ("Tabular_v2", [1]), ("affine", [2])]  # fmt: skip  (latest = 1 by default)
-    estimate = BASE_MEMORY_MIB + sum(v.file_bytes for m in plan.models for v in m.versions) * MEMORY_FACTOR / 2**20
+        ("Tabular_v2", [1]),
+        ("affine", [2]),
+    ]  # fmt: skip  (latest = 1 by default)
+    estimate = (
+        BASE_MEMORY_MIB
+        + sum(v.file_bytes for m in plan.models for v in m.versions) * MEMORY_FACTOR / 2**20
+    )
     resources = _pod(_generate(models, tmp_path / "k8s"))["containers"][0]["resources"]
     request = int(resources["requests"]["memory"].removesuffix("Mi"))
     assert estimate <= request < estimate + 64 and request % 64 == 0
@@ -106,7 +121,17 @@ def test_memory_is_sized_from_the_packages(models: Path, tmp_path: Path) -> None
 
 
 def test_hpa_replaces_the_fixed_replica_count(models: Path, tmp_path: Path) -> None:
-    docs = _generate(models, tmp_path / "k8s", "--hpa", "--min-replicas", "3", "--max-replicas", "9", "--cpu-target", "60")
+    docs = _generate(
+        models,
+        tmp_path / "k8s",
+        "--hpa",
+        "--min-replicas",
+        "3",
+        "--max-replicas",
+        "9",
+        "--cpu-target",
+        "60",
+    )
     assert "replicas" not in docs["Deployment"]["spec"]
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 9)
@@ -122,7 +147,9 @@ def test_output_is_deterministic_and_json_lists_the_files(
     first = _generate(models, tmp_path / "a")
     second = _generate(models, tmp_path / "b")
     assert first == second
-    assert (tmp_path / "a" / "deployment.yaml").read_bytes() == (tmp_path / "b" / "deployment.yaml").read_bytes()
+    assert (tmp_path / "a" / "deployment.yaml").read_bytes() == (
+        tmp_path / "b" / "deployment.yaml"
+    ).read_bytes()
     capsys.readouterr()
     out = tmp_path / "c"
     assert main(["deploy", "k8s", str(models), "--out", str(out), "--image", IMAGE, "--json"]) == 0

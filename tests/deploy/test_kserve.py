@@ -66,7 +66,9 @@ def test_one_raw_deployment_inference_service_per_model(models: Path, tmp_path: 
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "InferenceService"}
     assert sorted(services) == ["affine", "tabular-v2"]  # Tabular_v2 made a valid object name
     for name, isvc in services.items():
-        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        assert (
+            isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        )
         model = isvc["spec"]["predictor"]["model"]
         assert model["runtime"] == "shipyard" and model["modelFormat"] == {"name": "onnx"}
         assert model["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -75,13 +77,17 @@ def test_one_raw_deployment_inference_service_per_model(models: Path, tmp_path: 
     assert (tmp_path / "k" / "inferenceservice-affine.yaml").is_file()
 
 
-def test_models_whose_names_collide_are_refused(models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_whose_names_collide_are_refused(
+    models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (models / "Affine").mkdir()
     for version in (models / "affine").iterdir():
         if version.is_dir():
             import shutil
 
             shutil.copytree(version, models / "Affine" / version.name)
-    assert main(["deploy", "kserve", str(models), "--out", str(tmp_path / "k"), "--image", IMAGE]) == 2
+    assert (
+        main(["deploy", "kserve", str(models), "--out", str(tmp_path / "k"), "--image", IMAGE]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rename one of them" in err
