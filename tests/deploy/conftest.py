@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
 import yaml
 
@@ -27,6 +26,3 @@ def load_all(path: Path) -> list[dict[str, object]]:
     docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     assert docs and all(isinstance(d, dict) for d in docs), path
     return docs
-
-
-__all__ = ["load_all", "models", "onnx"]

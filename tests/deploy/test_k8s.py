@@ -155,3 +155,34 @@ def test_output_is_deterministic_and_json_lists_the_files(
     assert main(["deploy", "k8s", str(models), "--out", str(out), "--image", IMAGE, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["files"]
     assert sorted(listed) == sorted(str(p) for p in out.iterdir())
+
+
+def test_measured_session_memory_wins_over_the_file_size_estimate() -> None:
+    from shipyard.deploy.common import ModelPlan, RepositoryPlan, ServedVersion, _measured_mib
+
+    assert _measured_mib({"candidate": {"session_rss_mb": 300.5}}) == 300.5
+    assert _measured_mib({"candidate": {"session_rss_mb": None}}) is None
+    assert _measured_mib({}) is None
+    measured = ServedVersion(number=2, file_bytes=10 * 2**20, measured_mib=300.0)
+    estimated = ServedVersion(number=1, file_bytes=10 * 2**20, measured_mib=None)
+    assert estimated.memory_mib == 10 * MEMORY_FACTOR
+    plan = RepositoryPlan(root=Path("m"), models=(ModelPlan(name="a", versions=(measured,)),))
+    assert plan.measured and plan.memory_request_mib == 576  # 256 + 300, up to 64 MiB
+
+
+def test_the_environment_is_read_by_the_server_settings(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every SHIPYARD_* variable the pod sets is a real setting with the intended value."""
+    from shipyard.deploy.common import IMAGE_ENV
+    from shipyard.serving.settings import load_settings
+
+    server = _pod(_generate(models, tmp_path / "k8s", "--no-auth", "--cpu", "2"))["containers"][0]
+    env = {**IMAGE_ENV, **{e["name"]: e["value"] for e in server["env"]}}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.grpc_port) == ("0.0.0.0", 8080, 9000)
+    assert str(settings.repository) == "/mnt/models" and settings.insecure is True
+    assert (settings.shutdown_delay_s, settings.drain_timeout_s) == (5.0, 20.0)
+    assert settings.metrics_require_auth is False and settings.runtime.intra_op_threads == 2

@@ -163,9 +163,14 @@ def cmd_deploy_k8s(args: argparse.Namespace) -> int:
         models_pvc=args.models_pvc,
         metrics_require_auth=args.metrics_require_auth,
     )
-    docs = manifests(read_repository(args.repository), options)
+    plan = read_repository(args.repository)
+    docs = manifests(plan, options)
     files = {f"{doc['kind'].lower()}.yaml": dump_yaml([doc]) for doc in docs}
-    return _report(args, write_files(args.out, files, owned=_K8S_FILES), "Kubernetes manifests")
+    written = write_files(args.out, files, owned=_K8S_FILES)
+    how = "measured by compress" if plan.measured else "estimated from file sizes"
+    if not args.json:
+        output.note(f"memory request {plan.memory_request_mib} MiB per pod ({how})")
+    return _report(args, written, "Kubernetes manifests")
 
 
 def cmd_deploy_kserve(args: argparse.Namespace) -> int:
