@@ -23,6 +23,7 @@ pytestmark = pytest.mark.timeout(60)
         (["deploy", "k8s", "{models}", "--out", "{out}", "--image", "i", "--hpa", "--min-replicas", "5", "--max-replicas", "2"], "--max-replicas"),
         (["deploy", "k8s", "{models}", "--out", "{out}", "--image", "i", "--no-auth", "--auth-secret", "t"], "contradict"),
         (["deploy", "k8s", "{models}", "--out", "{out}", "--image", "i", "--cpu-target", "0"], "--cpu-target"),
+        (["deploy", "docker", "{models}", "--out", "{models}/build"], "inside the repository"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2_with_one_line(

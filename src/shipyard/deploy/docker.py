@@ -63,6 +63,10 @@ def write_docker_context(
     """Write `out/Dockerfile`, `out/.dockerignore`, the Shipyard source and (by default) a
     copy of the repository's served models; `docker build out` then builds the image."""
     plan = read_repository(repository)
+    if out.resolve().is_relative_to(repository.resolve()):
+        raise DeployUsageError(
+            f"--out {out} is inside the repository {repository}; write the context elsewhere"
+        )
     src = source or project_source()
     for name in (*_SOURCE_FILES, "src/shipyard"):
         if not (src / name).exists():
