@@ -10,6 +10,7 @@ from shipyard.cli import (
     access,
     analysis,
     compression,
+    deploy,
     drift,
     keys,
     monitoring,
@@ -21,7 +22,9 @@ from shipyard.cli import (
 from shipyard.cli.failures import USAGE, error_line, exit_code
 from shipyard.cli.parsing import Handler, show_children_examples
 
-COMMANDS = (package, serve, rollout, compression, keys, access, monitoring, drift, analysis)
+COMMANDS = (
+    package, serve, rollout, compression, keys, access, monitoring, drift, analysis, deploy
+)  # fmt: skip
 """The modules that declare commands, in the order `shipyard --help` lists them."""
 
 
