@@ -231,3 +231,32 @@ def test_missing_client_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(RemoteError, match=r"pip install 'shipyard\[s3\]'"):
         RemoteRepository("s3://bucket/models")
+
+
+def test_pushed_signed_version_is_served_and_unsigned_refused(
+    bucket: str, onnx_file: Callable[[float], Path], tmp_path: Path
+) -> None:
+    from shipyard.security.keys import init_keys
+    from shipyard.security.signing import sign_version
+
+    keys = init_keys(tmp_path / "keys")
+    local = tmp_path / "local"
+    _pack(onnx_file(2.0), local)
+    _pack(onnx_file(3.0), local)
+    sign_version(local / "scale" / "1", keys.signing_key)
+    for version in (1, 2):
+        assert main(["push", str(local / "scale" / str(version)), "--repo", bucket]) == 0
+    assert RemoteRepository(bucket).listing()["scale/1/model.sig"][0] > 0
+    settings = load_settings(
+        port=0,
+        repository=bucket,
+        repository_cache=tmp_path / "cache",
+        poll_interval_s=0,
+        require_signature=True,
+        public_key=keys.public_key,
+    )
+    with start_in_thread(settings=settings, timeout_s=60) as server:
+        index = _index(server.url)
+        assert index["1"]["state"] == "READY", index
+        assert index["2"]["state"] == "UNAVAILABLE" and "sig" in index["2"]["reason"], index
+        assert _infer(server.url).json()["model_version"] == "1"

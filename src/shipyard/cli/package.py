@@ -22,6 +22,9 @@ def register(sub: Subparsers) -> None:
     inspect.register(sub)
     _add_predict(sub)
     _add_import(sub)
+    u = add_command(sub, "push", cmd_push)
+    u.add_argument("package", type=Path, metavar="VERSION_DIR", help="version folder to upload")
+    u.add_argument("--repo", required=True, help="s3://bucket/prefix")
 
 
 def _add_pack(sub: Subparsers) -> None:
@@ -191,6 +194,25 @@ def cmd_import(args: argparse.Namespace) -> int:
     output.say(f"[green]imported[/] {result.source} → {m.name} version {m.version} at {where}")
     for step in result.next_steps:
         output.note(f"[yellow]note:[/] {step}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """upload a version to an s3:// repository byte for byte, signature included
+
+    The version is verified first and keeps its name and number (`shipyard import` renames
+    or renumbers, and re-seals, which drops a signature). Files go up first, manifest.json
+    last, so a server syncing the bucket never takes half of it.
+
+    example:
+      shipyard sign models/iris/3 --key signer.pem && shipyard push models/iris/3 --repo s3://b/models
+    """
+    from shipyard.errors import UsageError
+    from shipyard.package.remote import is_remote, push_version
+
+    if not is_remote(args.repo):
+        raise UsageError(f"{args.repo}: push uploads to an s3:// repository (locally: import)")
+    output.say(f"[green]pushed[/] {args.package} → {push_version(args.package, args.repo)}")
     return 0
 
 

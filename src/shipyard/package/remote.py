@@ -388,3 +388,14 @@ def upload_version(remote: RemoteRepository, version_dir: Path, name: str, versi
     for rel in [*(f for f in files if f != MANIFEST_NAME), MANIFEST_NAME]:
         remote.upload(version_dir / rel, f"{name}/{version}/{rel}")
     return f"{remote.url.rstrip('/')}/{name}/{version}"
+
+
+def push_version(version_dir: Path, url: str) -> str:
+    """Upload a verified local version byte for byte (model.sig too) under its own name and
+    number: how a signed or encrypted version reaches a bucket (`shipyard push`)."""
+    from shipyard.package.store import read_verified
+
+    manifest = read_verified(version_dir)
+    remote = RemoteRepository(url)
+    remote.check()
+    return upload_version(remote, version_dir, manifest.name, manifest.version)
