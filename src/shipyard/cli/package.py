@@ -113,6 +113,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     examples:
       shipyard pack clf.skops --name iris --repo models/
       shipyard pack model.pt2 --name minilm --repo models/ --sample-input sample.npz
+      shipyard pack clf.skops --name iris --repo s3://bucket/models
     """
     import shipyard
     from shipyard.package.conversion import Tolerance
@@ -166,6 +167,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     example:
       shipyard import other-repo/iris/1 --repo models/ --name iris-eu --version 3
+      shipyard import other-repo/iris/1 --repo s3://bucket/models
     """
     from shipyard.api import import_version
     from shipyard.package.store import read_verified, resolve_version_dir

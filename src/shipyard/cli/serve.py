@@ -273,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
       shipyard serve models/ --grpc-port 8001 --log-format json --drift
       shipyard serve models/ --host 0.0.0.0 --auth tokens.json --tls-cert cert.pem --tls-key key.pem
       shipyard serve models/ --shutdown-delay 5 --drain-timeout 30
+      shipyard serve s3://bucket/models --repository-cache /var/cache/shipyard
     """
     from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve
