@@ -313,6 +313,7 @@ def _staged(
         return
     import tempfile
 
+    from shipyard.errors import UsageError
     from shipyard.package.remote import RemoteRepository, next_remote_version, upload_version
     from shipyard.package.store import check_name
 
@@ -320,6 +321,8 @@ def _staged(
     remote.check()
     if version is None:
         version = next_remote_version(remote, check_name(name or ""))
+    elif version in remote.versions(check_name(name or "")):  # before the work, not after it
+        raise UsageError(f"{repo}/{name}/{version}: version {version} already exists")
 
     def publish(path: Path, name: str, number: int) -> str:
         return upload_version(remote, path, name, number)

@@ -35,7 +35,7 @@ from typing import Any
 from shipyard.errors import NotFoundError, UsageError
 from shipyard.package import swap
 from shipyard.package.manifest import MANIFEST_NAME
-from shipyard.package.store import list_versions
+from shipyard.package.store import InvalidNameError, check_name, list_versions
 
 log = logging.getLogger("shipyard.package.remote")
 
@@ -171,11 +171,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _is_name(part: str) -> bool:
+    try:
+        check_name(part)
+    except InvalidNameError:
+        return False
+    return True
+
+
 def _is_version(part: str) -> bool:
     return part.isdigit() and not part.startswith("0")
 
 
 def _visible(rel: str) -> bool:
+    """No hidden part: skips temp objects, and `..` can never lead out of the cache."""
     return not any(p.startswith(".") for p in rel.split("/"))
 
 
@@ -207,6 +216,8 @@ def sync(remote: RemoteRepository, cache: Path) -> SyncReport:
         configs: dict[str, FileMark] = {}
         for rel, mark in listing.items():
             parts = rel.split("/", 2)
+            if not _is_name(parts[0]):
+                continue  # not a model folder (the same rule as a model name)
             if len(parts) == 2 and parts[1] == MODEL_CONFIG:
                 configs[parts[0]] = mark
             elif len(parts) == 3 and _is_version(parts[1]):
@@ -215,6 +226,8 @@ def sync(remote: RemoteRepository, cache: Path) -> SyncReport:
         for name in sorted(set(models) | set(configs)):
             model_dir = cache / name
             model_dir.mkdir(exist_ok=True)
+            for stale in [*model_dir.glob(".tmp-sync-*"), *model_dir.glob(".gone-*")]:
+                _remove(stale)  # left by a sync that was killed (we hold the lock)
             for version, files in sorted(models.get(name, {}).items()):
                 key = f"{name}/{version}"
                 if state.get(key) == files and (model_dir / str(version)).is_dir():
@@ -336,9 +349,15 @@ def _mirror_config(
 
 def _remove(path: Path) -> None:
     """Rename out of sight first, so a scan sees the folder whole or not at all."""
-    aside = path.with_name(f".gone-{uuid.uuid4().hex}")
-    os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    if path.name.startswith("."):  # already hidden
+        aside = path
+    else:
+        aside = path.with_name(f".gone-{uuid.uuid4().hex}")
+        os.rename(path, aside)
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def _read_state(cache: Path) -> dict[str, Any]:
