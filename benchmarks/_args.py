@@ -81,6 +81,11 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         "Triton instance_group count)",
     )
     parser.add_argument(
+        "--workers",
+        default="1",
+        help="Shipyard `serve --workers` counts, comma-separated: one row set each (default 1)",
+    )
+    parser.add_argument(
         "--intra-op-threads",
         type=int,
         default=1,
@@ -121,6 +126,7 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+        args.workers = sorted({int(w) for w in str(args.workers).split(",") if w.strip()})
     except ValueError:
         parser.error("--concurrency takes integers, e.g. 1,8,32")
     if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 1024:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shipyard.package.dtypes import BY_V2
 
@@ -68,11 +68,14 @@ class ServingConfig:
     delay_us: int
     instances: int
     intra_op_threads: int
+    workers: int = 1
+    """Shipyard only: `serve --workers`."""
 
     def describe(self) -> str:
+        workers = f"{self.workers} workers, " if self.workers > 1 else ""
         if not self.batching:
-            return "batching off"
-        return f"batching ≤{self.max_batch_size}, {self.delay_us} µs"
+            return f"{workers}batching off"
+        return f"{workers}batching ≤{self.max_batch_size}, {self.delay_us} µs"
 
 
 # -- virtualenvs ---------------------------------------------------------------------------
@@ -246,6 +249,8 @@ def shipyard(model: ModelFiles, config: ServingConfig, *, work: Path) -> tuple[l
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "shipyard.cli"]
     port = free_port()
     argv = [*launcher, "serve", str(repo), "--port", str(port), "--poll-interval", "0"]
+    if config.workers > 1:
+        argv += ["--workers", str(config.workers)]
     return argv, port
 
 
@@ -397,3 +402,23 @@ def triton_argv(install: TritonInstall, repo: Path, port: int) -> list[str]:
         "--log-verbose=0",
         "--exit-timeout-secs=5",
     ]
+
+
+def closed_loop(port: int, path: str, body: Path, args: Any) -> dict[str, float]:
+    """One `_load.py` run (its own process) against 127.0.0.1:`port``path` with `body`:
+    `args.concurrency` keep-alive connections for `args.duration` s after `args.warmup` s;
+    {rps, p50_ms, p99_ms}. Any error fails the run (the configs compared must all answer)."""
+    argv = [
+        sys.executable, str(Path(__file__).resolve().parent / "_load.py"),
+        "--url", f"http://127.0.0.1:{port}{path}",
+        "--body", str(body), "--concurrency", str(args.concurrency),
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    timeout = args.warmup + args.duration + 60
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"load generator failed: {done.stderr.strip()[-300:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    if data["errors"]:
+        raise SystemExit(f"{data['errors']} errors: {data['first_error']}")
+    return {k: float(data[k]) for k in ("rps", "p50_ms", "p99_ms")}

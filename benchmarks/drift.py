@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import statistics
 import sys
@@ -91,30 +90,7 @@ def serving(repo: Path, config: Config, work: Path) -> Iterator[int]:
 
 
 def load(port: int, body: Path, args: argparse.Namespace) -> dict[str, float]:
-    import subprocess
-
-    argv = [
-        sys.executable,
-        str(HERE / "_load.py"),
-        "--url",
-        f"http://127.0.0.1:{port}/v2/models/tabular/infer",
-        "--body",
-        str(body),
-        "--concurrency",
-        str(args.concurrency),
-        "--duration",
-        str(args.duration),
-        "--warmup",
-        str(args.warmup),
-    ]
-    timeout = args.warmup + args.duration + 60
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise SystemExit(f"load generator failed: {done.stderr.strip()[-300:]}")
-    data = json.loads(done.stdout.strip().splitlines()[-1])
-    if data["errors"]:
-        raise SystemExit(f"{data['errors']} errors: {data['first_error']}")
-    return {k: float(data[k]) for k in ("rps", "p50_ms", "p99_ms")}
+    return _servers.closed_loop(port, "/v2/models/tabular/infer", body, args)
 
 
 def hook_cost(version_dir: Path, row: np.ndarray) -> dict[str, float]:

@@ -364,20 +364,7 @@ class Config:
 
 
 def load(port: int, body: Path, args: argparse.Namespace) -> dict[str, float]:
-    argv = [
-        sys.executable, str(HERE / "_load.py"),
-        "--url", f"http://127.0.0.1:{port}/v2/models/tabular/infer",
-        "--body", str(body), "--concurrency", str(args.concurrency),
-        "--duration", str(args.duration), "--warmup", str(args.warmup),
-    ]  # fmt: skip
-    timeout = args.warmup + args.duration + 60
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise SystemExit(f"load generator failed: {done.stderr.strip()[-300:]}")
-    data = json.loads(done.stdout.strip().splitlines()[-1])
-    if data["errors"]:
-        raise SystemExit(f"{data['errors']} errors: {data['first_error']}")
-    return {k: float(data[k]) for k in ("rps", "p50_ms", "p99_ms")}
+    return _servers.closed_loop(port, "/v2/models/tabular/infer", body, args)
 
 
 def measure_cost(model: Model, work: Path, args: argparse.Namespace) -> list[Config]:

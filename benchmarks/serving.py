@@ -18,12 +18,18 @@ rows (Shipyard tokenizes the same sentence the token-id rows send) and, as their
 in-process `SentenceTransformer.encode` (`_encode.py`) at the same batch sizes:
 
     python benchmarks/serving.py --models minilm --quick --skip-mlserver --skip-triton
+
+`--workers 1,2` adds a Shipyard row set per worker count (`serve --workers N`: N processes
+on one port, SO_REUSEPORT):
+
+    python benchmarks/serving.py --workers 1,2 --concurrency 32
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import subprocess
@@ -151,9 +157,11 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
             if server.startswith(SHIPYARD) and text is not None:
                 encodings += [TEXT_JSON, TEXT_BINARY]
             for config in configs(args):
-                targets += start_server(
-                    server, starter, config, model, bodies, run, stack, encodings=encodings
-                )
+                counts = args.workers if server == SHIPYARD else [1]
+                for variant in (dataclasses.replace(config, workers=w) for w in counts):
+                    targets += start_server(
+                        server, starter, variant, model, bodies, run, stack, encodings=encodings
+                    )
         for round_ in range(args.rounds):
             order = targets if round_ % 2 == 0 else targets[::-1]
             for c in args.concurrency:
@@ -193,7 +201,7 @@ def _baseline(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[in
 def _shipyard_from(
     src: Path, tag: str, model: ModelFiles, config: ServingConfig, run: Run
 ) -> Iterator[int]:
-    work = _fresh(run.work / f"{tag}-{model.name}-{config.batching}")
+    work = _fresh(run.work / f"{tag}-{model.name}-{config.batching}-w{config.workers}")
     argv, port = _servers.shipyard(model, config, work=work)
     env = server_env(src)
     with _servers.running(SHIPYARD, argv, port=port, log=work / "server.log", env=env) as p:

@@ -377,3 +377,54 @@ def test_cli_status_promote_and_refusals(
         assert "HTTP 409: the rollout of 'iris' is already promoted" in capsys.readouterr().err
         assert main(["rollout", "status", "nope", "--url", url]) == 1
         assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_grpc_and_tf_serving_requests_follow_the_rollout(tmp_path: Path, data: Data) -> None:
+    """A sticky canary routes V2 gRPC calls by their metadata and TF Serving REST by header."""
+    import tritonclient.grpc as triton_grpc
+
+    toml = canary(50, 1_000_000, extra='sticky_header = "X-User"')
+    repo = make_repo(tmp_path, data, "same", toml)
+    keys = init_keys(tmp_path / "keys")
+    settings = load_settings(
+        repository=repo,
+        port=0,
+        grpc_port=0,
+        poll_interval_s=0,
+        audit_log=tmp_path / "audit.jsonl",
+        audit_key_file=keys.audit_key,
+    )
+    x = data[0][:1]
+    with start_in_thread(settings=settings) as running:
+        grpc_port = running.server.grpc_port
+        assert grpc_port
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            feed = triton_grpc.InferInput("X", list(x.shape), "FP32")
+            feed.set_data_from_numpy(x)
+            by_user: dict[str, set[str]] = {}
+            for user in range(40):
+                for _ in range(3):
+                    result = client.infer("iris", [feed], headers={"x-user": f"u{user}"})
+                    version = result.get_response().model_version
+                    by_user.setdefault(f"u{user}", set()).add(version)
+        finally:
+            client.close()
+        assert all(len(v) == 1 for v in by_user.values()), by_user
+        assert {v for s in by_user.values() for v in s} == {"1", "2"}
+        with httpx.Client(base_url=running.url, timeout=10) as http:
+            tf = {
+                user: {
+                    http.post(
+                        "/v1/models/iris:predict",
+                        json={"instances": x.tolist()},
+                        headers={"X-User": user},
+                    ).status_code
+                    for _ in range(2)
+                }
+                for user in by_user
+            }
+            assert all(codes == {200} for codes in tf.values())
+            evidence = rollout(http)["evidence"]
+        # every gRPC and TF Serving request was rollout traffic, counted on one side or the other
+        assert evidence["stable"]["requests"] + evidence["candidate"]["requests"] == 40 * 5

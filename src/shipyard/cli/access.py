@@ -180,6 +180,9 @@ def cmd_audit_rotate(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """exit 0 if intact, 1 with the first bad record
 
+    Under `serve --workers N` each worker keeps its own chain (audit.worker1.jsonl, ...):
+    name the log the server was given and every worker's chain is verified.
+
     examples:
       shipyard audit verify audit.jsonl --key-file keys/audit.key
       shipyard audit verify audit.jsonl --head saved-head.json --json
@@ -216,6 +219,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             )
         return 0 if chain.ok else 1
     log = args.log[0]
+    workers = _worker_chains(Path(log))
+    if workers:
+        return _verify_workers(workers, key, as_json=args.json)
     result = verify_log(log, key, head=head)
     if args.json:
         output.print_json(
@@ -236,6 +242,47 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"(seq {result.first_bad_seq}): {result.problem}"
         )
     return 0 if result.ok else 1
+
+
+def _worker_chains(log: Path) -> list[Path]:
+    """`serve --workers N` writes one chain per worker beside the log it was given
+    (audit.jsonl -> audit.worker1.jsonl, ...): those, when `log` itself is absent."""
+    if log.exists():
+        return []
+    return sorted(
+        log.parent.glob(f"{log.stem}.worker*{log.suffix}"),
+        key=lambda p: int(re.sub(r"\D", "", p.stem.rsplit("worker", 1)[-1]) or 0),
+    )
+
+
+def _verify_workers(paths: list[Path], key: bytes, *, as_json: bool) -> int:
+    """Each worker's chain on its own; exit 1 if any does not verify."""
+    from shipyard.security.audit_chain import verify_log
+
+    results = [(path, verify_log(path, key)) for path in paths]
+    if as_json:
+        output.print_json(
+            {
+                "ok": all(r.ok for _, r in results),
+                "chains": [
+                    {
+                        "file": str(path),
+                        "ok": r.ok,
+                        "records": r.records,
+                        "head": r.head.to_dict(),
+                        "first_bad_line": r.first_bad_line,
+                        "problem": r.problem,
+                    }
+                    for path, r in results
+                ],
+            }
+        )
+    for path, r in [] if as_json else results:
+        if r.ok:
+            output.say(f"[green]intact[/] {path}: {r.records} records, head seq {r.head.seq}")
+        else:
+            output.note(f"[red]tampered[/] {path} line {r.first_bad_line}: {r.problem}")
+    return 0 if all(r.ok for _, r in results) else 1
 
 
 def cmd_audit_head(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ def register(sub: Subparsers) -> None:
     _http_flags(s)
     _tls_flags(s)
     _shutdown_flags(s)
+    _workers_flag(s)
 
     d = add_command(sub, "demo", cmd_demo)
     d.add_argument("--repo", type=Path, default=Path("models"), help="repository to fill")
@@ -164,6 +165,16 @@ def _tls_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _workers_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes on one port (SO_REUSEPORT: the kernel spreads connections); "
+        "one /metrics sums them (default 1)",
+    )
+
+
 def _shutdown_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "shutting down",
@@ -231,6 +242,7 @@ def _settings(args: argparse.Namespace, repository: Path | str | None) -> Any:
         ("repository_cache", "repository_cache"),
         ("shutdown_delay", "shutdown_delay_s"),
         ("drain_timeout", "drain_timeout_s"),
+        ("workers", "workers"),
         *_SECURITY_SETTINGS,
     ):
         value = getattr(args, flag, None)
@@ -273,6 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
       shipyard serve models/ --grpc-port 8001 --log-format json --drift
       shipyard serve models/ --host 0.0.0.0 --auth tokens.json --tls-cert cert.pem --tls-key key.pem
       shipyard serve models/ --shutdown-delay 5 --drain-timeout 30
+      shipyard serve models/ --workers 2 --grpc-port 8001
       shipyard serve s3://bucket/models --repository-cache /var/cache/shipyard
     """
     from shipyard.serving.security import check_exposure

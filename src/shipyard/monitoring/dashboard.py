@@ -205,9 +205,65 @@ def panels(config: MonitoringConfig) -> list[tuple[str, list[Panel]]]:
     return [
         ("Traffic and latency", traffic),
         ("Models", models),
+        ("Rollouts and failover", _rollouts(config)),
         ("Security and audit", security),
         ("Process", process),
         ("Drift", drift),
+    ]
+
+
+def _rollouts(config: MonitoringConfig) -> list[Panel]:
+    """Who answers (per version, mirrored calls apart), what rollouts decided, failovers."""
+    served = config.selector(model="=~$model", protocol="!=mirror")
+    mirrored = config.selector(model="=~$model", protocol="mirror")
+    by_model = config.selector(model="=~$model")
+    return [
+        Panel(
+            "Answers by version (canary split)",
+            (
+                Target(
+                    f"sum by (model, version) (rate(shipyard_requests_total{served}{RATE}))",
+                    "{{model}} v{{version}}",
+                ),
+                Target(
+                    f"sum by (model, version) (rate(shipyard_requests_total{mirrored}{RATE}))",
+                    "{{model}} v{{version}} mirrored",
+                ),
+            ),
+            unit="reqps",
+            description="During a canary the candidate's share of the answers; shadow traffic "
+            "(mirrored calls, never answered to a client) apart.",
+        ),
+        Panel(
+            "Rollout agreement with stable",
+            (
+                Target(
+                    f"max by (model, candidate) (shipyard_rollout_agreement_ratio{by_model})",
+                    "{{model}} candidate v{{candidate}}",
+                ),
+            ),
+            unit="percentunit",
+            description="Share of compared rows on which the candidate answers as stable does "
+            "(`[rollout.gate] min_agreement` rolls back below it).",
+        ),
+        Panel(
+            "Rollout decisions and failovers",
+            (
+                Target(
+                    "sum by (model, candidate, action, trigger) (increase("
+                    f"shipyard_rollout_decisions_total{by_model}[1h]))",
+                    "{{model}} v{{candidate}} {{action}} ({{trigger}})",
+                ),
+                Target(
+                    "sum by (model, from_version, to_version) (increase("
+                    f"shipyard_failovers_total{by_model}[1h]))",
+                    "{{model}} failover v{{from_version}} → v{{to_version}}",
+                ),
+            ),
+            width=WIDTH,
+            description="Promotions, rollbacks (gate, manual, load failure, not blessed) and "
+            "failovers to the last good version, over the past hour.",
+        ),
     ]
 
 

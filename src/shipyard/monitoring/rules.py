@@ -122,6 +122,34 @@ def alerts(config: MonitoringConfig | None = None) -> list[Alert]:
             "`shipyard inspect` the package.",
         ),
         Alert(
+            "ShipyardRolloutRolledBack",
+            "sum by (job, model, candidate, trigger) (increase(shipyard_rollout_decisions_total"
+            + c.selector(action="rollback")
+            + "[15m])) > 0",
+            "1m",
+            "warning",
+            "{{ $labels.model }}: candidate v{{ $labels.candidate }} was rolled back "
+            "({{ $labels.trigger }})",
+            "The rollout of model {{ $labels.model }} version {{ $labels.candidate }} was rolled "
+            "back in the last 15 minutes; stable answers all traffic.",
+            "`shipyard rollout status` shows the evidence (error rate, p99 ratio, agreement); "
+            "fix the candidate, then give model.toml a new [rollout].",
+        ),
+        Alert(
+            "ShipyardFailover",
+            "sum by (job, model, from_version, to_version) (increase(shipyard_failovers_total"
+            + job
+            + "[15m])) > 0",
+            "1m",
+            "critical",
+            "{{ $labels.model }}: failed over from v{{ $labels.from_version }} to "
+            "v{{ $labels.to_version }}",
+            "Version {{ $labels.from_version }} of model {{ $labels.model }} kept failing; "
+            "unversioned traffic went to version {{ $labels.to_version }}.",
+            "read the server log for the failing version's errors; it takes traffic again "
+            "when its files change or POST /v2/repository/models/{{ $labels.model }}/load.",
+        ),
+        Alert(
             "ShipyardAuditUnhealthy",
             f"min by (job, instance) (shipyard_audit_healthy{job}) == 0",
             "1m",

@@ -185,8 +185,8 @@ class AuditWriter:
             return
         self._metrics = metrics = dataplane.metrics
         dataplane.readiness_checks.append(self.readiness)
-        metrics.audit_healthy.set_function(lambda: 0.0 if self.problem else 1.0)
-        metrics.audit_pending.set_function(lambda: float(len(self._backlog)))
+        metrics.gauge_function(metrics.audit_healthy, lambda: 0.0 if self.problem else 1.0)
+        metrics.gauge_function(metrics.audit_pending, lambda: float(len(self._backlog)))
         self._backlog.on_wait = metrics.audit_waits.inc
 
     @property

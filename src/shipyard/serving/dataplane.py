@@ -90,6 +90,9 @@ class DataPlane:
         be written), or None; any reason makes `ready()` false."""
         self.draining = False
         """True once the server is shutting down: it still answers, but is not ready."""
+        self.on_repository_change: list[Callable[[str, str], None]] = []
+        """Called with ("load" | "unload", model) after a load or unload by request (the
+        other workers under `--workers N` do the same)."""
         self._server_limits = manager.settings.limits
         self._server_decode_limits = decode_limits(self._server_limits)
         self.mirrors = Mirrors(compared=manager.router.compared, observe=self._observe_mirror)
@@ -366,11 +369,19 @@ class DataPlane:
         """Load or reload a model from the repository; ModelLoadError (400) if no version
         serves or the newest version the policy wants failed to load. The model changes
         it causes name `call` (None: anonymous)."""
-        await self.manager.load(check_model_name(name), cause=_context_of(call))
+        try:
+            await self.manager.load(check_model_name(name), cause=_context_of(call))
+        finally:  # a failed load may still have changed what serves: peers load too
+            self._changed("load", name)
 
     async def unload_model(self, name: str, *, call: Call | CallContext | None = None) -> None:
         """Unload every version after its in-flight requests finish."""
         await self.manager.unload(check_model_name(name), cause=_context_of(call))
+        self._changed("unload", name)
+
+    def _changed(self, action: str, name: str) -> None:
+        for hook in self.on_repository_change:
+            hook(action, name)
 
     # -- statistics -----------------------------------------------------------------------
 

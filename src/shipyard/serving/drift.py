@@ -19,8 +19,9 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -35,6 +36,7 @@ from shipyard.package.profile import (
     feature_values,
 )
 from shipyard.package.profile_io import read_profile
+from shipyard.serving import shared_drift
 from shipyard.serving.settings import DriftSettings
 
 log = logging.getLogger("shipyard.serving.drift")
@@ -180,8 +182,15 @@ class DriftTracker:
                 for f, ring in zip(self.profile.features, self._rings, strict=True)
             ]
 
-    def values(self) -> Iterator[tuple[str, DriftValues]]:
+    def values(
+        self, others: Sequence[Mapping[str, np.ndarray]] = ()
+    ) -> Iterator[tuple[str, DriftValues]]:
+        """Each feature's drift; `others`: other workers' window counts by feature, added."""
         for (feature, counts), reference in zip(self.snapshot(), self._reference, strict=True):
+            for other in others:
+                extra = other.get(feature.name)
+                if extra is not None and extra.shape == counts.shape:
+                    counts = counts + extra
             stats = drift_statistics(reference, counts, numeric=feature.kind == "numeric")
             if stats is not None:
                 yield feature.name, stats
@@ -190,8 +199,12 @@ class DriftTracker:
 class DriftMonitor(Collector):
     """Every served version's tracker; a Prometheus collector of their `shipyard_drift_*`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, shared: Path | None = None
+    ) -> None:
         self.trackers: dict[tuple[str, int], DriftTracker] = {}
+        self.shared = shared
+        """Under `--workers N`: the folder where workers share their windows (shared_drift)."""
         if registry is not None:
             registry.register(self)
 
@@ -254,10 +267,17 @@ class DriftMonitor(Collector):
     def describe(self) -> Iterable[Metric]:
         return list(_families())
 
+    def share(self) -> None:
+        """Under `--workers N`: write this worker's windows for the others' scrapes."""
+        if self.shared is not None:
+            shared_drift.dump(dict(self.trackers), self.shared)
+
     def collect(self) -> Iterable[Metric]:
         psi, ks, js, samples = _families()
-        for tracker in list(self.trackers.values()):
-            for feature, values in tracker.values():
+        peers = shared_drift.others(self.shared) if self.shared is not None else []
+        for key, tracker in list(self.trackers.items()):
+            windows = [p[key] for p in peers if key in p]
+            for feature, values in tracker.values(windows):
                 labels = [tracker.name, tracker.label, feature]
                 psi.add_metric(labels, values.psi)
                 if values.ks is not None:

@@ -32,6 +32,7 @@ from shipyard.serving.grpc.listener import GrpcServer
 from shipyard.serving.http.app import http_app
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.peers import PeerLink
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.security import ServerSecurity, build_security
 from shipyard.serving.settings import ServerSettings
@@ -108,6 +109,8 @@ class Server:
         """The loop the server runs on, once started (SIGHUP reloads are sent to it)."""
         self.running = False
         """True between start-up (models loaded) and shutdown."""
+        self.peers: PeerLink | None = None
+        """Under `--workers N`: the link to the supervisor and the other workers."""
         self._stack: AsyncExitStack | None = None
 
     @property
@@ -134,6 +137,9 @@ class Server:
                 gc.freeze()
             if self.grpc is not None:
                 await self.grpc.start()
+            if self.peers is not None:
+                await self.peers.start(self)
+                stack.callback(self.peers.close)
             self._stack = stack.pop_all()
         self.running = True
 

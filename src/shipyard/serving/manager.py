@@ -71,7 +71,7 @@ class ModelManager:
         self.kek = kek
         """Key-encryption key for encrypted packages (None: $SHIPYARD_KEK when needed)."""
         self.listeners: list[Callable[[ModelEvent], None]] = []
-        self.drift = DriftMonitor(metrics.registry)
+        self.drift = DriftMonitor(metrics.local_registry, shared=metrics.multiprocess_dir)
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
         self.steering = Steering(metrics, emit=self._emit, settle=self._settle)

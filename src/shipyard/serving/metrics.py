@@ -4,14 +4,26 @@ Each server owns a `Metrics` with its own CollectorRegistry, so several servers 
 never share counters. Every observation updates the Prometheus series and the per-version
 `VersionStats` that `GET /v2/models/stats` reports in Triton's JSON shape, in one call, so
 the two views cannot disagree.
+
+Under `--workers N` (PROMETHEUS_MULTIPROC_DIR set by the supervisor) counters, histograms
+and gauges live in prometheus_client's multiprocess files, and `exposition()` sums every
+worker's (gauges by their `multiprocess_mode`: queue depth and pending audit records add up,
+versions loaded and audit health take the lowest worker); series that only a process can
+compute at scrape time (drift, on every live worker's window summed: `shared_drift`; process
+CPU and memory, per worker with a `worker` label) come from the scraped worker's
+`local_registry`. `GET /v2/models/stats` sums every worker's statistics (`shared_stats`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -23,6 +35,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from shipyard.serving import shared_stats
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -115,6 +129,16 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.multiprocess_dir = Path(folder) if folder else None
+        """The workers' shared metrics folder (`--workers N`), else None."""
+        self.local_registry = (
+            self.registry if self.multiprocess_dir is None else CollectorRegistry()
+        )
+        """Where collectors that compute their series at scrape time register (drift):
+        the registry itself, or under `--workers N` the scraped worker's own."""
+        self._depths: dict[tuple[str, str], Callable[[], int]] = {}
+        self._functions: list[tuple[Gauge, Callable[[], float]]] = []
         labels = ("model", "version")
         self.requests = Counter(
             "shipyard_requests",
@@ -162,11 +186,13 @@ class Metrics:
             "Requests waiting in the batch queue.",
             labels,
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.models_loaded = Gauge(
             "shipyard_models_loaded",
             "Model versions loaded and ready.",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.load_failures = Counter(
             "shipyard_model_load_failures",
@@ -189,14 +215,18 @@ class Metrics:
         )
         for kind in NOT_FOUND_KINDS:  # present from the start, so rate() has a zero to start at
             self.not_found.labels(kind)
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory…
-        PlatformCollector(registry=self.registry)  # python_info
+        if self.multiprocess_dir is None:
+            ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _memory…
+        else:
+            self.local_registry.register(WorkersProcessCollector(self.multiprocess_dir))
+        PlatformCollector(registry=self.local_registry)  # python_info
         # -- audit log health (fed by serving.audit_trail.AuditWriter.attach) --
         self.audit_healthy = Gauge(
             "shipyard_audit_healthy",
             "1 while the audit log can be written (or there is none), 0 while audited calls "
             "are refused because it cannot.",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.audit_healthy.set(1)
         self.audit_write_failures = Counter(
@@ -208,6 +238,7 @@ class Metrics:
             "shipyard_audit_pending_records",
             "Audit records queued and not yet written.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.audit_waits = Counter(
             "shipyard_audit_backpressure_waits",
@@ -287,24 +318,93 @@ class Metrics:
         self.queue_drops.labels(model, version, reason).inc()
 
     def track_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        if self.multiprocess_dir is not None:  # set by `refresh`, not read at scrape time
+            self._depths[(model, version)] = depth
+            return
         self.queue_depth.labels(model, version).set_function(lambda: float(depth()))
 
     def forget_queue(self, model: str, version: str) -> None:
+        if self._depths.pop((model, version), None) is not None:
+            self.queue_depth.labels(model, version).set(0)  # multiprocess files keep labels
+            return
         with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
+
+    def gauge_function(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        """`gauge` reads `value()` at every scrape (under `--workers N`: at every `refresh`)."""
+        if self.multiprocess_dir is None:
+            gauge.set_function(value)
+        else:
+            self._functions.append((gauge, value))
+
+    def refresh(self) -> None:
+        """Under `--workers N`: write this worker's gauges that a function computes (queue
+        depths, audit health); the worker calls it about once a second."""
+        for (model, version), depth in list(self._depths.items()):
+            self.queue_depth.labels(model, version).set(float(depth()))
+        for gauge, value in self._functions:
+            gauge.set(value())
+        if self.multiprocess_dir is not None:
+            shared_stats.dump(self._stats, self.multiprocess_dir)
 
     def model_stats(
         self, name: str | None = None, version: str | None = None
     ) -> list[dict[str, Any]]:
-        """Triton's `model_stats` list, optionally for one model or one version of it."""
+        """Triton's `model_stats` list, optionally for one model or one version of it
+        (under `--workers N`, every worker's, summed: `shared_stats`)."""
+        every = self._stats
+        if self.multiprocess_dir is not None:
+            every = shared_stats.merged(self._stats, self.multiprocess_dir)
         return [
             stats.to_triton(n, v)
-            for (n, v), stats in sorted(
-                self._stats.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))
-            )
+            for (n, v), stats in sorted(every.items(), key=lambda kv: (kv[0][0], int(kv[0][1])))
             if (name is None or n == name) and (version is None or v == version)
         ]
 
     def exposition(self) -> bytes:
-        """All series in the Prometheus text format."""
-        return generate_latest(self.registry)
+        """All series in the Prometheus text format (every worker's under `--workers N`)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        summed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(summed, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(summed) + generate_latest(self.local_registry)
+
+
+class WorkersProcessCollector:
+    """process_cpu_seconds_total, process_resident_memory_bytes, ... of every live worker,
+    labelled `worker`, and `shipyard_server_worker_restarts_total{worker}` (the supervisor
+    lists their PIDs and restart counts in the metrics folder)."""
+
+    PIDS_FILE = "workers.json"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, Metric
+
+        try:
+            doc = json.loads((self.folder / self.PIDS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = {"pids": {"": os.getpid()}, "restarts": {}}
+        pids, restarts = doc.get("pids", {}), doc.get("restarts", {})
+        counter = CounterMetricFamily(
+            "shipyard_server_worker_restarts",
+            "Times the supervisor started a dead server worker (serve --workers) again.",
+            labels=["worker"],
+        )
+        for worker, count in sorted(restarts.items()):
+            counter.add_metric([str(worker)], float(count))
+        families: dict[str, Metric] = {counter.name: counter}
+        for worker, pid in sorted(pids.items()):
+            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+            for family in collector.collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    labels = {**sample.labels, "worker": str(worker)}
+                    merged.add_sample(sample.name, labels, sample.value)
+        return list(families.values())

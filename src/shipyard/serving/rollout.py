@@ -57,16 +57,20 @@ class Side:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def p99_ms(self) -> float | None:
+        return self.percentile_ms(99)
+
+    def percentile_ms(self, q: float) -> float | None:
         if not self.latencies_ms:
             return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, dtype=np.float64), 99))
+        return float(np.percentile(np.fromiter(self.latencies_ms, dtype=np.float64), q))
 
     def summary(self) -> dict[str, Any]:
-        p99 = self.p99_ms()
+        p50, p99 = self.percentile_ms(50), self.p99_ms()
         return {
             "requests": self.requests,
             "failures": self.failures,
             "error_rate": _ratio(self.failures, self.requests),
+            "p50_ms": None if p50 is None else round(p50, 3),
             "p99_ms": None if p99 is None else round(p99, 3),
         }
 
@@ -93,6 +97,7 @@ class Evidence:
             "stable": self.stable.summary(),
             "candidate": self.candidate.summary(),
             "p99_ratio": p99_ratio(self, min_p99_ms),
+            "p50_delta_ms": _delta(self.candidate.percentile_ms(50), self.stable.percentile_ms(50)),
             "compared_requests": self.compared_requests,
             "compared_rows": self.compared_rows,
             "agreement": self.agreement(),
@@ -348,6 +353,11 @@ def wilson(successes: int, trials: int, z: float = Z) -> tuple[float, float]:
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _delta(candidate: float | None, stable: float | None) -> float | None:
+    """Candidate minus stable latency (ms), where both are known."""
+    return None if candidate is None or stable is None else round(candidate - stable, 3)
 
 
 def _ratio(part: int, whole: int) -> float | None:

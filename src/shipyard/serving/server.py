@@ -38,6 +38,7 @@ from starlette.applications import Starlette
 from shipyard.package.remote import repository_location
 from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
+from shipyard.serving.peers import PeerLink
 from shipyard.serving.security import check_exposure, is_loopback
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
 from shipyard.serving.signals import QuietUvicorn, draining_signals, sighup_reloads
@@ -46,16 +47,35 @@ from shipyard.serving.tls import http_ssl_factory
 log = logging.getLogger("shipyard.serving.server")
 
 
-def serve(repository: str | Path | None = None, *, settings: ServerSettings | None = None) -> None:
-    """Serve `repository` (or settings.repository) until interrupted; logs go to stderr."""
+def serve(
+    repository: str | Path | None = None,
+    *,
+    settings: ServerSettings | None = None,
+    link: PeerLink | None = None,
+) -> None:
+    """Serve `repository` (or settings.repository) until interrupted; logs go to stderr.
+
+    With `settings.workers` above 1 this process supervises that many workers instead
+    (`serving.workers`); `link` is given to each of them (`serving.worker_main`)."""
     settings = _with_repository(settings or load_settings(), repository)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    if settings.workers > 1 and link is None:
+        from shipyard.serving.workers import serve_workers, worker_audit_log
+
+        first = settings.audit_log and worker_audit_log(settings.audit_log, 0)
+        _checks(settings.model_copy(update={"audit_log": first or None}))
+        if serve_workers(settings) != 0:
+            raise StartupError("the workers stopped with an error; see their log lines above")
+        return
     prepared = _prepare(settings, freeze_gc=True)
+    prepared.server.peers = link
     grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
+    worker = "" if link is None else f" as worker {link.index + 1} of {settings.workers}"
     log.info(
-        "serving %s on %s (V2: /v2, metrics: /metrics%s); Ctrl-C to stop",
+        "serving %s on %s%s (V2: /v2, metrics: /metrics%s); Ctrl-C to stop",
         settings.repository,
         prepared.url,
+        worker,
         grpc,
     )
     with sighup_reloads(prepared.server), draining_signals(prepared.server, prepared.listener):
@@ -180,8 +200,8 @@ class _Prepared:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
-    """Every start-up check that needs no event loop, then the bound (not yet listening) socket."""
+def _checks(settings: ServerSettings) -> None:
+    """The start-up checks that need neither a server nor a port, in order."""
     check_repository(settings)
     check_exposure(settings)
     warning = exposure_warning(settings)
@@ -189,6 +209,11 @@ def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
         log.warning(warning)
     _check_tls_files(settings)
     _check_audit_log(settings)
+
+
+def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
+    """Every start-up check that needs no event loop, then the bound (not yet listening) socket."""
+    _checks(settings)
     server = Server(settings, freeze_gc=freeze_gc)
     config = _uvicorn_config(server.app, settings)
     _load_config(config, settings)
@@ -291,6 +316,8 @@ def _bind(settings: ServerSettings) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart past TIME_WAIT
+    if settings.workers > 1:  # a worker: its group's port, reserved by the supervisor
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:

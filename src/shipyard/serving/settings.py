@@ -193,6 +193,10 @@ class ServerSettings(BaseSettings):
 
     Encrypted packages are decrypted with the key-encryption key of `key_file`, else the
     one in $SHIPYARD_KEK."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the HTTP (and gRPC) port through SO_REUSEPORT, so the kernel
+    spreads connections over every core; one /metrics sums them all (docs/serving.md,
+    "Workers"). 1: this process serves alone."""
     poll_interval_s: float = Field(default=2.0, ge=0)
     """Seconds between repository scans for new, changed or removed versions; 0 = off."""
     strict_readiness: bool = True

@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from shipyard.serving.errors import ModelNotFound, RolloutError
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.rollout import Action, Decision, Rollout
+from shipyard.serving.rollout import AFTER, Action, Decision, Rollout
 from shipyard.serving.traffic import FailoverWatch, Plan, RouteKey, mirror_of, plan
 from shipyard.serving.version_state import ModelEvent, ModelRecord, ServedVersion
 
@@ -47,6 +47,9 @@ class Steering:
         self._emit = emit
         self._settle = settle
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_decision: list[Callable[[str, int, str, str], None]] = []
+        """Called with (model, candidate, action, reason) for each decision taken here (not
+        one adopted from a peer worker)."""
         registry = metrics.registry
         self.decisions = Counter(
             "shipyard_rollout_decisions",
@@ -60,6 +63,7 @@ class Steering:
             "Share of compared rows on which a rollout's candidate agrees with stable.",
             ("model", "candidate"),
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.failovers = Counter(
             "shipyard_failovers",
@@ -81,6 +85,20 @@ class Steering:
         if current is not None and current.identity == (config, fingerprint):
             return
         record.rollout = Rollout(record.name, config, fingerprint=fingerprint)
+        newer = sorted(v for v in disk.versions if v > config.candidate)
+        if newer:
+            log.warning(
+                "%s: versions %s are newer than the rollout's candidate %d; while [rollout] "
+                "names version %d the version policy picks stable among the others, and after "
+                "a decision the rollout alone decides what serves: give the newest version "
+                "its own rollout (candidate = %d) or remove [rollout]",
+                record.name,
+                newer,
+                config.candidate,
+                config.candidate,
+                newer[-1],
+                extra={"model": record.name},
+            )
         where = "" if fingerprint is not None else " (not in the repository yet)"
         log.info(
             "rollout of %s version %d: %s at %g%%%s",
@@ -178,6 +196,15 @@ class Steering:
         self._apply(record, decision, cause)
         return rollout.status()
 
+    def adopt(self, record: ModelRecord | None, action: str, candidate: int, reason: str) -> None:
+        """Another worker decided this model's rollout: decide the same here."""
+        rollout = record.rollout if record is not None else None
+        chosen = next((a for a in AFTER if a == action), None)
+        if record is None or rollout is None or chosen is None or rollout.candidate != candidate:
+            return
+        if rollout.phase != AFTER[chosen]:
+            self._apply(record, rollout.decide(chosen, "peer", reason), None)
+
     async def wait(self) -> None:
         """Let background reconciles started by decisions finish (tests, shutdown)."""
         while self._tasks:
@@ -202,6 +229,9 @@ class Steering:
             json.dumps(decision.evidence, sort_keys=True),
             extra={"model": record.name, "version": candidate},
         )
+        if decision.trigger != "peer":
+            for hook in self.on_decision:
+                hook(record.name, candidate, decision.action, decision.reason)
         detail = json.dumps(decision.audit_detail())
         event = ModelEvent("rollout", record.name, candidate, decision.action, detail, cause)
         self._emit(record, event)
@@ -285,6 +315,10 @@ class Router:
     def status(self, name: str) -> dict[str, Any]:
         """The model's rollout: phase, versions, gate, evidence, decision."""
         return self._steering.status(self._records.get(name), name)
+
+    def adopt(self, name: str, action: str, candidate: int, reason: str) -> None:
+        """A peer worker's rollout decision, taken here too."""
+        self._steering.adopt(self._records.get(name), action, candidate, reason)
 
     async def decide(
         self, name: str, action: Action, *, cause: CallContext | None = None

@@ -59,7 +59,9 @@ class GrpcServer:
         settings = self.settings
         port = settings.grpc_port or 0
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        check_port_free(settings.host, port)  # before grpc's core logs its own bind failure
+        group = settings.workers > 1  # a worker: the supervisor reserved the port for its group
+        if not group:
+            check_port_free(settings.host, port)  # before grpc's core logs its own bind failure
         self._tls = tls = ServerTls.from_settings(settings)
         servicer = V2GrpcServicer(self.dataplane, authorize=self.authorize)
         gate = CallGate(
@@ -74,7 +76,8 @@ class GrpcServer:
                 # needs a token is refused before its message is read at all (CallGate)
                 ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared
+                # a port in use must fail, not be shared, unless the group is ours (workers)
+                ("grpc.so_reuseport", int(group)),
                 ("grpc.max_concurrent_streams", settings.grpc.max_concurrent_streams),
                 ("grpc.http2.max_ping_strikes", 2),  # then GOAWAY: no ping floods
                 # fixed 64 KiB windows: what a refused call buffers stays small (settings.grpc)

@@ -45,6 +45,7 @@ from shipyard.serving.http.common import (
     json_response,
 )
 from shipyard.serving.logs import request_id
+from shipyard.serving.peers import current_worker
 from shipyard.serving.routes import Route
 from shipyard.serving.routing import TABLE, Found, RouteTable, unrouted_access
 from shipyard.serving.security import ServerSecurity
@@ -76,12 +77,22 @@ class HttpDispatcher:
         self.audit = security.audit
         self.metrics_require_auth = metrics_require_auth
         self.table = table
+        self.worker = current_worker()
+        """Under `--workers N`: this worker's number, sent as `X-Shipyard-Worker`."""
+
+    def _extra_headers(self) -> list[tuple[bytes, bytes]]:
+        extra = []
+        if self.worker is not None:
+            extra.append((b"x-shipyard-worker", str(self.worker).encode()))
+        if self.dataplane.draining:
+            extra.append((b"connection", b"close"))
+        return extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # the lifespan
             await self.app(scope, receive, send)
-        elif self.dataplane.draining:
-            await self._dispatch(scope, receive, _closing(send))
+        elif self.dataplane.draining or self.worker is not None:
+            await self._dispatch(scope, receive, _headed(send, self._extra_headers()))
         else:
             await self._dispatch(scope, receive, send)
 
@@ -211,18 +222,21 @@ class _Admitted:
     """The route's body limit in bytes."""
 
 
-def _closing(send: Send) -> Send:
-    """`send` that ends each response with `Connection: close`: while the server drains,
-    a client must not reuse a connection that is about to close (a request sent on an idle
-    keep-alive connection as the server closes it is lost, and POSTs are not retried)."""
+def _headed(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """`send` that adds `extra` headers to each response (replacing ones of the same name).
 
-    async def closing_send(message: Message) -> None:
+    While the server drains, `Connection: close`: a client must not reuse a connection that
+    is about to close (a request sent on an idle keep-alive connection as the server closes
+    it is lost, and POSTs are not retried)."""
+    names = {name for name, _ in extra}
+
+    async def headed_send(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            message = {**message, "headers": [*headers, *extra]}
         await send(message)
 
-    return closing_send
+    return headed_send
 
 
 def _protocol(handler: str) -> str:
