@@ -48,8 +48,14 @@ class RemoteRepository(ModelRepository):
         return super().model_names()
 
     def sync_if_due(self, *, force: bool = False) -> None:
-        """Sync the cache unless one ran less than `min_interval_s` ago (errors are logged)."""
-        with self._lock:
+        """Sync the cache unless one ran less than `min_interval_s` ago (errors are logged).
+
+        While another sync runs (a large download), the caller reads the cache as it is
+        instead of waiting: every change to the cache is one rename, and the next refresh
+        sees the rest. `force` waits for it and syncs again."""
+        if not self._lock.acquire(blocking=force):
+            return
+        try:
             if not force and time.monotonic() - self._last_sync < self.min_interval_s:
                 return
             try:
@@ -63,3 +69,5 @@ class RemoteRepository(ModelRepository):
                     log.info("synced %s again", self.url)
                 self._last_error = None
             self._last_sync = time.monotonic()
+        finally:
+            self._lock.release()
