@@ -260,3 +260,21 @@ def test_pushed_signed_version_is_served_and_unsigned_refused(
         assert index["1"]["state"] == "READY", index
         assert index["2"]["state"] == "UNAVAILABLE" and "sig" in index["2"]["reason"], index
         assert _infer(server.url).json()["model_version"] == "1"
+
+
+def test_two_workers_serve_one_bucket_from_one_cache(
+    bucket: str, onnx_file: Callable[[float], Path], tmp_path: Path
+) -> None:
+    from tests.faults._cli_server import cli_server
+
+    _pack(onnx_file(2.0), bucket)
+    cache = tmp_path / "cache"
+    with cli_server(bucket, "--workers", "2", "--repository-cache", str(cache)) as server:
+        server.wait_for_line("with 2 workers", timeout_s=30)
+        seen = set()
+        for _ in range(40):  # a new connection each: SO_REUSEPORT spreads them
+            response = _infer(server.url)
+            assert response.status_code == 200, response.text
+            seen.add(response.headers["x-shipyard-worker"])
+        assert seen == {"1", "2"}
+    assert [p.name for p in (cache_folder(bucket, cache) / "scale").iterdir()] == ["1"]
