@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,18 @@ def register(sub: Subparsers) -> None:
     inspect.register(sub)
     _add_predict(sub)
     _add_import(sub)
+    u = add_command(sub, "push", cmd_push)
+    u.add_argument("package", type=Path, metavar="VERSION_DIR", help="version folder to upload")
+    u.add_argument("--repo", required=True, help="s3://bucket/prefix")
 
 
 def _add_pack(sub: Subparsers) -> None:
     p = add_command(sub, "pack", cmd_pack)
     p.add_argument("model", help="model file: .onnx .pt2 .pt .keras .h5 .skops .joblib .pkl")
     p.add_argument("--name", required=True, help="model name in the repository")
-    p.add_argument("--repo", required=True, type=Path, help="repository folder")
+    p.add_argument(
+        "--repo", required=True, type=_repo, help="repository folder or s3://bucket/prefix"
+    )
     p.add_argument("--version", type=int, dest="model_version", help="version (default: next free)")
     p.add_argument("--sample-input", type=Path, help="sample inputs as .npy or .npz (no pickle)")
     p.add_argument(
@@ -86,7 +93,9 @@ def _add_import(sub: Subparsers) -> None:
     m.add_argument(
         "package", type=Path, metavar="PACKAGE_DIR", help="version folder (model folder: latest)"
     )
-    m.add_argument("--repo", required=True, type=Path, help="repository folder to copy into")
+    m.add_argument(
+        "--repo", required=True, type=_repo, help="repository folder or s3://bucket/prefix"
+    )
     m.add_argument("--name", help="model name in --repo (default: the package's own name)")
     m.add_argument(
         "--version",
@@ -104,17 +113,21 @@ def cmd_pack(args: argparse.Namespace) -> int:
     examples:
       shipyard pack clf.skops --name iris --repo models/
       shipyard pack model.pt2 --name minilm --repo models/ --sample-input sample.npz
+      shipyard pack clf.skops --name iris --repo s3://bucket/models
     """
     import shipyard
     from shipyard.package.conversion import Tolerance
 
     tolerance = Tolerance(atol=args.atol, rtol=args.rtol, max_mismatch=args.max_mismatch)
-    with output.status(f"converting {args.model} and checking it against the original…"):
+    with (
+        _staged(args.repo, args.name, args.model_version) as (repo, version, publish),
+        output.status(f"converting {args.model} and checking it against the original…"),
+    ):
         result = shipyard.pack(
             args.model,
             name=args.name,
-            repo=args.repo,
-            version=args.model_version,
+            repo=repo,
+            version=version,
             sample_input=args.sample_input,
             keep_sample=not args.no_sample,
             reference_data=args.reference_data,
@@ -124,10 +137,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
             allow_globals=args.allow_global,
         )
+        where = publish(result.path, result.manifest.name, result.manifest.version)
     if args.json:
-        output.print_json(
-            {"path": str(result.path), "manifest": result.manifest.model_dump(mode="json")}
-        )
+        output.print_json({"path": where, "manifest": result.manifest.model_dump(mode="json")})
         return 0
     m = result.manifest
     check = m.conversion_check
@@ -138,7 +150,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     else:
         diff = "not compared: no original, trial run passed"
     output.say(
-        f"[green]packed[/] {m.name} version {m.version} → {result.path}  "
+        f"[green]packed[/] {m.name} version {m.version} → {where}  "
         f"({m.source.framework} {m.source.framework_version}, opset {m.opset}, {diff})"
     )
     return 0
@@ -155,17 +167,25 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     example:
       shipyard import other-repo/iris/1 --repo models/ --name iris-eu --version 3
+      shipyard import other-repo/iris/1 --repo s3://bucket/models
     """
     from shipyard.api import import_version
+    from shipyard.package.store import read_verified, resolve_version_dir
 
-    result = import_version(
-        args.package, repo=args.repo, name=args.name, version=args.model_version
-    )
+    name, wanted = args.name, args.model_version
+    if isinstance(args.repo, str):  # the bucket's next number needs the name
+        source = read_verified(resolve_version_dir(args.package), check_folder=False)
+        name = name or source.name
+        if wanted is None and source.encryption is not None:
+            wanted = source.version  # the only number its key allows
+    with _staged(args.repo, name, wanted) as (repo, version, publish):
+        result = import_version(args.package, repo=repo, name=args.name, version=version)
+        where = publish(result.path, result.manifest.name, result.manifest.version)
     m = result.manifest
     if args.json:
         output.print_json(
             {
-                "path": str(result.path),
+                "path": where,
                 "source": str(result.source),
                 "resign_needed": result.signature_dropped,
                 "next_steps": list(result.next_steps),
@@ -173,11 +193,28 @@ def cmd_import(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    output.say(
-        f"[green]imported[/] {result.source} → {m.name} version {m.version} at {result.path}"
-    )
+    output.say(f"[green]imported[/] {result.source} → {m.name} version {m.version} at {where}")
     for step in result.next_steps:
         output.note(f"[yellow]note:[/] {step}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """upload a version to an s3:// repository byte for byte, signature included
+
+    The version is verified first and keeps its name and number (`shipyard import` renames
+    or renumbers, and re-seals, which drops a signature). Files go up first, manifest.json
+    last, so a server syncing the bucket never takes half of it.
+
+    example:
+      shipyard sign models/iris/3 --key signer.pem && shipyard push models/iris/3 --repo s3://b/models
+    """
+    from shipyard.errors import UsageError
+    from shipyard.package.remote import is_remote, push_version
+
+    if not is_remote(args.repo):
+        raise UsageError(f"{args.repo}: push uploads to an s3:// repository (locally: import)")
+    output.say(f"[green]pushed[/] {args.package} → {push_version(args.package, args.repo)}")
     return 0
 
 
@@ -248,6 +285,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model.close()
     output.print_json(response)
     return 0
+
+
+def _repo(value: str) -> Path | str:
+    """A repository folder as a Path; an s3:// URL kept as it is."""
+    from shipyard.package.remote import repository_location
+
+    location: Path | str = repository_location(value)
+    return location
+
+
+Publish = Callable[[Path, str, int], str]
+
+
+@contextlib.contextmanager
+def _staged(
+    repo: Path | str, name: str | None, version: int | None
+) -> Iterator[tuple[Path, int | None, Publish]]:
+    """(folder to write into, version to write, publish(version_dir, name, version) -> where).
+
+    A local repository is written in place. For an s3:// one the version is written into a
+    temporary local repository under the bucket's next free number (unless given), then
+    uploaded, files first and manifest.json last (`package.remote.upload_version`).
+    """
+    if not isinstance(repo, str):
+        yield repo, version, lambda path, _name, _version: str(path)
+        return
+    import tempfile
+
+    from shipyard.errors import UsageError
+    from shipyard.package.remote import RemoteRepository, next_remote_version, upload_version
+    from shipyard.package.store import check_name
+
+    remote = RemoteRepository(repo)
+    remote.check()
+    if version is None:
+        version = next_remote_version(remote, check_name(name or ""))
+    elif version in remote.versions(check_name(name or "")):  # before the work, not after it
+        raise UsageError(f"{repo}/{name}/{version}: version {version} already exists")
+
+    def publish(path: Path, name: str, number: int) -> str:
+        return upload_version(remote, path, name, number)
+
+    with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as tmp:
+        yield Path(tmp), version, publish
 
 
 def _read(path: Path) -> bytes:

@@ -17,7 +17,12 @@ from shipyard.cli.parsing import Subparsers, add_command
 
 def register(sub: Subparsers) -> None:
     s = add_command(sub, "serve", cmd_serve)
-    s.add_argument("repository", type=Path, nargs="?", help="repository folder (default: models)")
+    s.add_argument(
+        "repository",
+        type=_repository,
+        nargs="?",
+        help="repository folder (default: models) or s3://bucket/prefix",
+    )
     _server_flags(s)
     _security_flags(s)
     _http_flags(s)
@@ -44,6 +49,12 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, help="default dynamic batching limit")
     parser.add_argument("--max-queue-delay-us", type=int, help="default batching delay (µs)")
     parser.add_argument("--poll-interval", type=float, help="seconds between hot-reload scans")
+    parser.add_argument(
+        "--repository-cache",
+        type=Path,
+        metavar="DIR",
+        help="where an s3:// repository is mirrored (default ~/.cache/shipyard/remote)",
+    )
     parser.add_argument(
         "--drift",
         action="store_true",
@@ -210,7 +221,15 @@ _SECURITY_SETTINGS = (
 )
 
 
-def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
+def _repository(value: str) -> Path | str:
+    """A folder as a Path; an s3:// URL kept as it is (a Path would fold its `//`)."""
+    from shipyard.package.remote import repository_location
+
+    location: Path | str = repository_location(value)
+    return location
+
+
+def _settings(args: argparse.Namespace, repository: Path | str | None) -> Any:
     from shipyard.serving.settings import load_settings
 
     overrides: dict[str, Any] = {}
@@ -220,6 +239,7 @@ def _settings(args: argparse.Namespace, repository: Path | None) -> Any:
         ("grpc_port", "grpc_port"),
         ("log_format", "log_format"),
         ("poll_interval", "poll_interval_s"),
+        ("repository_cache", "repository_cache"),
         ("shutdown_delay", "shutdown_delay_s"),
         ("drain_timeout", "drain_timeout_s"),
         ("workers", "workers"),
@@ -266,6 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
       shipyard serve models/ --host 0.0.0.0 --auth tokens.json --tls-cert cert.pem --tls-key key.pem
       shipyard serve models/ --shutdown-delay 5 --drain-timeout 30
       shipyard serve models/ --workers 2 --grpc-port 8001
+      shipyard serve s3://bucket/models --repository-cache /var/cache/shipyard
     """
     from shipyard.serving.security import check_exposure
     from shipyard.serving.server import serve

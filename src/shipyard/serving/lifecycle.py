@@ -52,10 +52,18 @@ def build_dataplane(settings: ServerSettings) -> DataPlane:
         from shipyard.security.keys import load_kek
 
         kek = load_kek(settings.key_file)  # read once; a bad key file fails before serving
-    manager = ModelManager(
-        ModelRepository(settings.repository), settings=settings, metrics=metrics, kek=kek
-    )
+    manager = ModelManager(repository_for(settings), settings=settings, metrics=metrics, kek=kek)
     return DataPlane(manager, metrics)
+
+
+def repository_for(settings: ServerSettings) -> ModelRepository:
+    """The repository to serve: a local folder, or an s3:// URL's local mirror."""
+    location = settings.repository
+    if isinstance(location, str):
+        from shipyard.serving.remote_repository import RemoteRepository
+
+        return RemoteRepository(location, cache_root=settings.repository_cache)
+    return ModelRepository(location)
 
 
 class Server:

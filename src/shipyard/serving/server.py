@@ -35,6 +35,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from shipyard.package.remote import repository_location
 from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.peers import PeerLink
@@ -178,7 +179,7 @@ def start_in_thread(
 def _with_repository(settings: ServerSettings, repository: str | Path | None) -> ServerSettings:
     if repository is None:
         return settings
-    return settings.model_copy(update={"repository": Path(repository)})
+    return settings.model_copy(update={"repository": repository_location(str(repository))})
 
 
 @dataclass

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from shipyard.errors import UsageError
+from shipyard.package.remote import is_remote, repository_location
 from shipyard.runtime.base import RuntimeOptions
 from shipyard.serving.errors import ModelConfigError
 
@@ -169,8 +170,12 @@ class ServerSettings(BaseSettings):
     """HTTP port; 0 picks a free one (reported once the server is up)."""
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     """V2 gRPC port (inference.GRPCInferenceService, e.g. 8001); None = off, 0 = a free one."""
-    repository: Path = Path("models")
-    """The model repository folder: REPO/NAME/VERSION/{manifest.json, model.onnx}."""
+    repository: Annotated[Path | str, BeforeValidator(repository_location)] = Path("models")
+    """The model repository folder: REPO/NAME/VERSION/{manifest.json, model.onnx}; or an
+    `s3://bucket/prefix` URL, mirrored into `repository_cache` and served from there."""
+    repository_cache: Path | None = None
+    """Where an s3:// repository is mirrored (a folder per URL); None =
+    $XDG_CACHE_HOME/shipyard/remote, else ~/.cache/shipyard/remote."""
     batching: BatchingSettings = BatchingSettings()
     """Default batching for every model; a model's model.toml overrides single knobs."""
     instances: int = Field(default=1, ge=1, le=64)
@@ -313,13 +318,21 @@ class RepositoryNotFoundError(UsageError):
     """The repository folder to serve does not exist (an empty one is fine: models come later)."""
 
 
-def check_repository(settings: ServerSettings) -> Path:
+def check_repository(settings: ServerSettings) -> Path | str:
     """The repository folder of `settings`; raises RepositoryNotFoundError unless it is a folder.
 
     Serving a path that does not exist would report ready with zero models, which hides a
-    typo; an existing empty folder is served (versions copied in later are picked up).
+    typo; an existing empty folder is served (versions copied in later are picked up). An
+    s3:// repository must name a bucket these credentials may list (RemoteError otherwise).
     """
     path = settings.repository
+    if isinstance(path, str):
+        if is_remote(path):
+            from shipyard.package.remote import RemoteRepository
+
+            RemoteRepository(path).check()
+            return path
+        path = Path(path)
     shown = f"{path}/" if not str(path).endswith("/") else str(path)
     if not path.exists():
         raise RepositoryNotFoundError(
