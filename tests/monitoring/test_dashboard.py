@@ -61,6 +61,7 @@ def test_dashboard_has_the_panels_operators_ask_for() -> None:
         "auth failures",
         "audit",
         "drift",
+        "worker restarts",
     ):
         assert wanted in titles, wanted
     exprs = [t["expr"] for p in _panels(dashboard()) for t in p["targets"]]

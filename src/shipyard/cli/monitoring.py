@@ -46,6 +46,13 @@ def register(sub: Subparsers) -> None:
         default=defaults.memory_gib,
         help=f"process memory alert (GiB, default {defaults.memory_gib:g})",
     )
+    e.add_argument(
+        "--worker-restarts",
+        type=int,
+        default=defaults.worker_restarts,
+        help="worker restarts within 15 minutes that fire the restart alerts "
+        f"(default {defaults.worker_restarts})",
+    )
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -69,6 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         queue_p99_ms=args.queue_p99_ms,
         drift_psi=args.drift_psi,
         memory_gib=args.memory_gib,
+        worker_restarts=args.worker_restarts,
     )
     result = export(args.out, config)
     if args.json:

@@ -22,6 +22,9 @@ class MonitoringConfig(BaseModel):
     """Refused calls (401/403) per second, per reason, that count as a spike."""
     drift_psi: float = Field(default=0.25, gt=0)
     """Population stability index of a feature above which it has drifted (0.25: a significant shift, as `shipyard drift status` flags)."""
+    worker_restarts: int = Field(default=1, ge=1)
+    """Worker processes restarted within 15 minutes (isolated model workers, per model version;
+    `serve --workers` server workers, per worker) at which the restart alerts fire."""
     memory_gib: float = Field(default=4.0, gt=0)
     """Resident memory of a server process."""
     rate_window: str = Field(default="5m", pattern=r"^[0-9]+[smhd]$")

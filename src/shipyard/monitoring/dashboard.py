@@ -177,13 +177,34 @@ def panels(config: MonitoringConfig) -> list[tuple[str, list[Panel]]]:
     process = [
         Panel(
             "Resident memory per process",
-            (Target(f"process_resident_memory_bytes{job}", "{{instance}}"),),
+            (Target(f"process_resident_memory_bytes{job}", "{{instance}} {{worker}}"),),
             unit="bytes",
         ),
         Panel(
             "CPU per process",
-            (Target(f"rate(process_cpu_seconds_total{job}{RATE})", "{{instance}}"),),
+            (Target(f"rate(process_cpu_seconds_total{job}{RATE})", "{{instance}} {{worker}}"),),
             unit="percentunit",
+        ),
+        Panel(
+            "Worker restarts (1h)",
+            (
+                Target(
+                    "sum by (model, version, reason) (increase(shipyard_worker_restarts_total"
+                    + config.selector(**mv)
+                    + "[1h]))",
+                    "{{model}} v{{version}} model worker ({{reason}})",
+                ),
+                Target(
+                    "sum by (worker) (increase(shipyard_server_worker_restarts_total"
+                    + job
+                    + "[1h]))",
+                    "server worker {{worker}}",
+                ),
+            ),
+            width=WIDTH,
+            description='Isolated model workers (isolation = "process") started again after a '
+            "crash, an execution timeout or a failed start, and server workers (serve "
+            "--workers) the supervisor started again.",
         ),
     ]
     drift = [

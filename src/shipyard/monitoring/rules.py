@@ -150,6 +150,35 @@ def alerts(config: MonitoringConfig | None = None) -> list[Alert]:
             "when its files change or POST /v2/repository/models/{{ $labels.model }}/load.",
         ),
         Alert(
+            "ShipyardModelWorkerRestarts",
+            "sum by (job, model, version, reason) (increase(shipyard_worker_restarts_total"
+            + job
+            + f"[15m])) >= {c.worker_restarts}",
+            "1m",
+            "warning",
+            "{{ $labels.model }} v{{ $labels.version }}: model worker restarted "
+            "({{ $labels.reason }})",
+            "The isolated worker process of model {{ $labels.model }} version "
+            "{{ $labels.version }} was started again in the last 15 minutes "
+            "({{ $labels.reason }}); its in-flight requests were answered 503.",
+            "crashed: read the server log for the worker's exit status (out of memory shows "
+            "as SIGKILL); timeout: a batch ran past [worker] execution_timeout_s, so raise it "
+            "or lower max_batch_size; start_failed: the version no longer loads.",
+        ),
+        Alert(
+            "ShipyardServerWorkerRestarts",
+            "sum by (job, instance, worker) (increase(shipyard_server_worker_restarts_total"
+            + job
+            + f"[15m])) >= {c.worker_restarts}",
+            "1m",
+            "warning",
+            "{{ $labels.instance }}: server worker {{ $labels.worker }} restarted",
+            "Server worker {{ $labels.worker }} of {{ $labels.instance }} (serve --workers) "
+            "died and was started again in the last 15 minutes.",
+            "read the server log for the worker's exit status and last lines; an out-of-memory "
+            "kill shows as SIGKILL (compare resident memory per worker on the dashboard).",
+        ),
+        Alert(
             "ShipyardAuditUnhealthy",
             f"min by (job, instance) (shipyard_audit_healthy{job}) == 0",
             "1m",
