@@ -58,7 +58,9 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_report_is_self_contained(cancer: Packed, tmp_path: Path) -> None:
     text = _report(cancer, tmp_path / "r.html", baseline=1).read_text(encoding="utf-8")
     assert not re.search(r"(src|href)=['\"]https?:", text), "nothing may be fetched"
-    assert text.count("data:image/png;base64,") == 5  # confusion, calibration, ROC, PR, slices
+    # confusion, calibration, ROC, PR, slices, and the versions' size/accuracy frontier
+    assert text.count("data:image/png;base64,") == 6
+    assert "Versions: size / latency / accuracy" in text
     for heading in ("Overall", "Against baseline v1", "Slices", "Versions", "Validation"):
         assert f"<h2>{heading}" in text
     assert "plan=pro×region=eu" in text

@@ -213,6 +213,9 @@ def _plots(r: AnalysisResult) -> str:
             ax.axvline(overall, color="#b3261e", linestyle="--")
         ax.set_xlabel(name if overall is None else f"{name} (dashed: overall {overall:.4f})")
         figures.append((_png(fig), f"{name} per slice"))
+    frontier = _frontier(r, plt)
+    if frontier is not None:
+        figures.append(frontier)
     plt.close("all")
     if not figures:
         return ""
@@ -222,6 +225,51 @@ def _plots(r: AnalysisResult) -> str:
         for b, c in figures
     )
     return f"<h2>Plots</h2><div class='plots'>{items}</div>"
+
+
+def _frontier(r: AnalysisResult, plt: Any) -> tuple[str, str] | None:
+    """Model size and latency against accuracy, one point per version that has both figures;
+    versions no other beats on both axes (the Pareto frontier) joined by a line."""
+    measured = [v for v in r.versions if v.accuracy is not None]
+    axes_wanted = [
+        (title, unit, [(getattr(v, field), v) for v in measured if getattr(v, field) is not None])
+        for title, unit, field in (
+            ("model size", "MiB", "model_bytes"),
+            ("latency p50", "ms", "latency_p50_ms"),
+        )
+    ]
+    shown = [a for a in axes_wanted if len(a[2]) >= 2]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 4.4), squeeze=False)
+    for ax, (title, unit, points) in zip(axes[0], shown, strict=True):
+        scale = 1.0
+        if unit == "MiB":
+            big = max(x for x, _ in points) >= 2**20
+            unit, scale = ("MiB", 2.0**20) if big else ("KiB", 2.0**10)
+        xs = [x / scale for x, _ in points]
+        ys = [float(v.accuracy or 0.0) for _, v in points]
+        best = [
+            i
+            for i in range(len(points))
+            if not any(
+                xs[j] <= xs[i] and ys[j] >= ys[i] and (xs[j], ys[j]) != (xs[i], ys[i])
+                for j in range(len(points))
+            )
+        ]
+        ax.scatter(xs, ys, color="#4c78a8", zorder=3)
+        line = sorted(best, key=lambda i: xs[i])
+        ax.plot([xs[i] for i in line], [ys[i] for i in line], "--", color="#b3261e", zorder=2)
+        for (_, v), x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(f"v{v.version}", (x, y), textcoords="offset points", xytext=(6, 4))
+        ax.set_xlim(0, max(xs) * 1.15)  # from 0: a few µs or bytes must not look like a gap
+        low, high = min(ys), max(ys)
+        pad = max((high - low) * 0.15, 0.005)
+        ax.set_ylim(low - pad, min(1.0, high + pad) if high <= 1.0 else high + pad)
+        ax.set_xlabel(f"{title} ({unit})")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"accuracy against {title}", fontsize=10)
+    return _png(fig), "Versions: size / latency / accuracy (dashed: the frontier)"
 
 
 def _png(fig: Any) -> str:
