@@ -211,3 +211,51 @@ def test_analyze_cli_json_report_and_exit_codes(cancer: Packed, tmp_path: Path) 
     assert main([*args, "--config", str(strict)]) == 1  # the last --config wins
     bad = ["analyze", str(cancer.model), "--data", str(cancer.csv), "--label", "nope"]
     assert main(bad) == 2
+
+
+def test_bless_profile_stores_the_evaluated_rows_as_the_reference(
+    cancer: Packed, tmp_path: Path
+) -> None:
+    from shipyard.analysis.data import read_eval_data
+    from shipyard.package.profile import build_profile
+    from shipyard.package.profile_io import profile_outputs, read_profile
+
+    model = _copy(cancer, tmp_path)
+    config = _config(tmp_path, "plan=pro", 0.5)
+    args = [
+        "bless",
+        str(model / "2"),
+        "--config",
+        str(config),
+        "--data",
+        str(cancer.csv),
+        "--baseline",
+        "1",
+    ]
+    features = [a for f in cancer.features for a in ("--feature", f)]
+    assert main([*args, "--label", "y", "--profile", *features]) == 0
+    manifest = read_verified(model / "2")
+    assert manifest.blessing is not None and manifest.blessing.ok
+    assert manifest.profile is not None and manifest.profile.rows == 269
+    ref = manifest.profile
+    stored = read_profile(model / "2", ref, manifest.files[ref.file].sha256)
+    # Exactly the model inputs the evaluation ran on: no label, no slice column.
+    tensors = {f.tensor for f in stored.features if f.source == "input"}
+    assert tensors == {s.name for s in manifest.inputs}
+    assert not {"y", "plan", "region"} & {f.name for f in stored.features}
+    loaded = shipyard.load(model / "2")
+    try:
+        rows = read_eval_data(cancer.csv, loaded.inputs, label="y", features=cancer.features)
+        expected = build_profile(
+            manifest.inputs,
+            rows.inputs,
+            outputs=manifest.outputs,
+            output_data=profile_outputs(loaded.infer, loaded.inputs, rows.inputs),
+        )
+    finally:
+        loaded.close()
+    assert stored.features == expected.features
+    assert manifest.lineage.steps[-1].op == "profile"
+    # A later bless without --profile keeps the profile; the package still verifies.
+    assert main([*args, "--label", "y", *features]) == 0
+    assert read_verified(model / "2").profile == manifest.profile

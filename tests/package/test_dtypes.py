@@ -83,7 +83,11 @@ def test_grpc_contents_field_holds_every_value(row: Dtype) -> None:
             assert row.v2 == "FP16" and not any(f.startswith("fp16") for f in fields)
             continue
         field = fields[row.contents]
-        assert field.label == FieldDescriptor.LABEL_REPEATED
+        # protobuf 7 dropped FieldDescriptor.label for is_repeated (6.x has both or only label)
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:
+            repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        assert repeated
         assert _PROTO_NUMPY[field.cpp_type] == row.contents_numpy
     if row.contents_numpy is not None:
         assert np.can_cast(row.numpy, row.contents_numpy, casting="safe")

@@ -9,17 +9,23 @@ asks for the signature to be removed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from shipyard.analysis.analyze import AnalysisResult, analyze
-from shipyard.analysis.data import DataSource
+from shipyard.analysis.data import DataSource, read_eval_data
 from shipyard.analysis.errors import AnalysisConfigError
 from shipyard.analysis.validate import read_config
 from shipyard.errors import UsageError
-from shipyard.package.manifest import Blessing, now
-from shipyard.package.store import SIGNATURE_FILE, resolve_version_dir, rewrite_version
+from shipyard.package.manifest import Blessing, Manifest, now
+from shipyard.package.store import (
+    SIGNATURE_FILE,
+    read_verified,
+    resolve_version_dir,
+    rewrite_version,
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,14 @@ def bless(
     resign_key: str | Path | None = None,
     remove_signature: bool = False,
     features: list[str] | None = None,
+    profile: bool = False,
 ) -> BlessResult:
     """Evaluate the version on `data` against `config`'s thresholds and write the verdict
-    (ok or not, with the failures) into its manifest; the verdict is recorded either way."""
+    (ok or not, with the failures) into its manifest; the verdict is recorded either way.
+
+    With `profile`, the same rows (the model inputs read from `data`, labels and slice
+    columns left out) also become the version's reference profile for drift, replacing any
+    earlier one, in the same rewrite of the manifest."""
     path = resolve_version_dir(Path(version_dir))
     cfg, config_sha = read_config(config)
     if not cfg.thresholds:
@@ -81,19 +92,43 @@ def bless(
         metrics={k: v for k, v in result.overall.items() if math.isfinite(v) and "[" not in k},
         failures=result.validation.summary(),
     )
+
+    def blessed(_staging: Path, manifest: Manifest) -> Manifest:
+        return manifest.model_copy(update={"blessing": blessing})
+
+    steps: list[Callable[[Path, Manifest], Manifest]] = [blessed]
+    if profile:
+        steps.insert(0, _profile_step(path, data, label=label, features=features))
     resign = None
     if signed and resign_key is not None:
         from shipyard.security.signing import sign_version
 
         resign = partial(sign_version, private_key=resign_key)
+
+    def update(staging: Path, manifest: Manifest) -> Manifest:
+        for step in steps:
+            manifest = step(staging, manifest)
+        return manifest
+
     rewrite_version(
         path,
-        lambda _staging, manifest: manifest.model_copy(update={"blessing": blessing}),
+        update,
         remove_signature=signed,
         sign=resign,
     )
     signature = "re-signed" if resign else "removed" if signed else "none"
     return BlessResult(path=path, blessing=blessing, analysis=result, signature=signature)
+
+
+def _profile_step(
+    path: Path, data: DataSource, *, label: str | None, features: list[str] | None
+) -> Callable[[Path, Manifest], Manifest]:
+    from shipyard.package.profile_io import profile_update
+
+    evaluated = read_eval_data(data, read_verified(path).inputs, label=label, features=features)
+    return profile_update(
+        path, evaluated.inputs, replace=True, source=f"{evaluated.source} (bless)"
+    )[1]
 
 
 def describe_blessing(blessing: Blessing | None) -> str:

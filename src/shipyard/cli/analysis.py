@@ -43,6 +43,12 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="a signed version: drop model.sig (sign again afterwards)",
     )
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="also store these rows as the version's reference profile for drift "
+        "(replaces an earlier one)",
+    )
     b.add_argument("--report", type=Path, help="also write the HTML report here")
     b.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -112,6 +118,7 @@ def cmd_bless(args: argparse.Namespace) -> int:
     examples:
       shipyard bless models/churn/2 --config eval.toml --data eval.parquet --baseline 1
       shipyard bless models/churn/2 --config eval.toml --data eval.parquet --resign keys/signing.pem
+      shipyard bless models/churn/2 --config eval.toml --data eval.parquet --profile
     """
     from shipyard.analysis.bless import bless, describe_blessing
     from shipyard.analysis.report import write_report
@@ -126,6 +133,7 @@ def cmd_bless(args: argparse.Namespace) -> int:
         resign_key=args.resign,
         remove_signature=args.remove_signature,
         features=args.features,
+        profile=args.profile,
     )
     if args.report:
         write_report(done.analysis, args.report)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from shipyard.package.profile import (
     row_count,
 )
 from shipyard.package.tensorspec import TensorSpec
+
+if TYPE_CHECKING:
+    from shipyard.package.manifest import Manifest
 
 
 def read_profile(version_dir: Path, ref: ProfileRef, sha256: str) -> Profile:
@@ -142,14 +146,7 @@ def add_profile(
     Writes `profile/reference.json` and re-seals the manifest. A signed version is refused:
     its signature covers the manifest, which this changes.
     """
-    from shipyard.model import load_model
-    from shipyard.package.manifest import Manifest, Step, now
-    from shipyard.package.store import (
-        SIGNATURE_FILE,
-        put_file,
-        resolve_version_dir,
-        rewrite_version,
-    )
+    from shipyard.package.store import SIGNATURE_FILE, resolve_version_dir, rewrite_version
 
     version_dir = resolve_version_dir(Path(version_dir))
     if (version_dir / SIGNATURE_FILE).is_file():
@@ -158,6 +155,30 @@ def add_profile(
             f"profile changes; delete {SIGNATURE_FILE}, run this again, then re-sign with "
             "`shipyard sign`"
         )
+    profile, update = profile_update(
+        version_dir, data, bins=bins, top_k=top_k, replace=replace, kek=kek
+    )
+    rewrite_version(version_dir, update)
+    return version_dir, profile
+
+
+def profile_update(
+    version_dir: Path,
+    data: str | Path | Mapping[str, np.ndarray],
+    *,
+    bins: int = DEFAULT_BINS,
+    top_k: int = DEFAULT_TOP_K,
+    replace: bool = False,
+    kek: bytes | None = None,
+    source: str | None = None,
+) -> tuple[Profile, Callable[[Path, Manifest], Manifest]]:
+    """The profile of `data` on the verified version, and the `rewrite_version` step that
+    stores it (profile/reference.json, the manifest's `profile`, a `profile` lineage step);
+    other steps (a blessing) can be applied in the same rewrite."""
+    from shipyard.model import load_model
+    from shipyard.package.manifest import Step, now
+    from shipyard.package.store import put_file
+
     model = load_model(version_dir, kek=kek)  # verifies every hash first
     try:
         manifest = model.manifest
@@ -180,8 +201,8 @@ def add_profile(
         top_k=top_k,
     )
     body, ref = encode_profile(profile)
-    source = "arrays" if isinstance(data, Mapping) else str(data)
-    step = Step(op="profile", config={"data": source, "rows": profile.rows}, at=now())
+    described = source or ("arrays" if isinstance(data, Mapping) else str(data))
+    step = Step(op="profile", config={"data": described, "rows": profile.rows}, at=now())
 
     def profiled(staging: Path, current: Manifest) -> Manifest:
         if current.digest != manifest.digest:
@@ -190,5 +211,4 @@ def add_profile(
         lineage = current.lineage.model_copy(update={"steps": [*current.lineage.steps, step]})
         return current.model_copy(update={"profile": ref, "lineage": lineage})
 
-    rewrite_version(version_dir, profiled)
-    return version_dir, profile
+    return profile, profiled
