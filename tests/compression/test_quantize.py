@@ -192,3 +192,72 @@ def test_a_method_with_nothing_to_work_on_says_so(tmp_path: Path) -> None:
     with pytest.raises(CompressionConfigError, match=r"^int8-dynamic does not apply .* no MatMul"):
         quantize(source, tmp_path / "q.onnx", DynamicInt8Config())
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _matmul_add_row_bias(tmp_path: Path) -> Path:
+    """x @ W + b with b shaped [1, N]: ONNX Runtime's pre-processing fuses it into a Gemm
+    whose C is [1, N], on which its QDQ quantizer used to fail with a raw numpy error."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=(1, 8)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "row_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+        [w, b],
+    )
+    path = tmp_path / "row_bias.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_static_int8_on_a_row_shaped_bias(tmp_path: Path) -> None:
+    source = _matmul_add_row_bias(tmp_path)
+    x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
+    out = tmp_path / "q.onnx"
+    notes = quantize(source, out, StaticInt8Config(), calibration=Dataset({"x": x[:32]}))
+    assert any("shape [1, N] the shape [N]" in n for n in notes), notes
+    assert "QuantizeLinear" in op_counts(onnx.load(str(out)))
+    similarity = cosine(run(source, x[32:]), run(out, x[32:]))
+    assert similarity.mean() > 0.99 and similarity.min() > 0.97
+
+
+def test_flatten_bias_keeps_shared_and_matrix_biases() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shipyard.compression.graph import flatten_bias
+
+    row = numpy_helper.from_array(np.ones((1, 4), np.float32), "row")
+    full = numpy_helper.from_array(np.ones((3, 4), np.float32), "full")
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "row"], ["a"]),
+        helper.make_node("Gemm", ["x", "w", "full"], ["b"]),  # [M, N]: not a row, kept
+    ]
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 4]) for n in ("a", "b")],
+        [w, row, full],
+    )
+    model = helper.make_model(graph)
+    assert flatten_bias(model) == 1
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert dims == {"w": [4, 4], "row": [4], "full": [3, 4]}
+    shared = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Gemm", ["x", "w", "row"], ["a"]),
+                helper.make_node("Add", ["a", "row"], ["b"]),
+            ],
+            "g",
+            graph.input,
+            graph.output,
+            [w, row],
+        )
+    )
+    assert flatten_bias(shared) == 0  # also read by the Add: left alone

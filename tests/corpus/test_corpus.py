@@ -18,7 +18,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import shipyard
-from shipyard.compression import DynamicInt8Config, MeasureConfig, compress
+from shipyard.compression import DynamicInt8Config, MeasureConfig, StaticInt8Config, compress
 from shipyard.compression.graph import op_counts
 from shipyard.serving.server import RunningServer
 from tests.corpus.conftest import Packed, raw_answer
@@ -222,3 +222,30 @@ def test_inputs_the_model_rejects_are_a_client_error(
     assert_same(
         entry.model, infer(server, entry.served_name, feed, names, binary=True), want, "after"
     )
+
+
+def test_int8_static_on_magika_is_measured_not_a_numpy_error(
+    packed: dict[str, Packed], tmp_path: Path
+) -> None:
+    """Magika's MatMul + Add([1, 214]) is fused by ONNX Runtime's pre-processing into a Gemm
+    with a 2-D bias, on which the QDQ quantizer failed with "The truth value of an array ...
+    is ambiguous" (a new user's report, issue 13); now the bias is made 1-D and the candidate
+    is measured against its parent like any other."""
+    entry = packed["magika"]
+    path = entry.require()
+    model = entry.model
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, bytes=np.concatenate([model.sample(s)["bytes"] for s in range(16)]))
+    result = compress(
+        path.parent,
+        config=StaticInt8Config(),
+        repo=tmp_path / "compressed",
+        eval_data=calibration,
+        calibration=calibration,
+        measure=FAST,
+    )
+    notes = [n for step in result.steps for n in step.notes]
+    assert any("shape [1, N] the shape [N]" in n for n in notes), notes
+    assert result.report.fidelity is not None
+    # accepted or kept under .rejected/ by the budget: either way a measured int8 model
+    assert "QuantizeLinear" in op_counts(onnx.load(str(result.path / "model.onnx")))

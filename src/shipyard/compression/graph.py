@@ -137,6 +137,34 @@ def gemm_to_matmul(model: onnx.ModelProto) -> Rewrite:
     return Rewrite(model=drop_unused_initializers(model), changed=changed)
 
 
+def flatten_bias(model: onnx.ModelProto) -> int:
+    """Give Gemm and Conv biases that are constant [1, N] (or [1, N, 1], ...) tensors the 1-D
+    shape [N]; returns how many changed. Same results: Gemm's C broadcasts to [M, N] either
+    way and Conv's B has one value per output channel. ONNX Runtime's quant_pre_process fuses
+    MatMul + Add([1, N]) into such a Gemm, and its QDQ quantizer then fails on the 2-D bias
+    with numpy's "truth value of an array ... is ambiguous" (seen on magika's classifier)."""
+    inits = initializers(model)
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Gemm", "Conv") or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.input) < 3 or not node.input[2]:
+            continue
+        bias = inits.get(node.input[2])
+        if bias is None or len(bias.dims) < 2 or uses.get(bias.name, 0) != 1:
+            continue
+        if sum(1 for d in bias.dims if d != 1) > 1:
+            continue
+        array = onnx.numpy_helper.to_array(bias).reshape(-1)
+        bias.CopyFrom(onnx.numpy_helper.from_array(array, bias.name))
+        changed += 1
+    return changed
+
+
 def drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}

@@ -34,6 +34,7 @@ from shipyard.compression.errors import CompressionConfigError, CompressionError
 from shipyard.compression.graph import (
     dedupe_opsets,
     default_domain_ops,
+    flatten_bias,
     gemm_to_matmul,
     initializers,
     not_applicable,
@@ -192,6 +193,8 @@ def _static(
         prepared = work / "preprocessed.onnx"
         notes += preprocess(source, prepared)
         source = prepared
+    flattened, source = _flat_biases(source, work)
+    notes += flattened
     rows = min(data.rows, config.max_calibration_rows)
     notes.append(f"calibrated on {rows} rows from {data.source} ({config.calibration_method})")
     extra: dict[str, object] = {}
@@ -292,6 +295,18 @@ def _normalized(model_in: Path, work: Path, *, rewrite_gemm: bool) -> tuple[list
     path = work / "normalized.onnx"
     onnx.save(model, str(path))
     return notes, path
+
+
+def _flat_biases(source: Path, work: Path) -> tuple[list[str], Path]:
+    """`source` with Gemm/Conv biases shaped [1, N] made [N] (graph.flatten_bias), for the
+    QDQ quantizer's bias-scale adjustment; `source` itself when none is."""
+    model = onnx.load(str(source))
+    changed = flatten_bias(model)
+    if not changed:
+        return [], source
+    path = work / "flat-bias.onnx"
+    onnx.save(model, str(path))
+    return [f"gave {changed} Gemm/Conv bias(es) of shape [1, N] the shape [N]"], path
 
 
 def _opset_note(dropped: int) -> list[str]:
