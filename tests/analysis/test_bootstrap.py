@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shipyard.analysis.bootstrap import FLIP, WEIGHTED, draws, weighted_samples
-from shipyard.analysis.compare import BootstrapConfig, bootstrap_indices
+from shipyard.analysis.compare import BootstrapConfig, bootstrap_indices, index_blocks
 from shipyard.analysis.evaluate import Predictions
 from shipyard.analysis.resample import class_codes, per_resample
 from tests.analysis.conftest import Packed, onnx_outputs
@@ -31,6 +31,19 @@ def test_draws_are_the_index_matrix_block_by_block(count: int) -> None:
         rows[np.concatenate(blocks)].tolist()
         == bootstrap_indices(rows, "plan=pro", config).tolist()
     )
+
+
+def test_index_blocks_stream_the_index_matrix_in_bounded_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shipyard.analysis.bootstrap as bootstrap
+
+    monkeypatch.setattr(bootstrap, "BLOCK_CELLS", 5_000)  # 5 resamples of 1,000 rows a block
+    config = BootstrapConfig(resamples=23, seed=5)
+    rows = np.arange(3, 1003)
+    blocks = list(index_blocks(rows, "overall", config))
+    assert [len(b) for b in blocks] == [5, 5, 5, 5, 3]
+    assert np.array_equal(np.concatenate(blocks), bootstrap_indices(rows, "overall", config))
 
 
 @pytest.mark.parametrize("fixture", ["cancer", "iris"])

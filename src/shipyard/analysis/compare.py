@@ -17,14 +17,14 @@ import math
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from shipyard.analysis.bootstrap import FLIP, weighted_samples
+from shipyard.analysis.bootstrap import FLIP, draws, weighted_samples
 from shipyard.analysis.evaluate import Predictions, Task
 from shipyard.analysis.metrics import metrics_for, single_metric
 from shipyard.analysis.resample import per_resample
@@ -141,6 +141,14 @@ def bootstrap_indices(rows: np.ndarray, key: str, config: BootstrapConfig) -> np
     return drawn
 
 
+def index_blocks(rows: np.ndarray, key: str, config: BootstrapConfig) -> Iterator[np.ndarray]:
+    """The rows of `bootstrap_indices(rows, key, config)`, a block of resamples at a time (the
+    same values in the same order; memory near BLOCK_CELLS whatever the slice size: the whole
+    matrix is 4 GB for 500 resamples of 1M rows)."""
+    for block in draws(len(rows), key, seed=config.seed, resamples=config.resamples):
+        yield rows[block]
+
+
 def _compare_rows(
     cand: Predictions,
     base: Predictions,
@@ -162,7 +170,6 @@ def _compare_rows(
     fast = weighted_samples(
         cand, base, labels, rows, key, names, seed=config.seed, resamples=config.resamples
     )
-    index: np.ndarray | None = None
     deltas: dict[str, MetricDelta] = {}
     for name in c_metrics:
         if name not in b_metrics:
@@ -171,9 +178,12 @@ def _compare_rows(
         if name in wanted:
             samples = fast.get(name)
             if samples is None:
-                if index is None:
-                    index = bootstrap_indices(rows, key, config)
-                samples = _delta_samples(name, cand, base, labels, index)
+                samples = np.concatenate(
+                    [
+                        _delta_samples(name, cand, base, labels, block)
+                        for block in index_blocks(rows, key, config)
+                    ]
+                )
             low, high = _interval(samples, config.confidence)
         deltas[name] = MetricDelta(
             candidate=c_metrics[name],
@@ -187,8 +197,9 @@ def _compare_rows(
         flipped = (cand.predicted != base.predicted).astype(np.float64)
         flips = fast.get(FLIP)
         if flips is None:
-            index = bootstrap_indices(rows, key, config) if index is None else index
-            flips = flipped[index].mean(axis=1)
+            flips = np.concatenate(
+                [flipped[block].mean(axis=1) for block in index_blocks(rows, key, config)]
+            )
         low, high = _interval(flips, config.confidence)
         rate = float(flipped[rows].mean())
         flip = MetricDelta(candidate=rate, baseline=0.0, delta=rate, low=low, high=high)
