@@ -216,7 +216,11 @@ def test_new_version_can_go_to_another_repo_and_carries_assets(tmp_path: Path) -
 
 
 def test_compare_two_versions(mlp_repo: Path) -> None:
-    compress(mlp_repo / "mlp", config=DynamicInt8Config(), measure=FAST)
+    # no budget: 4 warm-up rows of near-tied logits may flip one label on some CPUs
+    result = compress(
+        mlp_repo / "mlp", config=DynamicInt8Config(), measure=FAST, max_drop=NO_BUDGET
+    )
+    assert result.accepted, result.reasons
     report = compare(mlp_repo / "mlp", 1, 2, eval_data=mlp_repo.parent / "eval.npz", measure=FAST)
     # The candidate's label names the method its lineage adds to v1's.
     assert report.baseline.label == "v1"

@@ -53,9 +53,25 @@ def test_dynamic_int8_covers_gemm_and_keeps_outputs(
     assert weights and out.stat().st_size < mlp_file.stat().st_size / 2.5
 
 
-def test_dynamic_defaults_are_per_channel_without_reduce_range() -> None:
+def test_dynamic_defaults_are_per_channel_with_reduce_range_by_machine() -> None:
     config = DynamicInt8Config()
-    assert config.per_channel is True and config.reduce_range is False
+    assert config.per_channel is True and config.reduce_range is None
+    assert StaticInt8Config().reduce_range is None
+
+
+@pytest.mark.parametrize("saturating", [True, False])
+def test_reduce_range_follows_the_cpu_unless_set(
+    saturating: bool, mlp_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x86 without VNNI/AMX: 7-bit weights, with a note; elsewhere full 8-bit ones; an
+    explicit setting wins either way."""
+    from shipyard.compression import machine
+
+    monkeypatch.setattr(machine, "saturating_int8", lambda: saturating)
+    notes = quantize(mlp_file, tmp_path / "auto.onnx", DynamicInt8Config())
+    assert any("reduce_range on" in n for n in notes) is saturating, notes
+    forced = quantize(mlp_file, tmp_path / "off.onnx", DynamicInt8Config(reduce_range=False))
+    assert not any("reduce_range on" in n for n in forced), forced
 
 
 def test_per_channel_scales_differ_from_per_tensor(mlp_file: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from shipyard.compression import html
 from shipyard.compression.choice import choose
-from shipyard.compression.config import DynamicInt8Config, MeasureConfig
+from shipyard.compression.config import NO_BUDGET, DynamicInt8Config, MeasureConfig
 from shipyard.compression.machine import machine_facts
 from shipyard.compression.pipeline import compare, compress
 from shipyard.compression.report import (
@@ -194,7 +194,7 @@ def test_compare_figure_names_the_method_and_starts_latency_at_zero(
     mlp_repo: Path, tmp_path: Path
 ) -> None:
     measure = MeasureConfig(latency_runs=16, throughput_runs=8, min_seconds=0.0, warmup_runs=1)
-    compress(mlp_repo / "mlp", config=DynamicInt8Config(), measure=measure)
+    compress(mlp_repo / "mlp", config=DynamicInt8Config(), measure=measure, max_drop=NO_BUDGET)
     report = compare(mlp_repo / "mlp", 1, 2, measure=measure)
     assert report.candidate.label == "v2 (int8-dynamic per-channel)"
     assert report.latency_spread is not None and len(report.latency_spread.ratios) == 8

@@ -39,8 +39,10 @@ class DynamicInt8Config(_Config):
     method: Literal["int8-dynamic"] = "int8-dynamic"
     per_channel: bool = True
     """One scale per output channel; on MiniLM it keeps mean cosine 0.992 vs 0.964 per-tensor."""
-    reduce_range: bool = False
-    """7-bit weights for old CPUs without VNNI overflow handling; costs accuracy, off by default."""
+    reduce_range: bool | None = None
+    """7-bit weights: ONNX Runtime's x86 int8 kernels without VNNI/AMX (VPMADDUBSW) can
+    saturate on full-range weights. None (default): on exactly where this CPU lacks them
+    (`machine.saturating_int8`), and the note says so."""
     weight_type: QuantType = "int8"
     op_types: tuple[str, ...] = ("MatMul", "Gemm")
     embeddings: bool = True
@@ -67,6 +69,8 @@ class StaticInt8Config(_Config):
     op_types: tuple[str, ...] | None = None
     """None quantizes every op the QDQ quantizer supports."""
     exclude_nodes: tuple[str, ...] = ()
+    reduce_range: bool | None = None
+    """7-bit weights, as for int8-dynamic; None: on where this x86 CPU lacks VNNI/AMX."""
     max_calibration_rows: int = Field(default=256, ge=1)
     calibration_batch: int = Field(default=16, ge=1)
     preprocess: bool = True

@@ -49,11 +49,25 @@ class MachineFacts(BaseModel):
     @property
     def int8_note(self) -> str:
         flags = set(self.cpu_flags)
-        if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}:
+        if flags & INT8_DOT_FLAGS:
             return "CPU has int8 dot-product instructions (VNNI/AMX/dotprod): int8 runs fast"
         if "avx2" in flags:
             return "AVX2 without VNNI: int8 speed-ups are smaller than on VNNI CPUs"
         return "no AVX2: int8 kernels may be slower than float32"
+
+
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+
+
+@functools.lru_cache(maxsize=1)
+def saturating_int8() -> bool:
+    """Whether ONNX Runtime's int8 kernels on this CPU can saturate (x86 without VNNI or
+    AMX: u8 x s8 pairs are summed in 16 bits by VPMADDUBSW), which 7-bit weights
+    (`reduce_range`) avoid, as ONNX Runtime's quantization guide advises."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    _, flags = _cpuinfo()
+    return bool(flags) and not flags & INT8_DOT_FLAGS
 
 
 @functools.lru_cache(maxsize=1)

@@ -170,6 +170,8 @@ def _dynamic(model_in: Path, model_out: Path, config: DynamicInt8Config, work: P
         prepared = work / "preprocessed.onnx"
         notes += preprocess(source, prepared)
         source = prepared
+    reduce_range, note = _reduce_range(config.reduce_range)
+    notes += note
     op_types = {"MatMul" if t == "Gemm" else t for t in config.op_types}
     if config.embeddings:
         op_types.add("Gather")
@@ -178,7 +180,7 @@ def _dynamic(model_in: Path, model_out: Path, config: DynamicInt8Config, work: P
         model_out,
         op_types_to_quantize=sorted(op_types),
         per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
+        reduce_range=reduce_range,
         weight_type=_QUANT_TYPES[config.weight_type],
         nodes_to_exclude=list(config.exclude_nodes),
     )
@@ -197,6 +199,8 @@ def _static(
     notes += flattened
     rows = min(data.rows, config.max_calibration_rows)
     notes.append(f"calibrated on {rows} rows from {data.source} ({config.calibration_method})")
+    reduce_range, note = _reduce_range(config.reduce_range)
+    notes += note
     extra: dict[str, object] = {}
     if config.calibration_method == "percentile":
         extra["CalibPercentile"] = config.percentile
@@ -211,9 +215,24 @@ def _static(
         weight_type=_QUANT_TYPES[config.weight_type],
         nodes_to_exclude=list(config.exclude_nodes),
         calibrate_method=_CALIBRATORS[config.calibration_method],
+        reduce_range=reduce_range,
         extra_options=extra,
     )
     return notes
+
+
+def _reduce_range(wanted: bool | None) -> tuple[bool, list[str]]:
+    """`reduce_range` as configured, or (None) on where this CPU's int8 kernels saturate."""
+    if wanted is not None:
+        return wanted, []
+    from shipyard.compression.machine import saturating_int8
+
+    if not saturating_int8():
+        return False, []
+    return True, [
+        "reduce_range on: this x86 CPU has no VNNI/AMX, whose int8 kernels saturate on "
+        "full-range weights (set reduce_range = false to override)"
+    ]
 
 
 def _int4(model_in: Path, model_out: Path, config: Int4WeightOnlyConfig) -> list[str]:
