@@ -86,6 +86,12 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         help="Shipyard `serve --workers` counts, comma-separated: one row set each (default 1)",
     )
     parser.add_argument(
+        "--ray",
+        default="",
+        help="Ray Serve replica counts, comma-separated: one row set each of Shipyard on "
+        "`deploy ray --replicas N` (local Ray cluster; needs the ray extra; default none)",
+    )
+    parser.add_argument(
         "--intra-op-threads",
         type=int,
         default=1,
@@ -127,6 +133,7 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
     try:
         args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
         args.workers = sorted({int(w) for w in str(args.workers).split(",") if w.strip()})
+        args.ray = sorted({int(r) for r in str(args.ray).split(",") if r.strip()})
     except ValueError:
         parser.error("--concurrency takes integers, e.g. 1,8,32")
     if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 1024:

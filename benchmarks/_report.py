@@ -244,6 +244,10 @@ def _command(args: argparse.Namespace) -> str:
     ]
     if args.baseline:
         parts.append(f"--baseline {args.baseline}")
+    if args.workers != [1]:
+        parts.append("--workers " + ",".join(map(str, args.workers)))
+    if args.ray:
+        parts.append("--ray " + ",".join(map(str, args.ray)))
     if args.raw_batch_sizes:
         parts.append("--raw-batch-sizes " + ",".join(map(str, args.raw_batch_sizes)))
     if "minilm" in args.models:

@@ -70,9 +70,14 @@ class ServingConfig:
     intra_op_threads: int
     workers: int = 1
     """Shipyard only: `serve --workers`."""
+    ray_replicas: int = 0
+    """Shipyard only: `deploy ray --replicas N` (Ray Serve replicas behind the front door);
+    0: not on Ray."""
 
     def describe(self) -> str:
         workers = f"{self.workers} workers, " if self.workers > 1 else ""
+        if self.ray_replicas:
+            workers = f"Ray {self.ray_replicas} replica{'s' if self.ray_replicas > 1 else ''}, "
         if not self.batching:
             return f"{workers}batching off"
         return f"{workers}batching ≤{self.max_batch_size}, {self.delay_us} µs"
@@ -234,8 +239,10 @@ def shipyard(model: ModelFiles, config: ServingConfig, *, work: Path) -> tuple[l
     repo = work / "repo"
     target = repo / model.name / model.version_dir.name
     shutil.copytree(model.version_dir, target)
+    # on Ray a batcher thread waits per batch in flight: two per replica keep each busy
+    instances = max(config.instances, 2 * config.ray_replicas)
     toml = [
-        f"instances = {config.instances}",
+        f"instances = {instances}",
         "warmup = true",
         "[batching]",
         f"enabled = {'true' if config.batching else 'false'}",
@@ -248,7 +255,10 @@ def shipyard(model: ModelFiles, config: ServingConfig, *, work: Path) -> tuple[l
     script = Path(sys.executable).with_name("shipyard")
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "shipyard.cli"]
     port = free_port()
-    argv = [*launcher, "serve", str(repo), "--port", str(port), "--poll-interval", "0"]
+    command = ["deploy", "ray"] if config.ray_replicas else ["serve"]
+    argv = [*launcher, *command, str(repo), "--port", str(port), "--poll-interval", "0"]
+    if config.ray_replicas:  # one CPU each: a replica's session runs intra_op_threads
+        argv += ["--replicas", str(config.ray_replicas), "--num-cpus", "1"]
     if config.workers > 1:
         argv += ["--workers", str(config.workers)]
     return argv, port

@@ -23,6 +23,12 @@ in-process `SentenceTransformer.encode` (`_encode.py`) at the same batch sizes:
 on one port, SO_REUSEPORT):
 
     python benchmarks/serving.py --workers 1,2 --concurrency 32
+
+`--ray 1,2` adds a Shipyard row set per Ray Serve replica count (`deploy ray --replicas N`,
+a local Ray cluster, one CPU per replica): Ray's cost against the plain server, and what a
+second replica buys:
+
+    python benchmarks/serving.py --ray 1,2 --skip-mlserver --skip-triton --concurrency 8,32
 """
 
 from __future__ import annotations
@@ -158,7 +164,10 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
                 encodings += [TEXT_JSON, TEXT_BINARY]
             for config in configs(args):
                 counts = args.workers if server == SHIPYARD else [1]
-                for variant in (dataclasses.replace(config, workers=w) for w in counts):
+                variants = [dataclasses.replace(config, workers=w) for w in counts]
+                if server == SHIPYARD:
+                    variants += [dataclasses.replace(config, ray_replicas=r) for r in args.ray]
+                for variant in variants:
                     targets += start_server(
                         server, starter, variant, model, bodies, run, stack, encodings=encodings
                     )
@@ -201,7 +210,8 @@ def _baseline(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[in
 def _shipyard_from(
     src: Path, tag: str, model: ModelFiles, config: ServingConfig, run: Run
 ) -> Iterator[int]:
-    work = _fresh(run.work / f"{tag}-{model.name}-{config.batching}-w{config.workers}")
+    where = f"w{config.workers}" + (f"-ray{config.ray_replicas}" if config.ray_replicas else "")
+    work = _fresh(run.work / f"{tag}-{model.name}-{config.batching}-{where}")
     argv, port = _servers.shipyard(model, config, work=work)
     env = server_env(src)
     with _servers.running(SHIPYARD, argv, port=port, log=work / "server.log", env=env) as p:

@@ -99,12 +99,19 @@ class CliServer:
 
 @contextmanager
 def cli_server(
-    repo: Path, *args: str, ready: bool = True, env: dict[str, str] | None = None
+    repo: Path,
+    *args: str,
+    ready: bool = True,
+    env: dict[str, str] | None = None,
+    command: tuple[str, ...] = ("serve",),
+    ready_timeout_s: float = 30.0,
+    stop_timeout_s: float = 15.0,
 ) -> Iterator[CliServer]:
-    """`shipyard serve REPO --port 0 ARGS...`, stopped (SIGTERM, then kill) on exit."""
+    """`shipyard serve REPO --port 0 ARGS...` (or another `command` taking the serve flags:
+    `deploy ray`), stopped (SIGTERM, then kill) on exit."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        cli("serve", str(repo), "--port", "0", "--poll-interval", "0", *args),
+        cli(*command, str(repo), "--port", "0", "--poll-interval", "0", *args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,7 +120,7 @@ def cli_server(
     server = CliServer(proc)
     try:
         if ready:
-            server.wait_ready()
+            server.wait_ready(ready_timeout_s)
         yield server
     finally:
-        server.stop()
+        server.stop(stop_timeout_s)

@@ -1,4 +1,5 @@
-"""`shipyard deploy docker|k8s|kserve`: write a container build context or manifests."""
+"""`shipyard deploy docker|k8s|kserve`: write a container build context or manifests;
+`shipyard deploy ray`: serve on Ray Serve replicas (cli/serve.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from shipyard.cli.parsing import Subparsers, add_command, add_group
 
 def register(sub: Subparsers) -> None:
     _, actions = add_group(
-        sub, "deploy", "write a container build context, Kubernetes or KServe manifests"
+        sub,
+        "deploy",
+        "write a container build context, Kubernetes or KServe manifests; serve on Ray",
     )
     d = add_command(actions, "docker", cmd_deploy_docker)
     _common(d)
@@ -48,6 +51,10 @@ def register(sub: Subparsers) -> None:
         "--storage-prefix", help="storageUri prefix: PREFIX/NAME holds NAME/VERSION/ (see docs)"
     )
     _drain(s)
+
+    from shipyard.cli.serve import register_ray
+
+    register_ray(actions)
 
 
 _K8S_FILES = (

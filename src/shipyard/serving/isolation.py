@@ -84,7 +84,7 @@ def open_isolated(
             manifest,
             runtime,
             graph_hints=runtime.graph_hints,
-            assets=_assets(version_dir, manifest, kek),
+            assets=decrypted_assets(version_dir, manifest, kek),
             batch_padding=runtime.batch_padding,
         )
     except BaseException:
@@ -92,7 +92,9 @@ def open_isolated(
         raise
 
 
-def _assets(version_dir: Path, manifest: Manifest, kek: bytes | None) -> dict[str, bytes] | None:
+def decrypted_assets(
+    version_dir: Path, manifest: Manifest, kek: bytes | None
+) -> dict[str, bytes] | None:
     """An encrypted package's processing assets (a tokenizer), decrypted in memory: the
     processing runs here, in the server, before a request joins a batch."""
     if manifest.encryption is None or manifest.processing is None:

@@ -163,7 +163,13 @@ class Server:
             return
         if self.grpc is not None:
             await self.grpc.stop()  # listeners first; the stack then unwinds the rest
-        await stack.aclose()
+        try:
+            await stack.aclose()
+        finally:
+            if self.settings.ray is not None:  # models unloaded: leave (or stop) the cluster
+                from shipyard.serving import ray_pool
+
+                await asyncio.to_thread(ray_pool.shutdown)
 
     async def reload(self) -> None:
         """What SIGHUP does: rescan the repository, re-read the token file, log and audit it."""

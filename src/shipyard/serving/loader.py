@@ -3,7 +3,8 @@
 `open_version` runs on a worker thread (the manager's `_load_version` calls it); what it
 decides comes from the version's resolved `VersionConfig`, merged once before the load.
 An isolated version (`isolation = "process"`) is opened in its worker process
-(`isolation.open_isolated`); warm-up and the batching check then run there too.
+(`isolation.open_isolated`), a version on Ray in its Serve deployment (`ray_pool`); warm-up
+and the batching check then run there too.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.isolation import RESTART_REASONS, ProcessRuntime, open_isolated
 from shipyard.serving.metrics import Metrics
+from shipyard.serving.ray_pool import open_on_ray
 from shipyard.serving.run_timing import INLINE_MAX_US
 from shipyard.serving.version_config import VersionConfig
+from shipyard.serving.version_state import is_remote_runtime
 from shipyard.serving.warmup import batching_problem, static_batching_problem, warm_up
 
 log = logging.getLogger("shipyard.serving.manager")
@@ -40,7 +43,11 @@ def open_version(
     runs it under `swap.read_stable`: when the version is rewritten meanwhile (`shipyard
     encrypt`, key rotation) it is opened again, so what serves is one version as written.
     """
-    if resolved.worker is not None:
+    if resolved.ray is not None:
+        model = open_on_ray(
+            path, version, resolved.ray, options=resolved.runtime, public_key=public_key, kek=kek
+        )
+    elif resolved.worker is not None:
         model = open_isolated(
             path,
             version,
@@ -112,6 +119,8 @@ def build_batcher(
         return runtime.run(feed, outputs or None)
 
     inline_max_us = INLINE_MAX_US
+    if is_remote_runtime(runtime):
+        inline_max_us = 0  # a round trip to a replica: never on the event loop
     if isinstance(runtime, ProcessRuntime):
         inline_max_us = 0  # a pipe round trip, and a wait of up to the execution timeout
         restarts = metrics.worker_restarts

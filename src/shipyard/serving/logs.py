@@ -36,6 +36,12 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+def _extra(key: str) -> bool:
+    """A record attribute a log line shows: not LogRecord's own, not private (Ray's record
+    factory adds `_ray_timestamp_ns` to every record once it is imported)."""
+    return key not in _STANDARD and not key.startswith("_")
+
+
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 """An ANSI CSI escape sequence (colours, bold, cursor moves)."""
 
@@ -71,7 +77,7 @@ class JsonFormatter(logging.Formatter):
             "message": plain(record.getMessage()),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and value is not None:
+            if _extra(key) and value is not None:
                 doc[key] = plain(value) if isinstance(value, str) else value
         if record.exc_info:
             doc["exception"] = plain(self.formatException(record.exc_info))
@@ -86,7 +92,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
+        extras = {k: v for k, v in vars(record).items() if _extra(k) and v is not None}
         if record.name == ACCESS_LOGGER:
             extras = {k: v for k, v in extras.items() if k not in ACCESS_FIELDS}
         rid = extras.pop("request_id", None)

@@ -6,10 +6,14 @@ once, when a version loads)::
     instances = 2                 # worker threads running this model
     warmup = true
     isolation = "process"         # run it in a supervised worker process (default "none")
+                                  # "ray": on Ray Serve replicas (`shipyard deploy ray`)
     [worker]                      # only with isolation = "process" (isolation.py)
     execution_timeout_s = 30      # a batch not answered by then: worker killed, 503, restarted
     max_restart_backoff_s = 10    # restarts back off from 0.1 s, doubling up to this
     start_timeout_s = 300         # loading the version in a (re)started worker
+    [ray]                         # only on Ray (ray_pool.py); unset: the server's --replicas …
+    replicas = 2                  # or min_replicas = 1 + max_replicas = 4: autoscaling
+    num_cpus = 0.5
     [batching]
     enabled = true                # default: on when every input and output has a dynamic dim 0
     max_batch_size = 16
@@ -145,6 +149,22 @@ class WorkerSettings(BaseModel):
     start_timeout_s: float = Field(default=300.0, gt=0, le=3600)
 
 
+class RayOverride(BaseModel):
+    """Ray Serve knobs a model.toml may set under [ray]; unset ones are the server's
+    (`settings.RaySettings`, from `shipyard deploy ray` flags)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    replicas: int | None = Field(default=None, ge=1, le=1024)
+    min_replicas: int | None = Field(default=None, ge=0, le=1024)
+    max_replicas: int | None = Field(default=None, ge=1, le=1024)
+    target_ongoing_requests: float | None = Field(default=None, gt=0, le=1024)
+    num_cpus: float | None = Field(default=None, gt=0, le=1024)
+    max_ongoing_requests: int | None = Field(default=None, ge=1, le=10_000)
+    execution_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    start_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+
+
 class ModelConfig(BaseModel):
     """A model's serving config from its optional `model.toml`; unset fields use the server's."""
 
@@ -162,10 +182,13 @@ class ModelConfig(BaseModel):
     drift: DriftOverride = DriftOverride()
     rollout: RolloutConfig | None = None
     failover: FailoverConfig | None = None
-    isolation: Literal["none", "process"] = "none"
+    isolation: Literal["none", "process", "ray"] | None = None
     """"process": the runtime runs in a supervised worker process, restarted when it dies or
-    hangs; "none": in the server's process (the fastest)."""
+    hangs; "ray": on Ray Serve replicas (the server must run with `shipyard deploy ray`);
+    "none": in the server's process (the fastest). Unset: "ray" on a Ray deployment, else
+    "none"."""
     worker: WorkerSettings = WorkerSettings()
+    ray: RayOverride = RayOverride()
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:

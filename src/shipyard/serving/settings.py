@@ -153,6 +153,52 @@ class DriftSettings(BaseModel):
     """Rows (of sampled requests) the drift values are computed on: the most recent ones."""
 
 
+class RaySettings(BaseModel):
+    """Ray Serve as the replica pool (`shipyard deploy ray`; serving.ray_pool, docs/deploy.md).
+
+    Shipyard's own HTTP and gRPC server stays the front door (auth, limits, batching,
+    processing, audit, metrics); each model version is one Ray Serve deployment whose
+    replicas load the version themselves and run its batches. A model.toml [ray] overrides
+    single knobs per model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    address: str | None = None
+    """Ray cluster to join ("auto", "ray://HEAD:10001", "HEAD:6379"); None starts a local
+    cluster on this machine, bound to 127.0.0.1, and stops it when the server exits."""
+    replicas: int = Field(default=1, ge=1, le=1024)
+    """Replicas per model version (without autoscaling)."""
+    min_replicas: int | None = Field(default=None, ge=0, le=1024)
+    """With `max_replicas`: Ray Serve autoscales each deployment between the two."""
+    max_replicas: int | None = Field(default=None, ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, le=1024)
+    """Autoscaling target: batches in flight per replica."""
+    num_cpus: float = Field(default=1.0, gt=0, le=1024)
+    """CPUs Ray reserves per replica (fractions allowed); ONNX Runtime in a replica uses
+    this many threads (rounded up) unless [runtime] intra_op_threads says otherwise."""
+    max_ongoing_requests: int = Field(default=4, ge=1, le=10_000)
+    """Batches one replica runs or holds at once; more wait in Ray Serve's router."""
+    execution_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A batch not answered by then fails with 503 (the call is cancelled)."""
+    start_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    """Seconds a version's deployment may take to have every replica loaded."""
+    host: str = "127.0.0.1"
+    """Address the local cluster's processes bind (with `address` None)."""
+
+    @model_validator(mode="after")
+    def _autoscaling_bounds(self) -> RaySettings:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("autoscaling needs both min_replicas and max_replicas")
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas = {low} is above max_replicas = {high}")
+        return self
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+
 class ServerSettings(BaseSettings):
     """Everything `shipyard serve` can be told; see the module docstring for sources."""
 
@@ -197,6 +243,10 @@ class ServerSettings(BaseSettings):
     """Server processes sharing the HTTP (and gRPC) port through SO_REUSEPORT, so the kernel
     spreads connections over every core; one /metrics sums them all (docs/serving.md,
     "Workers"). 1: this process serves alone."""
+    ray: RaySettings | None = None
+    """Run every model version on Ray Serve replicas behind this server (`shipyard deploy
+    ray`); None: versions run in this process (or their worker, isolation = "process").
+    A model.toml `isolation` other than "ray" keeps that model here."""
     poll_interval_s: float = Field(default=2.0, ge=0)
     """Seconds between repository scans for new, changed or removed versions; 0 = off."""
     strict_readiness: bool = True
@@ -274,6 +324,11 @@ class ServerSettings(BaseSettings):
         if self.instances > self.max_instances:
             raise ValueError(
                 f"instances = {self.instances} is above max_instances = {self.max_instances}"
+            )
+        if self.ray is not None and self.workers > 1:
+            raise ValueError(
+                "ray runs one front door: drop --workers and scale with --replicas or "
+                "--autoscale (Ray Serve spreads the batches over its replicas)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import ShipyardError
@@ -28,7 +29,9 @@ from shipyard.serving.settings import (
     BatchingSettings,
     DriftSettings,
     LimitsSettings,
+    RaySettings,
     ServerSettings,
+    validation_details,
 )
 
 __all__ = [
@@ -59,6 +62,9 @@ class VersionConfig:
     runtime: RuntimeOptions
     worker: WorkerSettings | None = None
     """Its worker process (`isolation = "process"`); None: it runs in the server's process."""
+    ray: RaySettings | None = None
+    """Its Ray Serve deployment (`isolation` "ray", the default on a Ray deployment): the
+    server's [ray] settings with the model.toml's [ray] over them."""
 
 
 def resolve(config: ModelConfig, settings: ServerSettings) -> VersionConfig:
@@ -67,17 +73,43 @@ def resolve(config: ModelConfig, settings: ServerSettings) -> VersionConfig:
     limits = settings.limits.model_copy(update=limits_update) if limits_update else settings.limits
     batching_update = config.batching.model_dump(exclude_none=True)
     drift_update = config.drift.model_dump(exclude_none=True)
+    ray = ray_settings(config, settings)
+    instances = config.instances or settings.instances
+    if ray is not None and config.instances is None:
+        # a thread per batch in flight: enough to keep every replica's queue filled
+        instances = max(instances, min(2 * ray.most_replicas, settings.max_instances))
     return VersionConfig(
         limits=limits,
         decode_limits=decode_limits(limits),
         batching=settings.batching.model_copy(update=batching_update),
         queue=config.queue,
         drift=settings.drift.model_copy(update=drift_update) if drift_update else settings.drift,
-        instances=config.instances or settings.instances,
+        instances=instances,
         warmup=settings.warmup if config.warmup is None else config.warmup,
         runtime=config.runtime or settings.runtime,
         worker=config.worker if config.isolation == "process" else None,
+        ray=ray,
     )
+
+
+def isolation(config: ModelConfig, settings: ServerSettings) -> str:
+    """Where a model's versions run: "none" (this process), "process" or "ray"."""
+    if config.isolation is not None:
+        return config.isolation
+    return "ray" if settings.ray is not None else "none"
+
+
+def ray_settings(config: ModelConfig, settings: ServerSettings) -> RaySettings | None:
+    """The Ray deployment options of a model on Ray (model.toml [ray] over the server's);
+    None when it does not run on Ray."""
+    if isolation(config, settings) != "ray" or settings.ray is None:
+        return None
+    update = config.ray.model_dump(exclude_none=True)
+    if not update:
+        return settings.ray
+    if "replicas" in update and "min_replicas" not in update:  # a fixed count: no autoscaling
+        update |= {"min_replicas": None, "max_replicas": None}
+    return RaySettings.model_validate({**settings.ray.model_dump(), **update})
 
 
 def decode_limits(limits: LimitsSettings) -> DecodeLimits:
@@ -98,6 +130,16 @@ def ceiling_problem(config: ModelConfig, settings: ServerSettings, model_dir: Pa
     never raise them: the server's values are then ceilings.
     """
     where = model_dir / MODEL_CONFIG_FILE
+    if config.isolation == "ray" and settings.ray is None:
+        return (
+            f'{where}: isolation = "ray" needs a server on Ray (`shipyard deploy ray`); '
+            "this one runs models in its own process"
+        )
+    if settings.ray is not None and isolation(config, settings) == "ray":
+        try:
+            ray_settings(config, settings)
+        except ValidationError as exc:
+            return f"{where}: invalid [ray] ({validation_details(exc)})"
     if config.instances is not None and config.instances > settings.max_instances:
         return (
             f"{where}: instances = {config.instances} is above the server's max_instances = "

@@ -19,6 +19,7 @@ from shipyard.serving.batching import Batcher
 from shipyard.serving.errors import ModelLoadError
 from shipyard.serving.isolation import ProcessRuntime
 from shipyard.serving.model_config import ModelConfig
+from shipyard.serving.ray_pool import RayRuntime
 from shipyard.serving.repository import Fingerprint
 from shipyard.serving.version_config import VersionConfig
 
@@ -95,7 +96,9 @@ class ServedVersion:
         """Why this loaded version cannot answer right now (its worker process is dead or
         restarting: isolation = "process"), or None."""
         runtime = self.model.runtime
-        return runtime.down if isinstance(runtime, ProcessRuntime) else None
+        if isinstance(runtime, ProcessRuntime | RayRuntime):
+            return runtime.down
+        return None
 
     @contextlib.contextmanager
     def leased(self) -> Iterator[ServedVersion]:
@@ -120,10 +123,16 @@ class ServedVersion:
         self.closing = True
         await self._idle.wait()
         await self.batcher.close()
-        if isinstance(self.model.runtime, ProcessRuntime):
-            await asyncio.to_thread(self.model.close)  # waits for its worker process to exit
+        if is_remote_runtime(self.model.runtime):
+            await asyncio.to_thread(self.model.close)  # waits for its worker or replicas
         else:
             self.model.close()
+
+
+def is_remote_runtime(runtime: object) -> bool:
+    """Whether the runtime runs elsewhere (a worker process, Ray replicas): it has `down`,
+    and closing it waits for other processes."""
+    return isinstance(runtime, ProcessRuntime | RayRuntime)
 
 
 @dataclass(frozen=True)
