@@ -19,6 +19,8 @@ from shipyard.compression import (
     compare,
     compress,
 )
+from shipyard.compression.html import rows
+from shipyard.compression.pipeline import NO_BUDGET
 from shipyard.compression.raw import load_data
 from shipyard.demo.images import png_bytes
 from shipyard.package.store import read_verified
@@ -189,6 +191,27 @@ def test_image_folder_calibrates_and_scores_what_a_client_gets(
     assert report.candidate.accuracy == served.label_agreement  # labels: v1's own answers
     notes = read_verified(result.path).lineage.steps[-1].config["notes"]
     assert any("calibrated on 24 rows from" in n and "24 images" in n for n in notes)
+
+
+def test_the_budget_checks_the_served_labels(digits_repo: Path, tmp_path: Path) -> None:
+    from shipyard.compression import OnnxPruneConfig
+
+    images = image_folder(tmp_path / "images", digits_repo, 24)
+    result = compress(digits_repo / "digits", config=OnnxPruneConfig(sparsity=0.97),
+                      eval_data=images, measure=FAST)  # fmt: skip
+    served = result.report.fidelity.served
+    assert not result.accepted and served is not None and served.label_agreement is not None
+    assert served.label_agreement < 0.99
+    assert result.reasons[-1] == (
+        f"'label' agreement {served.label_agreement:.4g} is below min top-1 agreement 0.99 by "
+        f"{0.99 - served.label_agreement:.4g}"
+    )
+    # Graph tensors for a package with labels: the served labels are compared all the same.
+    x = np.random.default_rng(4).random((8, 1, 8, 8), dtype=np.float32)
+    report = compress(digits_repo / "digits", config=DynamicInt8Config(), eval_data={"x": x},
+                      max_drop=NO_BUDGET, measure=FAST).report  # fmt: skip
+    assert report.fidelity.served is not None and report.fidelity.served.source == "tensors"
+    assert "label agreement" in [row[0] for row in rows(report)]
 
 
 def test_images_in_an_npz_and_unlabelled_folders(digits_repo: Path, tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ class ComparisonReport(_Frozen):
             )
         agreement, what = self.fidelity.top1_agreement, "top-1 agreement"
         if served is not None and served.label_agreement is not None:  # the labels as served
-            agreement, what = served.label_agreement, f"agreement of {served.label_output!r}"
+            agreement, what = served.label_agreement, f"{served.label_output!r} agreement"
         if budget.min_top1_agreement is not None:
             limit = budget.min_top1_agreement
             if agreement is None:
