@@ -90,6 +90,20 @@ def test_text_compress_measures_the_served_embedding(tiny_text_repo: Path, tmp_p
     assert report.fidelity.served is not None and report.fidelity.served.source == "text"
 
 
+def test_token_outputs_of_batches_cut_to_different_lengths(tmp_path: Path) -> None:
+    tokenizer = write_tiny_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    repo = tmp_path / "models"
+    shipyard.pack(tiny_encoder(), name="states", repo=repo, sample_input=tiny_sample(),
+                  processing=text_plan(tokenizer, max_length=8, pad_to_multiple=4,
+                                       embedding_output=None))  # fmt: skip
+    texts = write_lines(tmp_path / "t.txt", TEXTS)
+    report = compare(repo / "states", 1, 1, eval_data=texts, measure=FAST)  # batches 8, 4, 8 wide
+    assert report.fidelity.rows == 5 and report.fidelity.mean_cosine == pytest.approx(1.0)
+    served = report.fidelity.served
+    assert served is not None and served.source == "text"
+    assert served.embedding_output is None and served.label_agreement is None
+
+
 def test_jsonl_labels_are_class_indices_without_class_names(
     tiny_text_repo: Path, tmp_path: Path
 ) -> None:

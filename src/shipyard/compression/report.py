@@ -122,7 +122,8 @@ class Fidelity(_Frozen):
     min_cosine: float
     top1_agreement: float | None
     served: ServedFidelity | None = None
-    """The same rows as a client sees them (packages with processing; None otherwise)."""
+    """The same rows as a client sees them, and what they were made from (packages with
+    processing; None otherwise)."""
 
 
 class ComparisonReport(_Frozen):

@@ -22,9 +22,9 @@ def served_fidelity(
     *,
     processing: Processing,
     source: str,
-) -> ServedFidelity | None:
-    """Label agreement and embedding cosine of two models' named outputs for the same rows;
-    None when the processing adds no labels and names no embedding output."""
+) -> ServedFidelity:
+    """Label agreement and embedding cosine of two models' named outputs for the same rows
+    (each None where the processing adds no labels / names no embedding output)."""
     from shipyard.compression.measure import cosine_rows
 
     processor = Processor(processing)  # post-processing needs no tokenizer
@@ -32,8 +32,6 @@ def served_fidelity(
     labels = processing.labels
     scored = labels is not None and labels.scores in base and labels.scores in cand
     embedded = embedding is not None and embedding in base and embedding in cand
-    if not (scored or embedded):
-        return None
     rows = int(next(iter(base.values())).shape[0])
     figures: dict[str, object] = {"source": source, "rows": rows}
     if embedded:
