@@ -113,6 +113,10 @@ def test_jsonl_labels_are_class_indices_without_class_names(
     good = write_lines(tmp_path / "l.jsonl", [json.dumps(r) for r in rows])
     data = load_data(good, manifest, version_dir, what="eval")
     assert data.labels is not None and data.labels.tolist() == [1, 0]
+    arrays = {"text": np.array(["hello", "a b"]), "y": np.array([1, 0])}  # as in an .npz
+    same = load_data(arrays, manifest, version_dir, what="eval")
+    assert same.raw == "text" and same.labels is not None and same.labels.tolist() == [1, 0]
+    np.testing.assert_array_equal(same.inputs["input_ids"], data.inputs["input_ids"])
     for lines, needle in (
         (['{"text": "a", "label": "cat"}'], r"line 1: label 'cat' is not a class index"),
         (['{"text": "a", "label": 1}', '{"text": "b"}'], r"line 2 has no label"),
