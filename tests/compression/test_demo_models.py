@@ -187,6 +187,57 @@ def test_digits_over_budget_is_rejected_with_the_miss_and_not_servable(
     assert shipyard.load(model_dir).version == 1
 
 
+def _png_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Digits as PNGs in one folder per class (torchvision's ImageFolder layout)."""
+    from shipyard.demo.digits import to_png
+
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:04d}.png").write_bytes(to_png(image))
+    return root
+
+
+def test_digits_int8_static_from_png_folders_scores_what_a_client_gets(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    from shipyard.demo.digits import load_data
+
+    data = load_data()
+    rows = 120
+    calibration = _png_folder(tmp_path / "calib", data.x_train[:64], data.y_train[:64])
+    eval_dir = _png_folder(tmp_path / "eval", data.x_test[:rows], data.y_test[:rows])
+    model_dir = _fresh(demo_repo, tmp_path, "digits")
+    result = compress(
+        model_dir,
+        config=StaticInt8Config(),
+        calibration=calibration,
+        eval_data=eval_dir,
+        max_drop=0.02,
+        measure=QUICK,
+    )
+    assert result.accepted, result.reasons
+    report = result.report
+    served = report.fidelity.served
+    assert served is not None and served.source == "images" and served.rows == rows
+    assert served.label_output == "label" and served.label_agreement is not None
+    assert served.label_agreement >= 0.97
+    assert f"{eval_dir}/ ({rows} images" in report.data
+    # Accuracy from the images' folder names, scored on the served labels: the PNGs hold
+    # the dataset's pixels as 8-bit levels, so it matches the tensors' accuracy closely.
+    assert report.baseline.accuracy_rows == rows and report.baseline.accuracy is not None
+    parent = shipyard.load(model_dir, version=1)
+    try:
+        scores = parent.infer(data.x_test[:rows])[parent.outputs[0].name]
+    finally:
+        parent.close()
+    from_tensors = float(np.mean(scores.argmax(axis=1) == data.y_test[:rows]))
+    assert report.baseline.accuracy == pytest.approx(from_tensors, abs=2 / rows)
+    assert report.accuracy_drop is not None and report.accuracy_drop <= 0.02
+    notes = read_verified(result.path).lineage.steps[-1].config["notes"]
+    assert any("calibrated on 64 rows from" in n and "64 images" in n for n in notes)
+
+
 @pytest.mark.parametrize("level", ["basic", "extended"])
 def test_tabular_takes_graph_optimization(demo_repo: Path, tmp_path: Path, level: str) -> None:
     model_dir = _fresh(demo_repo, tmp_path, "tabular")

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from shipyard.compression.results import CandidateOutcome, CompressResult, ProgressEvent
 
 QUANTIZE_CHOICES = ("int8-dynamic", "int8-static", "fp16", "int4", "auto")
+DATA_HELP = (
+    ".npz of input tensors (+ y labels); for a package with processing also raw data: "
+    "texts (.txt, .jsonl with text/label), a folder of images (class subfolders label "
+    "them) or .npz with a text/image array"
+)
 
 
 def register(sub: Subparsers) -> None:
@@ -28,7 +33,9 @@ def register(sub: Subparsers) -> None:
     c.add_argument("--version", type=int, dest="model_version", help="source version")
     c.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="quantization method")
     c.add_argument("--per-tensor", action="store_true", help="one int8 scale per tensor")
-    c.add_argument("--calibration", type=Path, help="calibration inputs (.npz) for int8-static")
+    c.add_argument(
+        "--calibration", type=Path, help=f"calibration data for int8-static: {DATA_HELP}"
+    )
     c.add_argument(
         "--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax"
     )
@@ -37,7 +44,7 @@ def register(sub: Subparsers) -> None:
     c.add_argument("--optimize", choices=("basic", "extended"), help="ONNX Runtime graph level")
     c.add_argument("--auto", action="store_true", help="try candidates, keep the fastest in budget")
     c.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="for --auto")
-    c.add_argument("--eval", type=Path, dest="eval_data", help="eval inputs (+ y labels) .npz")
+    c.add_argument("--eval", type=Path, dest="eval_data", help=f"eval data: {DATA_HELP}")
     c.add_argument(
         "--max-drop",
         type=float,
@@ -56,7 +63,7 @@ def register(sub: Subparsers) -> None:
     c.add_argument("model", type=Path, help="model folder")
     c.add_argument("v1", type=int, help="baseline version")
     c.add_argument("v2", type=int, help="version to compare with it")
-    c.add_argument("--eval", type=Path, dest="eval_data", help="eval inputs (+ y labels) .npz")
+    c.add_argument("--eval", type=Path, dest="eval_data", help=f"eval data: {DATA_HELP}")
     _measure_args(c)
 
 
@@ -108,6 +115,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     examples:
       shipyard compress models/minilm --quantize int8-dynamic --eval eval.npz
+      shipyard compress models/minilm --quantize int8-dynamic --eval sentences.txt
+      shipyard compress models/digits --quantize int8-static --calibration images/ --eval test/
       shipyard compress models/iris --auto --eval eval.npz --max-drop 0.01
       shipyard compress models/resnet --quantize int8-static --calibration calib.npz --json
     """
@@ -183,8 +192,9 @@ def describe_budget(result: CompressResult) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     """measure two versions side by side: size, speed, fidelity, accuracy
 
-    example:
+    examples:
       shipyard compare models/minilm 1 2 --report report.html
+      shipyard compare models/digits 1 2 --eval test_images/
     """
     from shipyard.compression import html
     from shipyard.compression.pipeline import compare
@@ -215,7 +225,10 @@ def _quantize_step(args: argparse.Namespace) -> AnyStep:
         return DynamicInt8Config(per_channel=per_channel)
     if args.quantize == "int8-static":
         if args.calibration is None:
-            raise UsageError("int8-static needs --calibration calib.npz (inputs like production)")
+            raise UsageError(
+                "int8-static needs --calibration DATA (inputs like production: calib.npz, or "
+                "texts / an image folder for a package with processing)"
+            )
         return StaticInt8Config(per_channel=per_channel, calibration_method=args.calibration_method)
     if args.quantize == "int4":
         return Int4WeightOnlyConfig(block_size=args.block_size)

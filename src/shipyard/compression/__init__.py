@@ -32,7 +32,8 @@ from shipyard.compression.pipeline import (
     pack_derived,
 )
 from shipyard.compression.quantize import quantize
-from shipyard.compression.report import ComparisonReport, Fidelity, ModelFigures
+from shipyard.compression.raw import load_data
+from shipyard.compression.report import ComparisonReport, Fidelity, ModelFigures, ServedFidelity
 
 __all__ = [
     "NO_BUDGET",
@@ -56,9 +57,11 @@ __all__ = [
     "PipelineConfig",
     "ProgressEvent",
     "QuantizeAutoConfig",
+    "ServedFidelity",
     "StaticInt8Config",
     "compare",
     "compress",
+    "load_data",
     "load_dataset",
     "pack_derived",
     "quantize",

@@ -1,10 +1,16 @@
-"""Eval and calibration data: .npz files or arrays keyed by input name, optional labels."""
+"""Eval and calibration data: .npz files or arrays keyed by input name, optional labels.
+
+Raw texts and images for packages that declare processing become a Dataset too
+(`shipyard.compression.raw`); texts of different lengths carry their token counts
+(`TokenLengths`), so every batch is cut to the length the server would pad it to.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -12,10 +18,37 @@ from shipyard.compression.errors import CompressionConfigError
 from shipyard.importers.samples import load_arrays
 from shipyard.package.dtypes import coerce, numpy_dtype
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.spec import TextProcessing
+from shipyard.processing.text import padded_length
 
 LABEL_KEYS = ("y", "label", "labels")
 
 DataLike = str | Path | np.ndarray | Mapping[str, np.ndarray]
+RawKind = Literal["text", "images"]
+
+
+@dataclass(frozen=True)
+class TokenLengths:
+    """Token inputs of texts of different lengths, padded to the longest with the package's
+    pad values: each row's real token count, so a batch of rows can be cut to what the
+    server sends the graph for those texts as one request (`padded_length`)."""
+
+    spec: TextProcessing
+    counts: np.ndarray
+    """Real (non-padding) tokens per row."""
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        names = (self.spec.input_ids, self.spec.attention_mask, self.spec.token_type_ids)
+        return frozenset(n for n in names if n is not None)
+
+    def cut(self, inputs: dict[str, np.ndarray], counts: np.ndarray) -> dict[str, np.ndarray]:
+        """`inputs` (rows with these `counts`) with the token inputs cut to their length."""
+        width = padded_length(int(counts.max()), spec=self.spec)
+        return {
+            k: np.ascontiguousarray(v[:, :width]) if k in self.inputs else v
+            for k, v in inputs.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -24,7 +57,11 @@ class Dataset:
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    """Class indices, or class names (strings) for a package that declares them."""
     source: str = "given"
+    raw: RawKind | None = None
+    """Made from raw texts or images by the package's processing; None: tensors as given."""
+    tokens: TokenLengths | None = None
 
     @property
     def rows(self) -> int:
@@ -32,19 +69,38 @@ class Dataset:
 
     def head(self, rows: int) -> Dataset:
         labels = None if self.labels is None else self.labels[:rows]
-        return Dataset({k: v[:rows] for k, v in self.inputs.items()}, labels, self.source)
+        tokens = (
+            None if self.tokens is None else replace(self.tokens, counts=self.tokens.counts[:rows])
+        )
+        inputs = {k: v[:rows] for k, v in self.inputs.items()}
+        return replace(self, inputs=inputs, labels=labels, tokens=tokens)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.rows, size):
-            yield {k: v[start : start + size] for k, v in self.inputs.items()}
+            yield self._cut(
+                {k: v[start : start + size] for k, v in self.inputs.items()},
+                slice(start, start + size),
+            )
 
     def tiled(self, rows: int) -> dict[str, np.ndarray]:
         """Exactly `rows` rows, repeating the data when it has fewer."""
+        return self.repeated(rows).inputs
+
+    def repeated(self, rows: int) -> Dataset:
+        """Exactly `rows` rows (no labels), repeating the data when it has fewer."""
         reps = -(-rows // self.rows)
-        return {
+        inputs = {
             k: np.ascontiguousarray(np.concatenate([v] * reps, axis=0)[:rows])
             for k, v in self.inputs.items()
         }
+        tokens = self.tokens
+        if tokens is not None:
+            tokens = replace(tokens, counts=np.concatenate([tokens.counts] * reps)[:rows])
+        data = replace(self, inputs=inputs, labels=None, tokens=tokens)
+        return replace(data, inputs=data._cut(inputs, slice(0, rows)))
+
+    def _cut(self, inputs: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+        return inputs if self.tokens is None else self.tokens.cut(inputs, self.tokens.counts[rows])
 
 
 def load_dataset(data: DataLike, specs: Sequence[TensorSpec], *, what: str) -> Dataset:

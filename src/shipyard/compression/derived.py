@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.compression.config import Budget, MeasureConfig, has_class_output, resolve_budget
-from shipyard.compression.data import DataLike, load_dataset, synthetic_dataset
+from shipyard.compression.data import DataLike, synthetic_dataset
 from shipyard.compression.errors import CompressionConfigError
 from shipyard.compression.measure import measure_pair
+from shipyard.compression.raw import load_data
 from shipyard.compression.results import CompressResult
 from shipyard.compression.versions import (
     measured_figures,
@@ -58,7 +59,7 @@ def pack_derived(
     settings = measure or MeasureConfig()
     source_dir = resolve_version_dir(Path(parent), version)
     base = read_verified(source_dir)
-    evalset = None if eval_data is None else load_dataset(eval_data, base.inputs, what="eval")
+    evalset = None if eval_data is None else load_data(eval_data, base, source_dir, what="eval")
     sample = evalset or synthetic_dataset(base.inputs)
     budget, default_budget = resolve_budget(
         max_drop,
@@ -84,6 +85,7 @@ def pack_derived(
             data=sample,
             settings=settings,
             labels=(f"v{base.version}", op),
+            processing=base.processing,
         )
         records = [(op, dict(config))]
         reasons = report.violations(budget)

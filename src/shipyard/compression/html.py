@@ -33,6 +33,8 @@ WORSE_KEYS = {
     "session memory": "session memory",
     "mean / min cosine": "mean cosine",
     "top-1 agreement": "top-1 agreement",
+    "embedding cosine": "embedding cosine",
+    "label agreement": "label agreement",
     "accuracy": "accuracy",
 }
 """Table row → the name ComparisonReport.worse uses (throughput rows start `throughput`)."""
@@ -80,10 +82,28 @@ def rows(report: ComparisonReport) -> list[tuple[str, str, str, str]]:
             "—" if f.top1_agreement is None else f"{f.top1_agreement:.4f}",
             "",
         ),
+        *_served_rows(report),
         ("accuracy", acc(b), acc(c), _accuracy_note(drop, c.accuracy_rows)),
     ]
     flagged = worse_rows(report)
     return [(m, x, y, f"{WORSE_MARK} {r}".strip() if m in flagged else r) for m, x, y, r in table]
+
+
+def _served_rows(report: ComparisonReport) -> list[tuple[str, str, str, str]]:
+    """What a client gets, for a package with processing: the embedding output's cosine and
+    the post-processed labels' agreement, saying what the rows were made from."""
+    served = report.fidelity.served
+    if served is None:
+        return []
+    found = []
+    if served.mean_cosine is not None and served.min_cosine is not None:
+        cosines = f"{served.mean_cosine:.4f} / {served.min_cosine:.4f}"
+        note = f"{served.embedding_output} as served, from {served.source}"
+        found.append(("embedding cosine", "1", cosines, note))
+    if served.label_agreement is not None:
+        note = f"post-processed {served.label_output}, from {served.source}"
+        found.append(("label agreement", "1", f"{served.label_agreement:.4f}", note))
+    return found
 
 
 def _accuracy_note(drop: float | None, labelled: int | None) -> str:

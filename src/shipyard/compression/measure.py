@@ -21,7 +21,9 @@ from shipyard.compression.data import Dataset
 from shipyard.compression.errors import CompressionError
 from shipyard.compression.machine import machine_facts
 from shipyard.compression.report import ComparisonReport, Fidelity, ModelFigures, RatioSpread
+from shipyard.compression.served import served_fidelity, served_labels
 from shipyard.package.tensorspec import TensorSpec
+from shipyard.processing.spec import Processing
 from shipyard.runtime.onnxrt import choose_providers
 
 MAX_ROUNDS = 100_000
@@ -41,24 +43,32 @@ def measure_pair(
     data: Dataset,
     settings: MeasureConfig,
     labels: tuple[str, str] = ("baseline", "candidate"),
+    processing: Processing | None = None,
 ) -> ComparisonReport:
-    """Measure both model files in one run; `data` gives fidelity/accuracy rows and inputs."""
+    """Measure both model files in one run; `data` gives fidelity/accuracy rows and inputs.
+
+    With the package's `processing`, fidelity also compares what a client gets (labels
+    after post-processing, the embedding output) and class-name labels are scored against
+    the served labels."""
     batch = _batch_size(specs, settings.batch_size)
     single = _batch_size(specs, 1)
     labelled = data if data.labels is not None else None  # accuracy: every labelled row
     data = data.head(settings.max_rows)
     if batch != settings.batch_size and data.rows % batch:  # fixed batch dim: whole batches
-        data = Dataset(data.tiled(max(batch, data.rows - data.rows % batch)), None, data.source)
+        data = data.repeated(max(batch, data.rows - data.rows % batch))
     providers = choose_providers(settings.providers)
-    sessions, rss, outputs = [], [], []
-    scored: list[list[np.ndarray]] = []
+    sessions, rss = [], []
+    outputs: list[dict[str, np.ndarray]] = []
+    scored: list[dict[str, np.ndarray]] = []
     fixed = _batch_size(specs, 0) != 0
     for path in (baseline, candidate):
         before = _rss_bytes()
         session = _session(path, providers, settings)
-        outputs.append(_run_all(session, data, batch))
+        names = [o.name for o in session.get_outputs()]
+        outputs.append(dict(zip(names, _run_all(session, data, batch), strict=True)))
         if labelled is not None:
-            scored.append(_run_labelled(session, labelled, batch if fixed else settings.batch_size))
+            every = _run_labelled(session, labelled, batch if fixed else settings.batch_size)
+            scored.append(dict(zip(names, every, strict=True)))
         after = _rss_bytes()
         sessions.append(session)
         rss.append(None if before is None or after is None else max(after - before, 0) / 2**20)
@@ -79,14 +89,22 @@ def measure_pair(
                 throughput_batch=batch,
                 throughput_rows_per_s=round(batch / float(np.median(bulk[index])), 2),
                 session_rss_mb=None if rss[index] is None else round(rss[index] or 0.0, 2),
-                accuracy=_accuracy(scored[index], labelled.labels) if labelled else None,
+                accuracy=_accuracy(scored[index], labelled.labels, processing)
+                if labelled
+                else None,
                 accuracy_rows=labelled.rows if labelled else None,
             )
         )
+    found = fidelity(list(outputs[0].values()), list(outputs[1].values()))
+    if processing is not None:
+        served = served_fidelity(
+            outputs[0], outputs[1], processing=processing, source=data.raw or "tensors"
+        )
+        found = found.model_copy(update={"served": served})
     return ComparisonReport(
         baseline=figures[0],
         candidate=figures[1],
-        fidelity=fidelity(outputs[0], outputs[1]),
+        fidelity=found,
         data=data.source,
         machine=machine_facts(tuple(sessions[1].get_providers())),
         settings=settings,
@@ -134,11 +152,18 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
-def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
-    """Top-1 accuracy by shipyard.analysis.metrics, the one code path `shipyard analyze` uses."""
+def _accuracy(
+    outputs: dict[str, np.ndarray], labels: np.ndarray | None, processing: Processing | None
+) -> float | None:
+    """Top-1 accuracy by shipyard.analysis.metrics, the one code path `shipyard analyze` uses;
+    class-name labels (raw data of a package with labels) against the served `label`."""
     from shipyard.analysis.metrics import accuracy, class_predictions
 
-    predicted = None if labels is None else class_predictions(outputs)
+    predicted = None
+    if labels is not None and labels.dtype.kind in "US":
+        predicted = served_labels(outputs, processing)
+    if labels is not None and predicted is None:
+        predicted = class_predictions(list(outputs.values()))
     if labels is None or predicted is None:
         return None
     return round(accuracy(labels, predicted), 6)
@@ -149,7 +174,7 @@ def _run_labelled(session: ort.InferenceSession, data: Dataset, batch: int) -> l
     with repeated rows, whose outputs are dropped."""
     rows = data.rows
     padded = -(-rows // batch) * batch if batch != 0 else rows
-    full = data if padded == rows else Dataset(data.tiled(padded), None, data.source)
+    full = data if padded == rows else data.repeated(padded)
     return [out[:rows] if out.ndim else out for out in _run_all(session, full, batch)]
 
 
@@ -178,7 +203,18 @@ def _run_all(session: ort.InferenceSession, data: Dataset, batch: int) -> list[n
             parts = [[] for _ in result]
         for bucket, value in zip(parts, result, strict=True):
             bucket.append(np.asarray(value))
-    return [np.concatenate(p, axis=0) if p[0].ndim else p[0] for p in parts]
+    return [_join(p) if p[0].ndim else p[0] for p in parts]
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Batches joined along dim 0; token outputs of batches cut to different lengths
+    (texts) are zero-padded along dim 1 to the longest first, alike for both models."""
+    widest = max(p.shape[1] if p.ndim > 1 else 0 for p in parts)
+    if any(p.ndim > 1 and p.shape[1] != widest for p in parts):
+        parts = [
+            np.pad(p, [(0, 0), (0, widest - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts
+        ]
+    return np.concatenate(parts, axis=0)
 
 
 def _alternating(

@@ -24,10 +24,11 @@ from shipyard.compression.config import (
     has_class_output,
     resolve_budget,
 )
-from shipyard.compression.data import DataLike, Dataset, load_dataset, synthetic_dataset
+from shipyard.compression.data import DataLike, Dataset, synthetic_dataset
 from shipyard.compression.derived import pack_derived
 from shipyard.compression.errors import CompressionConfigError, CompressionError
 from shipyard.compression.measure import measure_pair
+from shipyard.compression.raw import load_data, same_processing
 from shipyard.compression.report import ComparisonReport
 from shipyard.compression.results import (
     CandidateOutcome,
@@ -109,8 +110,8 @@ def compress(
             f"({', '.join(parent.external_data)}), which compress does not handle yet; quantize "
             "it with onnxruntime.quantization (use_external_data_format=True) and pack the result"
         )
-    evalset = _dataset(eval_data, parent, "eval")
-    calib = _dataset(calibration, parent, "calibration")
+    evalset = _dataset(eval_data, parent, source_dir, "eval")
+    calib = _dataset(calibration, parent, source_dir, "calibration")
     sample = (
         evalset or calib or _stored_sample(source_dir, parent) or synthetic_dataset(parent.inputs)
     )
@@ -147,6 +148,7 @@ def compress(
                 data=sample,
                 settings=settings,
                 labels=(f"v{parent.version}", candidate.name),
+                processing=parent.processing,
             )
             reasons = report.violations(budget)
             trials.append(_Trial(candidate, out, applied, report, reasons))
@@ -189,7 +191,13 @@ def compare(
     second_dir = resolve_version_dir(model_path, v2)
     first = read_verified(first_dir)
     second = read_verified(second_dir)
-    data = _dataset(eval_data, first, "eval") or synthetic_dataset(first.inputs)
+    data = _dataset(eval_data, first, first_dir, "eval") or synthetic_dataset(first.inputs)
+    if data.raw is not None and not same_processing(first, second):
+        raise CompressionConfigError(
+            f"versions {v1} and {v2} of {first.name} process raw inputs differently (their "
+            "processing or tokenizer differ), so one raw eval set cannot feed both: compare "
+            "them on graph tensors (.npz)"
+        )
     with tempfile.TemporaryDirectory(prefix="shipyard-compare-") as tmp:
         return measure_pair(
             verified_copy(first_dir, first, Path(tmp) / "v1.onnx"),
@@ -198,6 +206,7 @@ def compare(
             data=data,
             settings=measure or MeasureConfig(),
             labels=(f"v{v1}", _version_label(v2, first, second)),
+            processing=first.processing,
         )
 
 
@@ -292,8 +301,11 @@ def _outcome(trial: _Trial) -> CandidateOutcome:
     )
 
 
-def _dataset(data: DataLike | None, manifest: Manifest, what: str) -> Dataset | None:
-    return None if data is None else load_dataset(data, manifest.inputs, what=what)
+def _dataset(
+    data: DataLike | None, manifest: Manifest, version_dir: Path, what: str
+) -> Dataset | None:
+    """Graph tensors, or raw texts/images through the version's processing (`raw`)."""
+    return None if data is None else load_data(data, manifest, version_dir, what=what)
 
 
 def _stored_sample(version_dir: Path, manifest: Manifest) -> Dataset | None:

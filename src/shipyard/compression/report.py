@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
@@ -94,6 +94,25 @@ class RatioSpread(_Frozen):
         return cls(ratios=ratios)
 
 
+class ServedFidelity(_Frozen):
+    """Fidelity of what a client gets from a package that declares processing: both models'
+    outputs through the package's post-processing (`shipyard.compression.served`)."""
+
+    source: Literal["tensors", "text", "images"]
+    """What the rows were made from: graph tensors as given, or raw texts / images run
+    through the parent's processing like requests."""
+    rows: int
+    embedding_output: str | None = None
+    """The [N, D] embedding output as served (text processing's `embedding_output`)."""
+    mean_cosine: float | None = None
+    min_cosine: float | None = None
+    """Cosine of the embedding output alone, row by row."""
+    label_output: str | None = None
+    """The class-name output the package's labels add (`label`)."""
+    label_agreement: float | None = None
+    """Share of rows whose post-processed label is the same."""
+
+
 class Fidelity(_Frozen):
     """How closely the candidate's outputs follow the baseline's, row by row."""
 
@@ -102,6 +121,9 @@ class Fidelity(_Frozen):
     mean_cosine: float
     min_cosine: float
     top1_agreement: float | None
+    served: ServedFidelity | None = None
+    """The same rows as a client sees them, and what they were made from (packages with
+    processing; None otherwise)."""
 
 
 class ComparisonReport(_Frozen):
@@ -174,6 +196,13 @@ class ComparisonReport(_Frozen):
             found.append("mean cosine")
         if f.top1_agreement is not None and f.top1_agreement < 1.0:
             found.append("top-1 agreement")
+        served = f.served
+        cosine = served.mean_cosine if served is not None else None
+        if cosine is not None and cosine < 1 - WORSE_COSINE:
+            found.append("embedding cosine")
+        agreement = served.label_agreement if served is not None else None
+        if agreement is not None and agreement < 1.0:
+            found.append("label agreement")
         drop = self.accuracy_drop
         if drop is not None and drop > 0:
             found.append("accuracy")
@@ -202,13 +231,18 @@ class ComparisonReport(_Frozen):
                 found.append(
                     f"accuracy drop {drop:.4g} exceeds max-drop {limit:.4g} by {drop - limit:.4g}"
                 )
-        cosine = self.fidelity.mean_cosine
+        served = self.fidelity.served
+        cosine, what = self.fidelity.mean_cosine, "mean cosine"
+        if served is not None and served.mean_cosine is not None:  # the embedding as served
+            cosine, what = served.mean_cosine, f"mean cosine of {served.embedding_output!r}"
         if budget.min_mean_cosine is not None and cosine < budget.min_mean_cosine:
             limit = budget.min_mean_cosine
             found.append(
-                f"mean cosine {cosine:.6g} is below min-cosine {limit:.6g} by {limit - cosine:.4g}"
+                f"{what} {cosine:.6g} is below min-cosine {limit:.6g} by {limit - cosine:.4g}"
             )
-        agreement = self.fidelity.top1_agreement
+        agreement, what = self.fidelity.top1_agreement, "top-1 agreement"
+        if served is not None and served.label_agreement is not None:  # the labels as served
+            agreement, what = served.label_agreement, f"{served.label_output!r} agreement"
         if budget.min_top1_agreement is not None:
             limit = budget.min_top1_agreement
             if agreement is None:
@@ -218,7 +252,7 @@ class ComparisonReport(_Frozen):
                 )
             elif agreement < limit:
                 found.append(
-                    f"top-1 agreement {agreement:.4g} is below min top-1 agreement {limit:.4g} "
+                    f"{what} {agreement:.4g} is below min top-1 agreement {limit:.4g} "
                     f"by {limit - agreement:.4g}"
                 )
         return found

@@ -110,9 +110,7 @@ def padded(
 ) -> tuple[dict[str, np.ndarray], int]:
     """int64 [N, L] tensors: each row, then `pad_id` (mask 0) up to the longest row rounded
     up to `pad_to_multiple`, capped at `max_length`; and the number of real tokens."""
-    longest = max(len(ids) for ids in id_rows)
-    step = spec.pad_to_multiple
-    length = min(spec.max_length, max(step, -(-longest // step) * step))
+    length = padded_length(max(len(ids) for ids in id_rows), spec=spec)
     ids = np.full((len(id_rows), length), spec.pad_id, dtype=np.int64)
     mask = np.zeros((len(id_rows), length), dtype=np.int64)
     types = np.zeros((len(id_rows), length), dtype=np.int64)
@@ -129,3 +127,10 @@ def padded(
     if spec.token_type_ids is not None:
         tensors[spec.token_type_ids] = types
     return tensors, tokens
+
+
+def padded_length(longest: int, *, spec: TextProcessing) -> int:
+    """The length a request whose longest text has `longest` tokens is padded to: rounded
+    up to `pad_to_multiple`, capped at `max_length`."""
+    step = spec.pad_to_multiple
+    return min(spec.max_length, max(step, -(-longest // step) * step))
