@@ -26,9 +26,10 @@ from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.keys import KeyPaths, init_keys, read_secret
 from shipyard.security.signing import sign_version
 from shipyard.security.tokens import TokenStore
+from shipyard.serving.addresses import is_loopback
 from shipyard.serving.routes import ALL_MODELS, ANY_MODEL, Access
 from shipyard.serving.routing import TABLE
-from shipyard.serving.security import check_exposure, is_loopback
+from shipyard.serving.security import check_exposure
 from shipyard.serving.server import start_in_thread
 from shipyard.serving.settings import ServerSettings
 

@@ -40,6 +40,7 @@ from shipyard.package.manifest import read_manifest
 from shipyard.package.store import resolve_version_dir
 from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import RuntimeOptions, check_inputs
+from shipyard.serving.addresses import is_loopback
 from shipyard.serving.errors import WorkerUnavailable
 from shipyard.serving.isolation import decrypted_assets
 from shipyard.serving.ray_replica import LOOPBACK_ENV, ReplicaInfo, VersionReplica
@@ -70,8 +71,6 @@ class RayCluster:
     """This server's connection to a Ray cluster with Serve started on it."""
 
     def __init__(self, settings: RaySettings) -> None:
-        from shipyard.serving.security import is_loopback  # (imports back into serving)
-
         if settings.address is None and is_loopback(settings.host):
             # A one-machine cluster on the loopback: Ray otherwise swaps 127.0.0.1 for the
             # machine's address and its gRPC servers listen on every interface. Read when

@@ -33,7 +33,6 @@ written to the audit log when there is one.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from starlette.types import Scope
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.security.errors import AuthenticationError, PermissionDeniedError
 from shipyard.security.tokens import Principal, Refusal, TokenInfo, TokenStore, bearer_token
+from shipyard.serving.addresses import is_loopback
 from shipyard.serving.audit_trail import AuditWriter
 from shipyard.serving.calls import ANONYMOUS, SERVER
 from shipyard.serving.dataplane import DataPlane
@@ -277,13 +277,3 @@ def check_exposure(settings: ServerSettings) -> None:
         "anyone who can reach it could run and manage models; pass --auth TOKENS.json "
         "(shipyard tokens create), bind 127.0.0.1, or pass --insecure to accept the risk"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere

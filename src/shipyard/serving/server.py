@@ -36,10 +36,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from shipyard.package.remote import repository_location
+from shipyard.serving.addresses import is_loopback
 from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.peers import PeerLink
-from shipyard.serving.security import check_exposure, is_loopback
+from shipyard.serving.security import check_exposure
 from shipyard.serving.settings import ServerSettings, check_repository, load_settings
 from shipyard.serving.signals import QuietUvicorn, draining_signals, sighup_reloads
 from shipyard.serving.tls import http_ssl_factory
