@@ -1,5 +1,5 @@
 """`shipyard deploy docker|k8s|kserve`: write a container build context or manifests;
-`shipyard deploy ray`: serve on Ray Serve replicas (cli/serve.py)."""
+`shipyard deploy ray`: serve on Ray Serve replicas (cli/deploy_ray.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def register(sub: Subparsers) -> None:
     )
     _drain(s)
 
-    from shipyard.cli.serve import register_ray
+    from shipyard.cli.deploy_ray import register_ray
 
     register_ray(actions)
 

@@ -19,15 +19,11 @@ def register(sub: Subparsers) -> None:
     s = add_command(sub, "serve", cmd_serve)
     s.add_argument(
         "repository",
-        type=_repository,
+        type=repository_arg,
         nargs="?",
         help="repository folder (default: models) or s3://bucket/prefix",
     )
-    _server_flags(s)
-    _security_flags(s)
-    _http_flags(s)
-    _tls_flags(s)
-    _shutdown_flags(s)
+    serve_flags(s)
     _workers_flag(s)
 
     d = add_command(sub, "demo", cmd_demo)
@@ -36,6 +32,15 @@ def register(sub: Subparsers) -> None:
     d.add_argument("--once", action="store_true", help="send the demo requests, then stop")
     d.add_argument("--no-serve", action="store_true", help="only build the repository")
     _server_flags(d)
+
+
+def serve_flags(parser: argparse.ArgumentParser) -> None:
+    """Every flag of `shipyard serve` but --workers (also `shipyard deploy ray`'s)."""
+    _server_flags(parser)
+    _security_flags(parser)
+    _http_flags(parser)
+    _tls_flags(parser)
+    _shutdown_flags(parser)
 
 
 def _server_flags(parser: argparse.ArgumentParser) -> None:
@@ -221,7 +226,7 @@ _SECURITY_SETTINGS = (
 )
 
 
-def _repository(value: str) -> Path | str:
+def repository_arg(value: str) -> Path | str:
     """A folder as a Path; an s3:// URL kept as it is (a Path would fold its `//`)."""
     from shipyard.package.remote import repository_location
 
@@ -229,7 +234,7 @@ def _repository(value: str) -> Path | str:
     return location
 
 
-def _settings(args: argparse.Namespace, repository: Path | str | None) -> Any:
+def settings_from(args: argparse.Namespace, repository: Path | str | None) -> Any:
     from shipyard.serving.settings import load_settings
 
     overrides: dict[str, Any] = {}
@@ -292,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shipyard.serving.server import serve
     from shipyard.serving.settings import check_repository
 
-    settings = _settings(args, args.repository)
+    settings = settings_from(args, args.repository)
     ray = getattr(args, "ray_settings", None)
     if ray is not None:
         settings = settings.model_copy(update={"ray": ray})
@@ -310,106 +315,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("shipyard.serving.server").error(error_line(exc))
         return code
     return 0
-
-
-def register_ray(actions: Subparsers) -> None:
-    """`shipyard deploy ray`: every serve flag (but --workers) and the Ray Serve ones."""
-    r = add_command(actions, "ray", cmd_deploy_ray)
-    r.add_argument(
-        "repository",
-        type=_repository,
-        nargs="?",
-        help="repository folder (default: models) or s3://bucket/prefix",
-    )
-    _server_flags(r)
-    _security_flags(r)
-    _http_flags(r)
-    _tls_flags(r)
-    _shutdown_flags(r)
-    g = r.add_argument_group(
-        "Ray Serve",
-        "each model version is one Ray Serve deployment; this server stays the front door\n"
-        "(a model.toml [ray] section overrides these per model)",
-    )
-    g.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="Ray cluster to join (auto, ray://HEAD:10001); default: start one here on 127.0.0.1",
-    )
-    g.add_argument("--replicas", type=int, metavar="N", help="replicas per version (default 1)")
-    g.add_argument(
-        "--autoscale",
-        type=_autoscale,
-        metavar="MIN,MAX",
-        help="let Ray Serve autoscale each version between MIN and MAX replicas",
-    )
-    g.add_argument(
-        "--num-cpus",
-        type=float,
-        metavar="F",
-        help="CPUs per replica, fractions allowed (default 1)",
-    )
-    g.add_argument(
-        "--max-ongoing-requests",
-        type=int,
-        metavar="N",
-        help="batches one replica holds at once (default 4)",
-    )
-    g.add_argument(
-        "--execution-timeout",
-        type=float,
-        metavar="S",
-        help="a batch not answered by then fails with 503 (default 30)",
-    )
-
-
-def _autoscale(value: str) -> tuple[int, int]:
-    try:
-        low, high = (int(part) for part in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: give MIN,MAX replicas, e.g. 1,4") from None
-    return low, high
-
-
-def cmd_deploy_ray(args: argparse.Namespace) -> int:
-    """serve a repository with Ray Serve replicas behind Shipyard's own front door
-
-    The server (V2 HTTP and gRPC, TF Serving REST, auth, limits, batching, metrics) runs
-    here; each model version runs as one Ray Serve deployment whose replicas load and verify
-    it. Without --address a local Ray cluster is started on 127.0.0.1 and stopped on exit.
-    Needs the `ray` extra (pip install 'shipyard[ray]').
-
-    examples:
-      shipyard deploy ray models/ --replicas 2
-      shipyard deploy ray models/ --autoscale 1,4 --num-cpus 0.5 --grpc-port 8001
-      shipyard deploy ray models/ --address auto --host 0.0.0.0 --auth tokens.json
-    """
-    from pydantic import ValidationError
-
-    from shipyard.errors import UsageError
-    from shipyard.serving.settings import RaySettings, validation_details
-
-    ray: dict[str, Any] = {}
-    for flag, key in (
-        ("address", "address"),
-        ("replicas", "replicas"),
-        ("num_cpus", "num_cpus"),
-        ("max_ongoing_requests", "max_ongoing_requests"),
-        ("execution_timeout", "execution_timeout_s"),
-    ):
-        if getattr(args, flag) is not None:
-            ray[key] = getattr(args, flag)
-    if args.autoscale is not None:
-        ray["min_replicas"], ray["max_replicas"] = args.autoscale
-    args.workers = None
-    base = _settings(args, args.repository)
-    merged = {**(base.ray.model_dump() if base.ray is not None else {}), **ray}
-    try:
-        ray_settings = RaySettings.model_validate(merged)
-    except ValidationError as exc:
-        raise UsageError(f"deploy ray: {validation_details(exc)}") from None
-    args.ray_settings = ray_settings
-    return cmd_serve(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -449,7 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.port is None:
         args.port = 8000
-    settings = _settings(args, args.repo)
+    settings = settings_from(args, args.repo)
     server = start_in_thread(settings=settings)
     try:
         output.say(f"serving on [bold]{server.url}[/] — one V2 request per model:")

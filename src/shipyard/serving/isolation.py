@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,10 @@ from shipyard.runtime.worker import WorkerSpec
 from shipyard.serving.errors import WorkerUnavailable
 from shipyard.serving.model_config import WorkerSettings
 from shipyard.serving.worker_process import CLOSE_GRACE_S, Lost, Worker
+
+if TYPE_CHECKING:
+    from shipyard.processing.padding import BatchPadding
+    from shipyard.serving.ray_pool import RayRuntime
 
 log = logging.getLogger("shipyard.serving.isolation")
 
@@ -74,18 +79,43 @@ def open_isolated(
     runtime = ProcessRuntime(
         spec, settings, name=manifest.name, inputs=manifest.inputs, outputs=manifest.outputs
     )
+    return remote_model(
+        version_dir,
+        manifest,
+        runtime,
+        digest=runtime.digest,
+        where="its model worker",
+        graph_hints=runtime.graph_hints,
+        batch_padding=runtime.batch_padding,
+        kek=kek,
+    )
+
+
+def remote_model(
+    version_dir: Path,
+    manifest: Manifest,
+    runtime: ProcessRuntime | RayRuntime,
+    *,
+    digest: str,
+    where: str,
+    graph_hints: Mapping[str, InputHints],
+    batch_padding: BatchPadding | None,
+    kek: bytes | None,
+) -> Model:
+    """A version whose runtime runs elsewhere (`where` loaded and verified it, reporting
+    `digest`) as a Model here, with its processing; the runtime is closed on failure."""
     try:
-        if runtime.digest != manifest.digest:
+        if digest != manifest.digest:
             raise RuntimeBackendError(
-                f"{version_dir}: the version changed while its model worker loaded it; retry"
+                f"{version_dir}: the version changed while {where} loaded it; retry"
             )
         return Model(
             version_dir,
             manifest,
             runtime,
-            graph_hints=runtime.graph_hints,
+            graph_hints=graph_hints,
             assets=decrypted_assets(version_dir, manifest, kek),
-            batch_padding=runtime.batch_padding,
+            batch_padding=batch_padding,
         )
     except BaseException:
         runtime.close()

@@ -42,7 +42,7 @@ from shipyard.package.tensorspec import TensorSpec
 from shipyard.runtime.base import RuntimeOptions, check_inputs
 from shipyard.serving.addresses import is_loopback
 from shipyard.serving.errors import WorkerUnavailable
-from shipyard.serving.isolation import decrypted_assets
+from shipyard.serving.isolation import remote_model
 from shipyard.serving.ray_replica import LOOPBACK_ENV, ReplicaInfo, VersionReplica
 from shipyard.serving.settings import RaySettings
 
@@ -306,22 +306,16 @@ def open_on_ray(
     except BaseException:
         cluster.delete(app)
         raise
-    try:
-        if info.digest != manifest.digest:
-            raise RuntimeBackendError(
-                f"{version_dir}: the version changed while its Ray replicas loaded it; retry"
-            )
-        return Model(
-            version_dir,
-            manifest,
-            runtime,
-            graph_hints=info.graph_hints,
-            assets=decrypted_assets(version_dir, manifest, kek),
-            batch_padding=info.batch_padding,
-        )
-    except BaseException:
-        runtime.close()
-        raise
+    return remote_model(
+        version_dir,
+        manifest,
+        runtime,
+        digest=info.digest,
+        where="its Ray replicas",
+        graph_hints=info.graph_hints,
+        batch_padding=info.batch_padding,
+        kek=kek,
+    )
 
 
 def _describe(handle: Any, timeout_s: float) -> ReplicaInfo:
