@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ SINGLE_MACHINE_ENV = LOOPBACK_ENV
 """Ray's switch for single-machine clusters (its loopback-only mode, the default on macOS
 and Windows): "0" makes a local cluster use 127.0.0.1 as its node address."""
 APP_PREFIX = "shipyard-"
+STOP_GRACE_S = 15.0
+"""How long a clean-up step may wait for the cluster beyond a batch's own timeout."""
 _lock = threading.Lock()
 _submit_lock = threading.Lock()
 _cluster: RayCluster | None = None
@@ -192,26 +194,45 @@ class RayCluster:
         return serve.run(bound, name=app, route_prefix=None)  # pragma: no cover
 
     def delete(self, app: str) -> None:
+        """Delete one application, waiting for its replicas to finish (bounded: a cluster
+        whose processes are gone would never answer)."""
         serve = _module("ray.serve")
 
         with _lock:
             self.apps.discard(app)
-        try:
-            serve.delete(app, _blocking=True)
-        except Exception as exc:  # the cluster is going away: nothing left to remove
-            log.warning("Ray Serve: could not delete %s (%s)", app, exc)
+        wait_s = self.settings.execution_timeout_s + STOP_GRACE_S
+        _bounded(lambda: serve.delete(app, _blocking=True), wait_s, f"deleting {app}")
 
     def shutdown(self) -> None:
-        """Remove this server's applications; stop the cluster when this server started it."""
+        """Remove this server's applications; stop the cluster when this server started it.
+        Every step is bounded, so a cluster that died first (a SIGTERM sent to the whole
+        process group) cannot hold the server's exit."""
         ray, serve = _module("ray"), _module("ray.serve")
 
         for app in sorted(self.apps):
             self.delete(app)
+        if self.started_here:
+            _bounded(serve.shutdown, STOP_GRACE_S, "stopping Ray Serve")
+        _bounded(ray.shutdown, STOP_GRACE_S, "stopping Ray")
+
+
+def _bounded(step: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run a clean-up step on a daemon thread; after `timeout_s`, log and go on."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            if self.started_here:
-                serve.shutdown()
-        finally:
-            ray.shutdown()
+            step()
+        except Exception as exc:  # the cluster is going away: nothing left to remove
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"shipyard-ray-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        log.warning("Ray: no answer within %.0f s while %s; going on without it", timeout_s, what)
+    elif failure:
+        log.warning("Ray: %s failed (%s)", what, failure[0])
 
 
 def _wait_running(handle: Any, app: str, timeout_s: float) -> Any:
