@@ -567,7 +567,7 @@ def test_grpc_answers_unauthenticated_and_permission_denied(
 
 def test_serve_flags_map_onto_settings(tmp_path: Path) -> None:
     from shipyard.cli import build_parser
-    from shipyard.cli.serve import _settings
+    from shipyard.cli.serve import settings_from
 
     flags = {
         "--auth": "tokens.json",
@@ -581,14 +581,14 @@ def test_serve_flags_map_onto_settings(tmp_path: Path) -> None:
     argv = ["serve", str(tmp_path), "--insecure", "--require-signature"]
     for flag, value in flags.items():
         argv += [flag, value]
-    settings = _settings(build_parser().parse_args(argv), tmp_path)
+    settings = settings_from(build_parser().parse_args(argv), tmp_path)
     assert settings.auth == Path("tokens.json") and settings.insecure
     assert (settings.tls_cert, settings.tls_key) == (Path("cert.pem"), Path("key.pem"))
     assert settings.require_signature and settings.public_key == Path("keys/signing.pub")
     assert settings.key_file == Path("keys/data.key")
     assert settings.audit_log == Path("audit.jsonl")
     assert settings.audit_key_file == Path("keys/audit.key")
-    plain = _settings(build_parser().parse_args(["serve", str(tmp_path)]), tmp_path)
+    plain = settings_from(build_parser().parse_args(["serve", str(tmp_path)]), tmp_path)
     assert plain.auth is None and not plain.insecure and not plain.require_signature
 
 
