@@ -10,8 +10,7 @@ volume, or the s3:// cache), and an encrypted package with the KEK of its own en
 
 Batches arrive already checked and processed by the front door (`Runtime.run`); the answer
 is the graph's outputs. Errors a request caused (`InputError`) reach the front door as
-themselves; Ray Serve restarts a replica whose actor died and `check_health` fails while
-the version cannot run.
+themselves; Ray Serve restarts a replica whose actor died.
 """
 
 from __future__ import annotations
@@ -37,8 +36,6 @@ class ReplicaInfo:
     providers: list[str]
     graph_hints: dict[str, InputHints]
     batch_padding: BatchPadding | None
-    pid: int
-    node: str
 
 
 class VersionReplica:
@@ -47,8 +44,6 @@ class VersionReplica:
     def __init__(
         self, path: str, version: int, options: RuntimeOptions, public_key: str | None
     ) -> None:
-        import os
-
         _keep_on_loopback()
         from shipyard.model import load_model
         from shipyard.security.keys import kek_from_env
@@ -66,8 +61,6 @@ class VersionReplica:
             providers=self.model.runtime.providers,
             graph_hints=self.model.graph_hints,
             batch_padding=processor.batch_padding if processor is not None else None,
-            pid=os.getpid(),
-            node=_node_address(),
         )
 
     def describe(self) -> ReplicaInfo:
@@ -75,11 +68,6 @@ class VersionReplica:
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         return self.model.runtime.run(feed, list(outputs) or None)
-
-    def check_health(self) -> None:
-        """Ray Serve calls this periodically; a replica whose session is gone is replaced."""
-        if self.model.runtime is None:
-            raise RuntimeError("the version's session is closed")
 
     def __del__(self) -> None:
         model = getattr(self, "model", None)
@@ -117,13 +105,3 @@ def _keep_on_loopback() -> None:
 
     loopback.shipyard_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = loopback
-
-
-def _node_address() -> str:
-    try:
-        import importlib
-
-        ray: Any = importlib.import_module("ray")
-        return str(ray.util.get_node_ip_address())
-    except Exception:
-        return "unknown"
