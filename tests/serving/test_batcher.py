@@ -356,7 +356,7 @@ async def test_a_tiny_model_runs_inline_once_timed_and_a_slow_one_never_does() -
         await batcher.submit(rows(1))
     await batcher.close()
     timings = batcher.timer.timings
-    assert [t.ns_per_row for t in timings.values()] == [2_000_000]  # over the budget: never
+    assert [t.estimate_ns(1) for t in timings.values()] == [2_000_000]  # over the budget: never
     assert timings and all(t.runs == 5 for t in timings.values())
 
 

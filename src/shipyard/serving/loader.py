@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.model import Model, load_model
+from shipyard.runtime.onnxrt import OnnxRuntime
 from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.isolation import RESTART_REASONS, ProcessRuntime, open_isolated
@@ -138,4 +139,11 @@ def build_batcher(
         priority_levels=resolved.queue.priority_levels,
         retry_after_s=resolved.limits.retry_after_s,
         inline_max_us=inline_max_us,
+        thread_cpu_timing=computes_on_caller(runtime),
     )
+
+
+def computes_on_caller(runtime: object) -> bool:
+    """Whether `runtime`'s runs compute on the calling thread (ONNX Runtime on the CPU only),
+    so the thread's CPU time measures a run without the wait for the GIL after it."""
+    return isinstance(runtime, OnnxRuntime) and runtime.providers == ["CPUExecutionProvider"]

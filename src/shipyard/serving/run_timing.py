@@ -3,12 +3,28 @@
 Handing a batch to a worker thread and back costs tens of microseconds of loop time plus a
 thread wake-up; for a model that runs in a few microseconds that handoff is most of the
 work. `RunTimer.timed` runs the model (on whichever thread calls it) and notes how long it
-took per row; `inline` is true once at least `INLINE_AFTER` runs of that key have been
-timed and the slowest recent one, scaled to the batch's rows, stays within the budget.
+took and at how many rows; `inline` is true once at least `INLINE_AFTER` runs of that key
+have been timed and the estimate for the batch's rows stays within the budget.
+
+The estimate assumes a run costs a fixed part plus a part per row (a + b·rows, a, b ≥ 0), as
+ONNX Runtime's runs do: then a run of r rows that took t bounds any batch of n rows by
+t·max(1, n/r) (no fewer rows cost more; linear scaling overstates the fixed part), and the
+estimate is the tightest of those bounds over the last few runs. Scaling every run per row
+instead (t/r·n) charged a batch of 8 eight times a 1-row run's fixed cost: under load, a
+model that runs 32 rows in 28 µs never ran inline.
+
+A run on a worker thread is timed by the clock, which counts the wait for the GIL when the
+run ends (the loop holds it, often for the whole switch interval, 5 ms): under load a 20 µs
+model was noted at 150 µs to 7 ms, so it never ran inline once load began. For a runtime that
+computes on the calling thread (ONNX Runtime on the CPU provider: with one intra-op thread
+the caller runs every node, with more it takes part in each parallel section), `thread_cpu`
+notes the worker thread's CPU time instead, which the GIL wait does not count. Other
+runtimes (a GPU provider that waits for its device without using the CPU) keep the clock.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TypeVar
@@ -26,26 +42,35 @@ T = TypeVar("T")
 
 
 class Timing:
-    """Recent run times of one batch key: the slowest of the last few, per row."""
+    """Recent runs of one batch key: (elapsed ns, rows) of the last few."""
 
-    __slots__ = ("ns_per_row", "runs", "window")
+    __slots__ = ("runs", "window")
 
     def __init__(self) -> None:
         self.runs = 0
-        self.window: deque[float] = deque(maxlen=8)
-        self.ns_per_row = float("inf")
+        self.window: deque[tuple[int, int]] = deque(maxlen=8)
 
     def note(self, elapsed_ns: int, rows: int) -> None:
         self.runs += 1
-        self.window.append(elapsed_ns / rows)
-        self.ns_per_row = max(self.window)
+        self.window.append((elapsed_ns, max(rows, 1)))
+
+    def estimate_ns(self, rows: int) -> float:
+        """The estimated run time of a batch of `rows` rows (inf before any run)."""
+        rows = max(rows, 1)
+        return min(
+            (elapsed * max(1.0, rows / ran) for elapsed, ran in self.window),
+            default=float("inf"),
+        )
 
 
 class RunTimer:
     """The timing table of one batcher and its inline budget."""
 
-    def __init__(self, clock: Clock, *, inline_max_us: int = INLINE_MAX_US) -> None:
+    def __init__(
+        self, clock: Clock, *, inline_max_us: int = INLINE_MAX_US, thread_cpu: bool = False
+    ) -> None:
         self.clock = clock
+        self._thread_cpu = thread_cpu
         self.timings: dict[Hashable, Timing] = {}
         self._inline_max_ns = inline_max_us * 1000
 
@@ -54,17 +79,26 @@ class RunTimer:
         timing = self.timings.get(key)
         if timing is None or timing.runs < INLINE_AFTER:
             return False
-        return timing.ns_per_row * (rows or 1) <= self._inline_max_ns
+        return timing.estimate_ns(rows) <= self._inline_max_ns
 
-    def timed(self, key: Hashable, rows: int, run: Callable[[], T]) -> tuple[T, int]:
-        """`run()` and its duration in ns, noted for `key` (per row)."""
+    def timed(
+        self, key: Hashable, rows: int, run: Callable[[], T], *, off_loop: bool = False
+    ) -> tuple[T, int]:
+        """`run()` and its duration in ns (wall time), noted for `key` and `rows`.
+
+        `off_loop`: the run is on a worker thread; with `thread_cpu` the thread's CPU time is
+        noted instead of the wall time."""
         started = self.clock.now_ns()
+        cpu_started = time.thread_time_ns()
         result = run()
         elapsed = self.clock.now_ns() - started
+        # on a worker thread the wall time includes waiting for the GIL after the run (while
+        # the loop holds it): up to sys.getswitchinterval()
+        noted = time.thread_time_ns() - cpu_started if off_loop and self._thread_cpu else elapsed
         timing = self.timings.get(key)
         if timing is None:
             if len(self.timings) >= _MAX_TIMED_KEYS:
                 self.timings.clear()
             timing = self.timings[key] = Timing()
-        timing.note(elapsed, rows or 1)
+        timing.note(noted, rows or 1)
         return result, elapsed
