@@ -311,3 +311,35 @@ def test_datatype_of_arrays() -> None:
     assert datatype_of(np.array([b"a"], dtype=object)) == "BYTES"
     with pytest.raises(ProtocolError):
         datatype_of(np.zeros(1, np.complex64))
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_json_depth_is_refused_one_level_past_the_limit(extra: int) -> None:
+    """The byte count that skips the walk never lets a request one level too deep through."""
+    from shipyard.codecs.limits import DecodeLimits
+
+    limit = 8
+    # the request object is level 1, "parameters" 2, and each {"a": ...} one more
+    levels = limit - 2 + extra
+    params = b'{"a":' * levels + b"1" + b"}" * levels
+    body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],'
+    body += b'"parameters":' + params + b"}"
+    limits = DecodeLimits(max_json_depth=limit)
+    if extra:
+        with pytest.raises(ProtocolError, match="nests deeper than 8 levels"):
+            decode_request(body, limits=limits)
+        with pytest.raises(ProtocolError, match="nests deeper"):  # binary framing: same check
+            decode_request(body + b"\0", header_length=len(body), limits=limits)
+    else:
+        assert decode_request(body, limits=limits).inputs["x"].tolist() == [1.0]
+
+
+def test_datatype_of_answers_the_same_from_its_cache() -> None:
+    for dtype in (np.float32, np.int64, np.dtype(">f4"), np.bool_, np.float16):
+        array = np.zeros(2, dtype=dtype)
+        assert datatype_of(array) == datatype_of(array)
+    assert datatype_of(np.zeros(1, np.float32)) == "FP32"
+    assert datatype_of(np.zeros(1, np.dtype(">i4"))) == "INT32"
+    assert datatype_of(np.array(["a"])) == "BYTES"
+    with pytest.raises(ProtocolError, match="no V2 datatype"):
+        datatype_of(np.zeros(1, "datetime64[ns]"))

@@ -160,6 +160,28 @@ def test_json_logs_are_json_from_the_first_line_with_structured_access(models: P
     assert not any("color_message" in doc for doc in docs)
 
 
+@pytest.mark.parametrize("trusted", [None, '["127.0.0.1"]'])
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    models: Path, trusted: str | None
+) -> None:
+    """By default a local client cannot pick the address it is logged (and audited) with."""
+    env = {"SHIPYARD_ACCESS_LOG": "true"}
+    if trusted is not None:
+        env["SHIPYARD_HTTP__TRUSTED_PROXIES"] = trusted
+    with cli_server(models, "--log-format", "json", env=env) as server:
+        response = httpx.get(
+            f"{server.url}/v2/models/affine",
+            headers={"X-Request-ID": "fwd-1", "X-Forwarded-For": "203.0.113.9"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+        access = json.loads(server.wait_for_line('"request_id":"fwd-1"'))
+    if trusted is None:
+        assert access["client"].startswith("127.0.0.1:")
+    else:
+        assert access["client"].startswith("203.0.113.9:")
+
+
 def test_auth_without_tls_on_a_public_address_warns(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     public = load_settings(host="0.0.0.0", auth=tokens)

@@ -357,3 +357,34 @@ def test_the_route_table_matches_exactly_the_infer_routes() -> None:
         "/v1/models/m/infer",
     ):
         assert infer(path) is None, path
+
+
+async def test_an_error_escaping_the_app_is_a_json_500_naming_the_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The outermost layer answers what no handler caught: one JSON line, no traceback."""
+    import httpx
+
+    from shipyard.serving.http.common import RequestContextMiddleware
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug, not the request's fault")
+
+    async def half_sent(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("after the response began")
+
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(broken))
+    async with httpx.AsyncClient(transport=transport, base_url="http://shipyard") as client:
+        response = await client.get("/v2", headers={"X-Request-ID": "rid-500"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "rid-500"
+    assert response.json() == {
+        "error": "internal server error (request id rid-500); see the server log"
+    }
+    assert "a bug, not the request's fault" in caplog.text  # the traceback is in the log
+
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(half_sent))
+    async with httpx.AsyncClient(transport=transport, base_url="http://shipyard") as client:
+        with pytest.raises(RuntimeError, match="after the response began"):
+            await client.get("/v2")  # the server closes the connection; nothing more to say

@@ -70,14 +70,20 @@ def check_bytes_element(size: int, limits: DecodeLimits | None, *, what: str) ->
         )
 
 
-def check_json_depth(doc: Any, limits: DecodeLimits, *, what: str) -> None:
+def check_json_depth(
+    doc: Any, limits: DecodeLimits, *, what: str, text: bytes | None = None
+) -> None:
     """ProtocolError when `doc` nests deeper than max_json_depth.
 
     Objects are walked in full; a nested array is followed along its first element, which
     costs O(depth) rather than O(elements) for tensor data (a ragged array is refused
-    anyway when its tensor is built).
+    anyway when its tensor is built). `text`, the JSON `doc` was parsed from, skips the
+    walk when it has too few brackets to nest that deep (each level below the top value
+    opens one; counting bytes is far cheaper than the walk).
     """
     limit = limits.max_json_depth
+    if text is not None and text.count(b"[") + text.count(b"{") < limit:
+        return
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()

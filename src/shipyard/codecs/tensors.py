@@ -51,12 +51,23 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype of a numpy array (str, bytes and object arrays are BYTES)."""
-    if array.dtype.kind in "OUS":
+    dtype = array.dtype
+    known = _V2_OF_DTYPE.get(dtype)
+    if known is not None:
+        return known
+    if dtype.kind in "OUS":
         return "BYTES"
     try:
-        return BY_NAME[array.dtype.name].v2
+        v2 = BY_NAME[dtype.name].v2  # numpy computes `name` in Python: slow per request
     except KeyError:
-        raise ProtocolError(f"numpy dtype {array.dtype} has no V2 datatype") from None
+        raise ProtocolError(f"numpy dtype {dtype} has no V2 datatype") from None
+    if len(_V2_OF_DTYPE) < 64:
+        _V2_OF_DTYPE[dtype] = v2
+    return v2
+
+
+_V2_OF_DTYPE: dict[np.dtype[Any], str] = {}
+"""`datatype_of`'s answers by dtype (numeric dtypes; equal dtypes share their name)."""
 
 
 def array_from_json(

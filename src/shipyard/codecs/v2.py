@@ -83,7 +83,8 @@ def decode_request(
             )
         header, blobs = view[:header_length], view[header_length:]
     doc = load_object(header, what="inference request")
-    check_json_depth(doc, limits, what="inference request")
+    text = body if header_length is None and isinstance(body, bytes) else bytes(header)
+    check_json_depth(doc, limits, what="inference request", text=text)
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise ProtocolError('inference request needs "inputs": a non-empty list of tensors')

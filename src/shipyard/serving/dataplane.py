@@ -270,23 +270,26 @@ class DataPlane:
     ) -> InferenceResponse:
         if route is None:
             route = self.manager.router.plan(name, version_number(name, version), route_key)
-        with route.served.leased() as served:
-            model_version = str(served.version)
-            try:
-                ran = await run_on(served, request, started=started, usage=usage, gone=gone)
-                self.manager.drift.observe(name, served.version, ran.inputs, ran.result.outputs)
-            except Exception as exc:
-                outcome = outcome_of_error(exc)
-                total_ns = time.perf_counter_ns() - started
-                self.manager.router.observe(route, outcome, total_ns / 1e6)
-                self.metrics.observe_request(
-                    model=name,
-                    version=model_version,
-                    protocol=protocol,
-                    outcome=outcome,
-                    total_ns=total_ns,
-                )
-                raise
+        served = route.served
+        served.acquire()  # held for the request (not closed meanwhile); `leased()` unrolled
+        model_version = str(served.version)
+        try:
+            ran = await run_on(served, request, started=started, usage=usage, gone=gone)
+            self.manager.drift.observe(name, served.version, ran.inputs, ran.result.outputs)
+        except Exception as exc:
+            outcome = outcome_of_error(exc)
+            total_ns = time.perf_counter_ns() - started
+            self.manager.router.observe(route, outcome, total_ns / 1e6)
+            self.metrics.observe_request(
+                model=name,
+                version=model_version,
+                protocol=protocol,
+                outcome=outcome,
+                total_ns=total_ns,
+            )
+            raise
+        finally:
+            served.release()
         total_ns = time.perf_counter_ns() - started
         self.metrics.observe_request(
             model=name,

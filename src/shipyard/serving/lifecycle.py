@@ -24,8 +24,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from starlette.applications import Starlette
-
 from shipyard.errors import ShipyardError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.grpc.listener import GrpcServer
@@ -196,7 +194,7 @@ class Server:
             )
 
     @asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, app: object) -> AsyncIterator[None]:
         try:
             await self.start()
         except Exception as exc:

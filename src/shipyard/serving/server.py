@@ -33,10 +33,10 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 from shipyard.package.remote import repository_location
 from shipyard.serving.addresses import is_loopback
+from shipyard.serving.http.app import HttpApp
 from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.peers import PeerLink
@@ -229,7 +229,7 @@ def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
     return _Prepared(server, listener, sock, scheme, settings.host)
 
 
-def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
+def _uvicorn_config(app: HttpApp, settings: ServerSettings) -> uvicorn.Config:
     limits = settings.http
     http: Any
     if importlib.util.find_spec("httptools"):
@@ -245,6 +245,11 @@ def _uvicorn_config(app: Starlette, settings: ServerSettings) -> uvicorn.Config:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=http,
         lifespan="on",
+        ws="none",  # a WebSocket upgrade is a plain HTTP request (no route serves one)
+        # X-Forwarded-For/-Proto believed only from the proxies named (uvicorn trusts
+        # 127.0.0.1 by default, so any local client could pick its audited address)
+        proxy_headers=bool(limits.trusted_proxies),
+        forwarded_allow_ips=list(limits.trusted_proxies) or None,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -100,6 +100,11 @@ class HttpSettings(BaseModel):
     process's open-file limit, `ulimit -n`, above it)."""
     backlog: int = Field(default=2048, ge=1, le=65535)
     """Connections the kernel queues before the server accepts them (listen backlog)."""
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=256)
+    """Addresses or networks (CIDR) of the reverse proxies whose `X-Forwarded-For` and
+    `X-Forwarded-Proto` are believed: a request from one of them is logged and audited with
+    the client address the proxy names. Empty (the default): the TCP peer's address, and the
+    headers are ignored. "*" trusts every peer (only behind a proxy that strips them)."""
 
 
 class TlsSettings(BaseModel):

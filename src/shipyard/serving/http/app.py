@@ -1,9 +1,15 @@
 """The HTTP transport's app: the route table's dispatcher over each REST transport's handlers.
 
-Every request goes through `dispatch.HttpDispatcher` (match, admission, body limit, audit);
+Every request goes through `common.RequestContextMiddleware` (request id, access log, a
+last-resort JSON 500) and `dispatch.HttpDispatcher` (match, admission, body limit, audit);
 each REST transport binds the handlers of its rows (`v2.handlers`, `tfserving.handlers`,
 `embeddings.handlers`), beside /metrics and the OpenAPI document. The `Server`
 (serving/lifecycle.py) gives it its lifespan.
+
+`HttpApp` is plain ASGI, not a Starlette application: the dispatcher already routes, and
+Starlette's own layers (its error and exception middleware and router, three awaits and two
+`send` wrappers per request) were a measured share of a small model's request. Starlette's
+`Router` still runs the lifespan protocol, and handlers still take Starlette `Request`s.
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Router
+from starlette.types import Receive, Scope, Send
 
 from shipyard.serving import openapi
 from shipyard.serving.dataplane import DataPlane
@@ -26,15 +32,40 @@ from shipyard.serving.settings import ServerSettings
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
+Lifespan = Callable[[Any], Any]
+"""An async context manager factory: `lifespan(app)` runs around the server's life."""
+
+
+class HttpApp:
+    """The ASGI app: HTTP requests through the request context and the dispatcher; the
+    lifespan through Starlette's lifespan protocol. Nothing else is served (uvicorn is
+    told to treat WebSocket upgrades as plain HTTP)."""
+
+    def __init__(self, dispatcher: HttpDispatcher, *, lifespan: Lifespan, access_log: bool):
+        self.dispatcher = dispatcher
+        self._http = RequestContextMiddleware(dispatcher, access_log=access_log)
+        self.router = Router(lifespan=lifespan)
+        """Runs the lifespan (`router.lifespan_context(app)` runs it outside a server)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            scope["app"] = self
+            await self.router.lifespan(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+
 
 def http_app(
     plane: DataPlane,
     security: ServerSecurity,
     settings: ServerSettings,
     *,
-    lifespan: Callable[[Starlette], Any],
-) -> Starlette:
-    """The Starlette app serving V2 and TF Serving REST, embeddings, /metrics and OpenAPI."""
+    lifespan: Lifespan,
+) -> HttpApp:
+    """The app serving V2 and TF Serving REST, embeddings, /metrics and OpenAPI."""
 
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics_text(), media_type=PROMETHEUS_TEXT)
@@ -47,16 +78,10 @@ def http_app(
         "metrics": metrics,
         "openapi": openapi.handler(),
     }
-    return Starlette(
-        lifespan=lifespan,
-        middleware=[
-            Middleware(RequestContextMiddleware, access_log=settings.access_log),
-            Middleware(
-                HttpDispatcher,
-                handlers=handlers,
-                dataplane=plane,
-                security=security,
-                metrics_require_auth=settings.metrics_require_auth,
-            ),
-        ],
+    dispatcher = HttpDispatcher(
+        handlers=handlers,
+        dataplane=plane,
+        security=security,
+        metrics_require_auth=settings.metrics_require_auth,
     )
+    return HttpApp(dispatcher, lifespan=lifespan, access_log=settings.access_log)

@@ -28,7 +28,7 @@ from http import HTTPStatus
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
 from shipyard.serving.calls import ANONYMOUS, Call, CallContext
@@ -55,11 +55,10 @@ PROTOCOLS = {"v2.": "v2_http", "tf.": "tfserving_http", "openai.": "openai_http"
 
 
 class HttpDispatcher:
-    """ASGI app: the route table's dispatcher (innermost; lifespan passes to `app`)."""
+    """ASGI app for HTTP requests: the route table's dispatcher (innermost)."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         handlers: Mapping[str, Handler],
         dataplane: DataPlane,
@@ -70,7 +69,6 @@ class HttpDispatcher:
         missing = sorted({r.handler for r in table.routes} - set(handlers))
         if missing:
             raise ValueError(f"route handlers not bound: {missing}")
-        self.app = app
         self.handlers = dict(handlers)
         self.dataplane = dataplane
         self.guard = security.guard
@@ -89,9 +87,7 @@ class HttpDispatcher:
         return extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # the lifespan
-            await self.app(scope, receive, send)
-        elif self.dataplane.draining or self.worker is not None:
+        if self.dataplane.draining or self.worker is not None:
             await self._dispatch(scope, receive, _headed(send, self._extra_headers()))
         else:
             await self._dispatch(scope, receive, send)

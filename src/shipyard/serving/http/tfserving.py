@@ -148,7 +148,7 @@ class TFServingHandlers:
             payload, headers = common.compress_for(
                 request, payload, min_bytes=self.compress_min_bytes
             )
-            return Response(payload, headers=headers, media_type="application/json")
+            return common.BytesResponse(payload, headers=headers)
 
         return handle
 

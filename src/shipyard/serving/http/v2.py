@@ -23,11 +23,13 @@ from shipyard.errors import NotFoundError
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.http.common import (
+    BytesResponse,
     Handler,
     call_of,
     compress_for,
     endpoint,
     gone_of,
+    header,
     header_of,
     json_response,
     read_body,
@@ -37,6 +39,7 @@ from shipyard.serving.rollout import Action
 from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "v2_http"
+_HEADER_LENGTH = HEADER_LENGTH.encode("ascii")
 
 
 class V2Handlers:
@@ -97,7 +100,7 @@ class V2Handlers:
             media_type = "application/octet-stream"
         payload, encoding = compress_for(request, payload, min_bytes=self.compress_min_bytes)
         headers.update(encoding)
-        return Response(payload, headers=headers, media_type=media_type)
+        return BytesResponse(payload, headers=headers, media_type=media_type)
 
     async def repository_index(self, request: Request) -> Response:
         doc = await self._optional_json(request)
@@ -204,7 +207,7 @@ def _model(request: Request) -> tuple[str, str | None]:
 
 
 def _header_length(request: Request) -> int | None:
-    value = request.headers.get(HEADER_LENGTH)
+    value = header(request.scope, _HEADER_LENGTH)
     if value is None:
         return None
     if not value.strip().isdigit():
