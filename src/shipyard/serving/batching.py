@@ -31,8 +31,9 @@ Rules:
   once its key's recent runs, scaled to its rows, stay within `inline_max_us` (default
   100 µs), so the loop is never blocked longer than about that. A key never timed, or over
   the budget, runs on the worker threads, so a slow or blocking model never runs inline.
-  `thread_cpu_timing` (ONNX Runtime on the CPU): runs on the workers are noted by the
-  thread's CPU time, not the wait for the GIL after them (see run_timing).
+  `thread_cpu_timing` (ONNX Runtime on the CPU): runs are noted by the thread's CPU time,
+  without the wait for the GIL after them or time the process was not scheduled
+  (see run_timing).
 - Time comes from `clock` (`clock.MonotonicClock` unless a test passes its own): queue
   delays, queue and compute times, and the run timings.
 """
@@ -273,15 +274,10 @@ class Batcher:
         return self.timer.inline(batch[0].key, sum(i.rows for i in batch))
 
     def _timed(
-        self,
-        key: BatchKey | None,
-        rows: int,
-        feed: dict[str, np.ndarray],
-        names: list[str],
-        off_loop: bool = False,
+        self, key: BatchKey | None, rows: int, feed: dict[str, np.ndarray], names: list[str]
     ) -> tuple[dict[str, np.ndarray], int]:
         """Run the model (on whichever thread calls this) and note how long it took."""
-        return self.timer.timed(key, rows, lambda: self._run(feed, names), off_loop=off_loop)
+        return self.timer.timed(key, rows, lambda: self._run(feed, names))
 
     def _run_inline(self, batch: list[Pending]) -> bool:
         """Run a cheap batch on the loop and answer it; False (nothing answered) if it fails."""
@@ -309,7 +305,7 @@ class Batcher:
             rows = sum(i.rows for i in batch)
             loop = asyncio.get_running_loop()
             results, compute_ns = await loop.run_in_executor(
-                self._executor, self._timed, batch[0].key, rows, feed, names, True
+                self._executor, self._timed, batch[0].key, rows, feed, names
             )
         except Exception as exc:
             if len(batch) == 1 or isinstance(exc, ModelNotReady):

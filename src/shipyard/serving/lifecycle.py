@@ -164,6 +164,7 @@ class Server:
         try:
             await stack.aclose()
         finally:
+            self.dataplane.metrics.refresh()  # the last requests' series, into the files
             if self.settings.ray is not None:  # models unloaded: leave (or stop) the cluster
                 from shipyard.serving import ray_pool
 

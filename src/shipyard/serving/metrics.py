@@ -16,6 +16,8 @@ CPU and memory, per worker with a `worker` label) come from the scraped worker's
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -122,6 +124,42 @@ class VersionStats:
                 for size, stat in sorted(self.batches.items())
             ],
         }
+
+
+class _Buckets:
+    """Observations of one histogram series since the last flush: per-bucket counts, sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        # Prometheus's bucket for a value is the first whose upper bound is >= it
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def into(self, histogram: Any) -> None:
+        """Add these observations to a labelled `Histogram` (LATENCY_BUCKETS) child."""
+        values = histogram._buckets  # prometheus_client's own per-bucket values, as observe()
+        for index, count in enumerate(self.counts):
+            if count:
+                values[index].inc(count)
+        histogram._sum.inc(self.sum)
+
+
+class _RequestTally:
+    """One request series' observations since the last flush (see `Metrics._tallies`)."""
+
+    __slots__ = ("compute", "count", "queue", "stats", "total")
+
+    def __init__(self, stats: VersionStats) -> None:
+        self.stats = stats
+        self.count = 0
+        self.total = _Buckets()
+        self.queue = _Buckets()
+        self.compute = _Buckets()
 
 
 class Metrics:
@@ -261,7 +299,12 @@ class Metrics:
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         """The labelled series one request outcome updates; `.labels(...)` looks them up
-        under a lock with label validation, a measurable cost per request."""
+        under a lock with label validation."""
+        self._tallies: dict[tuple[str, str, str, str], _RequestTally] = {}
+        """Requests observed since the last `flush`, by their series' labels. Each
+        Prometheus observation takes a lock per value (and under `--workers N` writes the
+        value's bytes to the worker's file): a histogram observation in Python per request,
+        three of them plus a counter, was a measured share of a small model's request."""
 
     def stats_for(self, model: str, version: str) -> VersionStats:
         key = (model, version)
@@ -281,20 +324,21 @@ class Metrics:
         queue_ns: int = 0,
         compute_ns: int = 0,
     ) -> None:
-        """One inference request that reached a model version, successful or not."""
+        """One inference request that reached a model version, successful or not.
+
+        Called on the event loop. The statistics are updated at once; the Prometheus series
+        are tallied and added by one `flush` once the loop has run what is ready (a batch's
+        requests finish in the same turn of the loop), and at every scrape."""
         key = (model, version, protocol, outcome)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(model, version, protocol, outcome),
-                self.request_seconds.labels(model, version, protocol),
-                self.queue_seconds.labels(model, version),
-                self.compute_seconds.labels(model, version),
-                self.stats_for(model, version),
-            )
-        requests, request_seconds, queue_seconds, compute_seconds, stats = children
-        requests.inc()
-        request_seconds.observe(total_ns / 1e9)
+        if not self._tallies:
+            self._flush_soon()
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _RequestTally(self.stats_for(model, version))
+        tally.count += 1
+        total_s = total_ns / 1e9
+        tally.total.add(total_s)
+        stats = tally.stats
         if outcome != "success":
             stats.fail.add(total_ns)
             return
@@ -302,8 +346,32 @@ class Metrics:
         stats.queue.add(queue_ns)
         stats.compute_infer.add(compute_ns)
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        queue_seconds.observe(queue_ns / 1e9)
-        compute_seconds.observe(compute_ns / 1e9)
+        tally.queue.add(queue_ns / 1e9)
+        tally.compute.add(compute_ns / 1e9)
+
+    def _flush_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop (a tool, a test): the next scrape
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Add the requests tallied since the last flush to their Prometheus series."""
+        tallies, self._tallies = self._tallies, {}
+        for (model, version, protocol, outcome), tally in tallies.items():
+            key = (model, version, protocol, outcome)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.requests.labels(model, version, protocol, outcome),
+                    self.request_seconds.labels(model, version, protocol),
+                    self.queue_seconds.labels(model, version),
+                    self.compute_seconds.labels(model, version),
+                )
+            requests, request_seconds, queue_seconds, compute_seconds = children
+            requests.inc(tally.count)
+            tally.total.into(request_seconds)
+            if outcome == "success":
+                tally.queue.into(queue_seconds)
+                tally.compute.into(compute_seconds)
 
     def observe_auth_failure(self, *, reason: str, protocol: str) -> None:
         """One call refused with 401/403; `reason` is one of AUTH_FAILURE_REASONS."""
@@ -346,8 +414,10 @@ class Metrics:
             self._functions.append((gauge, value))
 
     def refresh(self) -> None:
-        """Under `--workers N`: write this worker's gauges that a function computes (queue
-        depths, audit health); the worker calls it about once a second."""
+        """Under `--workers N`: write this worker's tallied requests and the gauges that a
+        function computes (queue depths, audit health); the worker calls it about once a
+        second, so another worker's scrape sees this one's requests at most a second late."""
+        self.flush()
         for (model, version), depth in list(self._depths.items()):
             self.queue_depth.labels(model, version).set(float(depth()))
         for gauge, value in self._functions:
@@ -371,6 +441,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """All series in the Prometheus text format (every worker's under `--workers N`)."""
+        self.flush()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess

@@ -13,13 +13,15 @@ estimate is the tightest of those bounds over the last few runs. Scaling every r
 instead (t/r·n) charged a batch of 8 eight times a 1-row run's fixed cost: under load, a
 model that runs 32 rows in 28 µs never ran inline.
 
-A run on a worker thread is timed by the clock, which counts the wait for the GIL when the
-run ends (the loop holds it, often for the whole switch interval, 5 ms): under load a 20 µs
-model was noted at 150 µs to 7 ms, so it never ran inline once load began. For a runtime that
-computes on the calling thread (ONNX Runtime on the CPU provider: with one intra-op thread
-the caller runs every node, with more it takes part in each parallel section), `thread_cpu`
-notes the worker thread's CPU time instead, which the GIL wait does not count. Other
-runtimes (a GPU provider that waits for its device without using the CPU) keep the clock.
+A run timed by the clock counts what is not the run: on a worker thread, the wait for the
+GIL when the run ends (the loop holds it, often for the whole switch interval, 5 ms), and on
+the loop or off it, the time the process is not scheduled (several servers and a load
+generator sharing two cores). Under load a 20 µs model was noted at 150 µs to 7 ms, so it
+never ran inline once load began. For a runtime that computes on the calling thread (ONNX
+Runtime on the CPU provider: with one intra-op thread the caller runs every node, with more
+it takes part in each parallel section), `thread_cpu` notes the calling thread's CPU time
+instead, which counts neither. Other runtimes (a GPU provider that waits for its device
+without using the CPU) keep the clock.
 """
 
 from __future__ import annotations
@@ -81,20 +83,14 @@ class RunTimer:
             return False
         return timing.estimate_ns(rows) <= self._inline_max_ns
 
-    def timed(
-        self, key: Hashable, rows: int, run: Callable[[], T], *, off_loop: bool = False
-    ) -> tuple[T, int]:
-        """`run()` and its duration in ns (wall time), noted for `key` and `rows`.
-
-        `off_loop`: the run is on a worker thread; with `thread_cpu` the thread's CPU time is
-        noted instead of the wall time."""
+    def timed(self, key: Hashable, rows: int, run: Callable[[], T]) -> tuple[T, int]:
+        """`run()` and its duration in ns (wall time), noted for `key` and `rows` (the
+        thread's CPU time instead, with `thread_cpu`)."""
         started = self.clock.now_ns()
         cpu_started = time.thread_time_ns()
         result = run()
         elapsed = self.clock.now_ns() - started
-        # on a worker thread the wall time includes waiting for the GIL after the run (while
-        # the loop holds it): up to sys.getswitchinterval()
-        noted = time.thread_time_ns() - cpu_started if off_loop and self._thread_cpu else elapsed
+        noted = time.thread_time_ns() - cpu_started if self._thread_cpu else elapsed
         timing = self.timings.get(key)
         if timing is None:
             if len(self.timings) >= _MAX_TIMED_KEYS:
