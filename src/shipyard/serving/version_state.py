@@ -83,6 +83,9 @@ class ServedVersion:
         self.failover: FailoverWatch | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        runtime = model.runtime
+        self._remote = runtime if isinstance(runtime, ProcessRuntime | RayRuntime) else None
+        """The runtime when it can be down (another process), else None: checked per request."""
 
     @property
     def name(self) -> str:
@@ -95,10 +98,7 @@ class ServedVersion:
     def down_reason(self) -> str | None:
         """Why this loaded version cannot answer right now (its worker process is dead or
         restarting: isolation = "process"), or None."""
-        runtime = self.model.runtime
-        if isinstance(runtime, ProcessRuntime | RayRuntime):
-            return runtime.down
-        return None
+        return None if self._remote is None else self._remote.down
 
     @contextlib.contextmanager
     def leased(self) -> Iterator[ServedVersion]:

@@ -27,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import NotFoundError, ShipyardError
 from shipyard.serving.calls import Call
-from shipyard.serving.errors import Overloaded, PayloadTooLarge, ProtocolError
+from shipyard.serving.errors import ModelNotFound, Overloaded, PayloadTooLarge, ProtocolError
 from shipyard.serving.logs import request_id
+from shipyard.serving.metrics import Metrics
 
 log = logging.getLogger("shipyard.serving.http")
 access_log = logging.getLogger("shipyard.serving.access")
@@ -94,14 +95,23 @@ def error_response(exc: ShipyardError) -> Response:
     return json_response({"error": exc.message}, int(exc.status), headers)
 
 
-def endpoint(handler: Handler) -> Handler:
-    """Wrap a route handler so every failure is a JSON error response with the right status."""
+def endpoint(handler: Handler, *, metrics: Metrics | None = None) -> Handler:
+    """Wrap a route handler so every failure is a JSON error response with the right status.
+
+    With `metrics`, each ModelNotFound is counted as `shipyard_not_found_total{kind=model|
+    version}` and any other NotFoundError (a path no route means) as kind=route."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except ShipyardError as exc:
+            if metrics is not None and isinstance(exc, NotFoundError):
+                if isinstance(exc, ModelNotFound):
+                    kind = "model" if exc.version is None else "version"
+                else:
+                    kind = "route"
+                metrics.observe_not_found(kind)
             return error_response(exc)
         except Exception:
             rid = request_id.get()

@@ -37,7 +37,6 @@ from shipyard.serving.http.common import (
     json_response,
     read_body,
 )
-from shipyard.serving.http.v2 import counted
 from shipyard.serving.routes import ALL_MODELS
 
 PROTOCOL = "openai_http"
@@ -176,4 +175,4 @@ def _encode(row: np.ndarray, encoding: str) -> Any:
 def handlers(dataplane: DataPlane, *, authorize: Authorize | None = None) -> dict[str, Handler]:
     """The `openai.*` handler of the route table; `authorize` checks the body's model."""
     handler = EmbeddingsHandler(dataplane, authorize=authorize)
-    return {"openai.embeddings": endpoint(counted(dataplane.metrics, handler))}
+    return {"openai.embeddings": endpoint(handler, metrics=dataplane.metrics)}

@@ -35,7 +35,6 @@ from shipyard.serving.dataplane import DataPlane, ModelSignature
 from shipyard.serving.errors import ModelNotFound, ProtocolError
 from shipyard.serving.http import common
 from shipyard.serving.http.common import Handler, json_response
-from shipyard.serving.http.v2 import counted
 from shipyard.serving.request_checks import check_model_name
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.traffic import Plan
@@ -225,8 +224,7 @@ def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Han
         "tf.labels": h.labels,
     }
     return {
-        name: common.endpoint(counted(dataplane.metrics, handler))
-        for name, handler in bound.items()
+        name: common.endpoint(handler, metrics=dataplane.metrics) for name, handler in bound.items()
     }
 
 

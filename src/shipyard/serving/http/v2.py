@@ -19,9 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
-from shipyard.errors import NotFoundError
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.errors import ModelNotFound, ProtocolError
+from shipyard.serving.errors import ProtocolError
 from shipyard.serving.http.common import (
     BytesResponse,
     Handler,
@@ -34,7 +33,6 @@ from shipyard.serving.http.common import (
     json_response,
     read_body,
 )
-from shipyard.serving.metrics import Metrics
 from shipyard.serving.rollout import Action
 from shipyard.serving.settings import ServerSettings
 
@@ -181,25 +179,7 @@ def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Han
         "v2.rollout_promote": h.rollout_promote,
         "v2.rollout_rollback": h.rollout_rollback,
     }
-    return {name: endpoint(counted(metrics, handler)) for name, handler in bound.items()}
-
-
-def counted(metrics: Metrics, handler: Handler) -> Handler:
-    """`handler`, counting each ModelNotFound as `shipyard_not_found_total{kind=model|version}`
-    and any other NotFoundError (a path no route means) as kind=route; wrap it in `endpoint`."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except NotFoundError as exc:
-            if isinstance(exc, ModelNotFound):
-                kind = "model" if exc.version is None else "version"
-            else:
-                kind = "route"
-            metrics.observe_not_found(kind)
-            raise
-
-    return wrapped
+    return {name: endpoint(handler, metrics=metrics) for name, handler in bound.items()}
 
 
 def _model(request: Request) -> tuple[str, str | None]:
