@@ -43,7 +43,9 @@ class HttpApp:
 
     def __init__(self, dispatcher: HttpDispatcher, *, lifespan: Lifespan, access_log: bool):
         self.dispatcher = dispatcher
-        self._http = RequestContextMiddleware(dispatcher, access_log=access_log)
+        self._http = RequestContextMiddleware(
+            dispatcher, access_log=access_log, extra_headers=dispatcher.extra_headers
+        )
         self.router = Router(lifespan=lifespan)
         """Runs the lifespan (`router.lifespan_context(app)` runs it outside a server)."""
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -181,12 +181,21 @@ def declared_refusal(scope: Scope, limit: int) -> ShipyardError | None:
 async def read_body(request: Request) -> bytes:
     """The request body, decompressed if needed; PayloadTooLarge past the route's limit."""
     limit: int = request.scope[BODY_LIMIT]
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(None, limit)
-        chunks.append(chunk)
+    receive = request.receive  # read as Request.stream() does, without its async generator
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(None, limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = (header(request.scope, b"content-encoding") or "identity").strip().lower()
     if encoding in ("", "identity"):
@@ -230,9 +239,18 @@ class RequestContextMiddleware:
     answer their own errors through `endpoint`) is logged with its traceback and answered
     with a JSON 500 naming the request id, if no response has started."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool = False,
+        extra_headers: Callable[[], list[tuple[bytes, bytes]]] | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.extra_headers = extra_headers
+        """Headers for every response, asked at each request's start; they replace any of
+        the same name the app sets (`HttpDispatcher.extra_headers`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,15 +266,19 @@ class RequestContextMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
+        added = [(b"x-request-id", rid.encode("latin-1"))]
+        if self.extra_headers is not None:
+            added += self.extra_headers()
+        names = {name for name, _ in added} if len(added) > 1 else None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", rid.encode("latin-1")),
-                ]
+                headers = message.get("headers", [])
+                if names is not None:
+                    headers = [(k, v) for k, v in headers if k.lower() not in names]
+                message["headers"] = [*headers, *added]
             await send(message)
 
         try:

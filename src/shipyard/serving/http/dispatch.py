@@ -14,7 +14,8 @@ For each request, in order (`routes.ROUTES` says what each route needs):
 
 While the server drains, every response says `Connection: close`, so clients open a new
 connection for their next request (refused once the listener closes) instead of reusing one
-the server is about to close.
+the server is about to close (`extra_headers`, which the request-id layer adds with the
+request id in one `send` wrapper).
 
 It sits inside the request-id middleware and replaces a router: inference, nearly all of a
 server's traffic, costs one memoised look-up and no per-route regular expressions.
@@ -78,7 +79,12 @@ class HttpDispatcher:
         self.worker = current_worker()
         """Under `--workers N`: this worker's number, sent as `X-Shipyard-Worker`."""
 
-    def _extra_headers(self) -> list[tuple[bytes, bytes]]:
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers every response gets now (`RequestContextMiddleware` adds them, replacing
+        any of the same name): `X-Shipyard-Worker` under `--workers N`, and while the server
+        drains `Connection: close`, so a client does not reuse a connection that is about to
+        close (a request sent on an idle keep-alive connection as the server closes it is
+        lost, and POSTs are not retried)."""
         extra = []
         if self.worker is not None:
             extra.append((b"x-shipyard-worker", str(self.worker).encode()))
@@ -87,10 +93,7 @@ class HttpDispatcher:
         return extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.dataplane.draining or self.worker is not None:
-            await self._dispatch(scope, receive, _headed(send, self._extra_headers()))
-        else:
-            await self._dispatch(scope, receive, send)
+        await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -216,23 +219,6 @@ class _Admitted:
     """The model the route's scope names, if one."""
     limit: int
     """The route's body limit in bytes."""
-
-
-def _headed(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    """`send` that adds `extra` headers to each response (replacing ones of the same name).
-
-    While the server drains, `Connection: close`: a client must not reuse a connection that
-    is about to close (a request sent on an idle keep-alive connection as the server closes
-    it is lost, and POSTs are not retried)."""
-    names = {name for name, _ in extra}
-
-    async def headed_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
-            message = {**message, "headers": [*headers, *extra]}
-        await send(message)
-
-    return headed_send
 
 
 def _protocol(handler: str) -> str:
