@@ -16,8 +16,9 @@ version); a version that is not a positive integer is simply not found.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,32 +236,20 @@ class DataPlane:
         says; the response names the version that answered.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
-        if not self.events.listeners:  # no audit: no closure, one coroutine less per request
-            return await self._infer(
-                name,
-                request,
-                version=version,
-                protocol=protocol,
-                started=started,
-                usage=usage,
-                gone=gone,
-                route_key=route_key,
-                route=route,
-            )
-
-        def run() -> Awaitable[InferenceResponse]:
-            return self._infer(
-                name,
-                request,
-                version=version,
-                protocol=protocol,
-                started=started,
-                usage=usage,
-                gone=gone,
-                route_key=route_key,
-                route=route,
-            )
-
+        run = functools.partial(
+            self._infer,
+            name,
+            request,
+            version=version,
+            protocol=protocol,
+            started=started,
+            usage=usage,
+            gone=gone,
+            route_key=route_key,
+            route=route,
+        )
+        if not self.events.listeners:  # no audit: awaited here, no wrapping coroutine
+            return await run()
         return await self.events.infer(
             call, run, model=name, version=version, protocol=protocol, started_ns=started
         )
