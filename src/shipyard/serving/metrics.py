@@ -17,10 +17,7 @@ CPU and memory, per worker with a `worker` label) come from the scraped worker's
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +36,8 @@ from prometheus_client import (
 )
 
 from shipyard.serving import shared_stats
+from shipyard.serving.request_tally import RequestTally
+from shipyard.serving.workers_collector import WorkersProcessCollector
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -124,42 +123,6 @@ class VersionStats:
                 for size, stat in sorted(self.batches.items())
             ],
         }
-
-
-class _Buckets:
-    """Observations of one histogram series since the last flush: per-bucket counts, sum."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last is +Inf
-        self.sum = 0.0
-
-    def add(self, seconds: float) -> None:
-        # Prometheus's bucket for a value is the first whose upper bound is >= it
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def into(self, histogram: Any) -> None:
-        """Add these observations to a labelled `Histogram` (LATENCY_BUCKETS) child."""
-        values = histogram._buckets  # prometheus_client's own per-bucket values, as observe()
-        for index, count in enumerate(self.counts):
-            if count:
-                values[index].inc(count)
-        histogram._sum.inc(self.sum)
-
-
-class _RequestTally:
-    """One request series' observations since the last flush (see `Metrics._tallies`)."""
-
-    __slots__ = ("compute", "count", "queue", "stats", "total")
-
-    def __init__(self, stats: VersionStats) -> None:
-        self.stats = stats
-        self.count = 0
-        self.total = _Buckets()
-        self.queue = _Buckets()
-        self.compute = _Buckets()
 
 
 class Metrics:
@@ -298,13 +261,9 @@ class Metrics:
         )
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
-        """The labelled series one request outcome updates; `.labels(...)` looks them up
-        under a lock with label validation."""
-        self._tallies: dict[tuple[str, str, str, str], _RequestTally] = {}
-        """Requests observed since the last `flush`, by their series' labels. Each
-        Prometheus observation takes a lock per value (and under `--workers N` writes the
-        value's bytes to the worker's file): a histogram observation in Python per request,
-        three of them plus a counter, was a measured share of a small model's request."""
+        """The labelled series of each request outcome (`.labels()` locks and validates)."""
+        self._tallies: dict[tuple[str, str, str, str], RequestTally] = {}
+        """Requests observed since the last `flush`, by their series' labels (request_tally)."""
 
     def stats_for(self, model: str, version: str) -> VersionStats:
         key = (model, version)
@@ -334,10 +293,11 @@ class Metrics:
             self._flush_soon()
         tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[key] = _RequestTally(self.stats_for(model, version))
+            tally = self._tallies[key] = RequestTally(
+                self.stats_for(model, version), LATENCY_BUCKETS
+            )
         tally.count += 1
-        total_s = total_ns / 1e9
-        tally.total.add(total_s)
+        tally.total.add(total_ns / 1e9)
         stats = tally.stats
         if outcome != "success":
             stats.fail.add(total_ns)
@@ -356,8 +316,8 @@ class Metrics:
     def flush(self) -> None:
         """Add the requests tallied since the last flush to their Prometheus series."""
         tallies, self._tallies = self._tallies, {}
-        for (model, version, protocol, outcome), tally in tallies.items():
-            key = (model, version, protocol, outcome)
+        for key, tally in tallies.items():
+            model, version, protocol, outcome = key
             children = self._children.get(key)
             if children is None:
                 children = self._children[key] = (
@@ -449,41 +409,3 @@ class Metrics:
         summed = CollectorRegistry()
         multiprocess.MultiProcessCollector(summed, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         return generate_latest(summed) + generate_latest(self.local_registry)
-
-
-class WorkersProcessCollector:
-    """process_cpu_seconds_total, process_resident_memory_bytes, ... of every live worker,
-    labelled `worker`, and `shipyard_server_worker_restarts_total{worker}` (the supervisor
-    lists their PIDs and restart counts in the metrics folder)."""
-
-    PIDS_FILE = "workers.json"
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, Metric
-
-        try:
-            doc = json.loads((self.folder / self.PIDS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            doc = {"pids": {"": os.getpid()}, "restarts": {}}
-        pids, restarts = doc.get("pids", {}), doc.get("restarts", {})
-        counter = CounterMetricFamily(
-            "shipyard_server_worker_restarts",
-            "Times the supervisor started a dead server worker (serve --workers) again.",
-            labels=["worker"],
-        )
-        for worker, count in sorted(restarts.items()):
-            counter.add_metric([str(worker)], float(count))
-        families: dict[str, Metric] = {counter.name: counter}
-        for worker, pid in sorted(pids.items()):
-            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
-            for family in collector.collect():
-                merged = families.setdefault(
-                    family.name, Metric(family.name, family.documentation, family.type)
-                )
-                for sample in family.samples:
-                    labels = {**sample.labels, "worker": str(worker)}
-                    merged.add_sample(sample.name, labels, sample.value)
-        return list(families.values())
