@@ -172,7 +172,7 @@ def test_a_request_past_the_drain_timeout_is_cut_and_counted(tmp_path: Path) -> 
 
         call = pool.submit(infer)
         deadline = time.monotonic() + 20
-        while "shipyard_compute" not in httpx.get(f"{server.url}/metrics", timeout=5).text:
+        while "shipyard_requests_in_flight 1.0" not in httpx.get(f"{server.url}/metrics").text:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         server.proc.send_signal(signal.SIGTERM)

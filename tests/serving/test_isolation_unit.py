@@ -252,3 +252,34 @@ def test_an_encrypted_text_model_keeps_its_tokenizer_and_batch_padding(
     finally:
         model.close()
         local.close()
+
+
+def test_a_local_ray_cluster_that_fails_to_start_is_tried_once_more() -> None:
+    """Ray's node start-up deadline can pass on a busy machine; one more try, then the
+    one-line RayUnavailable. Joining a cluster at an address is not retried."""
+    from shipyard.serving.ray_pool import RayUnavailable, _init
+
+    class FlakyRay:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+        def init(self, **kwargs: object) -> str:
+            self.inits += 1
+            if self.inits <= self.failures:
+                raise RuntimeError("The current node timed out during startup.")
+            return "context"
+
+        def shutdown(self) -> None:
+            self.shutdowns += 1
+
+    once = FlakyRay(failures=1)
+    assert _init(once, {}, local=True) == "context"
+    assert (once.inits, once.shutdowns) == (2, 1)
+    twice = FlakyRay(failures=2)
+    with pytest.raises(RayUnavailable, match="cannot start or join a local cluster"):
+        _init(twice, {}, local=True)
+    assert twice.inits == 2
+    remote = FlakyRay(failures=1)
+    with pytest.raises(RayUnavailable, match="cannot start or join auto"):
+        _init(remote, {"address": "auto"}, local=False)
+    assert remote.inits == 1

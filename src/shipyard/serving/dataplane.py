@@ -98,6 +98,7 @@ class DataPlane:
         self._server_decode_limits = decode_limits(self._server_limits)
         self.mirrors = Mirrors(compared=manager.router.compared, observe=self._observe_mirror)
         """A rollout's mirrored calls (shadow traffic, canary agreement checks)."""
+        metrics.gauge_function(metrics.requests_in_flight, lambda: float(self.in_flight()))
 
     # -- health ---------------------------------------------------------------------------
 

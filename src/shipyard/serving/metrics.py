@@ -189,6 +189,13 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.requests_in_flight = Gauge(
+            "shipyard_requests_in_flight",
+            "Inference requests holding a model version now: queued or running (a drain "
+            "waits for them).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.models_loaded = Gauge(
             "shipyard_models_loaded",
             "Model versions loaded and ready.",

@@ -9,20 +9,19 @@ replica (power of two choices on queue length), restarts dead ones and autoscale
 `min_replicas` and `max_replicas` on the batches in flight.
 
 The cluster is joined once per server process (`connect`, on the first load of a version
-on Ray): with no address a local one is started on this machine, bound to 127.0.0.1
-(`RaySettings.host`), with its dashboard off, and stopped again by `shutdown` when the
-server exits; with an address (`auto`, `ray://HEAD:10001`) the server only removes its own
-applications. Loading checks that the digest every replica verified is the one of the
-manifest the front door read, as process isolation does (`isolation.open_isolated`).
+on Ray): with no address a local one is started, bound to 127.0.0.1 (`RaySettings.host`),
+dashboard off, tried twice (`_init`) and stopped by `shutdown` when the server exits; with
+an address (`auto`, `ray://HEAD:10001`) the server only removes its own applications. A
+load checks the digest every replica verified against the front door's manifest.
 
 Failures map onto the serving errors: an error the request caused comes back as itself
-(400), a replica that died under a batch or one not answering within
-`execution_timeout_s` is `WorkerUnavailable` (503, the call cancelled), anything else
-`RuntimeBackendError` (500) with Ray's cause, never a remote traceback.
+(400), a replica that died under a batch or silent past `execution_timeout_s` is
+`WorkerUnavailable` (503, call cancelled), anything else `RuntimeBackendError` (500).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,8 +49,7 @@ log = logging.getLogger("shipyard.serving.ray")
 
 NAMESPACE = "shipyard"
 SINGLE_MACHINE_ENV = LOOPBACK_ENV
-"""Ray's switch for single-machine clusters (its loopback-only mode, the default on macOS
-and Windows): "0" makes a local cluster use 127.0.0.1 as its node address."""
+"""Ray's single-machine (loopback-only) switch: "0" makes a local cluster use 127.0.0.1."""
 APP_PREFIX = "shipyard-"
 STOP_GRACE_S = 15.0
 """How long a clean-up step may wait for the cluster beyond a batch's own timeout."""
@@ -67,6 +65,22 @@ class RayUnavailable(RuntimeBackendError):
 def app_name(model: str, version: int) -> str:
     """The Serve application of one served version."""
     return f"{APP_PREFIX}{model}-v{version}"
+
+
+def _init(ray: Any, kwargs: dict[str, Any], *, local: bool) -> Any:
+    """`ray.init(**kwargs)`; a local cluster that fails to start (its processes can miss
+    Ray's start-up deadline on a busy machine) is tried once more."""
+    for last in (not local, True):
+        try:
+            return ray.init(**kwargs)
+        except Exception as exc:
+            if last:
+                where = kwargs.get("address") or "a local cluster"
+                raise RayUnavailable(f"Ray: cannot start or join {where} ({exc})") from None
+            log.warning("Ray: the local cluster did not start (%s); trying once more", exc)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+    raise AssertionError("unreachable")
 
 
 class RayCluster:
@@ -103,11 +117,7 @@ class RayCluster:
                 self.started_here = True
             else:
                 kwargs["address"] = settings.address
-            try:
-                context = ray.init(**kwargs)
-            except Exception as exc:
-                where = settings.address or "a local cluster"
-                raise RayUnavailable(f"Ray: cannot start or join {where} ({exc})") from None
+            context = _init(ray, kwargs, local=settings.address is None)
         try:
             serve.start(proxy_location="Disabled", http_options={"host": settings.host})
         except Exception as exc:
