@@ -86,15 +86,16 @@ class RunTimer:
     def timed(self, key: Hashable, rows: int, run: Callable[[], T]) -> tuple[T, int]:
         """`run()` and its duration in ns (wall time), noted for `key` and `rows` (the
         thread's CPU time instead, with `thread_cpu`)."""
+        thread_cpu = self._thread_cpu
         started = self.clock.now_ns()
-        cpu_started = time.thread_time_ns()
+        cpu_started = time.thread_time_ns() if thread_cpu else 0
         result = run()
         elapsed = self.clock.now_ns() - started
-        noted = time.thread_time_ns() - cpu_started if self._thread_cpu else elapsed
+        noted = time.thread_time_ns() - cpu_started if thread_cpu else elapsed
         timing = self.timings.get(key)
         if timing is None:
             if len(self.timings) >= _MAX_TIMED_KEYS:
                 self.timings.clear()
             timing = self.timings[key] = Timing()
-        timing.note(noted, rows or 1)
+        timing.note(noted, rows)
         return result, elapsed

@@ -42,7 +42,6 @@ class HttpApp:
     told to treat WebSocket upgrades as plain HTTP)."""
 
     def __init__(self, dispatcher: HttpDispatcher, *, lifespan: Lifespan, access_log: bool):
-        self.dispatcher = dispatcher
         self._http = RequestContextMiddleware(
             dispatcher, access_log=access_log, extra_headers=dispatcher.extra_headers
         )

@@ -114,13 +114,17 @@ def endpoint(handler: Handler, *, metrics: Metrics | None = None) -> Handler:
                 metrics.observe_not_found(kind)
             return error_response(exc)
         except Exception:
-            rid = request_id.get()
             log.exception("unexpected error in %s %s", request.method, request.url.path)
-            return json_response(
-                {"error": f"internal server error (request id {rid}); see the server log"}, 500
-            )
+            return internal_error_response(request_id.get())
 
     return wrapped
+
+
+def internal_error_response(rid: str | None) -> Response:
+    """The 500 for a bug, never the request's fault: one line naming the request id."""
+    return json_response(
+        {"error": f"internal server error (request id {rid}); see the server log"}, 500
+    )
 
 
 def auth_error_response(exc: ShipyardError) -> Response:
@@ -287,9 +291,7 @@ class RequestContextMiddleware:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             if status:
                 raise  # the response has begun: uvicorn closes the connection
-            await json_response(
-                {"error": f"internal server error (request id {rid}); see the server log"}, 500
-            )(scope, receive, send_with_id)
+            await internal_error_response(rid)(scope, receive, send_with_id)
         finally:
             if self.access_log:
                 ms = (time.perf_counter() - started) * 1000

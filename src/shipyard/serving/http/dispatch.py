@@ -93,9 +93,6 @@ class HttpDispatcher:
         return extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._dispatch(scope, receive, send)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         root = scope.get("root_path")
         if root and path.startswith(root):
