@@ -197,6 +197,11 @@ async def test_model_toml_overrides_server_limits(scale: Env) -> None:
     async with app_client(settings_for(repo)) as client:
         response = await client.post(URL, content=body_of(np.ones((3, 4), np.float32)))
         assert response.status_code == 413 and "of 8 per tensor" in response.json()["error"]
+        rows = orjson.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]] * 3})  # the same, TF Serving
+        response = await client.post("/v1/models/scale:predict", content=rows)
+        assert response.status_code == 413 and "of 8 per tensor" in response.json()["error"]
+        ok = await client.post("/v1/models/scale:predict", content=b'{"instances": [[1,2,3,4]]}')
+        assert ok.status_code == 200
     (repo / "scale" / "model.toml").write_text("[limits]\nmax_body_bytes = 10\n")
     with pytest.raises(ModelConfigError, match="max_body_bytes"):
         read_model_config(repo / "scale")

@@ -33,15 +33,25 @@ def check_datatype(datatype: object, *, what: str) -> str:
 
 
 def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise ProtocolError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list):
+        raise _bad_shape(shape, what)
     if len(shape) > MAX_RANK:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise _bad_shape(shape, what)
         raise ProtocolError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK}")
-    if math.prod(max(d, 1) for d in shape) >= 1 << 62:
+    size = 1
+    for d in shape:  # a plain loop, no generator: this runs for each tensor of each request
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise _bad_shape(shape, what)
+        if d > 1:
+            size *= d
+    if size >= 1 << 62:
         raise ProtocolError(f"{what}: shape {shape!r} is too large for any tensor")
     return tuple(shape)
+
+
+def _bad_shape(shape: object, what: str) -> ProtocolError:
+    return ProtocolError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:

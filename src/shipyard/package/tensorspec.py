@@ -42,9 +42,14 @@ class TensorSpec(BaseModel):
         return len(self.shape) > 0 and self.shape[0] == -1
 
     def shape_matches(self, shape: Sequence[int]) -> bool:
-        if len(shape) != len(self.shape):
+        want = self.shape
+        if len(shape) != len(want):
             return False
-        return all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+        # a loop, not all() over a generator: this runs for every input of every request
+        for i, got in enumerate(shape):  # noqa: SIM110
+            if want[i] != got and want[i] != -1:
+                return False
+        return True
 
     def describe(self) -> str:
         dims = ", ".join("?" if d == -1 else str(d) for d in self.shape)

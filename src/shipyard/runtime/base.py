@@ -63,20 +63,14 @@ def check_inputs(
     specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Validate names, ranks, fixed dims and dtypes (cast by `dtypes.coerce`'s one rule)."""
-    by_name = {spec.name: spec for spec in specs}
-    missing = [name for name in by_name if name not in inputs]
-    if missing:
-        raise InputError(
-            f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}"
-        )
-    unknown = sorted(set(inputs) - set(by_name))
-    if unknown:
-        raise InputError(
-            f"unknown input(s) {unknown}; the model takes {[s.describe() for s in specs]}"
-        )
+    if len(inputs) != len(specs) or any(spec.name not in inputs for spec in specs):
+        _check_names(specs, inputs)
     checked: dict[str, np.ndarray] = {}
-    for name, spec in by_name.items():
-        array = np.asarray(inputs[name])
+    for spec in specs:
+        name = spec.name
+        array = inputs[name]
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
         if array.ndim == 1 and len(spec.shape) == 2 and spec.shape[1] == 1:
             # One column of a table ([-1, 1], skl2onnx's convention) sent as a plain [N].
             array = array.reshape(-1, 1)
@@ -90,3 +84,18 @@ def check_inputs(
         contiguous = array.dtype == object or array.flags.c_contiguous
         checked[name] = array if contiguous else np.ascontiguousarray(array)
     return checked
+
+
+def _check_names(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
+    """InputError for an input the model lacks or one it does not take."""
+    by_name = {spec.name: spec for spec in specs}
+    missing = [name for name in by_name if name not in inputs]
+    if missing:
+        raise InputError(
+            f"missing input(s) {missing}; the model takes {[s.describe() for s in specs]}"
+        )
+    unknown = sorted(set(inputs) - set(by_name))
+    if unknown:
+        raise InputError(
+            f"unknown input(s) {unknown}; the model takes {[s.describe() for s in specs]}"
+        )

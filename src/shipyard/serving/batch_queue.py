@@ -64,6 +64,13 @@ def batch_key(
 
     Inputs in `padded` are [N, L] token inputs the batcher pads: L is left out of the key
     (-1), so requests of any length join."""
+    if len(inputs) == 1:  # most models: one input, no set and no sort
+        ((name, array),) = inputs.items()
+        rows = array.shape[0] if array.ndim else -1
+        if rows <= 0:
+            return None, 0
+        shape = (-1,) if padded and name in padded else array.shape[1:]
+        return ((name, array.dtype.str, shape),), rows
     dims = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
     if len(dims) != 1 or (rows := dims.pop()) <= 0:
         return None, 0

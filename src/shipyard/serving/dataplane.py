@@ -272,7 +272,7 @@ class DataPlane:
             route = self.manager.router.plan(name, version_number(name, version), route_key)
         served = route.served
         served.acquire()  # held for the request (not closed meanwhile); `leased()` unrolled
-        model_version = str(served.version)
+        model_version = served.label
         try:
             ran = await run_on(served, request, started=started, usage=usage, gone=gone)
             self.manager.drift.observe(name, served.version, ran.inputs, ran.result.outputs)
@@ -345,6 +345,14 @@ class DataPlane:
         """The codec-level part of `limits_for(name)`, as the codecs take it."""
         served = self._served_or_none(name)
         return self._server_decode_limits if served is None else served.decode_limits
+
+    def both_limits_for(self, name: str | None) -> tuple[LimitsSettings, DecodeLimits]:
+        """`limits_for(name)` and `decode_limits_for(name)` from one look-up (the HTTP
+        admission step keeps the second for the handler that decodes the body)."""
+        served = self._served_or_none(name)
+        if served is None:
+            return self._server_limits, self._server_decode_limits
+        return served.limits, served.decode_limits
 
     def _served_or_none(self, name: str | None) -> ServedVersion | None:
         if name is None:

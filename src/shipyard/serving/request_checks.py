@@ -47,9 +47,8 @@ def validated(
     asked: list[str] | None = None,
 ) -> dict[str, Any]:
     """Check one request on its own before it can join a batch."""
-    known = [o.name for o in served.model.outputs]
-    unknown = [n for n in output_names if n not in known]
-    if unknown:
+    if output_names and any(n not in served.output_names for n in output_names):
+        known = list(served.output_names)
         processor = served.model.processor
         if processor is not None:
             known += [s.name for s in processor.output_specs(served.model.outputs)]

@@ -85,9 +85,13 @@ def primary(record: ModelRecord) -> ServedVersion | None:
         served = record.served.get(rollout.primary)
         if served is not None and _usable(served):
             return served
+    versions = record.served
+    if len(versions) == 1:  # most models serve one version: no sort
+        (served,) = versions.values()
+        return None if served.closing else served  # usable or not, as the loop below
     fallback = None
-    for number in sorted(record.served, reverse=True):
-        served = record.served[number]
+    for number in sorted(versions, reverse=True):
+        served = versions[number]
         if served.closing:
             continue
         if _usable(served):

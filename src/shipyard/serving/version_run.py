@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,25 +58,11 @@ async def run_on(
     schedule = served.resolved.queue.schedule(
         name, timeout_us=request.timeout_us, priority=request.priority
     )
-
-    def submit(
-        inputs: dict[str, Any], wanted: list[str], pad: BatchPadding | None = None
-    ) -> Awaitable[BatchResult]:
-        return served.batcher.submit(
-            inputs,
-            wanted,
-            priority=schedule.priority,
-            timeout_us=schedule.timeout_us,
-            elapsed_ns=time.perf_counter_ns() - started,
-            gone=gone,
-            pad=pad,
-        )
-
     processor = served.model.processor
+    pad: BatchPadding | None = None
     if processor is None:
-        inputs = validated(served, request.inputs, request.output_names)
-        result = await submit(inputs, request.output_names)
-        outputs = result.outputs
+        wanted = request.output_names
+        inputs = validated(served, request.inputs, wanted)
     else:
         prepared = await prepare_inputs(processor, request.inputs)
         if usage is not None:
@@ -85,7 +71,18 @@ async def run_on(
         inputs = validated(served, prepared.inputs, wanted, request.output_names)
         # Tokenized here: the batcher may pad it to a longer batch-mate's length.
         pad = processor.batch_padding if prepared.processed else None
-        result = await submit(inputs, wanted, pad)
+    result = await served.batcher.submit(
+        inputs,
+        wanted,
+        priority=schedule.priority,
+        timeout_us=schedule.timeout_us,
+        elapsed_ns=time.perf_counter_ns() - started,
+        gone=gone,
+        pad=pad,
+    )
+    if processor is None:
+        outputs = result.outputs
+    else:
         outputs = processor.postprocess(result.outputs, request.output_names)
     check_output_size(outputs, limit=served.limits.max_output_bytes, model=name)
     return Ran(outputs, inputs, result)

@@ -68,6 +68,10 @@ class ServedVersion:
         fingerprint: Fingerprint,
     ) -> None:
         self.model = model
+        self.label = str(model.version)
+        """The version number as responses and metric labels give it."""
+        self.output_names = tuple(o.name for o in model.outputs)
+        """The model's outputs, in order (checked against each request's)."""
         self.config = config
         """The model.toml it was loaded with (a changed one reloads it)."""
         self.resolved = resolved

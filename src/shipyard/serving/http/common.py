@@ -20,18 +20,22 @@ import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import NotFoundError, ShipyardError
 from shipyard.serving.calls import Call
 from shipyard.serving.errors import ModelNotFound, Overloaded, PayloadTooLarge, ProtocolError
 from shipyard.serving.logs import request_id
 from shipyard.serving.metrics import Metrics
+
+if TYPE_CHECKING:
+    from shipyard.serving.dataplane import DataPlane
 
 log = logging.getLogger("shipyard.serving.http")
 access_log = logging.getLogger("shipyard.serving.access")
@@ -40,6 +44,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 BODY_LIMIT = "shipyard.body_limit"
 """Scope key: the route's body limit in bytes (set by the dispatcher, read by `read_body`)."""
+DECODE_LIMITS = "shipyard.decode_limits"
+"""Scope key: the codec limits of the model a request's body is for, found with the body
+limit at admission (None where the route's body is not a model's); `decode_limits_of`."""
 CALL = "shipyard.call"
 """Scope key: the audited `calls.Call` this request is (absent when not audited)."""
 CLIENT_GONE = "shipyard.client_gone"
@@ -141,6 +148,13 @@ def call_of(request: Request) -> Call | None:
     """The audited call this request is, to pass to the data plane (None: not audited)."""
     call: Call | None = request.scope.get(CALL)
     return call
+
+
+def decode_limits_of(request: Request, dataplane: DataPlane, name: str) -> DecodeLimits:
+    """The codec limits for a body sent to model `name`: those admission found, else the
+    data plane's answer now."""
+    limits: DecodeLimits | None = request.scope.get(DECODE_LIMITS)
+    return limits if limits is not None else dataplane.decode_limits_for(name)
 
 
 def gone_of(request: Request) -> Callable[[], bool] | None:

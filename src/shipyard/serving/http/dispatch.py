@@ -31,12 +31,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from shipyard.codecs.limits import DecodeLimits
 from shipyard.errors import ShipyardError
 from shipyard.serving.calls import ANONYMOUS, Call, CallContext
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.http.common import (
     BODY_LIMIT,
     CALL,
+    DECODE_LIMITS,
     Handler,
     auth_error_response,
     client_of,
@@ -108,6 +110,7 @@ class HttpDispatcher:
             return
         scope["path_params"] = found.params
         scope[BODY_LIMIT] = admitted.limit
+        scope[DECODE_LIMITS] = admitted.decoding
         handler = self.handlers[route.handler]
         call = None
         if route.audit is not None and self.dataplane.events.listeners:
@@ -153,11 +156,12 @@ class HttpDispatcher:
                 return auth_error_response(exc)
         model = access.named_model if access is not None else None
         body_model = model if route is None or route.body == "model" else None
-        limit = self.dataplane.limits_for(body_model).max_body_bytes
+        limits, decoding = self.dataplane.both_limits_for(body_model)
+        limit = limits.max_body_bytes
         refusal = declared_refusal(scope, limit)
         if refusal is not None:
             return error_response(refusal)
-        return _Admitted(who, model, limit)
+        return _Admitted(who, model, limit, decoding if body_model is not None else None)
 
     async def _audited(
         self, call: Call, handler: Handler, scope: Scope, receive: Receive, send: Send
@@ -216,6 +220,8 @@ class _Admitted:
     """The model the route's scope names, if one."""
     limit: int
     """The route's body limit in bytes."""
+    decoding: DecodeLimits | None
+    """The codec limits of the model the body is for (None: the route's body is not)."""
 
 
 def _protocol(handler: str) -> str:

@@ -141,7 +141,7 @@ class TFServingHandlers:
             body = await common.read_body(request)
             route = self.dataplane.route(name, version, common.header_of(request))
             signature = self.dataplane.model_signature(name, version, route=route)
-            limits = self.dataplane.decode_limits_for(name)
+            limits = common.decode_limits_of(request, self.dataplane, name)
             job = _Job(limits, received, common.call_of(request), route)
             payload = await run(body, signature, job)
             payload, headers = common.compress_for(

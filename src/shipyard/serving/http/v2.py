@@ -26,6 +26,7 @@ from shipyard.serving.http.common import (
     Handler,
     call_of,
     compress_for,
+    decode_limits_of,
     endpoint,
     gone_of,
     header,
@@ -78,7 +79,7 @@ class V2Handlers:
         received = time.perf_counter_ns()
         name, version = _model(request)
         body = await read_body(request)
-        limits = self.dataplane.decode_limits_for(name)
+        limits = decode_limits_of(request, self.dataplane, name)
         decoded = decode_request(body, header_length=_header_length(request), limits=limits)
         response = await self.dataplane.infer(
             name,
