@@ -40,6 +40,8 @@ class ManualClock:
     def __init__(self) -> None:
         self.now = 0
         self._timers: list[_ManualTimer] = []
+        self.armed = 0
+        """Timers set so far (each wake of a waiting dispatcher sets one)."""
 
     def now_ns(self) -> int:
         return self.now
@@ -47,6 +49,7 @@ class ManualClock:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> _ManualTimer:
         timer = _ManualTimer(self.now + round(delay_s * 1e9), callback)
         self._timers.append(timer)
+        self.armed += 1
         return timer
 
     def next_due(self) -> int | None:
@@ -194,6 +197,30 @@ async def test_requests_wait_exactly_the_queue_delay() -> None:
     result = await pending
     await batcher.close()
     assert result.queue_ns == 80_000_000
+
+
+async def test_a_batch_runs_once_full_before_its_delay_and_a_cancelled_head_frees_it() -> None:
+    clock = ManualClock()
+    model = FakeModel()
+    batcher = make(model, clock, max_batch_size=4, max_queue_delay_us=100_000)
+    head = asyncio.ensure_future(batcher.submit(rows(1)))
+    await until(lambda: clock.next_due() is not None)  # waiting for its batch to fill
+    armed = clock.armed
+    other = asyncio.ensure_future(batcher.submit(rows(2, width=5)))  # another batch key
+    await asyncio.sleep(0.01)
+    assert not head.done() and model.batches == []
+    assert clock.armed == armed  # the dispatcher slept on: that request cannot fill it
+    filler = asyncio.ensure_future(batcher.submit(rows(3)))  # 1 + 3 rows: full
+    done = await asyncio.wait_for(asyncio.gather(head, filler), 5)  # no time passed
+    assert model.batches == [4] and [r.queue_ns for r in done] == [0, 0]
+    # the other key's request is now the head; cancelling it lets the next one batch at once
+    late = asyncio.ensure_future(batcher.submit(rows(1, width=5)))
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    other.cancel()
+    await until(lambda: model.batches == [4, 1])
+    assert (await late).queue_ns < 100_000_000
+    await batcher.close()
 
 
 async def test_zero_delay_adds_no_wait_but_batches_under_load() -> None:

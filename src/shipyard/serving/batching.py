@@ -105,6 +105,10 @@ class Batcher:
         self.in_flight = 0
         """Requests taken into a batch on the workers and not yet answered."""
         self._waiter: asyncio.Future[None] | None = None
+        self._watched: BatchKey | None = None
+        """While the dispatcher waits for `_watched`'s batch to fill: a submit of another key
+        does not wake it, one of this key only once the rows reach `max_batch_size`."""
+        self._watched_rows = 0
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -168,12 +172,19 @@ class Batcher:
             timer = self.clock.call_later(
                 remaining_ns / 1e9, lambda: self._expire(item, timeout_us)
             )
-        self._wake()
+        watched = self._watched
+        if watched is None:
+            self._wake()
+        elif item.key == watched:
+            self._watched_rows += item.rows
+            if self._watched_rows >= self.max_batch_size:
+                self._wake()  # the batch it waits for is full: no need to wait on
         try:
             return await item.future
         except asyncio.CancelledError:
             if self._queue.leave(item):
                 self._dropped("disconnected")
+                self._wake()  # it may be the request whose batch the dispatcher waits for
             raise
         finally:
             if timer is not None:
@@ -193,10 +204,15 @@ class Batcher:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _sleep(self, timeout_ns: int | None) -> None:
-        """Until the next submit/close, or `timeout_ns`, whichever comes first."""
+    async def _sleep(
+        self, timeout_ns: int | None, *, watch: BatchKey | None = None, rows: int = 0
+    ) -> None:
+        """Until the next submit/close, or `timeout_ns`, whichever comes first; with `watch`
+        (the key of a batch holding `rows` rows), until that batch is full, a request leaves
+        the queue early, the server closes, or `timeout_ns`."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
+        self._watched, self._watched_rows = watch, rows
         handle = None
         if timeout_ns is not None:
             handle = self.clock.call_later(timeout_ns / 1e9, lambda: _resolve(waiter))
@@ -204,6 +220,7 @@ class Batcher:
             await waiter
         finally:
             self._waiter = None
+            self._watched = None
             if handle is not None:
                 handle.cancel()
 
@@ -240,9 +257,10 @@ class Batcher:
             deadline = head.enqueued_ns + self.max_delay_ns
             while not self._closing and head.queued and not head.future.done():
                 remaining = deadline - self.clock.now_ns()
-                if remaining <= 0 or self._queue.rows_like(head) >= self.max_batch_size:
+                rows = self._queue.rows_like(head)
+                if remaining <= 0 or rows >= self.max_batch_size:
                     break
-                await self._sleep(remaining)
+                await self._sleep(remaining, watch=head.key, rows=rows)
         return self._queue.take(batching=self.enabled, max_rows=self.max_batch_size)
 
     async def _execute(self, batch: list[Pending]) -> None:
@@ -259,6 +277,7 @@ class Batcher:
         queued = self._queue.leave(item)
         if queued:
             self._dropped("timeout")
+            self._wake()  # it may be the request whose batch the dispatcher waits for
         _fail(item, DeadlineExceeded(self.name, timeout_us=timeout_us, ran=not queued))
 
     def _gone(self, item: Pending) -> None:
