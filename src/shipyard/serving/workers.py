@@ -45,13 +45,12 @@ from typing import Any
 from shipyard.serving.lifecycle import StartupError
 from shipyard.serving.peers import INDEX_ENV
 from shipyard.serving.settings import ServerSettings
+from shipyard.serving.workers_collector import PIDS_FILE
 
 log = logging.getLogger("shipyard.serving.workers")
 
 SETTINGS_ENV = "SHIPYARD_WORKER_SETTINGS"
 FD_ENV = "SHIPYARD_WORKER_FD"
-PIDS_FILE = "workers.json"
-"""In the metrics folder: each worker's PID (its process metrics) and restart count."""
 BACKOFF_S = (1.0, 30.0)
 """First and longest pause before a dead worker is started again."""
 HEALTHY_S = 60.0

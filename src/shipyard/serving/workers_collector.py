@@ -16,13 +16,14 @@ from typing import Any
 
 from prometheus_client import ProcessCollector
 
+PIDS_FILE = "workers.json"
+"""In the metrics folder: the live workers' PIDs and restart counts (the supervisor writes it)."""
+
 
 class WorkersProcessCollector:
     """process_cpu_seconds_total, process_resident_memory_bytes, ... of every live worker,
     labelled `worker`, and `shipyard_server_worker_restarts_total{worker}` (the supervisor
     lists their PIDs and restart counts in the metrics folder)."""
-
-    PIDS_FILE = "workers.json"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -31,7 +32,7 @@ class WorkersProcessCollector:
         from prometheus_client.core import CounterMetricFamily, Metric
 
         try:
-            doc = json.loads((self.folder / self.PIDS_FILE).read_text(encoding="utf-8"))
+            doc = json.loads((self.folder / PIDS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             doc = {"pids": {"": os.getpid()}, "restarts": {}}
         pids, restarts = doc.get("pids", {}), doc.get("restarts", {})
