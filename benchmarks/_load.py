@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -157,6 +158,58 @@ async def connection(
             writer.close()
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) so far of process `root` and its live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # it exited meanwhile
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        pid = int(entry.name)  # fields: 4 ppid; 14 and 15 utime and stime (clock ticks)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / ticks
+
+
+class CpuWindow:
+    """The CPU time the server's process tree and this process spend between `start` and
+    `stop` (a server process that exits meanwhile takes its share along)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.server_s = self.client_s = 0.0
+        self._started: tuple[float, float] | None = None
+
+    def start(self) -> None:
+        if self._started is None:
+            server = tree_cpu_s(self.pid) if self.pid is not None else 0.0
+            self._started = (server, time.process_time())
+
+    def stop(self) -> None:
+        if self._started is not None and not self.server_s and not self.client_s:
+            server = tree_cpu_s(self.pid) if self.pid is not None else 0.0
+            self.server_s = server - self._started[0]
+            self.client_s = time.process_time() - self._started[1]
+
+    def per_request_us(self, requests: int) -> dict[str, float | None]:
+        if not requests or self._started is None:
+            return {"server_cpu_us": None, "client_cpu_us": None}
+        server = self.server_s / requests * 1e6 if self.pid is not None else None
+        return {"server_cpu_us": server, "client_cpu_us": self.client_s / requests * 1e6}
+
+
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (NaN when empty)."""
     if not ordered:
@@ -175,6 +228,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     now = time.perf_counter()
     measure_from = now + args.warmup
     stop_at = measure_from + args.duration
+    cpu = CpuWindow(args.server_pid)
+    loop = asyncio.get_running_loop()
+    loop.call_later(args.warmup, cpu.start)
+    loop.call_later(args.warmup + args.duration, cpu.stop)
     tasks = [
         asyncio.create_task(
             connection(
@@ -197,6 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for task in done:
         if task.exception() is not None:
             tally.error(f"client crashed: {task.exception()!r}")
+    cpu.stop()  # the run ended before the window did (--max-requests)
     window = min(time.perf_counter(), stop_at + REQUEST_TIMEOUT_S) - measure_from
     ordered = sorted(tally.latencies)
     ms = 1000.0
@@ -212,6 +270,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p99_ms": percentile(ordered, 99) * ms,
         "mean_ms": (sum(ordered) / len(ordered) * ms) if ordered else math.nan,
         "budget_exhausted": budget[0] <= 0,
+        **cpu.per_request_us(len(ordered)),
     }
 
 
@@ -232,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="report the CPU time per request of this process and its descendants (/proc)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--concurrency >= 1, --duration > 0 and --warmup >= 0")

@@ -38,10 +38,23 @@ def _measure(argv: list[str], args: argparse.Namespace, *, cells: int = 1) -> Ce
         requests=int(data["requests"]),
         first_error=str(data.get("first_error", "")),
         batch_size=int(data.get("batch_size", 1)),
+        server_cpu_us=data.get("server_cpu_us"),
+        client_cpu_us=data.get("client_cpu_us"),
     )
 
 
-def measure_http(port: int, path: str, bodies: Bodies, encoding: str, c: int, run: Run) -> Cell:
+def measure_http(
+    port: int,
+    path: str,
+    bodies: Bodies,
+    encoding: str,
+    c: int,
+    run: Run,
+    *,
+    count_cpu: bool = True,
+) -> Cell:
+    """One cell against the server on `port`; with `count_cpu`, also the CPU time its
+    process and their descendants (`_servers.pid_of`) spent per answered request."""
     args = run.args
     argv = [
         sys.executable,
@@ -61,6 +74,9 @@ def measure_http(port: int, path: str, bodies: Bodies, encoding: str, c: int, ru
     if header_length is not None:
         # As tritonclient sends it: no Content-Type, the header length tells JSON from tensors.
         argv += ["--header-length", str(header_length), "--content-type", ""]
+    pid = _servers.pid_of(port) if count_cpu else None
+    if pid is not None:
+        argv += ["--server-pid", str(pid)]
     return _measure(argv, args)
 
 

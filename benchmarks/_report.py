@@ -59,6 +59,10 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
         "keeping the best. Ratios: req/s ÷ raw and ÷ Triton (higher is better); latency ÷ Triton",
         "(lower is better). The Triton reference is the Triton row with the same request",
         "encoding and batching setting. Compare ratios, not absolute numbers." + _noise(run.rows),
+        "Server CPU µs/req: the CPU time (user + system) of the server's process and all its",
+        "descendants (workers, Triton's and MLServer's stubs) during the measured window,",
+        "divided by the requests answered — what one request costs the server, which a shared",
+        "machine disturbs less than req/s (not measured for raw ONNX Runtime and Ray rows).",
     ]
     for model in dict.fromkeys(r.model for r in run.rows):
         lines += ["", f"## {model}", "", "### Summary", ""]

@@ -35,6 +35,11 @@ class Cell:
     """Rows per session.run (raw rows measured at several batch sizes keep the best)."""
     rounds: list[float] = field(default_factory=list)
     """req/s of every round of this cell (the cell itself is the best one)."""
+    server_cpu_us: float | None = None
+    """CPU time (user + system) of the server's process and its descendants per answered
+    request in the measured window, µs; None where not measured (raw, Ray rows)."""
+    client_cpu_us: float | None = None
+    """The load generator's own CPU time per answered request, µs."""
 
 
 @dataclass

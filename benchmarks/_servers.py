@@ -191,9 +191,21 @@ def running(
             raise SetupError(f"{label}: could not start {argv[0]}: {exc}") from exc
         try:
             _wait_ready(label, proc, port=port, path=ready_path, log=log)
+            _PIDS[port] = proc.pid
             yield port
         finally:
+            _PIDS.pop(port, None)
             _stop(proc)
+
+
+_PIDS: dict[int, int] = {}
+"""Port -> the process `running` started for the server there."""
+
+
+def pid_of(port: int) -> int | None:
+    """The process of the server listening on `port` (its workers are its descendants), if
+    `running` started it."""
+    return _PIDS.get(port)
 
 
 def _wait_ready(

@@ -51,6 +51,8 @@ def concurrency_table(rows: Sequence[Row], model: str, c: int) -> list[list[str]
         "req/s ÷ Triton",
         "p50 ÷ Triton",
         "p99 ÷ Triton",
+        "server CPU µs/req",
+        "CPU ÷ Triton",
     ]
     table = [header]
     for row in (r for r in rows if r.model == model):
@@ -74,6 +76,8 @@ def concurrency_table(rows: Sequence[Row], model: str, c: int) -> list[list[str]
                 ratio(cell.rps, tc.rps) if tc else "—",
                 ratio(cell.p50_ms, tc.p50_ms) if tc else "—",
                 ratio(cell.p99_ms, tc.p99_ms) if tc else "—",
+                num(cell.server_cpu_us),
+                ratio(cell.server_cpu_us, tc.server_cpu_us) if tc else "—",
             ]
         )
     return table
@@ -82,7 +86,13 @@ def concurrency_table(rows: Sequence[Row], model: str, c: int) -> list[list[str]
 def summary_table(rows: Sequence[Row], model: str, levels: Sequence[int]) -> list[list[str]]:
     header = ["server · request · config"]
     for c in levels:
-        header += [f"req/s @{c}", f"p99 ms @{c}", f"÷ raw @{c}", f"÷ Triton @{c}"]
+        header += [
+            f"req/s @{c}",
+            f"p99 ms @{c}",
+            f"÷ raw @{c}",
+            f"÷ Triton @{c}",
+            f"CPU µs/req @{c}",
+        ]
     table = [header]
     for row in (r for r in rows if r.model == model):
         raw, triton = references(rows, row)
@@ -90,7 +100,7 @@ def summary_table(rows: Sequence[Row], model: str, levels: Sequence[int]) -> lis
         for c in levels:
             cell = row.cells.get(c)
             if cell is None:
-                line += ["—", "—", "—", "—"]
+                line += ["—"] * 5
                 continue
             rc = raw.cells.get(c) if raw is not None and raw is not row else None
             tc = triton.cells.get(c) if triton is not None and triton is not row else None
@@ -99,6 +109,7 @@ def summary_table(rows: Sequence[Row], model: str, levels: Sequence[int]) -> lis
                 num(cell.p99_ms),
                 ratio(cell.rps, rc.rps) if rc else "—",
                 ratio(cell.rps, tc.rps) if tc else "—",
+                num(cell.server_cpu_us),
             ]
         table.append(line)
     return table
