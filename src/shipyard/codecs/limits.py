@@ -8,7 +8,6 @@ The defaults are safe for a public endpoint and generous for ordinary models.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +40,17 @@ def check_elements(shape: tuple[int, ...], limits: DecodeLimits, *, what: str) -
     Zero dimensions count as 1 here, so `[0, 10**15]` is refused like `[10**15]`: numpy
     cannot even build an empty array of that shape.
     """
-    extent = math.prod(max(d, 1) for d in shape)
+    extent = 1
+    for d in shape:  # a loop, not math.prod over a generator: this runs for every tensor
+        if d > 1:
+            extent *= d
     if extent > limits.max_tensor_elements:
         raise RequestTooLarge(
             f"{what}: shape {list(shape)} declares {extent} elements, over the limit of "
             f"{limits.max_tensor_elements} per tensor (limits.max_tensor_elements); "
             "send smaller batches"
         )
-    return math.prod(shape)
+    return 0 if 0 in shape else extent
 
 
 def check_request_elements(total: int, limits: DecodeLimits) -> None:

@@ -48,7 +48,7 @@ class InferenceRequest:
     @property
     def output_names(self) -> list[str]:
         """Requested output names; empty means every output of the model."""
-        return [o.name for o in self.outputs]
+        return [o.name for o in self.outputs] if self.outputs else []
 
     @property
     def binary_outputs(self) -> bool:
@@ -70,6 +70,8 @@ class InferenceResponse:
 def schedule_parameters(parameters: Mapping[str, Parameter]) -> tuple[int | None, int]:
     """(timeout_us, priority) from a request's parameters; ProtocolError (400) when either
     is not a non-negative integer. A timeout of 0 means none, as in Triton."""
+    if not parameters:
+        return None, 0
     timeout = _whole(parameters, "timeout", "microseconds")
     return timeout or None, _whole(parameters, "priority", "level, 1 = highest") or 0
 
