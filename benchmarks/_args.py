@@ -129,6 +129,13 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         help="also serve GIT_REF (checked out into a temporary git worktree) beside this "
         "tree, with the same load, and print this tree ÷ that one (e.g. --baseline main)",
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="with --baseline: load each Shipyard row and its baseline twin at the same time "
+        "(one load generator each) and report the ratio of every round: a busy machine "
+        "then slows both alike",
+    )
     args = parser.parse_args(argv)
     try:
         args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
@@ -154,6 +161,8 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         parser.error("--raw-batch-sizes must be >= 1")
     if args.tokens < 2:
         parser.error("--tokens must be >= 2")
+    if args.paired and args.baseline is None:
+        parser.error("--paired needs --baseline GIT_REF")
     if args.duration is None:
         args.duration = 1.0 if args.quick else 3.0
     if args.warmup is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -74,13 +75,24 @@ def server_env(src: Path) -> dict[str, str]:
     return env
 
 
+def paired_ratio(ratios: Sequence[float]) -> str:
+    """The median of the rounds' paired ratios, with the lowest and highest: `1.12× (0.98–1.30)`."""
+    if not ratios:
+        return "—"
+    low, high = min(ratios), max(ratios)
+    return f"{ratio(statistics.median(ratios), 1.0)} ({low:.2f}–{high:.2f})"
+
+
 def baseline_table(
     rows: Sequence[Row], model: str, baseline: str, levels: Sequence[int]
 ) -> list[list[str]]:
     """This tree's Shipyard rows ÷ the baseline's rows of the same request and config."""
+    paired = any(row.paired for row in rows if row.model == model)
     header = ["request · config"]
     for c in levels:
         header += [f"req/s ÷ base @{c}", f"p50 ÷ base @{c}", f"p99 ÷ base @{c}"]
+        if paired:
+            header.append(f"paired req/s ÷ base @{c}")
     table = [header]
     for row in rows:
         if row.model != model or row.server != SHIPYARD:
@@ -101,12 +113,14 @@ def baseline_table(
             new = row.cells.get(c)
             old = base.cells.get(c) if base is not None else None
             if new is None or old is None:
-                line += ["—", "—", "—"]
+                line += ["—"] * (4 if paired else 3)
                 continue
             line += [
                 ratio(new.rps, old.rps),
                 ratio(new.p50_ms, old.p50_ms),
                 ratio(new.p99_ms, old.p99_ms),
             ]
+            if paired:
+                line.append(paired_ratio(row.paired.get(c, [])))
         table.append(line)
     return table

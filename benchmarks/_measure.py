@@ -7,6 +7,7 @@ import contextlib
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,17 @@ def _measure(argv: list[str], args: argparse.Namespace, *, cells: int = 1) -> Ce
         server_cpu_us=data.get("server_cpu_us"),
         client_cpu_us=data.get("client_cpu_us"),
     )
+
+
+def measure_http_pair(
+    ports: tuple[int, int], path: str, bodies: Bodies, encoding: str, c: int, run: Run
+) -> tuple[Cell, Cell]:
+    """`measure_http` against two servers at the same time, one load generator each."""
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each thread waits on its subprocess
+        first, second = (
+            pool.submit(measure_http, port, path, bodies, encoding, c, run) for port in ports
+        )
+        return first.result(), second.result()
 
 
 def measure_http(

@@ -91,7 +91,15 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
                 f"`--baseline {run.baseline.ref}` commit {run.baseline.commit[:12]} (a temporary "
                 "git worktree on the same Python): same model files, `model.toml` and load, "
                 "in the same alternating rounds. req/s above 1× and latency below 1× mean this "
-                "tree is faster.",
+                "tree is faster."
+                + (
+                    " Paired (`--paired`): each round loads a row and its baseline twin at the "
+                    "same time, one load generator each; the column gives the median of the "
+                    "rounds' req/s ratios (lowest–highest), which a busy machine disturbs far "
+                    "less than cells measured minutes apart."
+                    if args.paired
+                    else ""
+                ),
                 "",
                 *render_markdown(
                     baseline_table(run.rows, model, run.baseline.server, args.concurrency)
@@ -254,7 +262,7 @@ def _command(args: argparse.Namespace) -> str:
     )
     parts += [f"{flag} {value}" for flag, value, default in defaults if value != default]
     if args.baseline:
-        parts.append(f"--baseline {args.baseline}")
+        parts.append(f"--baseline {args.baseline}" + (" --paired" if args.paired else ""))
     if args.workers != [1]:
         parts.append("--workers " + ",".join(map(str, args.workers)))
     if args.ray:

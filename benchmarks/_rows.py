@@ -51,6 +51,8 @@ class Row:
     batching: bool | None
     cells: dict[int, Cell] = field(default_factory=dict)
     note: str = ""
+    paired: dict[int, list[float]] = field(default_factory=dict)
+    """--paired: req/s ÷ the baseline twin's, measured at the same time, each round."""
 
     @property
     def label(self) -> str:

@@ -55,7 +55,14 @@ from benchmarks import _servers
 from benchmarks._args import parse_args
 from benchmarks._baseline import CHECKOUT, baseline_table, checked_out, server_env
 from benchmarks._inputs import build_repo, load_model, make_bodies, text_for
-from benchmarks._measure import measure_encode, measure_http, measure_raw, probe, server_version
+from benchmarks._measure import (
+    measure_encode,
+    measure_http,
+    measure_http_pair,
+    measure_raw,
+    probe,
+    server_version,
+)
 from benchmarks._report import markdown, text_lines
 from benchmarks._rows import (
     BINARY,
@@ -163,7 +170,7 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
             if server.startswith(SHIPYARD) and text is not None:
                 encodings += [TEXT_JSON, TEXT_BINARY]
             for config in configs(args):
-                counts = args.workers if server == SHIPYARD else [1]
+                counts = args.workers if server.startswith(SHIPYARD) else [1]
                 variants = [dataclasses.replace(config, workers=w) for w in counts]
                 if server == SHIPYARD:
                     variants += [dataclasses.replace(config, ray_replicas=r) for r in args.ray]
@@ -171,11 +178,19 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
                     targets += start_server(
                         server, starter, variant, model, bodies, run, stack, encodings=encodings
                     )
+        twins = _twins(targets, run) if args.paired else {}
+        measured_with_twin = {id(twin) for twin, _ in twins.values()}
         for round_ in range(args.rounds):
             order = targets if round_ % 2 == 0 else targets[::-1]
             for c in args.concurrency:
                 say(f"{model.name}: round {round_ + 1}/{args.rounds}, {c} connection(s)")
                 for row, port in order:
+                    if id(row) in measured_with_twin:
+                        continue  # measured at the same time as this tree's row
+                    twin = twins.get(id(row))
+                    if twin is not None and port is not None:
+                        _measure_pair(row, port, twin, model, bodies, c, run)
+                        continue
                     if port is None and row.server == ENCODE:
                         cell = measure_encode(model, bodies, c, run)
                     elif port is None:
@@ -187,11 +202,7 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
                         cell = measure_http(
                             port, infer, bodies, row.encoding, c, run, count_cpu=count_cpu
                         )
-                    best = row.cells.get(c)
-                    history = [*(best.rounds if best else []), cell.rps]
-                    if best is None or cell.rps > best.rps:
-                        row.cells[c] = best = cell
-                    best.rounds = history
+                    _keep(row, c, cell)
                     _say_cell(row, c, cell)
 
 
@@ -280,6 +291,46 @@ def _onnxruntime_version(python: Path) -> str:
 def _fresh(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=False)
     return path
+
+
+def _twins(targets: list[tuple[Row, int | None]], run: Run) -> dict[int, tuple[Row, int]]:
+    """--paired: this tree's Shipyard rows -> the baseline's row of the same request and
+    config (and its port)."""
+    assert run.baseline is not None
+    base = {
+        (row.encoding, row.config): (row, port)
+        for row, port in targets
+        if row.server == run.baseline.server and port is not None
+    }
+    return {
+        id(row): base[(row.encoding, row.config)]
+        for row, port in targets
+        if row.server == SHIPYARD and port is not None and (row.encoding, row.config) in base
+    }
+
+
+def _measure_pair(
+    row: Row, port: int, twin: tuple[Row, int], model: ModelFiles, bodies: Bodies, c: int, run: Run
+) -> None:
+    """One round of `row` and its baseline twin under load at the same time."""
+    base_row, base_port = twin
+    infer = f"/v2/models/{model.name}/infer"
+    cells = measure_http_pair((port, base_port), infer, bodies, row.encoding, c, run)
+    for each, cell in zip((row, base_row), cells, strict=True):
+        _keep(each, c, cell)
+        _say_cell(each, c, cell)
+    new, old = cells
+    if new.rps and old.rps:
+        row.paired.setdefault(c, []).append(new.rps / old.rps)
+
+
+def _keep(row: Row, c: int, cell: Cell) -> None:
+    """Keep the best round of a cell (highest req/s) with every round's req/s."""
+    best = row.cells.get(c)
+    history = [*(best.rounds if best else []), cell.rps]
+    if best is None or cell.rps > best.rps:
+        row.cells[c] = best = cell
+    best.rounds = history
 
 
 def _say_cell(row: Row, c: int, cell: Cell) -> None:
