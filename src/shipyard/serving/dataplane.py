@@ -338,13 +338,11 @@ class DataPlane:
     def limits_for(self, name: str | None) -> LimitsSettings:
         """Request limits for a model: those its highest ready version loaded with (its
         model.toml [limits] over the server's), else the server's."""
-        served = self._served_or_none(name)
-        return self._server_limits if served is None else served.limits
+        return self.both_limits_for(name)[0]
 
     def decode_limits_for(self, name: str | None) -> DecodeLimits:
         """The codec-level part of `limits_for(name)`, as the codecs take it."""
-        served = self._served_or_none(name)
-        return self._server_decode_limits if served is None else served.decode_limits
+        return self.both_limits_for(name)[1]
 
     def both_limits_for(self, name: str | None) -> tuple[LimitsSettings, DecodeLimits]:
         """`limits_for(name)` and `decode_limits_for(name)` from one look-up (the HTTP
