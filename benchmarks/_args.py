@@ -163,6 +163,11 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         parser.error("--tokens must be >= 2")
     if args.paired and args.baseline is None:
         parser.error("--paired needs --baseline GIT_REF")
+    args.config_flags = [  # for the results' command line: the serving knobs set
+        f"--{dest.replace('_', '-')} {getattr(args, dest)}"
+        for dest in ("instances", "intra_op_threads", "max_batch_size", "batch_delay_us")
+        if getattr(args, dest) != parser.get_default(dest)
+    ]
     if args.duration is None:
         args.duration = 1.0 if args.quick else 3.0
     if args.warmup is None:

@@ -75,6 +75,21 @@ def server_env(src: Path) -> dict[str, str]:
     return env
 
 
+def twin_of(row: Row, rows: Sequence[Row], baseline: str) -> Row | None:
+    """The baseline's row of `row`'s model, request and config (None when it has none)."""
+    return next(
+        (
+            r
+            for r in rows
+            if r.model == row.model
+            and r.server == baseline
+            and r.encoding == row.encoding
+            and r.config == row.config
+        ),
+        None,
+    )
+
+
 def paired_ratio(ratios: Sequence[float]) -> str:
     """The median of the rounds' paired ratios, with the lowest and highest: `1.12× (0.98–1.30)`."""
     if not ratios:
@@ -97,17 +112,7 @@ def baseline_table(
     for row in rows:
         if row.model != model or row.server != SHIPYARD:
             continue
-        base = next(
-            (
-                r
-                for r in rows
-                if r.model == model
-                and r.server == baseline
-                and r.encoding == row.encoding
-                and r.config == row.config
-            ),
-            None,
-        )
+        base = twin_of(row, rows, baseline)
         line = [f"{row.encoding} · {row.config}"]
         for c in levels:
             new = row.cells.get(c)

@@ -191,6 +191,7 @@ class CpuWindow:
         self.pid = pid
         self.server_s = self.client_s = 0.0
         self._started: tuple[float, float] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         if self._started is None:
@@ -198,7 +199,8 @@ class CpuWindow:
             self._started = (server, time.process_time())
 
     def stop(self) -> None:
-        if self._started is not None and not self.server_s and not self.client_s:
+        if self._started is not None and not self._stopped:
+            self._stopped = True
             server = tree_cpu_s(self.pid) if self.pid is not None else 0.0
             self.server_s = server - self._started[0]
             self.client_s = time.process_time() - self._started[1]

@@ -254,13 +254,7 @@ def _command(args: argparse.Namespace) -> str:
         f"--rounds {args.rounds}",
         "--model-intra-op-threads " + args.model_intra_op_threads,
     ]
-    defaults = (
-        ("--instances", args.instances, 1),
-        ("--intra-op-threads", args.intra_op_threads, 1),
-        ("--max-batch-size", args.max_batch_size, 32),
-        ("--batch-delay-us", args.batch_delay_us, 500),
-    )
-    parts += [f"{flag} {value}" for flag, value, default in defaults if value != default]
+    parts += args.config_flags
     if args.baseline:
         parts.append(f"--baseline {args.baseline}" + (" --paired" if args.paired else ""))
     if args.workers != [1]:

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks import _servers
 from benchmarks._args import parse_args
-from benchmarks._baseline import CHECKOUT, baseline_table, checked_out, server_env
+from benchmarks._baseline import CHECKOUT, baseline_table, checked_out, server_env, twin_of
 from benchmarks._inputs import build_repo, load_model, make_bodies, text_for
 from benchmarks._measure import (
     measure_encode,
@@ -297,16 +297,14 @@ def _twins(targets: list[tuple[Row, int | None]], run: Run) -> dict[int, tuple[R
     """--paired: this tree's Shipyard rows -> the baseline's row of the same request and
     config (and its port)."""
     assert run.baseline is not None
-    base = {
-        (row.encoding, row.config): (row, port)
-        for row, port in targets
-        if row.server == run.baseline.server and port is not None
-    }
-    return {
-        id(row): base[(row.encoding, row.config)]
-        for row, port in targets
-        if row.server == SHIPYARD and port is not None and (row.encoding, row.config) in base
-    }
+    ports = {id(row): port for row, port in targets if port is not None}
+    rows = [row for row, _ in targets]
+    twins = {}
+    for row in rows:
+        twin = twin_of(row, rows, run.baseline.server) if row.server == SHIPYARD else None
+        if twin is not None and id(row) in ports and id(twin) in ports:
+            twins[id(row)] = (twin, ports[id(twin)])
+    return twins
 
 
 def _measure_pair(

@@ -35,19 +35,21 @@ def check_datatype(datatype: object, *, what: str) -> str:
 def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
     if not isinstance(shape, list):
         raise _bad_shape(shape, what)
-    if len(shape) > MAX_RANK:
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise _bad_shape(shape, what)
-        raise ProtocolError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK}")
     size = 1
     for d in shape:  # a plain loop, no generator: this runs for each tensor of each request
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
             raise _bad_shape(shape, what)
-        if d > 1:
+        if d > 1 and size < _TOO_LARGE:  # bounded: a long shape never builds a huge int
             size *= d
-    if size >= 1 << 62:
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK}")
+    if size >= _TOO_LARGE:
         raise ProtocolError(f"{what}: shape {shape!r} is too large for any tensor")
     return tuple(shape)
+
+
+_TOO_LARGE = 1 << 62
+"""Elements no tensor can have (numpy's sizes are signed 64-bit)."""
 
 
 def _bad_shape(shape: object, what: str) -> ProtocolError:
