@@ -173,8 +173,10 @@ def running(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     ready_path: str = "/v2/health/ready",
+    ready_line: str | None = None,
 ) -> Iterator[int]:
-    """Run `argv` until the block ends; yields `port` once `ready_path` answers 200."""
+    """Run `argv` until the block ends; yields `port` once `ready_path` answers 200 (and
+    `ready_line` is in the log: one worker's readiness is not the whole group's)."""
     with log.open("ab") as out:
         try:
             proc = subprocess.Popen(
@@ -190,7 +192,7 @@ def running(
         except OSError as exc:
             raise SetupError(f"{label}: could not start {argv[0]}: {exc}") from exc
         try:
-            _wait_ready(label, proc, port=port, path=ready_path, log=log)
+            _wait_ready(label, proc, port=port, path=ready_path, log=log, line=ready_line)
             _PIDS[port] = proc.pid
             yield port
         finally:
@@ -209,14 +211,22 @@ def pid_of(port: int) -> int | None:
 
 
 def _wait_ready(
-    label: str, proc: subprocess.Popen[bytes], *, port: int, path: str, log: Path
+    label: str,
+    proc: subprocess.Popen[bytes],
+    *,
+    port: int,
+    path: str,
+    log: Path,
+    line: str | None = None,
 ) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SetupError(f"{label} exited with code {proc.returncode}: {_tail(log)}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if http_call(port, "GET", path)[0] == 200:
+            if http_call(port, "GET", path)[0] == 200 and (
+                line is None or line in log.read_text(errors="replace")
+            ):
                 return
         time.sleep(0.2)
     raise SetupError(f"{label} not ready within {START_TIMEOUT_S:.0f} s: {_tail(log)}")

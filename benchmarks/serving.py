@@ -229,7 +229,10 @@ def _shipyard_from(
     work = _fresh(run.work / f"{tag}-{model.name}-{config.batching}-{where}")
     argv, port = _servers.shipyard(model, config, work=work)
     env = server_env(src)
-    with _servers.running(SHIPYARD, argv, port=port, log=work / "server.log", env=env) as p:
+    # every worker listening, not only the first ready one (the supervisor's line)
+    line = f"with {config.workers} workers" if config.workers > 1 else None
+    log = work / "server.log"
+    with _servers.running(SHIPYARD, argv, port=port, log=log, env=env, ready_line=line) as p:
         yield p
 
 

@@ -5,12 +5,16 @@ connections reach both workers; one /metrics and one /v2/models/stats (from eith
 both, and /metrics never goes back;
 a taken port fails loudly; an unload by request reaches every worker; a worker killed with
 SIGKILL is started again while the other serves; per-worker audit chains verify together;
-SIGTERM drains both and the group exits 0.
+keep-alive connections that all landed on one worker spread over both once the other
+listens (`http.balance`), without a failed request; SIGTERM drains both and the group
+exits 0.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -189,6 +193,61 @@ def test_unload_reaches_every_worker_and_a_killed_worker_comes_back(
         for line in chain.read_text().splitlines()
     ]
     assert sum(e.get("event") == "model.unload" for e in events) >= 2
+
+
+def test_keep_alive_connections_spread_over_the_workers(repo: Path) -> None:
+    """Sixteen keep-alive connections opened while one worker is down all land on the
+    other; once it is back, the busier worker closes its surplus after complete responses
+    (`Connection: close`), the clients reconnect (http.client does by itself) and the
+    kernel spreads them: 8 and 8, and every request answered."""
+    with cli_server(repo, "--workers", "2") as server:
+        server.wait_for_line("with 2 workers", timeout_s=30)
+        os.kill(children(server.proc.pid)[0], signal.SIGKILL)
+        wait_for(lambda: len(children(server.proc.pid)) == 1, "the killed worker gone")
+        port = int(server.url.rsplit(":", 1)[1])
+        connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(16)]
+        body = json.dumps(BODY)
+        headers = {"Content-Type": "application/json"}
+
+        def one_round() -> Counter[str]:
+            seen: Counter[str] = Counter()
+            for connection in connections:
+                connection.request("POST", "/v2/models/affine/infer", body, headers)
+                response = connection.getresponse()
+                assert response.status == 200, response.read()
+                response.read()
+                seen[response.getheader("x-shipyard-worker") or "?"] += 1
+            return seen
+
+        try:
+            alone = one_round()
+            assert len(alone) == 1, alone  # all on the surviving worker
+            wait_for(
+                lambda: (
+                    len(children(server.proc.pid)) == 2
+                    and len(
+                        {
+                            fresh(server.url, "/v2/health/ready").headers["x-shipyard-worker"]
+                            for _ in range(20)
+                        }
+                    )
+                    == 2
+                ),
+                "the restarted worker answering",
+            )
+            rounds = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                rounds.append(one_round())
+                if sorted(rounds[-1].values()) == [8, 8]:
+                    break
+            assert sorted(rounds[-1].values()) == [8, 8], rounds
+            # balanced: the connections stay where they are now
+            assert sorted(one_round().values()) == [8, 8]
+        finally:
+            for connection in connections:
+                connection.close()
+        assert server.stop() == 0
 
 
 def test_sigterm_drains_every_worker_with_requests_in_flight(repo: Path) -> None:

@@ -37,6 +37,7 @@ import uvicorn
 from shipyard.package.remote import repository_location
 from shipyard.serving.addresses import is_loopback
 from shipyard.serving.http.app import HttpApp
+from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.lifecycle import Server, StartupError
 from shipyard.serving.logs import configure_logging
 from shipyard.serving.peers import PeerLink
@@ -68,7 +69,12 @@ def serve(
         if serve_workers(settings) != 0:
             raise StartupError("the workers stopped with an error; see their log lines above")
         return
-    prepared = _prepare(settings, freeze_gc=True)
+    shares = None
+    if link is not None and settings.http.balance:
+        from shipyard.serving.http.balance import group_shares
+
+        shares = group_shares(link.index)
+    prepared = _prepare(settings, freeze_gc=True, shares=shares)
     prepared.server.peers = link
     grpc = "" if settings.grpc_port is None else f", V2 gRPC on port {settings.grpc_port}"
     worker = "" if link is None else f" as worker {link.index + 1} of {settings.workers}"
@@ -212,14 +218,19 @@ def _checks(settings: ServerSettings) -> None:
     _check_audit_log(settings)
 
 
-def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
-    """Every start-up check that needs no event loop, then the bound (not yet listening) socket."""
+def _prepare(
+    settings: ServerSettings, *, freeze_gc: bool = False, shares: ConnectionShares | None = None
+) -> _Prepared:
+    """Every start-up check that needs no event loop, then the bound (not yet listening) socket.
+
+    `shares`: a worker's view of its group's connection counts (`http.balance`)."""
     _checks(settings)
     server = Server(settings, freeze_gc=freeze_gc)
-    config = _uvicorn_config(server.app, settings)
+    config = _uvicorn_config(server.app, settings, shares)
     _load_config(config, settings)
     sock = _bind(settings)
     listener = QuietUvicorn(config)
+    listener.shares = shares
 
     def exit_uvicorn() -> None:
         listener.should_exit = True
@@ -229,13 +240,15 @@ def _prepare(settings: ServerSettings, *, freeze_gc: bool = False) -> _Prepared:
     return _Prepared(server, listener, sock, scheme, settings.host)
 
 
-def _uvicorn_config(app: HttpApp, settings: ServerSettings) -> uvicorn.Config:
+def _uvicorn_config(
+    app: HttpApp, settings: ServerSettings, shares: ConnectionShares | None = None
+) -> uvicorn.Config:
     limits = settings.http
     http: Any
     if importlib.util.find_spec("httptools"):
         from shipyard.serving.http.guard import guarded_protocol
 
-        http = guarded_protocol(limits)
+        http = guarded_protocol(limits, shares)
     else:  # h11 bounds header size itself; it has no header or body timeout
         http = "h11"
     return uvicorn.Config(

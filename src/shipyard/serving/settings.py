@@ -105,6 +105,11 @@ class HttpSettings(BaseModel):
     `X-Forwarded-Proto` are believed: a request from one of them is logged and audited with
     the client address the proxy names. Empty (the default): the TCP peer's address, and the
     headers are ignored. "*" trusts every peer (only behind a proxy that strips them)."""
+    balance: bool = True
+    """Under `--workers`: a worker holding more than its share of the group's HTTP
+    connections answers a request with `Connection: close` so that the client reconnects
+    and the kernel spreads the connection again (SO_REUSEPORT hashes a few long-lived
+    connections unevenly). False: connections stay where the kernel put them."""
 
 
 class TlsSettings(BaseModel):

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from types import FrameType
 
 import uvicorn
 
+from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.lifecycle import Server
 
 log = logging.getLogger("shipyard.serving.server")
@@ -33,11 +35,26 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class QuietUvicorn(uvicorn.Server):
-    """uvicorn without its own SIGINT/SIGTERM handlers: `draining_signals` owns them."""
+    """uvicorn without its own SIGINT/SIGTERM handlers: `draining_signals` owns them.
+
+    Under `--workers` it also tells the group when this worker starts and stops accepting
+    connections (`shares`, `http.balance`)."""
+
+    shares: ConnectionShares | None = None
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.shares is not None:
+            self.shares.start_listening()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.shares is not None:
+            self.shares.stop_listening()
+        await super().shutdown(sockets=sockets)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shipyard.serving.http.balance import METRICS_ENV, create_slots, mark_not_listening
 from shipyard.serving.lifecycle import StartupError
 from shipyard.serving.peers import INDEX_ENV
 from shipyard.serving.settings import ServerSettings
@@ -115,6 +116,7 @@ class Supervisor:
         self.settings = settings
         self.count = settings.workers
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="shipyard-metrics-"))
+        create_slots(self.metrics_dir, self.count)  # connection balancing (http.balance)
         self.workers = [Worker(i) for i in range(self.count)]
         self.stopping = False
         self.signals = 0
@@ -174,7 +176,7 @@ class Supervisor:
             SETTINGS_ENV: settings.model_dump_json(),
             INDEX_ENV: str(worker.index),
             FD_ENV: str(theirs.fileno()),
-            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            METRICS_ENV: str(self.metrics_dir),
         }
         worker.ready = asyncio.Event()
         worker.proc = await asyncio.create_subprocess_exec(
@@ -216,6 +218,7 @@ class Supervisor:
         assert worker.proc is not None
         await worker.proc.wait()
         worker.ready.clear()
+        mark_not_listening(self.metrics_dir, worker.index)
         with contextlib.suppress(Exception):
             from prometheus_client import multiprocess
 

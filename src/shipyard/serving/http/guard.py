@@ -12,7 +12,9 @@ is, and a client that never finishes its headers holds its connection (and memor
 - closes a connection whose request body stalls: no body bytes for `body_timeout_s` while the
   app waits for them (408 if no response has started);
 - refuses connections past `max_connections` open at once with 503 and closes them;
-- puts `CLIENT_GONE` in each request's scope: true once its connection is closed.
+- puts `CLIENT_GONE` in each request's scope: true once its connection is closed;
+- under `--workers`, counts its connections in the group's shares and answers a request
+  with `Connection: close` while the worker holds more than its share (`http.balance`).
 
 Keep-alive idle connections are closed by uvicorn's own `timeout_keep_alive`.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.http.common import CLIENT_GONE
 from shipyard.serving.settings import HttpSettings
 
@@ -47,6 +50,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with the bounds of `limits` (set by `guarded_protocol`)."""
 
     limits: HttpSettings = HttpSettings()
+    shares: ConnectionShares | None = None
+    """The worker group's connection counts (`--workers`), None for a single process."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,11 +64,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_at = 0.0
         """Loop time body bytes last arrived."""
+        self._shed = False
+        """Told to close after its current request to even out the workers' connections."""
 
     # -- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.shares is not None:
+            self.shares.opened()
         if len(self.connections) > self.limits.max_connections:
             log.warning(
                 "refused a connection from %s: %d open, the limit is %d (--max-connections)",
@@ -77,6 +86,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        if self.shares is not None and not self._shed:
+            self.shares.closed()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -132,6 +143,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # its queued request unrun); is_closing is also true after the server closes it
         self.scope[CLIENT_GONE] = self.transport.is_closing  # type: ignore[literal-required]
         super().on_headers_complete()
+        shares = self.shares
+        if (
+            shares is not None
+            and not self._shed
+            and not self.pipeline  # requests queued behind this one would be cut
+            and self.cycle.keep_alive
+            and shares.over_share()
+        ):
+            self.cycle.keep_alive = False  # uvicorn answers `connection: close`, then closes
+            self._shed = True
+            shares.shed()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -226,6 +248,13 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
-def guarded_protocol(limits: HttpSettings) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` enforcing `limits`."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+def guarded_protocol(
+    limits: HttpSettings, shares: ConnectionShares | None = None
+) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` enforcing `limits` (and balancing
+    connections through `shares` under `--workers`)."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "shares": shares},
+    )
