@@ -16,19 +16,27 @@ is, and a client that never finishes its headers holds its connection (and memor
 - under `--workers`, counts its connections in the group's shares and answers a request
   with `Connection: close` while the worker holds more than its share (`http.balance`).
 
-Keep-alive idle connections are closed by uvicorn's own `timeout_keep_alive`.
+Keep-alive idle connections are closed `timeout_keep_alive` after their last response, by
+one timer per connection that is re-armed only when it fires early (uvicorn arms and
+cancels one per request). Requests run through `http.cycle.ResponseCycle`; the request
+callbacks skip uvicorn's WebSocket-upgrade and concurrency-limit checks, which the server
+never turns on (`ws="none"`, no `limit_concurrency`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from typing import Any
 
+import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.http.common import CLIENT_GONE
+from shipyard.serving.http.cycle import ResponseCycle
 from shipyard.serving.settings import HttpSettings
 
 log = logging.getLogger("shipyard.serving.http.guard")
@@ -66,6 +74,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Loop time body bytes last arrived."""
         self._shed = False
         """Told to close after its current request to even out the workers' connections."""
+        self._idle_at: float | None = None
+        """Loop time the last response completed; None while a request is under way."""
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- connection --------------------------------------------------------------------------
 
@@ -139,30 +150,107 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        # uvicorn's on_headers_complete, without the upgrade and concurrency-limit checks
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = url.query or b""
         # the app's probe for a client that left (a closed connection: the dispatcher drops
         # its queued request unrun); is_closing is also true after the server closes it
-        self.scope[CLIENT_GONE] = self.transport.is_closing  # type: ignore[literal-required]
-        super().on_headers_complete()
+        scope[CLIENT_GONE] = self.transport.is_closing  # type: ignore[literal-required]
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
         shares = self.shares
         if (
             shares is not None
+            and keep_alive
             and not self._shed
             and not self.pipeline  # requests queued behind this one would be cut
-            and self.cycle.keep_alive
             and shares.over_share()
         ):
-            self.cycle.keep_alive = False  # uvicorn answers `connection: close`, then closes
+            keep_alive = False  # answered with `connection: close`, then closed
             self._shed = True
             shares.shed()
+        existing = self.cycle
+        cycle = self.cycle = ResponseCycle(
+            scope,
+            self.transport,
+            self.flow,
+            self.logger,
+            self.server_state.default_headers,
+            asyncio.Event(),
+            self.expect_100_continue,
+            keep_alive,
+            self.on_response_complete,
+        )
+        if existing is None or existing.response_complete:
+            task = self.loop.create_task(cycle.run_asgi(self.app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:  # pipelined: queued until the one before has its response
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
+
+    def on_body(self, body: bytes) -> None:
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]
+        if cycle.response_complete:
+            return
+        cycle.chunks.append(body)
+        cycle.body_size += len(body)
+        if cycle.body_size > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        cycle = self.cycle
+        if not cycle.response_complete:
+            cycle.more_body = False
+            cycle.message_event.set()
         self._in_head = True
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
 
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            task = self.loop.create_task(cycle.run_asgi(app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:
+            self._idle_at = self.loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this when bytes arrive: the connection is no longer idle
+        self._idle_at = None
+
     # -- timers -------------------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        idle_at = self._idle_at
+        if idle_at is None or self.transport.is_closing():
+            return  # busy: the next response arms it again
+        left = idle_at + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)
+        else:
+            self.transport.close()
 
     def _head_timeout(self) -> None:
         self._head_timer = None
@@ -207,10 +295,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._idle_timer = None
 
     def _refuse_head(self) -> None:
         log.info(
