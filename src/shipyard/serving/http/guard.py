@@ -193,9 +193,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.on_response_complete,
         )
         if existing is None or existing.response_complete:
-            task = self.loop.create_task(cycle.run_asgi(self.app))
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            self._start_asgi_task(cycle, self.app)
         else:  # pipelined: queued until the one before has its response
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))
@@ -227,9 +225,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
-            task = self.loop.create_task(cycle.run_asgi(app))
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            self._start_asgi_task(cycle, app)
         else:
             self._idle_at = self.loop.time()
             if self._idle_timer is None:
