@@ -8,7 +8,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint typecheck pytest install clean bench promtool chromium
+.PHONY: demo test lint typecheck pytest install clean bench promtool chromium wrk
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,13 @@ chromium:
 		apt-get install -y -qq --no-install-recommends chromium) || \
 		echo "warning: could not install chromium; the report-rendering tests will say they were skipped"
 
-pytest: $(STAMP) promtool chromium
+# wrk (Debian's package) drives the benchmarks' HTTP cells (benchmarks/_wrk.py).
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends wrk) || \
+		echo "warning: could not install wrk; the benchmarks fall back to benchmarks/_load.py"
+
+pytest: $(STAMP) promtool chromium wrk
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
@@ -48,7 +54,7 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(VENV)/bin/shipyard demo --repo models
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(PY) benchmarks/serving.py
 
 clean:

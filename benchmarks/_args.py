@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,7 +139,22 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         "(one load generator each) and report the ratio of every round: a busy machine "
         "then slows both alike",
     )
+    parser.add_argument(
+        "--load-generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="what drives the HTTP cells: wrk (C; `make wrk` installs it) or _load.py "
+        "(Python asyncio, ~3x the client CPU per request, taken from the server's cores); "
+        "auto (default): wrk when it is on PATH, else python",
+    )
     args = parser.parse_args(argv)
+    if args.load_generator == "auto":
+        args.load_generator = "wrk" if shutil.which("wrk") else "python"
+        if args.load_generator == "python":
+            print("note: wrk is not on PATH (`make wrk`); the Python load generator drives the "
+                  "HTTP cells", file=sys.stderr)  # fmt: skip
+    elif args.load_generator == "wrk" and shutil.which("wrk") is None:
+        parser.error("--load-generator wrk: wrk is not on PATH (`make wrk`, apt-get install wrk)")
     try:
         args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
         args.workers = sorted({int(w) for w in str(args.workers).split(",") if w.strip()})
@@ -178,6 +196,8 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         parser.error("--rounds must be between 1 and 10")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--duration must be in (0, 600] and --warmup in [0, 60] seconds")
+    if args.load_generator == "wrk":  # wrk counts whole seconds
+        args.duration, args.warmup = math.ceil(args.duration), math.ceil(args.warmup)
     if args.output is None and not args.quick:
         args.output = RESULTS
     return args

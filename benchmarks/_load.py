@@ -276,7 +276,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The options, shared with `_wrk.py`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--body", required=True, help="file holding the request body")
@@ -299,9 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="report the CPU time per request of this process and its descendants (/proc)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parser()
+    args = options.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
-        parser.error("--concurrency >= 1, --duration > 0 and --warmup >= 0")
+        options.error("--concurrency >= 1, --duration > 0 and --warmup >= 0")
     try:
         import uvloop
 

@@ -19,6 +19,8 @@ from shipyard.codecs.v2 import decode_response
 
 HERE = Path(__file__).resolve().parent
 LOAD_SLACK_S = 90.0
+LOAD_SCRIPTS = {"wrk": "_wrk.py", "python": "_load.py"}
+"""`--load-generator`: the script that drives one HTTP cell (same options, same result line)."""
 
 
 def _measure(argv: list[str], args: argparse.Namespace, *, cells: int = 1) -> Cell:
@@ -70,7 +72,7 @@ def measure_http(
     args = run.args
     argv = [
         sys.executable,
-        str(HERE / "_load.py"),
+        str(HERE / LOAD_SCRIPTS[args.load_generator]),
         "--url",
         f"http://127.0.0.1:{port}{path}",
         "--body",

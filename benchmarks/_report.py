@@ -48,7 +48,7 @@ def markdown(run: Run, loads: tuple[str, str]) -> str:
         f"instance(s), and — where on — the same dynamic batching (≤{args.max_batch_size} rows, "
         f"{args.batch_delay_us} µs queue delay); only the server differs. Each request is one",
         "row (batch 1; MiniLM: one sentence of a fixed number of tokens), the same bytes for",
-        "every server. The load generator (`_load.py`) is a",
+        f"every server. The load generator ({_generator(args)}) is a",
         "separate process with N keep-alive HTTP/1.1 connections in a closed loop; it shares the",
         "machine's cores with the server, the same for every row. All servers run at once (idle",
         f"but one); each cell is {args.warmup:g} s warm-up then {args.duration:g} s measured, "
@@ -245,6 +245,12 @@ RESULT_NOTES = (
 )
 
 
+def _generator(args: argparse.Namespace) -> str:
+    if args.load_generator == "wrk":
+        return "`wrk`, driven by `_wrk.py`, one thread"
+    return "`_load.py`, Python asyncio"
+
+
 def _command(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/serving.py", "--models " + ",".join(args.models)]
     parts += [
@@ -259,6 +265,7 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--baseline {args.baseline}" + (" --paired" if args.paired else ""))
     if args.workers != [1]:
         parts.append("--workers " + ",".join(map(str, args.workers)))
+    parts.append(f"--load-generator {args.load_generator}")
     if args.ray:
         parts.append("--ray " + ",".join(map(str, args.ray)))
     if args.raw_batch_sizes:

@@ -9,8 +9,9 @@ results/serving.md.
 
 Every server serves the same model.onnx with the same ONNX Runtime session options, batching
 knobs and instance count, so only the server differs. Requests are batch 1, identical for
-every server; the load generator (`_load.py`) runs in its own process with N keep-alive
-connections in a closed loop. MLServer and Triton are installed into `benchmarks/.venvs/` on
+every server; the load generator runs in its own process with N keep-alive connections in a
+closed loop: `wrk` (via `_wrk.py`; `make wrk` installs it) when it is on PATH, else `_load.py`
+(`--load-generator`). MLServer and Triton are installed into `benchmarks/.venvs/` on
 first use; a competitor that can't be installed or started becomes a row saying why.
 
 A text model whose package declares text processing (the demo `minilm`) also gets text-in
