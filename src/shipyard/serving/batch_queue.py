@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,8 +22,7 @@ from shipyard.processing.padding import BatchPadding
 BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
-@dataclass(frozen=True)
-class BatchResult:
+class BatchResult(NamedTuple):
     """What one request gets back, with where its time went."""
 
     outputs: dict[str, np.ndarray]

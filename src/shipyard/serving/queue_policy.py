@@ -10,7 +10,7 @@ The queue's size is `[batching] max_queue_size`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,8 +19,7 @@ from shipyard.errors import UsageError
 MAX_PRIORITY_LEVELS = 16
 
 
-@dataclass(frozen=True)
-class Schedule:
+class Schedule(NamedTuple):
     """Where one request queues: its priority level (1 = highest) and deadline (None: none)."""
 
     priority: int = 1

@@ -7,7 +7,7 @@ needed; the method is then chosen among the routes of the matched path (none: 40
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shipyard.serving.routes import EVERYTHING, ROUTES, UNROUTED, Access, Route
 
@@ -26,8 +26,7 @@ class _Node:
         """Method -> route of the paths that end here (GET also answers HEAD)."""
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """The routes of a matched path and its parameters."""
 
     routes: dict[str, Route]

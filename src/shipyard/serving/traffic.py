@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.rollout import NOT_THE_VERSIONS_FAULT, Role, Rollout
@@ -35,8 +35,7 @@ RouteKey = Callable[[str], str | None]
 """Looks up a request header (HTTP) or metadata key (gRPC) by its lower-case name."""
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Where one request goes."""
 
     served: ServedVersion

@@ -15,8 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,8 +35,7 @@ MIRROR_PROTOCOL = "mirror"
 """The `protocol` label of mirrored calls in the request metrics."""
 
 
-@dataclass(frozen=True)
-class Ran:
+class Ran(NamedTuple):
     """What one version answered: the outputs asked for, the tensors fed, the batch timing."""
 
     outputs: dict[str, np.ndarray]

@@ -49,6 +49,8 @@ DECODE_LIMITS = "shipyard.decode_limits"
 limit at admission (None where the route's body is not a model's); `decode_limits_of`."""
 CALL = "shipyard.call"
 """Scope key: the audited `calls.Call` this request is (absent when not audited)."""
+HEADER_TABLE = "shipyard.headers"
+"""Scope key: the request's headers as a dict, name -> first value (built by `header`)."""
 CLIENT_GONE = "shipyard.client_gone"
 """Scope key: a callable, true once the request's connection is closed (set by the guarded
 protocol, `http.guard`; absent under other servers)."""
@@ -175,24 +177,27 @@ def client_of(scope: Scope) -> str | None:
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of header `name` (lower-case bytes), None when absent.
 
-    Servers give header names lower-cased (ASGI), so this is one pass over a few pairs,
-    where Starlette's `request.headers.get` lower-cases every name again on each look-up."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+    Servers give header names lower-cased (ASGI). The first look-up builds a dict of the
+    request's headers (the first value of a repeated name wins, as a scan finds it) kept in
+    the scope, so each request's several look-ups are one dict look-up each, where
+    Starlette's `request.headers.get` lower-cases every name again on each look-up."""
+    table: dict[bytes, bytes] | None = scope.get(HEADER_TABLE)
+    if table is None:
+        table = scope[HEADER_TABLE] = dict(reversed(list(scope["headers"])))
+    value = table.get(name)
+    return None if value is None else bytes(value).decode("latin-1")
 
 
 def declared_refusal(scope: Scope, limit: int) -> ShipyardError | None:
     """The error for a Content-Length that is not a number or is over `limit`, else None."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            declared = bytes(value).decode("latin-1").strip()
-            if not declared.isdigit():
-                return ProtocolError(f"Content-Length {declared!r} is not a number")
-            if int(declared) > limit:
-                return PayloadTooLarge(int(declared), limit)
-            return None
+    value = header(scope, b"content-length")
+    if value is None:
+        return None
+    declared = value.strip()
+    if not declared.isdigit():
+        return ProtocolError(f"Content-Length {declared!r} is not a number")
+    if int(declared) > limit:
+        return PayloadTooLarge(int(declared), limit)
     return None
 
 
@@ -274,10 +279,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = ""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                incoming = value.decode("latin-1")
+        incoming = header(scope, b"x-request-id")
         # 64 random bits as 16 hex digits, as uuid4().hex[:16] gave, without its os.urandom
         # system call per request (a measurable share of a tiny model's request).
         rid = incoming[:64] if incoming else f"{random.getrandbits(64):016x}"

@@ -24,8 +24,8 @@ server's traffic, costs one memoised look-up and no per-route regular expression
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -80,6 +80,9 @@ class HttpDispatcher:
         self.table = table
         self.worker = current_worker()
         """Under `--workers N`: this worker's number, sent as `X-Shipyard-Worker`."""
+        named = [] if self.worker is None else [(b"x-shipyard-worker", str(self.worker).encode())]
+        self._serving_headers = named
+        self._draining_headers = [*named, (b"connection", b"close")]
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers every response gets now (`RequestContextMiddleware` adds them, replacing
@@ -87,12 +90,8 @@ class HttpDispatcher:
         drains `Connection: close`, so a client does not reuse a connection that is about to
         close (a request sent on an idle keep-alive connection as the server closes it is
         lost, and POSTs are not retried)."""
-        extra = []
-        if self.worker is not None:
-            extra.append((b"x-shipyard-worker", str(self.worker).encode()))
-        if self.dataplane.draining:
-            extra.append((b"connection", b"close"))
-        return extra
+        # The same lists each time (the middleware copies them): built once.
+        return self._draining_headers if self.dataplane.draining else self._serving_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -212,8 +211,7 @@ class HttpDispatcher:
         return json_response({"error": f"no such endpoint: {scope['path']}"}, 404)
 
 
-@dataclass(frozen=True)
-class _Admitted:
+class _Admitted(NamedTuple):
     who: str
     """The token's name, or ANONYMOUS."""
     model: str | None
