@@ -8,7 +8,8 @@ Time on a shared machine moves by 10-30 % between runs of the same code, more th
 changes to the request path do. The number of Python bytecode instructions a request
 executes does not move at all: this script starts the server's app in process (the demo
 `tabular` model, batching <=32 rows / 500 us as `serving.py` serves it, no sockets), sends
-`--requests` requests from 16 concurrent callers (batches form as under load) and counts,
+`--requests` requests from 16 concurrent callers (batches form as under load; on uvloop, as
+the server runs) and counts,
 with `sys.settrace`, the opcodes and Python calls (coroutine resumptions included) per
 request, optionally the functions that execute the most. It does not see C: numpy,
 orjson, ONNX Runtime, the event loop and uvicorn's protocol (not in this path) cost time it
@@ -155,9 +156,18 @@ def _measure(args: argparse.Namespace) -> int:
     result = {}
     for encoding in args.encodings:
         body, headers = bodies[encoding]
-        result[encoding] = asyncio.run(_count(args.repo, body, headers, args.requests, args.top))
+        result[encoding] = _run(_count(args.repo, body, headers, args.requests, args.top))
     print(json.dumps(result))
     return 0
+
+
+def _run(main: Any) -> Any:
+    """On uvloop, as the server runs (its loop is C: its work is not counted)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _child(args: argparse.Namespace, src: Path | None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,29 +291,19 @@ class Metrics:
     ) -> None:
         """One inference request that reached a model version, successful or not.
 
-        Called on the event loop. The statistics are updated at once; the Prometheus series
-        are tallied and added by one `flush` once the loop has run what is ready (a batch's
-        requests finish in the same turn of the loop), and at every scrape."""
+        Called on the event loop. Its durations are kept as they are; one `flush`, once the
+        loop has run what is ready (a batch's requests finish in the same turn of the loop),
+        and before every scrape or statistics read, adds them to the Prometheus series and
+        the version's statistics (`request_tally`)."""
         key = (model, version, protocol, outcome)
-        if not self._tallies:
-            self._flush_soon()
         tally = self._tallies.get(key)
         if tally is None:
+            if not self._tallies:
+                self._flush_soon()
             tally = self._tallies[key] = RequestTally(
-                self.stats_for(model, version), LATENCY_BUCKETS
+                self.stats_for(model, version), LATENCY_BUCKETS, success=outcome == "success"
             )
-        tally.count += 1
-        tally.total.add(total_ns / 1e9)
-        stats = tally.stats
-        if outcome != "success":
-            stats.fail.add(total_ns)
-            return
-        stats.success.add(total_ns)
-        stats.queue.add(queue_ns)
-        stats.compute_infer.add(compute_ns)
-        stats.last_inference_ms = time.time_ns() // 1_000_000
-        tally.queue.add(queue_ns / 1e9)
-        tally.compute.add(compute_ns / 1e9)
+        tally.samples.append((total_ns, queue_ns, compute_ns))
 
     def _flush_soon(self) -> None:
         with contextlib.suppress(RuntimeError):  # no loop (a tool, a test): the next scrape
@@ -334,11 +323,12 @@ class Metrics:
                     self.compute_seconds.labels(model, version),
                 )
             requests, request_seconds, queue_seconds, compute_seconds = children
-            requests.inc(tally.count)
-            tally.total.into(request_seconds)
+            total, queue, compute = tally.fold()
+            requests.inc(len(tally.samples))
+            total.into(request_seconds)
             if outcome == "success":
-                tally.queue.into(queue_seconds)
-                tally.compute.into(compute_seconds)
+                queue.into(queue_seconds)
+                compute.into(compute_seconds)
 
     def observe_auth_failure(self, *, reason: str, protocol: str) -> None:
         """One call refused with 401/403; `reason` is one of AUTH_FAILURE_REASONS."""
@@ -397,6 +387,7 @@ class Metrics:
     ) -> list[dict[str, Any]]:
         """Triton's `model_stats` list, optionally for one model or one version of it
         (under `--workers N`, every worker's, summed: `shared_stats`)."""
+        self.flush()  # the requests answered in this turn of the loop
         every = self._stats
         if self.multiprocess_dir is not None:
             every = shared_stats.merged(self._stats, self.multiprocess_dir)
