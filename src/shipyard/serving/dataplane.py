@@ -237,18 +237,6 @@ class DataPlane:
         says; the response names the version that answered.
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
-        if not self.events.listeners:  # no audit: awaited here, no wrapping coroutine
-            return await self._infer(
-                name,
-                request,
-                version=version,
-                protocol=protocol,
-                started=started,
-                usage=usage,
-                gone=gone,
-                route_key=route_key,
-                route=route,
-            )
         run = functools.partial(
             self._infer,
             name,
@@ -261,6 +249,8 @@ class DataPlane:
             route_key=route_key,
             route=route,
         )
+        if not self.events.listeners:  # no audit: awaited here, no wrapping coroutine
+            return await run()
         return await self.events.infer(
             call, run, model=name, version=version, protocol=protocol, started_ns=started
         )
