@@ -140,6 +140,13 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> argparse.Namespace:
         "then slows both alike",
     )
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run this tree's Shipyard servers from a copy with the request path compiled "
+        "by mypyc (benchmarks/_compiled.py; about a minute to build, needs a C compiler); "
+        "with --baseline HEAD --paired: compiled against interpreted, the same code",
+    )
+    parser.add_argument(
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",

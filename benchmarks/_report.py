@@ -261,6 +261,8 @@ def _command(args: argparse.Namespace) -> str:
         "--model-intra-op-threads " + args.model_intra_op_threads,
     ]
     parts += args.config_flags
+    if args.compiled:
+        parts.append("--compiled")
     if args.baseline:
         parts.append(f"--baseline {args.baseline}" + (" --paired" if args.paired else ""))
     if args.workers != [1]:

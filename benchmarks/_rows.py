@@ -85,6 +85,9 @@ class Run:
     setup_failures: dict[str, str] = field(default_factory=dict)
     baseline: Baseline | None = None
     """`--baseline REF` checked out: its server runs beside this tree's."""
+    shipyard_src: Path | None = None
+    """Where this tree's servers import `shipyard` from (None: the checkout's `src`;
+    `--compiled`: the compiled copy)."""
 
 
 TEXT_RAW_BATCHES = (1, 8, 32)

@@ -30,6 +30,12 @@ a local Ray cluster, one CPU per replica): Ray's cost against the plain server, 
 second replica buys:
 
     python benchmarks/serving.py --ray 1,2 --skip-mlserver --skip-triton --concurrency 8,32
+
+`--compiled` runs this tree's servers from a copy whose request path mypyc compiled
+(`_compiled.py`); beside the same code interpreted, each pair of rows loaded at once:
+
+    python benchmarks/serving.py --compiled --baseline HEAD --paired --workers 1,2 \\
+        --concurrency 32 --skip-mlserver --skip-triton
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks import _servers
 from benchmarks._args import parse_args
 from benchmarks._baseline import CHECKOUT, baseline_table, checked_out, server_env, twin_of
+from benchmarks._compiled import MODULES, compiled_copy
 from benchmarks._inputs import build_repo, load_model, make_bodies, text_for
 from benchmarks._measure import (
     measure_encode,
@@ -210,7 +217,8 @@ def run_model(model: ModelFiles, sample: dict[str, np.ndarray], run: Run) -> Non
 @contextlib.contextmanager
 def _shipyard(model: ModelFiles, config: ServingConfig, run: Run) -> Iterator[int]:
     """This checkout's server (its `src` first on the path, whatever is installed)."""
-    with _shipyard_from(CHECKOUT / "src", "shipyard", model, config, run) as port:
+    src = run.shipyard_src or CHECKOUT / "src"
+    with _shipyard_from(src, "shipyard", model, config, run) as port:
         yield port
 
 
@@ -371,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.baseline = baseline
                 run.versions[baseline.server] = baseline.commit[:12]
                 say(f"baseline: {args.baseline} = {baseline.commit[:12]} in {baseline.src}")
+            if args.compiled:
+                say(f"compiling {len(MODULES)} modules of this tree with mypyc (about a minute)")
+                run.shipyard_src = compiled_copy(CHECKOUT / "src", run.work)
+                run.versions[f"{SHIPYARD} build:"] = (
+                    f"mypyc-compiled request path ({len(MODULES)} modules, benchmarks/_compiled.py)"
+                )
             repo = args.repo or build_repo(args.models, run.work / "models")
             default_threads = args.intra_op_threads
             for name in args.models:
