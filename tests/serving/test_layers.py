@@ -13,7 +13,11 @@ def _imports(module: str) -> set[str]:
     """Modules `module`'s own file imports (absolute names; package __init__ files not read)."""
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    origin = Path(spec.origin)  # a module compiled by mypyc (benchmarks/_compiled.py): its .py
+    source = (
+        origin if origin.suffix == ".py" else origin.with_name(f"{origin.name.split('.')[0]}.py")
+    )
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
