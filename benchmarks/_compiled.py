@@ -10,7 +10,8 @@ compiles type-annotated modules to C extensions with the same behaviour; the cod
 `compiled_copy(src, work)` copies `src/shipyard` into `work` and compiles `MODULES` there
 (the `.so` files sit beside their `.py` files, which stay for everything else); the servers
 then import it through `PYTHONPATH`, as `--baseline` does with another commit. Nothing in the
-checkout or the installed package changes, and `make test` never sees compiled code. The
+checkout or the installed package changes, and the package's tests import no compiled code
+(tests/benchmarks/test_compiled.py builds one module in a temporary folder). The
 build takes about a minute on 2 cores and needs a C compiler and Python's headers.
 
 Measured (results/serving_compiled.md, paired against the same code interpreted): about 5 %
@@ -19,17 +20,8 @@ without batching. The compiled modules still go through the interpreter for ever
 the libraries around them (uvicorn's protocol, Starlette, asyncio, numpy's Python wrappers),
 so this stays a benchmark option and the package is not built with it.
 
-Left out, each for a reason found when the tests ran against a compiled copy:
-- `serving/http/dispatch.py`: compiled, an exception handled inside an audited call
-  (`_audited`, which awaits in `finally`) came back out of the HTTP handler as a 500
-  (tests/serving/test_audit_serving.py::test_failed_loads_are_recorded);
-- `serving/dataplane.py`: tests replace `DataPlane.infer` on an instance, which a compiled
-  class refuses (attributes of native classes are read-only);
-- modules with pydantic models (`package/tensorspec.py`, `runtime/base.py`,
-  `serving/queue_policy.py`): mypyc's C for them does not compile (an undeclared module
-  reference to `pydantic.main`);
-- `serving/http/cycle.py`, `serving/http/guard.py`: they subclass uvicorn's protocol and
-  cycle, whose attributes mypyc cannot see (an internal error).
+Modules left out are in `LEFT_OUT`, each with the reason found when the tests ran against a
+compiled copy.
 """
 
 from __future__ import annotations
@@ -58,7 +50,23 @@ MODULES = (
     "shipyard/serving/http/common.py",
     "shipyard/serving/http/v2.py",
 )
-"""The request path's modules that compile and keep their behaviour (see the docstring)."""
+"""The request path's modules that compile and keep their behaviour."""
+
+LEFT_OUT = {
+    "shipyard/serving/http/dispatch.py": "compiled, an exception handled inside an audited call "
+    "(`_audited`, which awaits in `finally`) came back out of the HTTP handler as a 500 "
+    "(tests/serving/test_audit_serving.py::test_failed_loads_are_recorded)",
+    "shipyard/serving/dataplane.py": "tests replace `DataPlane.infer` on an instance, which a "
+    "compiled class refuses (attributes of native classes are read-only)",
+    "shipyard/package/tensorspec.py": "pydantic models: mypyc's C does not compile (an "
+    "undeclared module reference to `pydantic.main`)",
+    "shipyard/runtime/base.py": "pydantic models, as tensorspec.py",
+    "shipyard/serving/queue_policy.py": "pydantic models, as tensorspec.py",
+    "shipyard/serving/http/cycle.py": "subclasses uvicorn's cycle, whose attributes mypyc cannot "
+    "see (an internal error)",
+    "shipyard/serving/http/guard.py": "subclasses uvicorn's protocol, as cycle.py",
+}
+"""Request-path modules not compiled, and why."""
 
 SKIPPED_IMPORTS = [
     "ray",
@@ -112,9 +120,7 @@ follow_imports = skip
 """
 
 
-def compiled_copy(
-    src: Path, work: Path, *, modules: Sequence[str] = MODULES, log: Path | None = None
-) -> Path:
+def compiled_copy(src: Path, work: Path, *, modules: Sequence[str] = MODULES) -> Path:
     """A copy of `src/shipyard` under `work` with `modules` compiled; the folder to put on
     `PYTHONPATH`. Raises SystemExit with mypyc's last lines when the build fails."""
     tree = work / "compiled-src"
@@ -122,7 +128,7 @@ def compiled_copy(
         shutil.rmtree(tree)
     shutil.copytree(src / "shipyard", tree / "shipyard", ignore=_ignored)
     (tree / "mypyc.ini").write_text(MYPY_CONFIG, encoding="utf-8")
-    log = log or work / "mypyc.log"
+    log = work / "mypyc.log"
     with log.open("w", encoding="utf-8") as out:
         done = subprocess.run(
             [sys.executable, "-m", "mypyc", "--config-file", "mypyc.ini", *modules],
