@@ -1,4 +1,4 @@
-"""Python work per request, counted: opcodes and calls through the server's ASGI app.
+"""Python work per request, counted: opcodes and calls through the server's HTTP protocol.
 
     python benchmarks/opcodes.py                          # tabular, JSON and binary
     python benchmarks/opcodes.py --baseline main          # this tree beside main's
@@ -6,16 +6,20 @@
 
 Time on a shared machine moves by 10-30 % between runs of the same code, more than most
 changes to the request path do. The number of Python bytecode instructions a request
-executes does not move at all: this script starts the server's app in process (the demo
-`tabular` model, batching <=32 rows / 500 us as `serving.py` serves it, no sockets), sends
-`--requests` requests from 16 concurrent callers (batches form as under load; on uvloop, as
-the server runs) and counts,
+executes does not move at all: this script starts the server in process (the demo
+`tabular` model, batching <=32 rows / 500 us as `serving.py` serves it, no sockets),
+makes the HTTP protocol the server runs (uvicorn's httptools protocol with Shipyard's
+guard, `serving.server._uvicorn_config`) for each of 16 keep-alive connections on a
+transport that keeps what is written, feeds each whole requests (`--requests` in all;
+batches form as under load; on uvloop, as the server runs) and counts,
 with `sys.settrace`, the opcodes and Python calls (coroutine resumptions included) per
-request, optionally the functions that execute the most. It does not see C: numpy,
-orjson, ONNX Runtime, the event loop and uvicorn's protocol (not in this path) cost time it
-does not count, so it tells whether a change to Python code does less work, and
-`serving.py` tells what that buys. `--baseline GIT_REF` counts that commit's code too (a
-temporary git worktree, imported through PYTHONPATH) on the same model files.
+request, from the parser's callbacks to the response's write, optionally the functions
+that execute the most. It does not see C: the parser, numpy, orjson, ONNX Runtime, the
+event loop and the socket cost time it does not count, so it tells whether a change to
+Python code does less work, and `serving.py` tells what that buys. `--baseline GIT_REF`
+counts that commit's code too (a temporary git worktree, imported through PYTHONPATH) on
+the same model files. (Until round 8 it drove the ASGI app without the protocol: its
+counts then are ~1,100 lower for the same code.)
 """
 
 from __future__ import annotations
@@ -68,47 +72,41 @@ def _bodies(repo: Path) -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
 async def _count(
     repo: Path, body: bytes, headers: list[tuple[bytes, bytes]], requests: int, top: int
 ) -> dict[str, Any]:
+    from uvicorn.server import ServerState
+
     from shipyard.serving.lifecycle import Server
+    from shipyard.serving.server import _uvicorn_config
     from shipyard.serving.settings import ServerSettings
 
-    server = Server(ServerSettings(repository=repo, poll_interval_s=0))
+    settings = ServerSettings(repository=repo, poll_interval_s=0)
+    server = Server(settings)
     await server.start()
-    app = server.app
+    # the protocol class the server runs (uvicorn's httptools protocol, guarded), as its
+    # listener makes it for each connection
+    config = _uvicorn_config(server.app, settings)
+    config.load()
+    state = ServerState()
     path = "/v2/models/tabular/infer"
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    request = b"POST %s HTTP/1.1\r\n%s\r\n%s" % (path.encode(), head, body)
 
-    async def one() -> None:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
-            "query_string": b"", "root_path": "", "headers": headers,
-            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {},
-        }  # fmt: skip
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)  # a client that stays connected
-            return {"type": "http.disconnect"}
-
-        statuses: list[int] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
-        if statuses != [200]:
-            raise SystemExit(f"the server answered {statuses}, not 200")
+    async def caller(each: int) -> None:
+        make: Any = config.http_protocol_class
+        protocol = make(config=config, server_state=state, app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        for _ in range(each):
+            transport.written.clear()
+            transport.answered.clear()
+            protocol.data_received(request)  # one read holds the whole request
+            await transport.answered.wait()
+            answer = b"".join(transport.written)
+            if not answer.startswith(b"HTTP/1.1 200 "):
+                raise SystemExit(f"the server answered {answer[:200]!r}, not 200")
+        protocol.connection_lost(None)
 
     async def callers(each: int) -> None:
-        async def caller() -> None:
-            for _ in range(each):
-                await one()
-
-        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await asyncio.gather(*(caller(each) for _ in range(CALLERS)))
 
     try:
         await callers(WARMUP // CALLERS)
@@ -141,6 +139,36 @@ async def _count(
         return {"opcodes": opcodes / n, "calls": calls / n, "requests": n, "top": hot}
     finally:
         await server.stop()
+
+
+class _Transport(asyncio.Transport):
+    """A connection's socket: what the server writes is kept; a write answers the request
+    (a small response is one write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.answered = asyncio.Event()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+        self.answered.set()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 def _short(filename: str) -> str:

@@ -248,7 +248,8 @@ def _uvicorn_config(
     if importlib.util.find_spec("httptools"):
         from shipyard.serving.http.guard import guarded_protocol
 
-        http = guarded_protocol(limits, shares)
+        # behind trusted proxies uvicorn wraps the app to rewrite the client: no direct path
+        http = guarded_protocol(limits, shares, None if limits.trusted_proxies else app.direct)
     else:  # h11 bounds header size itself; it has no header or body timeout
         http = "h11"
     return uvicorn.Config(

@@ -56,9 +56,8 @@ CLIENT_GONE = "shipyard.client_gone"
 protocol, `http.guard`; absent under other servers)."""
 
 
-def header_of(request: Request) -> Callable[[str], str | None]:
+def header_of(scope: Scope) -> Callable[[str], str | None]:
     """Looks up one of the request's headers by name (a canary's sticky header)."""
-    scope = request.scope
 
     def lookup(name: str) -> str | None:
         return header(scope, name.lower().encode("latin-1"))
@@ -114,19 +113,26 @@ def endpoint(handler: Handler, *, metrics: Metrics | None = None) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except ShipyardError as exc:
-            if metrics is not None and isinstance(exc, NotFoundError):
-                if isinstance(exc, ModelNotFound):
-                    kind = "model" if exc.version is None else "version"
-                else:
-                    kind = "route"
-                metrics.observe_not_found(kind)
-            return error_response(exc)
-        except Exception:
-            log.exception("unexpected error in %s %s", request.method, request.url.path)
-            return internal_error_response(request_id.get())
+        except Exception as exc:
+            return failure_response(exc, request.scope, metrics=metrics)
 
     return wrapped
+
+
+def failure_response(exc: Exception, scope: Scope, *, metrics: Metrics | None) -> Response:
+    """The answer to a handler's exception (`endpoint`, and `http.direct`'s inference): a
+    `ShipyardError` is its status and message (not-found kinds counted with `metrics`);
+    anything else is logged with its traceback and answered with a 500 naming the request."""
+    if isinstance(exc, ShipyardError):
+        if metrics is not None and isinstance(exc, NotFoundError):
+            if isinstance(exc, ModelNotFound):
+                kind = "model" if exc.version is None else "version"
+            else:
+                kind = "route"
+            metrics.observe_not_found(kind)
+        return error_response(exc)
+    log.exception("unexpected error in %s %s", scope["method"], scope["path"], exc_info=exc)
+    return internal_error_response(request_id.get())
 
 
 def internal_error_response(rid: str | None) -> Response:
@@ -146,22 +152,22 @@ def auth_error_response(exc: ShipyardError) -> Response:
     return response
 
 
-def call_of(request: Request) -> Call | None:
+def call_of(scope: Scope) -> Call | None:
     """The audited call this request is, to pass to the data plane (None: not audited)."""
-    call: Call | None = request.scope.get(CALL)
+    call: Call | None = scope.get(CALL)
     return call
 
 
-def decode_limits_of(request: Request, dataplane: DataPlane, name: str) -> DecodeLimits:
+def decode_limits_of(scope: Scope, dataplane: DataPlane, name: str) -> DecodeLimits:
     """The codec limits for a body sent to model `name`: those admission found, else the
     data plane's answer now."""
-    limits: DecodeLimits | None = request.scope.get(DECODE_LIMITS)
+    limits: DecodeLimits | None = scope.get(DECODE_LIMITS)
     return limits if limits is not None else dataplane.decode_limits_for(name)
 
 
-def gone_of(request: Request) -> Callable[[], bool] | None:
+def gone_of(scope: Scope) -> Callable[[], bool] | None:
     """Whether the request's client has left, as a probe (None: the server cannot tell)."""
-    gone: Callable[[], bool] | None = request.scope.get(CLIENT_GONE)
+    gone: Callable[[], bool] | None = scope.get(CLIENT_GONE)
     return gone
 
 
@@ -203,8 +209,13 @@ def declared_refusal(scope: Scope, limit: int) -> ShipyardError | None:
 
 async def read_body(request: Request) -> bytes:
     """The request body, decompressed if needed; PayloadTooLarge past the route's limit."""
-    limit: int = request.scope[BODY_LIMIT]
-    receive = request.receive  # read as Request.stream() does, without its async generator
+    return await read_body_from(request.scope, request.receive)
+
+
+async def read_body_from(scope: Scope, receive: Receive) -> bytes:
+    """`read_body` from an ASGI scope and its `receive`."""
+    limit: int = scope[BODY_LIMIT]
+    # read as Request.stream() does, without its async generator
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -219,8 +230,17 @@ async def read_body(request: Request) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+    return body_of(scope, chunks)
+
+
+def body_of(scope: Scope, chunks: list[bytes]) -> bytes:
+    """The body that arrived as `chunks` (all of it), decompressed if needed;
+    PayloadTooLarge past the route's limit."""
+    limit: int = scope[BODY_LIMIT]
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = (header(request.scope, b"content-encoding") or "identity").strip().lower()
+    if len(body) > limit:
+        raise PayloadTooLarge(None, limit)
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -243,9 +263,9 @@ def _decompress(body: bytes, *, gzip_format: bool, limit: int) -> bytes:
     return data
 
 
-def compress_for(request: Request, body: bytes, *, min_bytes: int) -> tuple[bytes, dict[str, str]]:
+def compress_for(scope: Scope, body: bytes, *, min_bytes: int) -> tuple[bytes, dict[str, str]]:
     """Compress a response body of `min_bytes` or more when the client accepts gzip/deflate."""
-    accepted = header(request.scope, b"accept-encoding") or ""
+    accepted = header(scope, b"accept-encoding") or ""
     if len(body) < max(min_bytes, 1) or not accepted:
         return body, {}
     if "gzip" in accepted:
@@ -253,6 +273,26 @@ def compress_for(request: Request, body: bytes, *, min_bytes: int) -> tuple[byte
     if "deflate" in accepted:
         return zlib.compress(body, 1), {"Content-Encoding": "deflate"}
     return body, {}
+
+
+def request_id_for(scope: Scope) -> str:
+    """The request's id: its `X-Request-ID` (at most 64 characters), else a new one."""
+    incoming = header(scope, b"x-request-id")
+    # 64 random bits as 16 hex digits, as uuid4().hex[:16] gave, without its os.urandom
+    # system call per request (a measurable share of a tiny model's request).
+    return incoming[:64] if incoming else f"{random.getrandbits(64):016x}"
+
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def with_added(headers: RawHeaders, added: RawHeaders) -> RawHeaders:
+    """A response's headers with `added` (the request id, `extra_headers`) at the end;
+    beyond the request id, the added names replace any of the app's of the same name."""
+    if len(added) > 1:
+        names = {name for name, _ in added}
+        headers = [(k, v) for k, v in headers if k.lower() not in names]
+    return [*headers, *added]
 
 
 class RequestContextMiddleware:
@@ -279,26 +319,19 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = header(scope, b"x-request-id")
-        # 64 random bits as 16 hex digits, as uuid4().hex[:16] gave, without its os.urandom
-        # system call per request (a measurable share of a tiny model's request).
-        rid = incoming[:64] if incoming else f"{random.getrandbits(64):016x}"
+        rid = request_id_for(scope)
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
         added = [(b"x-request-id", rid.encode("latin-1"))]
         if self.extra_headers is not None:
             added += self.extra_headers()
-        names = {name for name, _ in added} if len(added) > 1 else None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.get("headers", [])
-                if names is not None:
-                    headers = [(k, v) for k, v in headers if k.lower() not in names]
-                message["headers"] = [*headers, *added]
+                message["headers"] = with_added(message.get("headers", []), added)
             await send(message)
 
         try:

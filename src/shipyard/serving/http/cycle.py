@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -112,9 +112,11 @@ class ResponseCycle(RequestResponseCycle):
             )
         if kind != "http.response.body":
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
-        body = message.get("body", b"")
-        more_body = message.get("more_body", False)
         head, self._head = self._head, b""
+        self._write(head, message.get("body", b""), message.get("more_body", False))
+
+    def _write(self, head: bytes, body: bytes, more_body: bool) -> None:
+        """Write `body` (after `head`, the response head when not yet written), framed."""
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
             body = b""
@@ -179,3 +181,63 @@ class ResponseCycle(RequestResponseCycle):
             head.append(b"transfer-encoding: chunked\r\n")
         head.append(b"\r\n")
         return b"".join(head)
+
+
+class DirectCycle(ResponseCycle):
+    """A cycle whose request is answered by `serve(cycle)` instead of the ASGI app
+    (`http.direct`): the protocol starts, queues and pipelines it as any other, and
+    uvicorn's `run_asgi` still handles a failure (a 500 if no response started, else the
+    connection closed)."""
+
+    def __init__(
+        self, *args: Any, serve: Callable[[DirectCycle], Awaitable[None]], target: Any
+    ) -> None:
+        super().__init__(*args)
+        self.serve = serve
+        self.target = target
+        """What the protocol matched the request to, for `serve` (`direct.Target`)."""
+
+    async def run_asgi(self, app: Any) -> None:
+        await super().run_asgi(self._app)
+
+    def _app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return self.serve(self)
+
+    def body_received(self) -> list[bytes] | None:
+        """The whole request body as it arrived, when all of it has and nothing else waits
+        (no 100-continue owed, still connected), taken as `receive` would; else None
+        (read it with `receive`)."""
+        if self.more_body or self.waiting_for_100_continue or self.disconnected:
+            return None
+        if self.response_complete:
+            return None
+        chunks = self.chunks
+        self.chunks = []
+        self.body_size = 0
+        return chunks
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response at once, as `send` of its start and then its one body writes
+        it, for headers the server made: lower-case names it chose (only the values
+        are checked, as `send` checks them), Content-Length first and equal to the
+        body's length, a connection that closes named by `connection: close`; the head is
+        built without `_response_head`'s pass over each header."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("Unexpected response sent, after the response started.")
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+            raise RuntimeError("Invalid HTTP header value.")
+        lines = b"".join([b"%b: %b\r\n" % pair for pair in (*self.default_headers, *headers)])
+        if self.keep_alive:
+            if b"\nconnection: close\r\n" in lines:
+                self.keep_alive = False
+        elif b"\nconnection: close\r\n" not in lines:
+            lines += b"connection: close\r\n"
+        self.chunked_encoding = False
+        self.expected_content_length = len(body)
+        self._write(STATUS_LINE[status] + lines + b"\r\n", body, False)

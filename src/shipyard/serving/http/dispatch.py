@@ -93,46 +93,63 @@ class HttpDispatcher:
         # The same lists each time (the middleware copies them): built once.
         return self._draining_headers if self.dataplane.draining else self._serving_headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def match(self, scope: Scope) -> tuple[Found | None, Route | None, str]:
+        """Step 1: the path's routes, the route of the request's method, and the path
+        (without the root path)."""
         path = scope["path"]
         root = scope.get("root_path")
         if root and path.startswith(root):
             path = path[len(root) :]
         found = self.table.find(path)
-        route = found.route(scope["method"]) if found is not None else None
-        admitted = self._admit(scope, found, route, path)
+        return found, found.route(scope["method"]) if found is not None else None, path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found, route, path = self.match(scope)
+        admitted = self.admit(scope, found, route, path)
         if isinstance(admitted, Response):
             await admitted(scope, receive, send)
             return
         if found is None or route is None:
             await self._no_route(found, scope)(scope, receive, send)
             return
-        scope["path_params"] = found.params
-        scope[BODY_LIMIT] = admitted.limit
-        scope[DECODE_LIMITS] = admitted.decoding
         handler = self.handlers[route.handler]
-        call = None
-        if route.audit is not None and self.dataplane.events.listeners:
-            context = CallContext(
-                principal=admitted.who,
-                request_id=request_id.get() or None,
-                protocol=_protocol(route.handler),
-                client=client_of(scope),
-                route=f"{scope['method']} {scope['path']}",
-            )
-            call = self.dataplane.events.open(
-                context, action=route.audit, model=admitted.model, version=None
-            )
+        call = self.enter(scope, found, route, admitted)
         if call is None:
             response = await handler(Request(scope, receive, send))
             await response(scope, receive, send)
             return
-        scope[CALL] = call
         await self._audited(call, handler, scope, receive, send)
 
-    def _admit(
+    def enter(self, scope: Scope, found: Found, route: Route, admitted: Admitted) -> Call | None:
+        """Step 6's set-up: what the handler reads from the scope (path parameters, body and
+        codec limits, the call), and the audited call it is (None: not audited)."""
+        scope["path_params"] = found.params
+        scope[BODY_LIMIT] = admitted.limit
+        scope[DECODE_LIMITS] = admitted.decoding
+        if route.audit is None or not self.dataplane.events.listeners:
+            return None
+        context = CallContext(
+            principal=admitted.who,
+            request_id=request_id.get() or None,
+            protocol=_protocol(route.handler),
+            client=client_of(scope),
+            route=f"{scope['method']} {scope['path']}",
+        )
+        call = self.dataplane.events.open(
+            context, action=route.audit, model=admitted.model, version=None
+        )
+        if call is not None:
+            scope[CALL] = call
+        return call
+
+    def finishes(self, status: int) -> bool:
+        """Whether an audited call that answered `status` is recorded as one (a refusal
+        of its credentials is recorded by the guard as auth.denied instead)."""
+        return status not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
+
+    def admit(
         self, scope: Scope, found: Found | None, route: Route | None, path: str
-    ) -> Response | _Admitted:
+    ) -> Response | Admitted:
         """Steps 2-4: the refusal to answer with, or who the caller is and the body limit."""
         if found is not None:
             access = found.access(metrics_require_auth=self.metrics_require_auth)
@@ -160,7 +177,7 @@ class HttpDispatcher:
         refusal = declared_refusal(scope, limit)
         if refusal is not None:
             return error_response(refusal)
-        return _Admitted(who, model, limit, decoding if body_model is not None else None)
+        return Admitted(who, model, limit, decoding if body_model is not None else None)
 
     async def _audited(
         self, call: Call, handler: Handler, scope: Scope, receive: Receive, send: Send
@@ -173,7 +190,7 @@ class HttpDispatcher:
             if finished:
                 return
             finished = True
-            if status not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):  # auth.denied
+            if self.finishes(status):
                 await self.dataplane.events.finish(
                     call, status=status, bytes_in=bytes_in, bytes_out=bytes_out
                 )
@@ -211,7 +228,7 @@ class HttpDispatcher:
         return json_response({"error": f"no such endpoint: {scope['path']}"}, 404)
 
 
-class _Admitted(NamedTuple):
+class Admitted(NamedTuple):
     who: str
     """The token's name, or ANONYMOUS."""
     model: str | None

@@ -107,7 +107,7 @@ class EmbeddingsHandler:
             protocol=PROTOCOL,
             received_ns=received,
             usage=counted_usage,
-            call=call_of(request),
+            call=call_of(request.scope),
         )
         vectors = np.asarray(response.outputs[target.output], dtype=np.float32)
         dimensions = doc.get("dimensions")

@@ -18,7 +18,8 @@ is, and a client that never finishes its headers holds its connection (and memor
 
 Keep-alive idle connections are closed `timeout_keep_alive` after their last response, by
 one timer per connection that is re-armed only when it fires early (uvicorn arms and
-cancels one per request). Requests run through `http.cycle.ResponseCycle`; the request
+cancels one per request). Requests run through `http.cycle.ResponseCycle`, V2 inference
+through `http.direct` when the server gives it (`direct`); the request
 callbacks skip uvicorn's WebSocket-upgrade and concurrency-limit checks, which the server
 never turns on (`ws="none"`, no `limit_concurrency`).
 """
@@ -36,7 +37,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.http.common import CLIENT_GONE
-from shipyard.serving.http.cycle import ResponseCycle
+from shipyard.serving.http.cycle import DirectCycle, ResponseCycle
+from shipyard.serving.http.direct import DirectInfer
 from shipyard.serving.settings import HttpSettings
 
 log = logging.getLogger("shipyard.serving.http.guard")
@@ -60,6 +62,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: HttpSettings = HttpSettings()
     shares: ConnectionShares | None = None
     """The worker group's connection counts (`--workers`), None for a single process."""
+    direct: DirectInfer | None = None
+    """Answers V2 inference without the ASGI app (`http.direct`); None: the app answers all."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,7 +185,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._shed = True
             shares.shed()
         existing = self.cycle
-        cycle = self.cycle = ResponseCycle(
+        parts = (
             scope,
             self.transport,
             self.flow,
@@ -192,6 +196,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             keep_alive,
             self.on_response_complete,
         )
+        direct = self.direct
+        target = None if direct is None else direct.match(scope)  # type: ignore[arg-type]
+        cycle: ResponseCycle
+        if target is None:
+            cycle = ResponseCycle(*parts)
+        else:  # V2 inference, answered without the ASGI app (`http.direct`)
+            cycle = DirectCycle(*parts, serve=direct.serve, target=target)  # type: ignore[union-attr]
+        self.cycle = cycle
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, self.app)
         else:  # pipelined: queued until the one before has its response
@@ -333,12 +345,15 @@ def _peer(client: tuple[str, int] | None) -> str:
 
 
 def guarded_protocol(
-    limits: HttpSettings, shares: ConnectionShares | None = None
+    limits: HttpSettings,
+    shares: ConnectionShares | None = None,
+    direct: DirectInfer | None = None,
 ) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` enforcing `limits` (and balancing
-    connections through `shares` under `--workers`)."""
+    """A protocol class for `uvicorn.Config(http=...)` enforcing `limits` (balancing
+    connections through `shares` under `--workers`, and answering V2 inference through
+    `direct` when given)."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"limits": limits, "shares": shares},
+        {"limits": limits, "shares": shares, "direct": direct},
     )

@@ -139,13 +139,13 @@ class TFServingHandlers:
             received = time.perf_counter_ns()
             name, version = _target(request)
             body = await common.read_body(request)
-            route = self.dataplane.route(name, version, common.header_of(request))
+            route = self.dataplane.route(name, version, common.header_of(request.scope))
             signature = self.dataplane.model_signature(name, version, route=route)
-            limits = common.decode_limits_of(request, self.dataplane, name)
-            job = _Job(limits, received, common.call_of(request), route)
+            limits = common.decode_limits_of(request.scope, self.dataplane, name)
+            job = _Job(limits, received, common.call_of(request.scope), route)
             payload = await run(body, signature, job)
             payload, headers = common.compress_for(
-                request, payload, min_bytes=self.compress_min_bytes
+                request.scope, payload, min_bytes=self.compress_min_bytes
             )
             return common.BytesResponse(payload, headers=headers)
 

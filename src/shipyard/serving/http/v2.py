@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from shipyard.codecs.v2 import HEADER_LENGTH, decode_request, encode_response
 from shipyard.serving.dataplane import DataPlane
@@ -35,7 +36,6 @@ from shipyard.serving.http.common import (
     read_body,
 )
 from shipyard.serving.rollout import Action
-from shipyard.serving.settings import ServerSettings
 
 PROTOCOL = "v2_http"
 _HEADER_LENGTH = HEADER_LENGTH.encode("ascii")
@@ -63,43 +63,56 @@ class V2Handlers:
         return json_response(self.dataplane.server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
-        name, version = _model(request)
+        name, version = _model(request.scope)
         return json_response(self.dataplane.model_metadata(name, version))
 
     async def model_config(self, request: Request) -> Response:
-        name, version = _model(request)
+        name, version = _model(request.scope)
         return json_response(self.dataplane.model_config(name, version))
 
     async def model_ready(self, request: Request) -> Response:
-        name, version = _model(request)
+        name, version = _model(request.scope)
         ready = self.dataplane.model_ready(name, version)
         return json_response({"name": name, "ready": ready}, 200 if ready else 400)
 
     async def infer(self, request: Request) -> Response:
         received = time.perf_counter_ns()
-        name, version = _model(request)
+        scope = request.scope
         body = await read_body(request)
-        limits = decode_limits_of(request, self.dataplane, name)
-        decoded = decode_request(body, header_length=_header_length(request), limits=limits)
+        payload, media_type, headers = await self.answer(scope, body, received)
+        response = BytesResponse(payload, media_type=media_type)
+        response.raw_headers += headers
+        return response
+
+    async def answer(
+        self, scope: Scope, body: bytes, received_ns: int
+    ) -> tuple[bytes, str, list[tuple[bytes, bytes]]]:
+        """Inference on a request's body: the response body, its media type and its headers
+        beyond Content-Length and Content-Type. Shared by `infer` and the direct path
+        (`http.direct`), which writes them without a Starlette `Response`."""
+        name, version = _model(scope)
+        limits = decode_limits_of(scope, self.dataplane, name)
+        decoded = decode_request(body, header_length=_header_length(scope), limits=limits)
         response = await self.dataplane.infer(
             name,
             decoded,
             version=version,
             protocol=PROTOCOL,
-            received_ns=received,
-            call=call_of(request),
-            gone=gone_of(request),
-            route_key=header_of(request),
+            received_ns=received_ns,
+            call=call_of(scope),
+            gone=gone_of(scope),
+            route_key=header_of(scope),
         )
         payload, json_length = encode_response(response, request=decoded)
-        headers: dict[str, str] = {}
+        headers: list[tuple[bytes, bytes]] = []
         media_type = "application/json"
         if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
+            headers.append((_HEADER_LENGTH, str(json_length).encode("ascii")))
             media_type = "application/octet-stream"
-        payload, encoding = compress_for(request, payload, min_bytes=self.compress_min_bytes)
-        headers.update(encoding)
-        return BytesResponse(payload, headers=headers, media_type=media_type)
+        payload, encoding = compress_for(scope, payload, min_bytes=self.compress_min_bytes)
+        for value in encoding.values():
+            headers.append((b"content-encoding", value.encode("ascii")))
+        return payload, media_type, headers
 
     async def repository_index(self, request: Request) -> Response:
         doc = await self._optional_json(request)
@@ -119,12 +132,12 @@ class V2Handlers:
                 f"load parameters {overrides} are not supported; put a model.toml and the "
                 "package versions in the repository folder instead"
             )
-        await self.dataplane.load_model(request.path_params["name"], call=call_of(request))
+        await self.dataplane.load_model(request.path_params["name"], call=call_of(request.scope))
         return json_response({})
 
     async def unload(self, request: Request) -> Response:
         await self._optional_json(request)
-        await self.dataplane.unload_model(request.path_params["name"], call=call_of(request))
+        await self.dataplane.unload_model(request.path_params["name"], call=call_of(request.scope))
         return json_response({})
 
     async def rollout(self, request: Request) -> Response:
@@ -139,7 +152,7 @@ class V2Handlers:
     async def _decide(self, request: Request, action: Action) -> Response:
         await self._optional_json(request)
         name = request.path_params["name"]
-        status = await self.dataplane.decide_rollout(name, action, call=call_of(request))
+        status = await self.dataplane.decide_rollout(name, action, call=call_of(request.scope))
         return json_response(status)
 
     async def statistics(self, request: Request) -> Response:
@@ -160,10 +173,9 @@ class V2Handlers:
         return doc
 
 
-def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Handler]:
-    """The `v2.*` handlers of the route table, bound to `dataplane`."""
-    h = V2Handlers(dataplane, compress_min_bytes=settings.compress_min_bytes)
-    metrics = dataplane.metrics
+def handlers(h: V2Handlers) -> dict[str, Handler]:
+    """The `v2.*` handlers of the route table, bound to `h`'s data plane."""
+    metrics = h.dataplane.metrics
     bound = {
         "v2.live": h.live,
         "v2.ready": h.ready,
@@ -183,12 +195,13 @@ def handlers(dataplane: DataPlane, *, settings: ServerSettings) -> dict[str, Han
     return {name: endpoint(handler, metrics=metrics) for name, handler in bound.items()}
 
 
-def _model(request: Request) -> tuple[str, str | None]:
-    return request.path_params["name"], request.path_params.get("version")
+def _model(scope: Scope) -> tuple[str, str | None]:
+    params = scope["path_params"]
+    return params["name"], params.get("version")
 
 
-def _header_length(request: Request) -> int | None:
-    value = header(request.scope, _HEADER_LENGTH)
+def _header_length(scope: Scope) -> int | None:
+    value = header(scope, _HEADER_LENGTH)
     if value is None:
         return None
     if not value.strip().isdigit():
