@@ -220,8 +220,9 @@ class DirectCycle(ResponseCycle):
         """A whole response at once, as `send` of its start and then its one body writes
         it, for headers the server made: lower-case names it chose (only the values
         are checked, as `send` checks them), Content-Length first and equal to the
-        body's length, a connection that closes named by `connection: close`; the head is
-        built without `_response_head`'s pass over each header."""
+        body's length, a connection that closes named by `connection: close`, a request
+        that is not a HEAD (the direct path answers POSTs); the head is built without
+        `_response_head`'s pass over each header and written with the body."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
@@ -239,5 +240,15 @@ class DirectCycle(ResponseCycle):
         elif b"\nconnection: close\r\n" not in lines:
             lines += b"connection: close\r\n"
         self.chunked_encoding = False
-        self.expected_content_length = len(body)
-        self._write(STATUS_LINE[status] + lines + b"\r\n", body, False)
+        head = STATUS_LINE[status] + lines + b"\r\n"
+        transport = self.transport
+        if len(body) >= _LARGE_BODY:
+            transport.write(head)
+            transport.write(body)
+        else:
+            transport.write(head + body)
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            transport.close()
+        self.on_response()

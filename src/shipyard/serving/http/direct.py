@@ -94,14 +94,14 @@ class DirectInfer:
         request_id.set(rid)  # the cycle's own task: the value ends with it
         added = [(b"x-request-id", rid.encode("latin-1")), *self.dispatcher.extra_headers()]
         try:
-            await self._serve(cycle, scope, received, added)
+            await self._answer(cycle, scope, received, added)
         except Exception:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             if cycle.response_started:
                 raise  # the response has begun: uvicorn closes the connection
             await _send(cycle, internal_error_response(rid), added)
 
-    async def _serve(
+    async def _answer(
         self, cycle: DirectCycle, scope: Scope, received: int, added: RawHeaders
     ) -> None:
         target: Target = cycle.target
