@@ -94,6 +94,9 @@ def raw_requests(secret: str) -> list[bytes]:
         head.encode() + b"Content-Length: 12x\r\n\r\n",  # not a number: the parser's 400
         full + full,  # pipelined: answered in order
         head.encode() + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(JSON) + JSON,
+        full.replace(b"HTTP/1.1", b"HTTP/1.0", 1),  # closed after its answer
+        # the body only after "100 Continue" (split off below)
+        head.encode() + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(JSON),
     ]
 
 
@@ -109,7 +112,11 @@ def answers(base: str, secrets: dict[str, str]) -> dict[str, Answer]:
     for i, data in enumerate(raw_requests(secrets["alice"])):
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(data)
-            received = _read_until_quiet(conn)
+            received = b""
+            if b"100-continue" in data:
+                received = conn.recv(65536)
+                conn.sendall(JSON)
+            received += _read_until_quiet(conn)
         lines = [line for line in received.split(b"\r\n") if not line.startswith(b"date:")]
         out[f"raw-{i}"] = (0, [], b"\r\n".join(lines))
     return out
@@ -169,7 +176,7 @@ def test_direct_inference_answers_as_the_asgi_app_does(
         if not access_log:
             # every infer request went the direct way: the raw ones but the parser's 400,
             # the pipelined pair twice
-            assert len(served) == len(cases(secrets)) + 4
+            assert len(served) == len(cases(secrets)) + 6
             served.clear()
     assert served == []  # with the access log on, the ASGI app answered everything
 
@@ -185,6 +192,11 @@ def test_direct_inference_answers_as_the_asgi_app_does(
     assert direct["raw-0"][2].startswith(b"HTTP/1.1 413 ")
     assert direct["raw-2"][2].count(b"HTTP/1.1 200 OK") == 2
     assert b"connection: close" in direct["raw-3"][2]
+    assert (
+        direct["raw-4"][2].startswith(b"HTTP/1.1 200 ")
+        and b"connection: close" in direct["raw-4"][2]
+    )
+    assert direct["raw-5"][2].startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
 
     calls = [audited_calls(log) for log in logs]
     assert calls[0] == calls[1]

@@ -276,7 +276,9 @@ class ServerSettings(BaseSettings):
     compress_min_bytes: int = Field(default=64 * 1024, ge=0)
     """Gzip/deflate responses at least this large when the client accepts it (0 = all)."""
     access_log: bool = False
-    """Log one line per HTTP request (method, path, status, duration, request id)."""
+    """Log one line per HTTP request (method, path, status, duration, request id). V2
+    inference then goes through the app's middleware instead of being answered from the
+    protocol: about a tenth more CPU per request for a small model (docs/performance.md)."""
     limits: LimitsSettings = LimitsSettings()
     """Request size limits and overload behaviour."""
     http: HttpSettings = HttpSettings()

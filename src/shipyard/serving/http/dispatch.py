@@ -18,7 +18,9 @@ the server is about to close (`extra_headers`, which the request-id layer adds w
 request id in one `send` wrapper).
 
 It sits inside the request-id middleware and replaces a router: inference, nearly all of a
-server's traffic, costs one memoised look-up and no per-route regular expressions.
+server's traffic, costs one memoised look-up and no per-route regular expressions. Steps 1-4
+and the set-up of 6 are methods (`match`, `admit`, `enter`, `finishes`) that V2 inference
+answered from the protocol (`http.direct`) takes in the same order.
 """
 
 from __future__ import annotations
