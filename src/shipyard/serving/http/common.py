@@ -286,6 +286,11 @@ def request_id_for(scope: Scope) -> str:
 RawHeaders = list[tuple[bytes, bytes]]
 
 
+def header_lines(headers: RawHeaders) -> bytes:
+    """Headers as they go into a response head: `name: value\r\n` each."""
+    return b"".join([b"%b: %b\r\n" % pair for pair in headers])
+
+
 def with_added(headers: RawHeaders, added: RawHeaders) -> RawHeaders:
     """A response's headers with `added` (the request id, `extra_headers`) at the end;
     beyond the request id, the added names replace any of the app's of the same name."""

@@ -32,6 +32,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from shipyard.serving.http.common import header_lines
+
 _LARGE_BODY = 64 * 1024
 """A body at least this large is written apart from its head rather than copied to it."""
 
@@ -218,11 +220,18 @@ class DirectCycle(ResponseCycle):
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response at once, as `send` of its start and then its one body writes
-        it, for headers the server made: lower-case names it chose (only the values
-        are checked, as `send` checks them), Content-Length first and equal to the
-        body's length, a connection that closes named by `connection: close`, a request
-        that is not a HEAD (the direct path answers POSTs); the head is built without
-        `_response_head`'s pass over each header and written with the body."""
+        it, for headers the server made: lower-case names it chose, Content-Length first
+        and equal to the body's length, a connection that closes named by `connection:
+        close`, a request that is not a HEAD (the direct path answers POSTs). The values
+        are checked as `send` checks them; the head is built without `_response_head`'s
+        pass over each header and written with the body."""
+        check = b"".join([value for _, value in headers])
+        await self.respond_lines(status, header_lines(headers), body, check=check)
+
+    async def respond_lines(self, status: int, lines: bytes, body: bytes, *, check: bytes) -> None:
+        """`respond` with the headers already `name: value\\r\\n` lines (`header_lines`);
+        `check`: the values among them that the server did not make itself (a client's
+        request id), checked as `send` checks every value."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
@@ -231,9 +240,9 @@ class DirectCycle(ResponseCycle):
             raise RuntimeError("Unexpected response sent, after the response started.")
         self.response_started = True
         self.waiting_for_100_continue = False
-        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+        if HEADER_VALUE_RE.search(check):
             raise RuntimeError("Invalid HTTP header value.")
-        lines = b"".join([b"%b: %b\r\n" % pair for pair in (*self.default_headers, *headers)])
+        lines = _DEFAULTS.lines(self.default_headers) + lines
         if self.keep_alive:
             if b"\nconnection: close\r\n" in lines:
                 self.keep_alive = False
@@ -252,3 +261,21 @@ class DirectCycle(ResponseCycle):
         if not self.keep_alive:
             transport.close()
         self.on_response()
+
+
+class _RenderedDefaults:
+    """uvicorn's default headers (the date) as lines, rendered once per list: the server
+    replaces the list when the date changes, once a second."""
+
+    def __init__(self) -> None:
+        self._headers: object = None
+        self._lines = b""
+
+    def lines(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if headers is not self._headers:
+            self._lines = header_lines(headers)
+            self._headers = headers
+        return self._lines
+
+
+_DEFAULTS = _RenderedDefaults()

@@ -41,6 +41,7 @@ from shipyard.serving.http.common import (
     RawHeaders,
     body_of,
     failure_response,
+    header_lines,
     internal_error_response,
     read_body_from,
     request_id_for,
@@ -92,7 +93,7 @@ class DirectInfer:
         scope: Scope = cycle.scope  # type: ignore[assignment]
         rid = request_id_for(scope)
         request_id.set(rid)  # the cycle's own task: the value ends with it
-        added = [(b"x-request-id", rid.encode("latin-1")), *self.dispatcher.extra_headers()]
+        added = _Added(rid.encode("latin-1"), *self.dispatcher.extra_now())
         try:
             await self._answer(cycle, scope, received, added)
         except Exception:
@@ -101,9 +102,7 @@ class DirectInfer:
                 raise  # the response has begun: uvicorn closes the connection
             await _send(cycle, internal_error_response(rid), added)
 
-    async def _answer(
-        self, cycle: DirectCycle, scope: Scope, received: int, added: RawHeaders
-    ) -> None:
+    async def _answer(self, cycle: DirectCycle, scope: Scope, received: int, added: _Added) -> None:
         target: Target = cycle.target
         dispatcher = self.dispatcher
         admitted = dispatcher.admit(scope, target.found, target.route, target.path)
@@ -127,22 +126,26 @@ class DirectInfer:
                         counted.bytes = sum(len(chunk) for chunk in chunks)
                     body = body_of(scope, chunks)
                 payload, media_type, extra = await self.handlers.answer(scope, body, received)
-                headers = [
-                    (b"content-length", str(len(payload)).encode("latin-1")),
-                    (b"content-type", media_type.encode("latin-1")),
-                    *extra,
-                ]
+                # the head's lines in the order the ASGI path sends them: the response's
+                # own, then the request id and the server's (`with_added`)
+                lines = b"content-length: %d\r\ncontent-type: %b\r\n%bx-request-id: %b\r\n%b" % (
+                    len(payload),
+                    media_type.encode("latin-1"),
+                    header_lines(extra) if extra else b"",
+                    added.rid,
+                    added.lines,
+                )
             except Exception as exc:
                 response = failure_response(exc, scope, metrics=self.metrics)
-                status, headers = response.status_code, response.raw_headers
-                payload = bytes(response.body)
+                status, payload = response.status_code, bytes(response.body)
+                lines = header_lines(with_added(response.raw_headers, added.headers()))
             if call is not None and counted is not None:
                 finished = True
                 if dispatcher.finishes(status):  # recorded before the response is complete
                     await self.events.finish(
                         call, status=status, bytes_in=counted.bytes, bytes_out=len(payload)
                     )
-            await cycle.respond(status, with_added(headers, added), payload)
+            await cycle.respond_lines(status, lines, payload, check=added.rid)
         finally:
             if call is not None and counted is not None and not finished:
                 # failed before its response (as the ASGI path records it: a 500)
@@ -163,6 +166,21 @@ class _Counted:
         return message
 
 
-async def _send(cycle: DirectCycle, response: Response, added: RawHeaders) -> None:
-    headers = with_added(response.raw_headers, added)
+class _Added(NamedTuple):
+    """What every response to a request gets besides its own headers."""
+
+    rid: bytes
+    """The request id (`X-Request-ID`), a client's value or a new one."""
+    extra: RawHeaders
+    """`HttpDispatcher.extra_headers()` at the request's start."""
+    lines: bytes
+    """`extra` as head lines."""
+
+    def headers(self) -> RawHeaders:
+        """As `RequestContextMiddleware` adds them."""
+        return [(b"x-request-id", self.rid), *self.extra]
+
+
+async def _send(cycle: DirectCycle, response: Response, added: _Added) -> None:
+    headers = with_added(response.raw_headers, added.headers())
     await cycle.respond(response.status_code, headers, bytes(response.body))

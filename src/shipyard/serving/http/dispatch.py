@@ -47,6 +47,7 @@ from shipyard.serving.http.common import (
     declared_refusal,
     error_response,
     header,
+    header_lines,
     json_response,
 )
 from shipyard.serving.logs import request_id
@@ -85,6 +86,8 @@ class HttpDispatcher:
         named = [] if self.worker is None else [(b"x-shipyard-worker", str(self.worker).encode())]
         self._serving_headers = named
         self._draining_headers = [*named, (b"connection", b"close")]
+        self._serving = (named, header_lines(named))
+        self._draining = (self._draining_headers, header_lines(self._draining_headers))
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers every response gets now (`RequestContextMiddleware` adds them, replacing
@@ -94,6 +97,10 @@ class HttpDispatcher:
         lost, and POSTs are not retried)."""
         # The same lists each time (the middleware copies them): built once.
         return self._draining_headers if self.dataplane.draining else self._serving_headers
+
+    def extra_now(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """`extra_headers()`, and the same as response head lines (`common.header_lines`)."""
+        return self._draining if self.dataplane.draining else self._serving
 
     def match(self, scope: Scope) -> tuple[Found | None, Route | None, str]:
         """Step 1: the path's routes, the route of the request's method, and the path
