@@ -145,7 +145,8 @@ class FakeModel:
 
 
 def make(model: Any, clock: ManualClock, *, workers: int = 1, **knobs: Any) -> Batcher:
-    options = {k: knobs.pop(k) for k in ("retry_after_s", "inline_max_us") if k in knobs}
+    names = ("retry_after_s", "inline_max_us", "settled")
+    options = {k: knobs.pop(k) for k in names if k in knobs}
     return Batcher(
         model,
         name="fake",
@@ -220,6 +221,36 @@ async def test_a_batch_runs_once_full_before_its_delay_and_a_cancelled_head_free
     other.cancel()
     await until(lambda: model.batches == [4, 1])
     assert (await late).queue_ns < 100_000_000
+    await batcher.close()
+
+
+async def test_a_batch_runs_at_once_when_nothing_more_can_join_it() -> None:
+    clock = ManualClock()
+    model = FakeModel()
+    asked: list[tuple[int, int]] = []
+    complete = 3
+
+    def settled(queued: int, quiet_ns: int) -> bool:
+        asked.append((queued, quiet_ns))
+        return queued == complete
+
+    batcher = make(model, clock, max_batch_size=16, max_queue_delay_us=100_000, settled=settled)
+    first = [asyncio.ensure_future(batcher.submit(rows(1))) for _ in range(2)]
+    await until(lambda: clock.next_due() is not None)  # two of three: it waits its delay
+    await asyncio.sleep(0.01)
+    assert model.batches == [] and not any(f.done() for f in first)
+    third = asyncio.ensure_future(batcher.submit(rows(1)))
+    done = await asyncio.wait_for(asyncio.gather(*first, third), 5)  # no clock time passed
+    assert model.batches == [3] and [r.queue_ns for r in done] == [0, 0, 0]
+    assert (3, 100_000_000) in asked  # asked with the queue delay as the quiet window
+    # while the oracle says more may come, the delay holds as before
+    complete = 0
+    late = asyncio.ensure_future(batcher.submit(rows(1)))
+    await until(lambda: clock.next_due() is not None)
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    clock.advance_to(clock.next_due() or 0)
+    assert (await late).queue_ns == 100_000_000
     await batcher.close()
 
 

@@ -12,6 +12,9 @@ Rules:
   sequence axis are cut back to each request's own length.
 - A batch runs when it holds `max_batch_size` rows or its oldest request has waited
   `max_queue_delay_us`, whichever comes first; a request larger than the limit runs alone.
+  It also runs at once when `settled(queued, delay_ns)` says no request can arrive to join
+  it (`serving.arrivals`: every HTTP/1.1 connection of the server has a request under way
+  and all of them are queued here): waiting out the delay would only add latency.
 - More than `max_queue_size` waiting requests -> `Overloaded` (HTTP 503 + Retry-After).
 - Priority levels (`batch_queue.RequestQueue`): the head is the oldest request of the
   highest priority (1); batch-mates are taken in priority order.
@@ -63,6 +66,9 @@ BatchHook = Callable[[int, int, int], None]
 """Called after each batch with (rows, requests, compute_ns)."""
 DropHook = Callable[[str], None]
 """Called for each request dropped unrun, with its reason (one of DROP_REASONS)."""
+Settled = Callable[[int, int], bool]
+"""(requests queued, the queue delay in ns) -> True when no request can arrive to join a
+waiting batch (`arrivals.Arrivals.settled`)."""
 
 DROP_REASONS = ("queue_full", "timeout", "disconnected")
 """Why a request never ran: the queue was full, its deadline passed while it waited, or its
@@ -85,6 +91,7 @@ class Batcher:
         retry_after_s: int = 1,
         inline_max_us: int = INLINE_MAX_US,
         thread_cpu_timing: bool = False,
+        settled: Settled | None = None,
         clock: Clock = MONOTONIC,
     ) -> None:
         self.name = name
@@ -97,6 +104,7 @@ class Batcher:
         self._run = run
         self._on_batch = on_batch
         self._on_drop = on_drop
+        self._settled = settled
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"shipyard-{name}"
         )
@@ -175,10 +183,14 @@ class Batcher:
         watched = self._watched
         if watched is None:
             self._wake()
-        elif item.key == watched:
-            self._watched_rows += item.rows
-            if self._watched_rows >= self.max_batch_size:
-                self._wake()  # the batch it waits for is full: no need to wait on
+        else:
+            if item.key == watched:
+                self._watched_rows += item.rows
+                if self._watched_rows >= self.max_batch_size:
+                    self._wake()  # the batch it waits for is full: no need to wait on
+            settled = self._settled
+            if settled is not None and settled(self._queue.live, self.max_delay_ns):
+                self._wake()  # nothing more can arrive to join it
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -260,6 +272,9 @@ class Batcher:
                 rows = self._queue.rows_like(head)
                 if remaining <= 0 or rows >= self.max_batch_size:
                     break
+                settled = self._settled
+                if settled is not None and settled(self._queue.live, self.max_delay_ns):
+                    break  # no request can arrive to join it: waiting only adds latency
                 await self._sleep(remaining, watch=head.key, rows=rows)
         return self._queue.take(batching=self.enabled, max_rows=self.max_batch_size)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from shipyard.model import Model, load_model
 from shipyard.runtime.onnxrt import OnnxRuntime
+from shipyard.serving.arrivals import Arrivals
 from shipyard.serving.batching import Batcher
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.isolation import RESTART_REASONS, ProcessRuntime, open_isolated
@@ -98,7 +99,12 @@ def open_version(
 
 
 def build_batcher(
-    model: Model, resolved: VersionConfig, problem: str | None, *, metrics: Metrics
+    model: Model,
+    resolved: VersionConfig,
+    problem: str | None,
+    *,
+    metrics: Metrics,
+    arrivals: Arrivals | None = None,
 ) -> Batcher:
     """The version's batcher: batching off when `problem` says why, else as configured."""
     batching = resolved.batching
@@ -140,6 +146,7 @@ def build_batcher(
         retry_after_s=resolved.limits.retry_after_s,
         inline_max_us=inline_max_us,
         thread_cpu_timing=computes_on_caller(runtime),
+        settled=None if arrivals is None else arrivals.settled,
     )
 
 

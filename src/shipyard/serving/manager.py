@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from shipyard.package.swap import read_stable
+from shipyard.serving.arrivals import Arrivals
 from shipyard.serving.drift import DriftMonitor
 from shipyard.serving.errors import ModelNotFound, ModelNotReady
 from shipyard.serving.loader import build_batcher, open_version
@@ -71,6 +72,9 @@ class ModelManager:
         self.kek = kek
         """Key-encryption key for encrypted packages (None: $SHIPYARD_KEK when needed)."""
         self.listeners: list[Callable[[ModelEvent], None]] = []
+        self.arrivals = Arrivals()
+        """The HTTP connections and requests under way that the batchers consult
+        (`serving.arrivals`); the HTTP protocol and the gRPC servicer keep it."""
         self.drift = DriftMonitor(metrics.local_registry, shared=metrics.multiprocess_dir)
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
@@ -364,7 +368,9 @@ class ModelManager:
             model,
             config=config,
             resolved=resolved,
-            batcher=build_batcher(model, resolved, no_batching, metrics=self.metrics),
+            batcher=build_batcher(
+                model, resolved, no_batching, metrics=self.metrics, arrivals=self.arrivals
+            ),
             fingerprint=fingerprint,
         )
         previous = record.served.get(version)

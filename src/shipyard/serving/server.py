@@ -36,6 +36,7 @@ import uvicorn
 
 from shipyard.package.remote import repository_location
 from shipyard.serving.addresses import is_loopback
+from shipyard.serving.arrivals import Arrivals
 from shipyard.serving.http.app import HttpApp
 from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.lifecycle import Server, StartupError
@@ -226,7 +227,7 @@ def _prepare(
     `shares`: a worker's view of its group's connection counts (`http.balance`)."""
     _checks(settings)
     server = Server(settings, freeze_gc=freeze_gc)
-    config = _uvicorn_config(server.app, settings, shares)
+    config = _uvicorn_config(server.app, settings, shares, server.dataplane.manager.arrivals)
     _load_config(config, settings)
     sock = _bind(settings)
     listener = QuietUvicorn(config)
@@ -241,7 +242,10 @@ def _prepare(
 
 
 def _uvicorn_config(
-    app: HttpApp, settings: ServerSettings, shares: ConnectionShares | None = None
+    app: HttpApp,
+    settings: ServerSettings,
+    shares: ConnectionShares | None = None,
+    arrivals: Arrivals | None = None,
 ) -> uvicorn.Config:
     limits = settings.http
     http: Any
@@ -249,7 +253,8 @@ def _uvicorn_config(
         from shipyard.serving.http.guard import guarded_protocol
 
         # behind trusted proxies uvicorn wraps the app to rewrite the client: no direct path
-        http = guarded_protocol(limits, shares, None if limits.trusted_proxies else app.direct)
+        direct = None if limits.trusted_proxies else app.direct
+        http = guarded_protocol(limits, shares, direct, arrivals)
     else:  # h11 bounds header size itself; it has no header or body timeout
         http = "h11"
     return uvicorn.Config(

@@ -97,6 +97,9 @@ class V2GrpcServicer:
     def __init__(self, dataplane: DataPlane, *, authorize: Authorize | None = None) -> None:
         self.dataplane = dataplane
         self.authorize = authorize
+        self._arrivals = dataplane.manager.arrivals
+        """Told of each inference call: a gRPC channel can send another at any time, so
+        batches wait out their queue delay for a while after one (`serving.arrivals`)."""
 
     # -- health and metadata --------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class V2GrpcServicer:
         route_key: Callable[[str], str | None] | None = None,
     ) -> pb.ModelInferResponse:
         received = time.perf_counter_ns()
+        self._arrivals.grpc_call()
         limits = self.dataplane.decode_limits_for(request.model_name)
         decoded = grpc_codec.decode_infer_request(request, limits=limits)
         response = await self.dataplane.infer(

@@ -14,7 +14,10 @@ is, and a client that never finishes its headers holds its connection (and memor
 - refuses connections past `max_connections` open at once with 503 and closes them;
 - puts `CLIENT_GONE` in each request's scope: true once its connection is closed;
 - under `--workers`, counts its connections in the group's shares and answers a request
-  with `Connection: close` while the worker holds more than its share (`http.balance`).
+  with `Connection: close` while the worker holds more than its share (`http.balance`);
+- counts its connections and whether a request is under way on each in the server's
+  `Arrivals`, which lets a batch run before its queue delay when no request can arrive to
+  join it (`serving.arrivals`).
 
 Keep-alive idle connections are closed `timeout_keep_alive` after their last response, by
 one timer per connection that is re-armed only when it fires early (uvicorn arms and
@@ -35,6 +38,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shipyard.serving.arrivals import Arrivals
 from shipyard.serving.http.balance import ConnectionShares
 from shipyard.serving.http.common import CLIENT_GONE
 from shipyard.serving.http.cycle import DirectCycle, ResponseCycle
@@ -64,6 +68,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """The worker group's connection counts (`--workers`), None for a single process."""
     direct: DirectInfer | None = None
     """Answers V2 inference without the ASGI app (`http.direct`); None: the app answers all."""
+    arrivals: Arrivals | None = None
+    """The server's count of connections and requests under way (`serving.arrivals`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,6 +87,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._idle_at: float | None = None
         """Loop time the last response completed; None while a request is under way."""
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._busy = False
+        """A request is under way (its headers are in, its answer not yet sent)."""
 
     # -- connection --------------------------------------------------------------------------
 
@@ -88,6 +96,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if self.shares is not None:
             self.shares.opened()
+        if self.arrivals is not None:
+            self.arrivals.connection_opened()
         if len(self.connections) > self.limits.max_connections:
             log.warning(
                 "refused a connection from %s: %d open, the limit is %d (--max-connections)",
@@ -103,6 +113,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         if self.shares is not None and not self._shed:
             self.shares.closed()
+        if self.arrivals is not None:
+            self.arrivals.connection_closed(busy=self._busy)
+            self._busy = False
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -151,6 +164,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadersTooLarge
         self._in_head = False
         self._head_bytes = 0
+        if not self._busy and self.arrivals is not None:
+            self._busy = True
+            self.arrivals.busy += 1
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -239,6 +255,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
         else:
+            if self._busy:
+                self._busy = False
+                self.arrivals.busy -= 1  # type: ignore[union-attr]
             self._idle_at = self.loop.time()
             if self._idle_timer is None:
                 self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
@@ -348,12 +367,13 @@ def guarded_protocol(
     limits: HttpSettings,
     shares: ConnectionShares | None = None,
     direct: DirectInfer | None = None,
+    arrivals: Arrivals | None = None,
 ) -> type[GuardedHttpToolsProtocol]:
     """A protocol class for `uvicorn.Config(http=...)` enforcing `limits` (balancing
-    connections through `shares` under `--workers`, and answering V2 inference through
-    `direct` when given)."""
+    connections through `shares` under `--workers`, answering V2 inference through
+    `direct` and counting connections and requests in `arrivals` when given)."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"limits": limits, "shares": shares, "direct": direct},
+        {"limits": limits, "shares": shares, "direct": direct, "arrivals": arrivals},
     )
