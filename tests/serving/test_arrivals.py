@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,14 +104,16 @@ def _infer(client: httpx.Client) -> None:
 def test_a_lone_keep_alive_client_is_not_held_for_the_queue_delay(
     delayed: ServerSettings,
 ) -> None:
-    with start_in_thread(settings=delayed) as server:
-        with httpx.Client(base_url=server.url, trust_env=False) as client:
-            _infer(client)  # its connection is new: the request waits the delay
-            queue0, batches0, _ = _scrape(client)
-            assert queue0 >= DELAY_S * 0.9
-            for _ in range(8):
-                _infer(client)
-            queue1, batches1, _ = _scrape(client)
+    with (
+        start_in_thread(settings=delayed) as server,
+        httpx.Client(base_url=server.url, trust_env=False) as client,
+    ):
+        _infer(client)  # its connection is new: the request waits the delay
+        queue0, batches0, _ = _scrape(client)
+        assert queue0 >= DELAY_S * 0.9
+        for _ in range(8):
+            _infer(client)
+        queue1, batches1, _ = _scrape(client)
     assert batches1 - batches0 == 8
     # waiting out the delay would be 8 x 0.3 s; each request ran as soon as it was queued
     assert queue1 - queue0 < DELAY_S
@@ -157,26 +160,29 @@ def test_an_idle_connection_or_a_grpc_call_keeps_the_queue_delay(
     delayed: ServerSettings,
 ) -> None:
     settings = delayed.model_copy(update={"grpc_port": 0})
-    with start_in_thread(settings=settings) as server:
-        with httpx.Client(base_url=server.url, trust_env=False) as client:
-            _infer(client)
-            _infer(client)  # not held: the connection is old enough and alone
-            queue0, _, _ = _scrape(client)
-            idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            try:
-                _infer(client)  # the idle connection could send a request to join it
-            finally:
-                idle.close()
-            queue1, _, _ = _scrape(client)
-            assert queue1 - queue0 >= DELAY_S * 0.9
-            grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-            try:
-                feed = grpcclient.InferInput("x", [1, 4], "FP32")
-                feed.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-                grpc.infer("scale", [feed])
-            finally:
-                grpc.close()
-            queue2, _, _ = _scrape(client)
-            _infer(client)  # a gRPC call just began: another may come at any time
-            queue3, _, _ = _scrape(client)
+    with (
+        start_in_thread(settings=settings) as server,
+        httpx.Client(base_url=server.url, trust_env=False) as client,
+    ):
+        _infer(client)
+        _infer(client)  # not held: the connection is old enough and alone
+        queue0, _, _ = _scrape(client)
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            time.sleep(DELAY_S * 1.2)  # older than the quiet window: only its idleness holds
+            _infer(client)  # the idle connection could send a request to join it
+        finally:
+            idle.close()
+        queue1, _, _ = _scrape(client)
+        assert queue1 - queue0 >= DELAY_S * 0.9
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        try:
+            feed = grpcclient.InferInput("x", [1, 4], "FP32")
+            feed.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+            grpc.infer("scale", [feed])
+        finally:
+            grpc.close()
+        queue2, _, _ = _scrape(client)
+        _infer(client)  # a gRPC call just began: another may come at any time
+        queue3, _, _ = _scrape(client)
     assert queue3 - queue2 >= DELAY_S * 0.9
