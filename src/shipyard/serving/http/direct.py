@@ -37,6 +37,7 @@ from typing import NamedTuple
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
+from shipyard.serving.calls import Call
 from shipyard.serving.http.common import (
     RawHeaders,
     body_of,
@@ -110,7 +111,7 @@ class DirectInfer:
             await _send(cycle, admitted, added)
             return
         call = dispatcher.enter(scope, target.found, target.route, admitted)
-        counted = None if call is None else _Counted(cycle.receive)
+        counted = None if call is None else _Counted(cycle.receive, call)
         finished = False
         try:
             status = 200
@@ -139,24 +140,31 @@ class DirectInfer:
                 response = failure_response(exc, scope, metrics=self.metrics)
                 status, payload = response.status_code, bytes(response.body)
                 lines = header_lines(with_added(response.raw_headers, added.headers()))
-            if call is not None and counted is not None:
+            if counted is not None:
                 finished = True
                 if dispatcher.finishes(status):  # recorded before the response is complete
                     await self.events.finish(
-                        call, status=status, bytes_in=counted.bytes, bytes_out=len(payload)
+                        counted.call,
+                        status=status,
+                        bytes_in=counted.bytes,
+                        bytes_out=len(payload),
                     )
             await cycle.respond_lines(status, lines, payload, check=added.rid)
         finally:
-            if call is not None and counted is not None and not finished:
+            if counted is not None and not finished:
                 # failed before its response (as the ASGI path records it: a 500)
-                await self.events.finish(call, status=500, bytes_in=counted.bytes, bytes_out=0)
+                await self.events.finish(
+                    counted.call, status=500, bytes_in=counted.bytes, bytes_out=0
+                )
 
 
 class _Counted:
-    """A `receive` that counts the request body's bytes (an audited call's `bytes_in`)."""
+    """A `receive` that counts the request body's bytes (an audited call's `bytes_in`),
+    with the call it is counted for."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, call: Call) -> None:
         self.receive = receive
+        self.call = call
         self.bytes = 0
 
     async def __call__(self) -> Message:
