@@ -40,7 +40,9 @@ class Arrivals:
         self.open = 0
         """HTTP connections open."""
         self.busy = 0
-        """HTTP connections with a request under way (headers in, answer not yet sent)."""
+        """HTTP connections with a request under way (headers in, answer not yet sent); the
+        protocol adds and takes away one itself, per connection, on its request path. A
+        count left too high only keeps batches waiting their delay, as without this."""
         self.opened_ns: int | None = None
         """When the latest HTTP connection opened (the clock's ns); None: none yet."""
         self.grpc_ns: int | None = None
