@@ -102,7 +102,6 @@ def build_batcher(
     model: Model,
     resolved: VersionConfig,
     problem: str | None,
-    *,
     metrics: Metrics,
     arrivals: Arrivals | None = None,
 ) -> Batcher:

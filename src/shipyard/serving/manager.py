@@ -73,8 +73,7 @@ class ModelManager:
         """Key-encryption key for encrypted packages (None: $SHIPYARD_KEK when needed)."""
         self.listeners: list[Callable[[ModelEvent], None]] = []
         self.arrivals = Arrivals()
-        """The HTTP connections and requests under way that the batchers consult
-        (`serving.arrivals`); the HTTP protocol and the gRPC servicer keep it."""
+        """What the batchers ask whether a request can still arrive (`serving.arrivals`)."""
         self.drift = DriftMonitor(metrics.local_registry, shared=metrics.multiprocess_dir)
         """Drift trackers of the served versions (the data plane feeds them)."""
         self._records: dict[str, ModelRecord] = {}
@@ -368,9 +367,7 @@ class ModelManager:
             model,
             config=config,
             resolved=resolved,
-            batcher=build_batcher(
-                model, resolved, no_batching, metrics=self.metrics, arrivals=self.arrivals
-            ),
+            batcher=build_batcher(model, resolved, no_batching, self.metrics, self.arrivals),
             fingerprint=fingerprint,
         )
         previous = record.served.get(version)
