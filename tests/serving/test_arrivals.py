@@ -65,22 +65,26 @@ def test_settled_only_when_every_connection_waits_in_the_queue() -> None:
     assert arrivals.settled(1, quiet)
 
 
-def _scrape(client: httpx.Client) -> tuple[float, float, float]:
-    """(queue seconds in all, batches, rows) for the scale model, read on `client`'s own
-    connection (a new one would hold the next batch for the delay: it might send)."""
+def _scrape(client: httpx.Client) -> tuple[float, float, float, float]:
+    """(queue seconds in all, requests queued under 0.1 s, batches, rows) for the scale
+    model, read on `client`'s own connection (a new one would hold the next batch for the
+    delay: it might send)."""
     text = client.get("/metrics").text
-    found = {"queue": 0.0, "batches": 0.0, "rows": 0.0}
+    found = {"queue": 0.0, "quick": 0.0, "batches": 0.0, "rows": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.labels.get("model") != "scale":
                 continue
             if sample.name == "shipyard_queue_duration_seconds_sum":
                 found["queue"] += sample.value
+            elif sample.name == "shipyard_queue_duration_seconds_bucket":
+                if sample.labels.get("le") == "0.1":
+                    found["quick"] += sample.value
             elif sample.name == "shipyard_batch_size_count":
                 found["batches"] += sample.value
             elif sample.name == "shipyard_batch_size_sum":
                 found["rows"] += sample.value
-    return found["queue"], found["batches"], found["rows"]
+    return found["queue"], found["quick"], found["batches"], found["rows"]
 
 
 @pytest.fixture
@@ -109,11 +113,11 @@ def test_a_lone_keep_alive_client_is_not_held_for_the_queue_delay(
         httpx.Client(base_url=server.url, trust_env=False) as client,
     ):
         _infer(client)  # its connection is new: the request waits the delay
-        queue0, batches0, _ = _scrape(client)
+        queue0, _, batches0, _ = _scrape(client)
         assert queue0 >= DELAY_S * 0.9
         for _ in range(8):
             _infer(client)
-        queue1, batches1, _ = _scrape(client)
+        queue1, _, batches1, _ = _scrape(client)
     assert batches1 - batches0 == 8
     # waiting out the delay would be 8 x 0.3 s; each request ran as soon as it was queued
     assert queue1 - queue0 < DELAY_S
@@ -126,34 +130,39 @@ def test_a_closed_loop_of_clients_batches_all_of_them_without_the_delay(
     with start_in_thread(settings=delayed) as server:
         pool = [httpx.Client(base_url=server.url, trust_env=False) for _ in range(clients)]
         try:
-            start = threading.Barrier(clients)
-            failures: list[BaseException] = []
 
-            def loop(client: httpx.Client) -> None:
-                try:
-                    _infer(client)  # opens the connection
-                    start.wait(10)
-                    for _ in range(rounds):
-                        _infer(client)
-                except BaseException as exc:  # reported below
-                    failures.append(exc)
+            def each(work: Callable[[httpx.Client], None]) -> None:
+                failures: list[BaseException] = []
 
-            threads = [threading.Thread(target=loop, args=(c,)) for c in pool]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(60)
-            assert not failures, failures
-            queue, batches, rows = _scrape(pool[0])
+                def run(client: httpx.Client) -> None:
+                    try:
+                        work(client)
+                    except BaseException as exc:  # reported below
+                        failures.append(exc)
+
+                threads = [threading.Thread(target=run, args=(c,)) for c in pool]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(60)
+                assert not failures, failures
+
+            each(_infer)  # opens the connections: these wait the delay (new connections)
+            time.sleep(DELAY_S * 1.2)  # every connection older than the quiet window
+            _, quick0, batches0, rows0 = _scrape(pool[0])
+            each(lambda client: [_infer(client) for _ in range(rounds)])
+            _, quick1, batches1, rows1 = _scrape(pool[0])
         finally:
             for client in pool:
                 client.close()
-    requests = clients * (rounds + 1)
-    assert rows == requests
-    # The first requests wait out the delay (their connections are new); after that each
-    # batch runs once all four clients' requests are queued, never waiting 0.3 s for more.
-    assert queue < clients * DELAY_S * 1.5 + DELAY_S
-    assert rows / batches >= 2  # they still batch: the clients' requests run together
+    requests, batches = rows1 - rows0, batches1 - batches0
+    assert requests == clients * rounds
+    # Waiting out the delay, every request would queue about 0.3 s (the clients' requests
+    # arrive within milliseconds of each other); a batch runs once all four are queued. A
+    # client thread stalled past the delay on a busy machine makes its batch-mates wait,
+    # hence "most", not "all".
+    assert quick1 - quick0 >= requests * 0.75
+    assert requests / batches >= 2  # they still batch: the clients' requests run together
 
 
 def test_an_idle_connection_or_a_grpc_call_keeps_the_queue_delay(
@@ -166,14 +175,14 @@ def test_an_idle_connection_or_a_grpc_call_keeps_the_queue_delay(
     ):
         _infer(client)
         _infer(client)  # not held: the connection is old enough and alone
-        queue0, _, _ = _scrape(client)
+        queue0, *_ = _scrape(client)
         idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         try:
             time.sleep(DELAY_S * 1.2)  # older than the quiet window: only its idleness holds
             _infer(client)  # the idle connection could send a request to join it
         finally:
             idle.close()
-        queue1, _, _ = _scrape(client)
+        queue1, *_ = _scrape(client)
         assert queue1 - queue0 >= DELAY_S * 0.9
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
@@ -182,7 +191,7 @@ def test_an_idle_connection_or_a_grpc_call_keeps_the_queue_delay(
             grpc.infer("scale", [feed])
         finally:
             grpc.close()
-        queue2, _, _ = _scrape(client)
+        queue2, *_ = _scrape(client)
         _infer(client)  # a gRPC call just began: another may come at any time
-        queue3, _, _ = _scrape(client)
+        queue3, *_ = _scrape(client)
     assert queue3 - queue2 >= DELAY_S * 0.9
