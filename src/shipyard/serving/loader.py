@@ -102,6 +102,7 @@ def build_batcher(
     model: Model,
     resolved: VersionConfig,
     problem: str | None,
+    *,
     metrics: Metrics,
     arrivals: Arrivals | None = None,
 ) -> Batcher:

@@ -367,7 +367,9 @@ class ModelManager:
             model,
             config=config,
             resolved=resolved,
-            batcher=build_batcher(model, resolved, no_batching, self.metrics, self.arrivals),
+            batcher=build_batcher(
+                model, resolved, no_batching, metrics=self.metrics, arrivals=self.arrivals
+            ),
             fingerprint=fingerprint,
         )
         previous = record.served.get(version)
