@@ -310,3 +310,54 @@ async def test_config_is_resolved_once_at_load_and_inputs_checked_once(
         assert plane.limits_for("scale").max_tensor_elements == 500
     finally:
         await plane.manager.stop()
+
+
+async def test_inputs_passed_unchanged_are_remembered_and_everything_else_checked_each_time(
+    repo: Path,
+    pack: Callable[..., Path],
+    settings_for: Callable[..., ServerSettings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shipyard.serving.request_checks
+    from shipyard.runtime.base import check_inputs
+
+    pack()
+    plane = await started(settings_for(repo))
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def counted(specs: Any, inputs: Any) -> Any:
+        calls.extend((str(a.dtype), a.shape) for a in inputs.values())
+        return check_inputs(specs, inputs)
+
+    monkeypatch.setattr(shipyard.serving.request_checks, "check_inputs", counted)
+
+    async def run(x: Any) -> Any:
+        return await plane.infer("scale", InferenceRequest(inputs={"x": x}), protocol="test")
+
+    try:
+        for _ in range(3):  # checked once, then known: the same answer without the checks
+            np.testing.assert_array_equal((await run(X)).outputs["y"], X * 2)
+        assert calls == [("float32", (2, 4))]
+        one = X[:1].copy()
+        await run(one)
+        await run(one)  # another batch size is another signature, checked once
+        assert calls[1:] == [("float32", (1, 4))]
+        calls.clear()
+        for _ in range(2):  # refused: never remembered, refused again with its reason
+            with pytest.raises(InputError, match="float64"):
+                await run(X.astype(np.float64))
+            with pytest.raises(InputError, match="shape"):
+                await run(np.zeros((2, 5), np.float32))
+        # cast (lossless int32) or copied (not C-contiguous): what the checks change is
+        # value- or layout-dependent, so checked each time
+        for _ in range(2):
+            assert (await run(np.ones((2, 4), np.int32))).outputs["y"].dtype == np.float32
+            strided = np.asfortranarray(X)
+            np.testing.assert_array_equal((await run(strided)).outputs["y"], X * 2)
+        assert [dtype for dtype, _ in calls] == ["float64", "float32"] * 2 + [
+            "int32",
+            "float32",
+        ] * 2
+        assert len(plane.manager.get("scale").accepted_inputs) == 2
+    finally:
+        await plane.manager.stop()

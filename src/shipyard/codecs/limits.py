@@ -8,6 +8,7 @@ The defaults are safe for a public endpoint and generous for ordinary models.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,7 @@ def check_elements(shape: tuple[int, ...], limits: DecodeLimits, *, what: str) -
     Zero dimensions count as 1 here, so `[0, 10**15]` is refused like `[10**15]`: numpy
     cannot even build an empty array of that shape.
     """
-    extent = 1
-    for d in shape:  # a loop, not math.prod over a generator: this runs for every tensor
-        if d > 1:
-            extent *= d
+    extent = math.prod(filter(_ONE.__lt__, shape))  # in C: this runs for every tensor
     if extent > limits.max_tensor_elements:
         raise RequestTooLarge(
             f"{what}: shape {list(shape)} declares {extent} elements, over the limit of "
@@ -51,6 +49,9 @@ def check_elements(shape: tuple[int, ...], limits: DecodeLimits, *, what: str) -
             "send smaller batches"
         )
     return 0 if 0 in shape else extent
+
+
+_ONE = 1
 
 
 def check_request_elements(total: int, limits: DecodeLimits) -> None:

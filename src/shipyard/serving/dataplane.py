@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,7 +209,7 @@ class DataPlane:
 
     # -- inference ------------------------------------------------------------------------
 
-    async def infer(
+    def infer(
         self,
         name: str,
         request: InferenceRequest,
@@ -222,7 +222,7 @@ class DataPlane:
         gone: Callable[[], bool] | None = None,
         route_key: RouteKey | None = None,
         route: Plan | None = None,
-    ) -> InferenceResponse:
+    ) -> Coroutine[Any, Any, InferenceResponse]:
         """Validate, batch and run one request; outputs are the requested ones, in order.
 
         `protocol` labels the metrics ("v2_http", "tfserving_http", "v2_grpc");
@@ -235,39 +235,37 @@ class DataPlane:
         name (a canary's `sticky_header`). A request naming no version is routed by the
         model's rollout and failover (`traffic`), or goes where `route` (from `route()`)
         says; the response names the version that answered.
+
+        A plain method returning the coroutine to await (no coroutine of its own around
+        the one doing the work: this runs per request).
         """
         started = received_ns if received_ns is not None else time.perf_counter_ns()
-        run = functools.partial(
-            self._infer,
-            name,
-            request,
+        args = (name, request, version, protocol, started, usage, gone, route_key, route)
+        if not self.events.listeners:  # no audit: no partial, no wrapping coroutine
+            return self._infer(*args)
+        return self.events.infer(
+            call,
+            functools.partial(self._infer, *args),
+            model=name,
             version=version,
             protocol=protocol,
-            started=started,
-            usage=usage,
-            gone=gone,
-            route_key=route_key,
-            route=route,
-        )
-        if not self.events.listeners:  # no audit: awaited here, no wrapping coroutine
-            return await run()
-        return await self.events.infer(
-            call, run, model=name, version=version, protocol=protocol, started_ns=started
+            started_ns=started,
         )
 
     async def _infer(
         self,
         name: str,
         request: InferenceRequest,
-        *,
         version: str | None,
         protocol: str,
         started: int,
-        usage: dict[str, int] | None = None,
-        gone: Callable[[], bool] | None = None,
-        route_key: RouteKey | None = None,
-        route: Plan | None = None,
+        usage: dict[str, int] | None,
+        gone: Callable[[], bool] | None,
+        route_key: RouteKey | None,
+        route: Plan | None,
+        /,
     ) -> InferenceResponse:
+        # positional: `infer` passes its arguments on as one tuple (this runs per request)
         if route is None:
             route = self.manager.router.plan(name, version_number(name, version), route_key)
         served = route.served

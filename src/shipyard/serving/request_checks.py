@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from shipyard.errors import InputError, UsageError
 from shipyard.processing.runtime import Prepared, Processor
 from shipyard.runtime.base import check_inputs
@@ -54,7 +56,45 @@ def validated(
             known += [s.name for s in processor.output_specs(served.model.outputs)]
         unknown = [n for n in (asked or output_names) if n not in known]
         raise InputError(f"unknown output(s) {unknown}; model {served.name!r} has {known}")
-    return check_inputs(served.model.inputs, dict(inputs))
+    signature = _signature(inputs)
+    accepted = served.accepted_inputs
+    if signature is not None and signature in accepted:
+        return dict(inputs)  # `check_inputs` would return each of them as it is
+    checked = check_inputs(served.model.inputs, dict(inputs))
+    if (
+        signature is not None
+        and len(accepted) < MAX_SIGNATURES
+        and all(checked[name] is array for name, array in inputs.items())
+    ):
+        accepted.add(signature)
+    return checked
+
+
+MAX_SIGNATURES = 64
+"""Input signatures a version remembers as accepted unchanged (`validated`)."""
+
+Signature = tuple[tuple[str, Any, tuple[int, ...]], ...]
+
+
+def _signature(inputs: dict[str, Any]) -> Signature | None:
+    """(name, dtype, shape) of each input, in order, when all are C-contiguous numpy arrays
+    (else None: checked in full).
+
+    `check_inputs` decides from exactly these (and the arrays' type and layout): a request
+    whose signature it once returned unchanged (no reshape, cast or copy: nothing that
+    depends on the values) passes unchanged again, so its checks are one set look-up. What
+    it changes or refuses is never remembered and is checked in full each time."""
+    if len(inputs) == 1:  # most models: one input
+        ((name, array),) = inputs.items()
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
+            return None
+        return ((name, array.dtype, array.shape),)
+    parts = []
+    for name, array in inputs.items():
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
+            return None
+        parts.append((name, array.dtype, array.shape))
+    return tuple(parts)
 
 
 async def prepare_inputs(processor: Processor, inputs: dict[str, Any]) -> Prepared:

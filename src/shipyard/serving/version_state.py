@@ -25,6 +25,7 @@ from shipyard.serving.version_config import VersionConfig
 
 if TYPE_CHECKING:
     from shipyard.serving.calls import CallContext
+    from shipyard.serving.request_checks import Signature
     from shipyard.serving.rollout import Rollout
     from shipyard.serving.traffic import FailoverWatch
 
@@ -85,6 +86,8 @@ class ServedVersion:
         self.failed_over: str | None = None
         """Why unversioned traffic left this version (`traffic`), None while it takes it."""
         self.failover: FailoverWatch | None = None
+        self.accepted_inputs: set[Signature] = set()
+        """Input signatures its checks passed unchanged (`request_checks.validated`)."""
         self._idle = asyncio.Event()
         self._idle.set()
         runtime = model.runtime

@@ -200,10 +200,26 @@ class DirectCycle(ResponseCycle):
         """What the protocol matched the request to, for `serve` (`direct.Target`)."""
 
     async def run_asgi(self, app: Any) -> None:
-        await super().run_asgi(self._app)
-
-    def _app(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        return self.serve(self)
+        # uvicorn's `run_asgi` with `serve` as the app, without the two calls and the
+        # coroutine between them (this runs per request): what `serve` raises is answered
+        # as uvicorn answers an app's exception, a 500 or a closed connection
+        try:
+            await self.serve(self)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self.transport.close()
+        else:
+            if not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self.transport.close()
+        finally:
+            self.on_response = _answered
 
     def body_received(self) -> list[bytes] | None:
         """The whole request body as it arrived, when all of it has and nothing else waits
@@ -261,6 +277,10 @@ class DirectCycle(ResponseCycle):
         if not self.keep_alive:
             transport.close()
         self.on_response()
+
+
+def _answered() -> None:
+    """A finished cycle's `on_response` (as uvicorn's `lambda: None`, made once)."""
 
 
 class _RenderedDefaults:
