@@ -1,7 +1,7 @@
 """The batcher's time source: monotonic nanoseconds and timers, injectable for tests.
 
 `MonotonicClock` is the real one (`time.perf_counter_ns`, the running loop's
-`call_later`); a test passes its own `Clock` to drive queue delays and run timings
+`call_later`, `fine_timers` below 10 ms); a test passes its own `Clock` to drive queue delays and run timings
 without sleeping.
 """
 
@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from shipyard.serving import fine_timers
 
 
 class Timer(Protocol):
@@ -32,13 +34,24 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """The real clock: `time.perf_counter_ns` and the running loop's timers."""
+    """The real clock: `time.perf_counter_ns`, and the running loop's timers, or for a
+    delay under `FINE_BELOW_S` its `fine_timers` (the loop's are whole milliseconds)."""
 
     def now_ns(self) -> int:
         return time.perf_counter_ns()
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_later(delay_s, callback)
+        loop = asyncio.get_running_loop()
+        if delay_s < FINE_BELOW_S:
+            fine = fine_timers.for_loop(loop)
+            if fine is not None:
+                return fine.call_later(delay_s, callback)
+        return loop.call_later(delay_s, callback)
+
+
+FINE_BELOW_S = 0.01
+"""Delays shorter than this (a batch's queue delay, typically) are timed to the
+microsecond: rounded to a millisecond they would be 5 % off or more."""
 
 
 MONOTONIC = MonotonicClock()
