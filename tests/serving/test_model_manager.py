@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+import shipyard.runtime.onnxrt
+import shipyard.serving.request_checks
 from shipyard.codecs import InferenceRequest
 from shipyard.errors import InputError
+from shipyard.runtime.base import check_inputs
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from shipyard.serving.lifecycle import build_dataplane
@@ -282,10 +285,6 @@ async def test_config_is_resolved_once_at_load_and_inputs_checked_once(
     settings_for: Callable[..., ServerSettings],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import shipyard.runtime.onnxrt
-    import shipyard.serving.request_checks
-    from shipyard.runtime.base import check_inputs
-
     pack()
     (repo / "scale" / "model.toml").write_text("[limits]\nmax_tensor_elements = 1000\n")
     plane = await started(settings_for(repo, limits={"max_json_depth": 8}))
@@ -318,9 +317,6 @@ async def test_inputs_passed_unchanged_are_remembered_and_everything_else_checke
     settings_for: Callable[..., ServerSettings],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import shipyard.serving.request_checks
-    from shipyard.runtime.base import check_inputs
-
     pack()
     plane = await started(settings_for(repo))
     calls: list[tuple[str, tuple[int, ...]]] = []
