@@ -357,3 +357,24 @@ async def test_inputs_passed_unchanged_are_remembered_and_everything_else_checke
         assert len(plane.manager.get("scale").accepted_inputs) == 2
     finally:
         await plane.manager.stop()
+
+
+def test_remembered_inputs_come_back_as_the_checks_give_them_in_the_models_order() -> None:
+    from types import SimpleNamespace
+
+    from shipyard.package.tensorspec import TensorSpec
+    from shipyard.serving.request_checks import validated
+
+    specs = [
+        TensorSpec(name="a", dtype="float32", shape=(-1, 2)),
+        TensorSpec(name="b", dtype="int64", shape=(-1,)),
+    ]
+    served: Any = SimpleNamespace(model=SimpleNamespace(inputs=specs), accepted_inputs=set())
+    inputs = {"b": np.arange(3), "a": np.zeros((3, 2), np.float32)}  # not the model's order
+    first = validated(served, inputs, [])
+    assert len(served.accepted_inputs) == 1
+    again = validated(served, inputs, [])
+    assert list(first) == list(again) == ["a", "b"]
+    assert all(again[name] is inputs[name] for name in inputs)
+    with pytest.raises(InputError, match="int64"):  # same shapes, another dtype: checked
+        validated(served, {"b": np.arange(3.0), "a": inputs["a"]}, [])

@@ -58,9 +58,11 @@ def validated(
         raise InputError(f"unknown output(s) {unknown}; model {served.name!r} has {known}")
     signature = _signature(inputs)
     accepted = served.accepted_inputs
+    specs = served.model.inputs
     if signature is not None and signature in accepted:
-        return dict(inputs)  # `check_inputs` would return each of them as it is
-    checked = check_inputs(served.model.inputs, dict(inputs))
+        # what `check_inputs` would return: each of them as it is, in the model's order
+        return dict(inputs) if len(inputs) == 1 else {s.name: inputs[s.name] for s in specs}
+    checked = check_inputs(specs, dict(inputs))
     if (
         signature is not None
         and len(accepted) < MAX_SIGNATURES
