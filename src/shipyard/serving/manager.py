@@ -33,7 +33,7 @@ from shipyard.serving.model_config import ModelConfig
 from shipyard.serving.repository import ModelOnDisk, ModelRepository
 from shipyard.serving.settings import ServerSettings
 from shipyard.serving.steering import Router, Steering
-from shipyard.serving.traffic import primary, wanted_versions
+from shipyard.serving.traffic import primary, unwanted, wanted_versions
 from shipyard.serving.version_config import (
     VersionConfig,
     ceiling_problem,
@@ -428,17 +428,6 @@ class ModelManager:
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(r.served) for r in self._records.values()))
-
-
-def unwanted(record: ModelRecord, version: int, not_selected: str) -> str:
-    """Why a version on disk is not loaded: its rollout's decision, else the version policy."""
-    rollout = record.rollout
-    if rollout is not None and rollout.decision is not None:
-        if rollout.phase == "rolled_back" and version == rollout.candidate:
-            return f"rolled back: {rollout.decision.reason}"
-        if rollout.phase == "promoted" and version == rollout.stable:
-            return f"replaced by the promoted candidate, version {rollout.candidate}"
-    return not_selected
 
 
 def _up(served: ServedVersion) -> ServedVersion:

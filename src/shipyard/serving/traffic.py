@@ -77,6 +77,17 @@ def wanted_versions(
     return wanted, stable
 
 
+def unwanted(record: ModelRecord, version: int, not_selected: str) -> str:
+    """Why a version on disk is not loaded: its rollout's decision, else the version policy."""
+    rollout = record.rollout
+    if rollout is not None and rollout.decision is not None:
+        if rollout.phase == "rolled_back" and version == rollout.candidate:
+            return f"rolled back: {rollout.decision.reason}"
+        if rollout.phase == "promoted" and version == rollout.stable:
+            return f"replaced by the promoted candidate, version {rollout.candidate}"
+    return not_selected
+
+
 def primary(record: ModelRecord) -> ServedVersion | None:
     """The version answering the model's unversioned requests outside a canary's split."""
     rollout = record.rollout
