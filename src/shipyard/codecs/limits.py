@@ -41,7 +41,7 @@ def check_elements(shape: tuple[int, ...], limits: DecodeLimits, *, what: str) -
     Zero dimensions count as 1 here, so `[0, 10**15]` is refused like `[10**15]`: numpy
     cannot even build an empty array of that shape.
     """
-    extent = math.prod(filter(_ONE.__lt__, shape))  # in C: this runs for every tensor
+    extent = declared_extent(shape)
     if extent > limits.max_tensor_elements:
         raise RequestTooLarge(
             f"{what}: shape {list(shape)} declares {extent} elements, over the limit of "
@@ -49,6 +49,12 @@ def check_elements(shape: tuple[int, ...], limits: DecodeLimits, *, what: str) -
             "send smaller batches"
         )
     return 0 if 0 in shape else extent
+
+
+def declared_extent(shape: tuple[int, ...] | list[int]) -> int:
+    """The product of a shape's dims above 1 (a zero dim does not make a huge shape small),
+    in C: this runs for every tensor of every request."""
+    return math.prod(filter(_ONE.__lt__, shape))
 
 
 _ONE = 1

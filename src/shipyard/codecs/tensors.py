@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.codecs.errors import ProtocolError
-from shipyard.codecs.limits import MAX_RANK, DecodeLimits, check_bytes_element
+from shipyard.codecs.limits import MAX_RANK, DecodeLimits, check_bytes_element, declared_extent
 from shipyard.package.dtypes import BY_NAME, BY_V2
 
 DATATYPES: frozenset[str] = frozenset(BY_V2)
@@ -42,13 +42,12 @@ def check_shape(shape: object, *, what: str) -> tuple[int, ...]:
         raise _bad_shape(shape, what)  # bool, float, str, ... or a negative dim
     if len(shape) > MAX_RANK:
         raise ProtocolError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK}")
-    if math.prod(filter(_ONE.__lt__, shape)) >= _TOO_LARGE:
+    if declared_extent(shape) >= _TOO_LARGE:
         raise ProtocolError(f"{what}: shape {shape!r} is too large for any tensor")
     return tuple(shape)
 
 
 _INT = {int}
-_ONE = 1
 
 
 _TOO_LARGE = 1 << 62

@@ -1,8 +1,8 @@
 """The batcher's time source: monotonic nanoseconds and timers, injectable for tests.
 
 `MonotonicClock` is the real one (`time.perf_counter_ns`, the running loop's
-`call_later`, `fine_timers` below 10 ms); a test passes its own `Clock` to drive queue delays and run timings
-without sleeping.
+`call_later`, `fine_timers` below 10 ms); a test passes its own `Clock` to drive queue
+delays and run timings without sleeping.
 """
 
 from __future__ import annotations
